@@ -1,0 +1,16 @@
+# Sourced by the scripts in this folder: creates ./.venv on first use and
+# installs the given requirements file into it (again only when it changed).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+REQ="$1"
+VENV="${VENV:-.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+fi
+STAMP="$VENV/.installed-$(basename "$REQ")"
+if [ ! -f "$STAMP" ] || [ "$REQ" -nt "$STAMP" ] || [ requirements.txt -nt "$STAMP" ]; then
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet -r "$REQ"
+    touch "$STAMP"
+fi
+PY="$VENV/bin/python"
