@@ -1,0 +1,659 @@
+"""Test-time evaluation of video classifiers: multi-view inference, ensembles, metrics and reports.
+
+A *view* is one network input: `num_segments` frames of one temporal clip under one spatial crop.
+At test time every video is seen through `clips x crops` views (SPEC.md sections 4-5):
+
+- clips: 10 with dense sampling (I3D style), 2 with twice sampling, else 1;
+- crops: 1 (resize + centre crop), 3 (three crops along the longer side), 5 (four corners +
+  centre) or 10 (those five and their horizontal flips); with `full_res` the crop is the scale size
+  (256) instead of the model input size (224).
+
+The data layer (ops/dataset.py) stacks the views of one video crop-major into one tensor
+`[views*T*C, H, W]`, so `data.view(B * views, T*C, H, W)` gives one network input per row and a
+batch of several videos x views is a single forward pass. The score of a video is the mean of its
+view logits (with `softmax=True` each view's logits go through a softmax first, SPEC.md section 4;
+the published script took the softmax after averaging, which only rescales the scores).
+An ensemble of models averages their video scores, weighted by `coeffs` and divided by the number
+of models, as the published script did (the ranking is the same as a weighted mean).
+
+Skipped videos: the data layer counts videos it cannot read and its collate function drops them
+from the batch. Every sample carries its position in the list, so skipped videos are excluded
+from the scores and the metrics (never replaced by another video), the remaining scores stay in
+list order, and the number excluded is returned for the caller to report. In an ensemble a video
+is scored only if every model could read it.
+
+Used by test_models.py and by main.py's end-of-training evaluation (`evaluate_model`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ops.utils import accuracy
+
+logger = logging.getLogger(__name__)
+
+TEST_CROP_CHOICES = (1, 3, 5, 10)
+AMP_CHOICES = ("off", "fp16", "bf16")
+
+
+# --------------------------------------------------------------------------------------------
+# Views and test transforms
+# --------------------------------------------------------------------------------------------
+
+
+def num_test_clips(dense_sample: bool = False, twice_sample: bool = False) -> int:
+    """Temporal clips per video at test time: 10 dense (I3D) clips, 2 twice-sampled, else 1."""
+    if dense_sample and twice_sample:
+        raise ValueError(
+            "--dense_sample and --twice_sample cannot be combined: choose one clip sampling scheme"
+        )
+    if dense_sample:
+        return 10
+    if twice_sample:
+        return 2
+    return 1
+
+
+def views_per_video(test_crops: int, dense_sample: bool = False, twice_sample: bool = False) -> int:
+    """Network inputs per video: clips x crops (SPEC.md sections 4-5)."""
+    if test_crops not in TEST_CROP_CHOICES:
+        raise ValueError(f"--test_crops must be one of {TEST_CROP_CHOICES}, got {test_crops}")
+    return test_crops * num_test_clips(dense_sample=dense_sample, twice_sample=twice_sample)
+
+
+def build_test_transform(
+    test_crops: int,
+    scale_size: int,
+    crop_size: int,
+    input_mean: Sequence[float],
+    input_std: Sequence[float],
+) -> Callable:
+    """The test-time frame transform: crops, stacking, scaling to [0, 1] and normalisation.
+
+    test_crops 1: resize the shorter side to `scale_size`, centre crop `crop_size`;
+    3: `GroupFullResSample` (left/right/centre along the longer side, no flips);
+    5: `GroupOverSample` without flips (four corners + centre);
+    10: `GroupOverSample` with flips. `crop_size` is the scale size for --full_res, else the
+    model's input size. The output is `[crops * frames * 3, crop, crop]`, crop-major.
+    """
+    import torchvision
+
+    from ops.transforms import (
+        GroupCenterCrop,
+        GroupFullResSample,
+        GroupNormalize,
+        GroupOverSample,
+        GroupScale,
+        Stack,
+        ToTorchFormatTensor,
+    )
+
+    if test_crops == 1:
+        cropping = [GroupScale(scale_size), GroupCenterCrop(crop_size)]
+    elif test_crops == 3:
+        cropping = [GroupFullResSample(crop_size, scale_size, flip=False)]
+    elif test_crops == 5:
+        cropping = [GroupOverSample(crop_size, scale_size, flip=False)]
+    elif test_crops == 10:
+        cropping = [GroupOverSample(crop_size, scale_size, flip=True)]
+    else:
+        raise ValueError(f"--test_crops must be one of {TEST_CROP_CHOICES}, got {test_crops}")
+    return torchvision.transforms.Compose(
+        [
+            *cropping,
+            Stack(roll=False),
+            ToTorchFormatTensor(div=True),
+            GroupNormalize(list(input_mean), list(input_std)),
+        ]
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Scores
+# --------------------------------------------------------------------------------------------
+
+
+def average_views(logits: torch.Tensor, num_views: int, softmax: bool = False) -> torch.Tensor:
+    """Video scores from view logits: `[B * num_views, K]` -> `[B, K]` (float32).
+
+    Rows of one video are consecutive (crop-major order inside a video does not matter for a mean).
+    With `softmax`, each view's logits become probabilities before averaging.
+    """
+    if logits.dim() != 2 or logits.size(0) % num_views != 0:
+        raise ValueError(
+            f"expected view logits [videos*{num_views}, classes], got shape {tuple(logits.shape)}"
+        )
+    logits = logits.float()
+    if softmax:
+        logits = F.softmax(logits, dim=1)
+    return logits.view(-1, num_views, logits.size(1)).mean(dim=1)  # [B, K]
+
+
+def ensemble_scores(
+    scores: Sequence[torch.Tensor], coeffs: Sequence[float] | None = None
+) -> torch.Tensor:
+    """Average the video scores `[N, K]` of several models: `sum_i coeff_i * s_i / len(scores)`."""
+    if not scores:
+        raise ValueError("ensemble_scores needs at least one score tensor")
+    coeffs = [1.0] * len(scores) if coeffs is None else list(coeffs)
+    if len(coeffs) != len(scores):
+        raise ValueError(f"got {len(coeffs)} coefficients for {len(scores)} models")
+    total = torch.zeros_like(scores[0], dtype=torch.float32)
+    for c, s in zip(coeffs, scores):
+        if s.shape != scores[0].shape:
+            raise ValueError(
+                f"ensemble members disagree on the score shape: {tuple(s.shape)} vs "
+                f"{tuple(scores[0].shape)}; check that all weights have the same classes"
+            )
+        total += float(c) * s.float()
+    return total / len(scores)
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------
+
+
+def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
+    """`cm[i, j]` = number of videos of class i predicted as class j; int64 `[K, K]`."""
+    labels = np.asarray(labels, dtype=np.int64)
+    preds = np.asarray(preds, dtype=np.int64)
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (labels, preds), 1)
+    return cm
+
+
+def per_class_accuracy(cm: np.ndarray) -> np.ndarray:
+    """Accuracy in percent per true class; NaN for classes with no video in the evaluated set."""
+    counts = cm.sum(axis=1).astype(np.float64)
+    hits = np.diag(cm).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, hits / np.maximum(counts, 1) * 100.0, np.nan)
+
+
+def summarize(scores: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> dict:
+    """Top-1 / top-5 accuracy and mean class accuracy (all in percent) of video scores `[N, K]`.
+
+    Mean class accuracy averages the per-class accuracies over the classes that have at least one
+    evaluated video (the published script divided by zero for absent classes).
+    """
+    scores = torch.as_tensor(np.asarray(scores), dtype=torch.float32)
+    labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    if scores.dim() != 2 or labels.dim() != 1 or scores.size(0) != labels.size(0):
+        raise ValueError(
+            f"summarize expects scores [N, K] and labels [N], got {tuple(scores.shape)} and "
+            f"{tuple(labels.shape)}"
+        )
+    n, k = scores.shape
+    if n == 0:
+        return {"top1": 0.0, "top5": 0.0, "mean_class_acc": 0.0, "num_videos": 0}
+    if int(labels.min()) < 0 or int(labels.max()) >= k:
+        raise ValueError(
+            f"labels range {int(labels.min())}..{int(labels.max())} does not fit {k} classes; "
+            "check the list file against the model's number of classes"
+        )
+    top1, top5 = accuracy(scores, labels, topk=(1, 5))
+    cm = confusion_matrix(labels.numpy(), scores.argmax(dim=1).numpy(), num_classes=k)
+    return {
+        "top1": top1,
+        "top5": top5,
+        "mean_class_acc": float(np.nanmean(per_class_accuracy(cm))),
+        "num_videos": int(n),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Writers: scores, CSV, report
+# --------------------------------------------------------------------------------------------
+
+
+def save_scores(
+    path: str, scores: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor
+) -> None:
+    """Write an .npz with `scores` [N, K] float32 (list order), `labels` [N] and `indices` [N].
+
+    `indices` are the videos' positions in the test list; they differ from 0..N-1 only when
+    videos were skipped or --max_num cut the list.
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    np.savez(
+        path,
+        scores=np.asarray(scores, dtype=np.float32),
+        labels=np.asarray(labels, dtype=np.int64),
+        indices=np.asarray(indices, dtype=np.int64),
+    )
+
+
+def write_prediction_csv(
+    path: str,
+    video_names: Sequence[str],
+    scores: torch.Tensor,
+    class_names: Sequence[str],
+    top5: bool = False,
+) -> None:
+    """The published script's submission file: `name;class` per video, or `name;c1;...;c5`.
+
+    Lines are `;`-separated without a header, as the published script wrote them; the top-5
+    variant (used for Something-Something V2) lists class names best first.
+    """
+    scores = torch.as_tensor(np.asarray(scores))
+    if len(video_names) != scores.size(0):
+        raise ValueError(f"{len(video_names)} video names for {scores.size(0)} score rows")
+    k = min(5, scores.size(1)) if top5 else 1
+    best = scores.topk(k, dim=1).indices.tolist()  # [N, k]
+    with open(path, "w", newline="") as f:
+        for name, row in zip(video_names, best):
+            f.write(";".join([name] + [class_names[c] for c in row]) + "\n")
+
+
+def confusion_matrix_image(cm: np.ndarray, max_side: int = 1024) -> Image.Image:
+    """Render a confusion matrix as a heat map (rows: true class, columns: prediction).
+
+    Each row is normalised by its count, so the colour is the fraction of that class's videos;
+    white is 0, dark blue is 1. Cells are at least 1 px and at most 32 px.
+    """
+    k = cm.shape[0]
+    cell = max(1, min(32, max_side // max(k, 1)))
+    margin = 4
+    counts = cm.sum(axis=1, keepdims=True).astype(np.float64)
+    frac = np.divide(cm, np.maximum(counts, 1.0))  # [K, K] in [0, 1]
+    # white (255,255,255) -> dark blue (8,48,107)
+    dark = np.array([8, 48, 107], dtype=np.float64)
+    rgb = 255.0 - frac[..., None] * (255.0 - dark)  # [K, K, 3]
+    pixels = np.repeat(np.repeat(rgb.round().astype(np.uint8), cell, axis=0), cell, axis=1)
+    side = k * cell + 2 * margin
+    image = Image.new("RGB", (side, side), (255, 255, 255))
+    image.paste(Image.fromarray(pixels, mode="RGB"), (margin, margin))
+    ImageDraw.Draw(image).rectangle(
+        [margin - 1, margin - 1, margin + k * cell, margin + k * cell], outline=(0, 0, 0)
+    )
+    return image
+
+
+def write_report(
+    report_dir: str,
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    class_names: Sequence[str],
+) -> dict:
+    """Write `confusion_matrix.png`, `confusion_matrix.npy` and `per_class_accuracy.csv`.
+
+    The CSV has one row per class: index, name, videos, correct, accuracy (percent, empty for a
+    class with no video). Returns the paths written.
+    """
+    scores = torch.as_tensor(np.asarray(scores))
+    labels_np = np.asarray(labels, dtype=np.int64)
+    k = scores.size(1)
+    if len(class_names) != k:
+        raise ValueError(f"{len(class_names)} class names for {k} score columns")
+    os.makedirs(report_dir, exist_ok=True)
+    cm = confusion_matrix(labels_np, scores.argmax(dim=1).numpy(), num_classes=k)
+    acc = per_class_accuracy(cm)
+    paths = {
+        "png": os.path.join(report_dir, "confusion_matrix.png"),
+        "npy": os.path.join(report_dir, "confusion_matrix.npy"),
+        "csv": os.path.join(report_dir, "per_class_accuracy.csv"),
+    }
+    confusion_matrix_image(cm).save(paths["png"])
+    np.save(paths["npy"], cm)
+    with open(paths["csv"], "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class_index", "class_name", "videos", "correct", "accuracy"])
+        for i in range(k):
+            a = "" if math.isnan(acc[i]) else f"{acc[i]:.4f}"
+            writer.writerow([i, class_names[i], int(cm[i].sum()), int(cm[i, i]), a])
+    return paths
+
+
+# --------------------------------------------------------------------------------------------
+# Loading: list positions travel with the samples
+# --------------------------------------------------------------------------------------------
+
+
+class IndexedDataset(Dataset):
+    """Wrap a dataset so that item i is `(i, item)`, restricted to positions `[start, stop)`.
+
+    The position lets the evaluation put every score back in list order and identify the videos
+    that the data layer's collate dropped; the range is this process's shard under torchrun.
+    """
+
+    def __init__(self, dataset: Dataset, start: int = 0, stop: int | None = None) -> None:
+        self.dataset = dataset
+        self.start = start
+        self.stop = len(dataset) if stop is None else stop
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __getitem__(self, i: int):
+        index = self.start + i
+        return index, self.dataset[index]
+
+
+def _default_drop_collate(samples: list) -> list:
+    """Fallback when the dataset module has no collate: keep samples that are not None."""
+    return [s for s in samples if s is not None]
+
+
+def make_indexed_collate(dataset_collate: Callable | None = None) -> Callable:
+    """Collate `(index, item)` pairs into `(indices, data, labels, requested)`.
+
+    `indices` [B'] are the list positions kept, `data` [B', ...] and `labels` [B'] their samples,
+    `requested` [B] every position asked for (so the caller can count the dropped ones).
+    `dataset_collate` is the data layer's collate, which removes the samples of unreadable videos;
+    each item goes through it on its own to learn which positions survive, and the kept samples
+    are stacked. Without it, items that are None are dropped.
+    """
+
+    def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        requested = torch.tensor([index for index, _ in batch], dtype=torch.int64)
+        kept_idx, kept_data, kept_labels = [], [], []
+        for index, item in batch:
+            if dataset_collate is None:
+                ok = item is not None
+            else:
+                single = dataset_collate([item])
+                ok = single is not None and len(single) > 0 and len(single[0]) > 0
+            if ok:
+                data, label = item
+                kept_idx.append(index)
+                kept_data.append(torch.as_tensor(data))
+                kept_labels.append(int(label))
+        if not kept_idx:
+            empty = torch.zeros(0, dtype=torch.int64)
+            return empty, torch.zeros(0), empty, requested
+        return (
+            torch.tensor(kept_idx, dtype=torch.int64),
+            torch.stack(kept_data),
+            torch.tensor(kept_labels, dtype=torch.int64),
+            requested,
+        )
+
+    return collate
+
+
+def shard_range(num_items: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Contiguous `[start, stop)` of `num_items` for `rank`; shard sizes differ by at most one."""
+    return num_items * rank // world_size, num_items * (rank + 1) // world_size
+
+
+def make_test_loader(
+    dataset: Dataset,
+    batch_size: int = 1,
+    workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    max_num: int | None = None,
+    collate_fn: Callable | None = None,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """DataLoader over this rank's contiguous shard of the first `max_num` videos, in list order.
+
+    Items are `(indices [B'], data [B', views*T*C, H, W], labels [B'], requested [B])` (see
+    `make_indexed_collate`); `batch_size` counts videos.
+    """
+    total = len(dataset) if max_num is None or max_num <= 0 else min(max_num, len(dataset))
+    start, stop = shard_range(total, rank, world_size)
+    return DataLoader(
+        IndexedDataset(dataset, start, stop),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        collate_fn=make_indexed_collate(collate_fn),
+        persistent_workers=False,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Inference
+# --------------------------------------------------------------------------------------------
+
+
+def autocast_context(device: torch.device, amp: str = "off"):
+    """Autocast for inference: 'off', 'fp16' or 'bf16' (fp16 on CPU needs a recent PyTorch)."""
+    if amp not in AMP_CHOICES:
+        raise ValueError(f"--amp must be one of {AMP_CHOICES}, got {amp!r}")
+    if amp == "off":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass
+class EvalResult:
+    """Video scores of one evaluation, in list order (skipped videos left out)."""
+
+    scores: torch.Tensor  # [N, K] float32
+    labels: torch.Tensor  # [N] int64
+    indices: torch.Tensor  # [N] positions in the test list
+    num_skipped: int = 0  # videos some model's loader could not read
+    seconds: float = 0.0
+    num_views: int = 0  # network inputs run (videos x views, summed over models)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def videos_per_s(self) -> float:
+        return self.scores.size(0) / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def clips_per_s(self) -> float:
+        return self.num_views / self.seconds if self.seconds > 0 else 0.0
+
+
+def _forward_views(
+    model: torch.nn.Module,
+    data: torch.Tensor,
+    num_views: int,
+    device: torch.device,
+    amp: str,
+    softmax: bool,
+) -> torch.Tensor:
+    """One forward pass for a batch `[B, views*T*C, H, W]` -> video scores `[B, K]` on CPU."""
+    b, c, h, w = data.shape
+    if c % num_views != 0:
+        raise ValueError(
+            f"a video tensor has {c} channels, not a multiple of {num_views} views; "
+            "the test crops/clips settings do not match the data"
+        )
+    x = data.to(device, non_blocking=True).view(b * num_views, c // num_views, h, w)
+    with autocast_context(device, amp):
+        logits = model(x)  # [B*V, K]
+    return average_views(logits, num_views=num_views, softmax=softmax).cpu()
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    """tqdm bar on a terminal; on a pipe, no bar (the caller logs plain lines)."""
+    return tqdm(total=total, desc=desc, unit="batch", disable=not (enabled and sys.stderr.isatty()))
+
+
+@torch.no_grad()
+def evaluate_ensemble(
+    models: Sequence[torch.nn.Module],
+    loaders: Sequence[DataLoader],
+    num_views: Sequence[int],
+    device: torch.device,
+    coeffs: Sequence[float] | None = None,
+    softmax: bool = False,
+    amp: str = "off",
+    progress: bool = True,
+) -> EvalResult:
+    """Run every model over its loader in lockstep and ensemble the video scores batch by batch.
+
+    The loaders must come from `make_test_loader` with the same list, batch size and shard, so
+    batch i of every loader covers the same list positions; a video dropped by any loader is left
+    out. The bar shows the running top-1/top-5 of the ensembled scores.
+    """
+    if not (len(models) == len(loaders) == len(num_views)):
+        raise ValueError("evaluate_ensemble needs one loader and one view count per model")
+    for m in models:
+        m.eval()
+    out_scores, out_labels, out_indices = [], [], []
+    num_skipped = 0
+    views_run = 0
+    correct1 = correct5 = 0.0
+    seen = 0
+    total_batches = len(loaders[0])
+    bar = _progress(total_batches, progress, desc="test")
+    log_every = max(1, total_batches // 10)
+    start = time.perf_counter()
+    for step, batches in enumerate(zip(*loaders)):
+        per_model = []
+        requested: set[int] = set()
+        for model, (indices, data, labels, asked), v in zip(models, batches, num_views):
+            scores = _forward_views(model, data, v, device, amp, softmax) if len(indices) else None
+            views_run += len(indices) * v
+            per_model.append((indices, scores, labels))
+            requested.update(asked.tolist())
+        positions = [set(ix.tolist()) for ix, _, _ in per_model]
+        common = sorted(set.intersection(*positions))
+        num_skipped += len(requested) - len(common)
+        if common:
+            aligned = []
+            labels = None
+            for indices, scores, lab in per_model:
+                row = {p: r for r, p in enumerate(indices.tolist())}
+                sel = torch.tensor([row[p] for p in common], dtype=torch.int64)
+                aligned.append(scores[sel])
+                labels = lab[sel] if labels is None else labels
+            video_scores = ensemble_scores(aligned, coeffs)
+            out_scores.append(video_scores)
+            out_labels.append(labels)
+            out_indices.append(torch.tensor(common, dtype=torch.int64))
+            n = len(common)
+            top1, top5 = accuracy(video_scores, labels, topk=(1, 5))
+            correct1 += top1 * n / 100.0
+            correct5 += top5 * n / 100.0
+            seen += n
+        bar.update(1)
+        run1 = 100.0 * correct1 / max(seen, 1)
+        run5 = 100.0 * correct5 / max(seen, 1)
+        bar.set_postfix(top1=f"{run1:.2f}", top5=f"{run5:.2f}", refresh=False)
+        if progress and bar.disable and ((step + 1) % log_every == 0 or step + 1 == total_batches):
+            logger.info(
+                "test batch %d/%d: %d videos, running top-1 %.2f%% top-5 %.2f%%",
+                step + 1,
+                total_batches,
+                seen,
+                run1,
+                run5,
+            )
+    bar.close()
+    seconds = time.perf_counter() - start
+    if out_scores:
+        scores = torch.cat(out_scores)
+        labels = torch.cat(out_labels)
+        indices = torch.cat(out_indices)
+    else:
+        scores, labels, indices = (
+            torch.zeros(0, 0),
+            torch.zeros(0, dtype=torch.int64),
+            torch.zeros(0, dtype=torch.int64),
+        )
+    return EvalResult(scores, labels, indices, num_skipped, seconds, views_run)
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: torch.nn.Module,
+    dataset: Dataset | DataLoader,
+    num_views: int,
+    device: torch.device | str = "cpu",
+    batch_size: int = 1,
+    workers: int = 0,
+    softmax: bool = False,
+    amp: str = "off",
+    collate_fn: Callable | None = None,
+    progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Video scores `[N, K]` and labels `[N]` of one model on a test-mode dataset, in list order.
+
+    `dataset` is a test-mode TSNDataSet (item `[views*T*C, H, W]`, label) or a loader made by
+    `make_test_loader`; `num_views` = clips x crops of that dataset's transform/sampling. Videos the
+    data layer skipped are left out (see the module docstring). This is the single-process entry
+    point used by main.py's demo; test_models.py uses `evaluate_ensemble` directly.
+    """
+    device = torch.device(device)
+    if isinstance(dataset, DataLoader):
+        loader = dataset
+    else:
+        loader = make_test_loader(
+            dataset, batch_size=batch_size, workers=workers, collate_fn=collate_fn
+        )
+    result = evaluate_ensemble(
+        [model], [loader], [num_views], device, softmax=softmax, amp=amp, progress=progress
+    )
+    if result.num_skipped:
+        logger.warning("%d unreadable videos were left out of the evaluation", result.num_skipped)
+    return result.scores, result.labels
+
+
+# --------------------------------------------------------------------------------------------
+# Distributed gathering
+# --------------------------------------------------------------------------------------------
+
+
+def gather_results(result: EvalResult, extra_counts: dict | None = None) -> EvalResult | None:
+    """Collect every rank's shard on rank 0, sorted by list position; other ranks get None.
+
+    Without an initialised process group this returns `result` unchanged. `extra_counts` (e.g.
+    the data layer's bad-data counters) are summed over ranks into the result's `extra`.
+    """
+    extra_counts = dict(extra_counts or {})
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        result.extra = extra_counts
+        return result
+    payload = {
+        "scores": result.scores.cpu(),
+        "labels": result.labels.cpu(),
+        "indices": result.indices.cpu(),
+        "num_skipped": result.num_skipped,
+        "seconds": result.seconds,
+        "num_views": result.num_views,
+        "extra": extra_counts,
+    }
+    rank = dist.get_rank()
+    gathered = [None] * dist.get_world_size() if rank == 0 else None
+    dist.gather_object(payload, gathered, dst=0)
+    if rank != 0:
+        return None
+    parts = [p for p in gathered if p["scores"].numel() > 0]
+    if parts:
+        scores = torch.cat([p["scores"] for p in parts])
+        labels = torch.cat([p["labels"] for p in parts])
+        indices = torch.cat([p["indices"] for p in parts])
+        order = torch.argsort(indices)
+        scores, labels, indices = scores[order], labels[order], indices[order]
+    else:
+        scores, labels, indices = result.scores, result.labels, result.indices
+    merged_extra: dict = {}
+    for p in gathered:
+        for key, value in p["extra"].items():
+            merged_extra[key] = merged_extra.get(key, 0) + value
+    return EvalResult(
+        scores=scores,
+        labels=labels,
+        indices=indices,
+        num_skipped=sum(p["num_skipped"] for p in gathered),
+        seconds=max(p["seconds"] for p in gathered),  # ranks run in parallel: wall time
+        num_views=sum(p["num_views"] for p in gathered),
+        extra=merged_extra,
+    )
