@@ -1,0 +1,38 @@
+"""Global-context channel gate that precedes the first RNL block (Huang and Bors, 2020).
+
+For ``x`` ``[N, C, T, H, W]``: a 1x1x1 conv scores every position, a softmax over all ``T*H*W``
+positions turns the scores into weights ``w``, the context ``c = sum_p w_p x_p`` ``[N, C]`` goes
+through ``Linear(C -> C/r) -> BN1d -> ReLU -> Linear(C/r -> C)`` and the result is added to every
+position. The last Linear starts at zero, so a new gate is the identity. Parameter names
+(``W_k``, ``W_v1``, ``bn1``, ``W_v2``) are those of the published checkpoints.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ChannelGate(nn.Module):
+    """Args: channels ``C``; reduction ``r`` of the bottleneck (2 in the published model)."""
+
+    def __init__(self, channels: int, reduction: int = 2):
+        super().__init__()
+        hidden = channels // reduction
+        self.W_k = nn.Conv3d(channels, 1, kernel_size=1)
+        self.W_v1 = nn.Linear(channels, hidden)
+        self.bn1 = nn.BatchNorm1d(hidden, eps=1e-5, momentum=0.01)
+        self.W_v2 = nn.Linear(hidden, channels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.W_v2.weight)
+        nn.init.zeros_(self.W_v2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c = x.shape[:2]
+        w = F.softmax(self.W_k(x).reshape(n, 1, -1), dim=2)  # (N, 1, P)
+        context = torch.bmm(x.reshape(n, c, -1), w.transpose(1, 2)).view(n, c)  # (N, C)
+        g = self.W_v2(F.relu(self.bn1(self.W_v1(context))))  # (N, C)
+        return x + g.view(n, c, 1, 1, 1)

@@ -1,0 +1,391 @@
+"""TSN wrapper (Wang et al., ECCV 2016) with temporal shift (TSM) and region-based non-local blocks.
+
+The backbone sees a clip of ``T = num_segments`` frames as a batch of images ``[N*T, C, H, W]``;
+per-frame logits ``[N, T, K]`` are averaged over time (the consensus). The constructor keeps TSM's
+keyword names so research code written against TSM/RNL keeps working, and the module tree gives
+the published state_dict layout (``base_model.*``, ``new_fc.*``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from archs import ARCHS, RESNETS, build_backbone
+from archs.mobilenet_v2 import InvertedResidual
+from ops.non_local import make_non_local
+from ops.region_conv import RegionConv3d
+from ops.temporal_shift import TemporalShift, make_temporal_shift
+
+logger = logging.getLogger(__name__)
+
+MODALITIES = ("RGB", "Flow")
+CONSENSUS = ("avg", "identity")
+
+
+class TSN(nn.Module):
+    """Temporal Segment Network with optional temporal shift and non-local blocks.
+
+    Args (TSM's names): num_class, num_segments, modality ('RGB' or 'Flow'), base_model
+    (resnet18/34/50/101/152, mobilenetv2), new_length (frames per segment; 1 for RGB, 5 for Flow by
+    default), consensus_type ('avg' or 'identity'), before_softmax, dropout (0 replaces the
+    backbone's fc; otherwise fc becomes Dropout and ``new_fc`` follows), img_feature_dim and crop_num
+    (accepted for compatibility, unused), partial_bn, print_spec (log the configuration),
+    pretrain ('imagenet', 'scratch' or a backbone state_dict path), is_shift, shift_div,
+    shift_place ('blockres' or 'block'), fc_lr5, temporal_pool, non_local.
+
+    Our additions: nl_type / nl_where (which block to attach and where, see ops/non_local.py),
+    rnl_fused (fused attention; False is the published explicit computation), region_impl
+    ('depthwise' or the published 'masked'), rnl_options (dict: activation, sub_sample, use_norm)
+    and input_size (crop size; 224 as published).
+    """
+
+    def __init__(
+        self,
+        num_class: int,
+        num_segments: int,
+        modality: str,
+        base_model: str = "resnet101",
+        new_length: int | None = None,
+        consensus_type: str = "avg",
+        before_softmax: bool = True,
+        dropout: float = 0.8,
+        img_feature_dim: int = 256,
+        crop_num: int = 1,
+        partial_bn: bool = True,
+        print_spec: bool = True,
+        pretrain: str = "imagenet",
+        is_shift: bool = False,
+        shift_div: int = 8,
+        shift_place: str = "blockres",
+        fc_lr5: bool = False,
+        temporal_pool: bool = False,
+        non_local: bool = False,
+        nl_type: str = "rnl",
+        nl_where: Sequence[str] | str | None = None,
+        rnl_fused: bool = True,
+        region_impl: str = "depthwise",
+        rnl_options: dict | None = None,
+        input_size: int = 224,
+    ):
+        super().__init__()
+        if modality not in MODALITIES:
+            raise ValueError(f"unknown modality {modality!r}: choose one of {MODALITIES}")
+        if consensus_type not in CONSENSUS:
+            raise ValueError(f"unknown consensus {consensus_type!r}: choose one of {CONSENSUS}")
+        if base_model not in ARCHS:
+            raise ValueError(f"unknown base model {base_model!r}: choose one of {', '.join(ARCHS)}")
+        if not before_softmax and consensus_type != "avg":
+            raise ValueError("only avg consensus can be used after softmax")
+        if temporal_pool and num_segments % 2:
+            raise ValueError(
+                f"--temporal_pool needs an even number of segments, got {num_segments}"
+            )
+        if isinstance(nl_where, str):
+            nl_where = [w for w in nl_where.split(",") if w]
+        self.num_class = num_class
+        self.num_segments = num_segments
+        self.modality = modality
+        self.base_model_name = base_model
+        self.new_length = new_length if new_length is not None else (1 if modality == "RGB" else 5)
+        self.consensus_type = consensus_type
+        self.before_softmax = before_softmax
+        self.dropout = dropout
+        self.img_feature_dim = img_feature_dim
+        self.crop_num = crop_num
+        self.pretrain = pretrain
+        self.is_shift = is_shift
+        self.shift_div = shift_div
+        self.shift_place = shift_place
+        self.fc_lr5 = fc_lr5
+        self.temporal_pool = temporal_pool
+        self.non_local = non_local
+        self.nl_type = nl_type
+        self.nl_where = list(nl_where) if nl_where else None
+        self.rnl_fused = rnl_fused
+        self.region_impl = region_impl
+        self.rnl_options = dict(rnl_options or {})
+        self.input_size = input_size
+        self.reshape = True
+        self.input_mean = [0.485, 0.456, 0.406]
+        self.input_std = [0.229, 0.224, 0.225]
+        if modality == "Flow":
+            self.input_mean = [0.5]
+            self.input_std = [float(np.mean(self.input_std))]
+
+        self._prepare_base_model()
+        self._prepare_tsn()
+        if modality == "Flow":
+            self._make_flow_input()
+        self._enable_pbn = partial_bn
+        if print_spec:
+            logger.info(
+                "TSN: base %s, %s, %d segments x %d frames, consensus %s, dropout %s, shift %s, non-local %s",
+                base_model,
+                modality,
+                num_segments,
+                self.new_length,
+                consensus_type,
+                dropout,
+                f"1/{shift_div} {shift_place}" if is_shift else "off",
+                f"{nl_type} at {','.join(self.nl_where) if self.nl_where else 'default places'}"
+                if non_local
+                else "off",
+            )
+
+    # ---- construction -------------------------------------------------------------------
+    def _prepare_base_model(self) -> None:
+        self.base_model = build_backbone(self.base_model_name, self.pretrain)
+        if self.base_model_name in RESNETS:
+            self.base_model.last_layer_name = "fc"
+            if self.is_shift:
+                make_temporal_shift(
+                    self.base_model,
+                    self.num_segments,
+                    n_div=self.shift_div,
+                    place=self.shift_place,
+                    temporal_pool=self.temporal_pool,
+                )
+            if self.non_local:
+                options = dict(self.rnl_options)
+                if self.nl_type == "rnl":
+                    options.update(fused=self.rnl_fused, region_impl=self.region_impl)
+                make_non_local(
+                    self.base_model,
+                    self.num_segments,
+                    nl_type=self.nl_type,
+                    where=self.nl_where,
+                    temporal_pool=self.is_shift and self.temporal_pool,
+                    **options,
+                )
+        else:  # mobilenetv2: shift the first conv of residual inverted-residual blocks (TSM)
+            self.base_model.last_layer_name = "classifier"
+            if self.non_local:
+                raise ValueError("non-local blocks are only available for ResNet backbones")
+            if self.is_shift:
+                for m in self.base_model.modules():
+                    if isinstance(m, InvertedResidual) and len(m.conv) == 8 and m.use_res_connect:
+                        m.conv[0] = TemporalShift(
+                            m.conv[0], n_segment=self.num_segments, n_div=self.shift_div
+                        )
+        self.base_model.avgpool = nn.AdaptiveAvgPool2d(1)
+
+    def _prepare_tsn(self) -> None:
+        name = self.base_model.last_layer_name
+        feature_dim = getattr(self.base_model, name).in_features
+        if self.dropout == 0:
+            setattr(self.base_model, name, nn.Linear(feature_dim, self.num_class))
+            self.new_fc = None
+            fc = getattr(self.base_model, name)
+        else:
+            setattr(self.base_model, name, nn.Dropout(p=self.dropout))
+            self.new_fc = fc = nn.Linear(feature_dim, self.num_class)
+        nn.init.normal_(fc.weight, 0, 0.001)
+        nn.init.zeros_(fc.bias)
+
+    def _make_flow_input(self) -> None:
+        """First conv takes ``2 * new_length`` flow channels: the RGB kernel averaged over its inputs."""
+        conv = (
+            self.base_model.conv1
+            if hasattr(self.base_model, "conv1")
+            else self.base_model.features[0][0]
+        )
+        channels = 2 * self.new_length
+        new = nn.Conv2d(
+            channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            bias=conv.bias is not None,
+        )
+        with torch.no_grad():
+            new.weight.copy_(conv.weight.mean(dim=1, keepdim=True).expand_as(new.weight))
+            if conv.bias is not None:
+                new.bias.copy_(conv.bias)
+        if hasattr(self.base_model, "conv1"):
+            self.base_model.conv1 = new
+        else:
+            self.base_model.features[0][0] = new
+
+    def model_config(self) -> dict:
+        """Constructor keywords (plain types) that rebuild this network with ``TSN(**cfg)``."""
+        return dict(
+            num_class=self.num_class,
+            num_segments=self.num_segments,
+            modality=self.modality,
+            base_model=self.base_model_name,
+            new_length=self.new_length,
+            consensus_type=self.consensus_type,
+            before_softmax=self.before_softmax,
+            dropout=self.dropout,
+            is_shift=self.is_shift,
+            shift_div=self.shift_div,
+            shift_place=self.shift_place,
+            temporal_pool=self.temporal_pool,
+            non_local=self.non_local,
+            nl_type=self.nl_type,
+            nl_where=self.nl_where,
+            rnl_options=dict(self.rnl_options),
+            input_size=self.input_size,
+        )
+
+    # ---- sizes and augmentation ----------------------------------------------------------
+    @property
+    def crop_size(self) -> int:
+        return self.input_size
+
+    @property
+    def scale_size(self) -> int:
+        return self.input_size * 256 // 224
+
+    def get_augmentation(self, flip: bool = True) -> torchvision.transforms.Compose:
+        """Training augmentation: multi-scale crop (+ horizontal flip unless ``flip=False``)."""
+        from ops.transforms import GroupMultiScaleCrop, GroupRandomHorizontalFlip
+
+        crop = GroupMultiScaleCrop(self.input_size, [1, 0.875, 0.75, 0.66])
+        if not flip:
+            return torchvision.transforms.Compose([crop])
+        return torchvision.transforms.Compose(
+            [crop, GroupRandomHorizontalFlip(is_flow=self.modality == "Flow")]
+        )
+
+    # ---- partial BN and optimiser groups ----------------------------------------------------
+    def partialBN(self, enable: bool) -> None:  # noqa: N802 (TSM's name)
+        self._enable_pbn = enable
+
+    def _backbone_bns(self) -> list[_BatchNorm]:
+        """BN layers of the backbone proper (not inside non-local parts), in module order."""
+        return [
+            m
+            for name, m in self.base_model.named_modules()
+            if isinstance(m, _BatchNorm) and not _in_nonlocal_part(name)
+        ]
+
+    def train(self, mode: bool = True) -> TSN:
+        """Partial BN (TSN): in train mode all backbone BNs but the first stay in eval mode with frozen
+        affine parameters. BNs inside the non-local parts keep training."""
+        super().train(mode)
+        if self._enable_pbn and mode:
+            for bn in self._backbone_bns()[1:]:
+                bn.eval()
+                bn.weight.requires_grad_(False)
+                bn.bias.requires_grad_(False)
+        return self
+
+    def get_optim_policies(self) -> list[dict]:
+        """Parameter groups with ``lr_mult`` / ``decay_mult`` as the published code built them.
+
+        Quirk kept on purpose: the published region conv registered its fixed mask before its weight
+        and the grouping took "the first parameter is the weight, the second the bias", so the region
+        conv *weight* lands in ``nl_bias`` (lr x2, no weight decay). Likewise the BN3d of each
+        non-local block puts its weight in ``nl_weight`` (decay 1). The frozen mask itself is left
+        out (it never has a gradient).
+        """
+        groups: dict[str, list[nn.Parameter]] = {
+            k: []
+            for k in (
+                "first_conv_weight",
+                "first_conv_bias",
+                "normal_weight",
+                "normal_bias",
+                "bn",
+                "custom_ops",
+                "nl_weight",
+                "nl_bias",
+                "lr5_weight",
+                "lr10_bias",
+            )
+        }
+        conv_count = 0
+        bn_count = 0
+        for name, m in self.named_modules():
+            if _in_nonlocal_part(name, part="nl"):
+                if isinstance(m, RegionConv3d):
+                    groups["nl_bias"].append(m.weight)
+                elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, _BatchNorm, nn.Linear)):
+                    _split(m, groups["nl_weight"], groups["nl_bias"])
+                elif not m._modules and any(True for _ in m.parameters(recurse=False)):
+                    _split(m, groups["nl_weight"], groups["nl_bias"])
+            elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                conv_count += 1
+                if conv_count == 1:
+                    _split(m, groups["first_conv_weight"], groups["first_conv_bias"])
+                else:
+                    _split(m, groups["normal_weight"], groups["normal_bias"])
+            elif isinstance(m, nn.Linear):
+                is_fc = name in ("new_fc", f"base_model.{self.base_model.last_layer_name}")
+                if is_fc and self.fc_lr5:
+                    _split(m, groups["lr5_weight"], groups["lr10_bias"])
+                else:
+                    _split(m, groups["normal_weight"], groups["normal_bias"])
+            elif isinstance(m, _BatchNorm):
+                backbone_bn = not _in_nonlocal_part(name)
+                bn_count += backbone_bn
+                # partial BN: frozen backbone BNs are not optimised; non-local-part BNs always are
+                if not self._enable_pbn or not backbone_bn or bn_count == 1:
+                    groups["bn"].extend(m.parameters())
+            elif not m._modules and any(True for _ in m.parameters(recurse=False)):
+                raise ValueError(
+                    f"new atomic module type {type(m).__name__} at {name}: give it a learning policy"
+                )
+        flow = self.modality == "Flow"
+        mults = {
+            "first_conv_weight": (5 if flow else 1, 1),
+            "first_conv_bias": (10 if flow else 2, 0),
+            "normal_weight": (1, 1),
+            "normal_bias": (2, 0),
+            "bn": (1, 0),
+            "custom_ops": (1, 1),
+            "nl_weight": (1, 1),
+            "nl_bias": (2, 0),
+            "lr5_weight": (5, 1),
+            "lr10_bias": (10, 0),
+        }
+        return [
+            {"params": groups[k], "lr_mult": mults[k][0], "decay_mult": mults[k][1], "name": k}
+            for k in groups
+        ]
+
+    # ---- forward --------------------------------------------------------------------------
+    def forward(self, input: torch.Tensor, no_reshape: bool = False) -> torch.Tensor:
+        if no_reshape:
+            base_out = self.base_model(input)
+        else:
+            channels = (3 if self.modality == "RGB" else 2) * self.new_length
+            base_out = self.base_model(
+                input.reshape((-1, channels) + input.shape[-2:])
+            )  # (N*T, C, H, W)
+        if self.new_fc is not None:
+            base_out = self.new_fc(base_out)  # (N*T, K)
+        if not self.before_softmax:
+            base_out = base_out.softmax(dim=1)
+        if not self.reshape:
+            return base_out
+        t = self.num_segments // 2 if (self.is_shift and self.temporal_pool) else self.num_segments
+        base_out = base_out.view((-1, t) + base_out.shape[1:])  # (N, T, K)
+        if self.consensus_type == "identity":
+            return base_out
+        return base_out.mean(dim=1)  # (N, K)
+
+
+def _in_nonlocal_part(name: str, part: str | None = None) -> bool:
+    """Whether module ``name`` lies inside an attached part (``.nl``/``.cg``/... of a NonLocalWrapper)."""
+    pieces = name.split(".")
+    if part is not None:
+        return part in pieces
+    return any(p in ("nl", "cg") for p in pieces)
+
+
+def _split(m: nn.Module, weights: list, biases: list) -> None:
+    ps = [p for p in m.parameters(recurse=False)]
+    if ps:
+        weights.append(ps[0])
+    if len(ps) > 1:
+        biases.append(ps[1])

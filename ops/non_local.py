@@ -1,0 +1,150 @@
+"""Attaching spatio-temporal blocks (RNL, channel gate, ...) after residual blocks of a 2-D ResNet.
+
+A 2-D backbone sees ``[N*T, C, H, W]``. ``NonLocalWrapper`` runs the residual block, unfolds its
+output to ``[N, C, T, H, W]``, applies the attached modules in order and folds back. The wrapped
+block moves under ``.block`` and the attached modules keep their published names (``.cg`` for the
+channel gate, ``.nl`` for the non-local operation), so ``layer2.0.block.conv1.net.weight`` and
+``layer2.0.nl.theta.weight`` are exactly the published checkpoint keys.
+
+``BLOCKS`` is the registry of what can be attached: a name mapped to a builder
+``builder(channels, stage, first) -> {attribute name: module}`` where ``stage`` is the ResNet stage
+(1..4) of the residual block and ``first`` tells whether it is the first placement. To add a block,
+write its class in a file of its own in ``ops/`` and add one line here.
+
+Placement (``where``): residual block names such as ``layer2.0``. The published placement for
+ResNet-50 is ``DEFAULT_WHERE`` (every other block of res3 and res4, five in all) with the channel
+gate before the first RNL block; we use the same pattern for ResNet-101 (the published code has
+no placement for it) and for the BasicBlock ResNets, keeping the names that exist (resnet18 has
+two blocks per stage, so only ``layer2.0`` and ``layer3.0`` remain).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ops.channel_gate import ChannelGate
+from ops.rnl import RNLBlock
+from ops.temporal_shift import TemporalPool, TemporalShift
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WHERE = ("layer2.0", "layer2.2", "layer3.0", "layer3.2", "layer3.4")
+# Region conv kernel per ResNet stage: published for res3 (layer2) and res4 (layer3); layer1 and
+# layer4 take their neighbour's.
+RNL_KERNELS = {1: (3, 7, 7), 2: (3, 7, 7), 3: (3, 3, 3), 4: (3, 3, 3)}
+
+
+def _rnl(channels: int, stage: int, first: bool, **options) -> dict[str, nn.Module]:
+    parts: dict[str, nn.Module] = {}
+    if first:
+        parts["cg"] = ChannelGate(channels, reduction=2)
+    parts["nl"] = RNLBlock(channels, reduction=2, kernel_size=RNL_KERNELS[stage], **options)
+    return parts
+
+
+def _gc(channels: int, stage: int, first: bool, **options) -> dict[str, nn.Module]:
+    return {"cg": ChannelGate(channels, reduction=2)}
+
+
+BuilderFn = Callable[..., dict]
+BLOCKS: dict[str, BuilderFn] = {
+    "rnl": _rnl,  # what --non_local means: the published RNL model
+    "gc": _gc,  # the global-context channel gate alone (ablation)
+}
+
+
+class NonLocalWrapper(nn.Module):
+    """Residual block followed by spatio-temporal modules applied on ``[N, C, T, H, W]``."""
+
+    def __init__(self, block: nn.Module, n_segment: int, parts: dict[str, nn.Module]):
+        super().__init__()
+        self.block = block
+        self.n_segment = n_segment
+        self.part_names = list(parts)
+        for name, module in parts.items():
+            self.add_module(name, module)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block(x)  # (N*T, C, H, W)
+        nt, c, h, w = x.shape
+        x = x.view(nt // self.n_segment, self.n_segment, c, h, w).transpose(1, 2)  # (N, C, T, H, W)
+        for name in self.part_names:
+            x = getattr(self, name)(x)
+        return x.transpose(1, 2).contiguous().view(nt, c, h, w)
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    while isinstance(module, (TemporalShift, TemporalPool)):
+        module = module.net
+    return module
+
+
+def _out_channels(block: nn.Module) -> int:
+    block = _unwrap(block)
+    for bn in ("bn3", "bn2"):  # Bottleneck, BasicBlock
+        if hasattr(block, bn):
+            return getattr(block, bn).num_features
+    raise ValueError(
+        f"cannot tell the output width of {type(block).__name__}: expected a ResNet block"
+    )
+
+
+def residual_block_names(net: nn.Module) -> list[str]:
+    """All ``layerX.Y`` names of a ResNet, e.g. for error messages."""
+    names = []
+    for stage in range(1, 5):
+        layer = _unwrap(getattr(net, f"layer{stage}"))
+        names += [f"layer{stage}.{i}" for i in range(len(layer))]
+    return names
+
+
+def make_non_local(
+    net: nn.Module,
+    n_segment: int,
+    nl_type: str = "rnl",
+    where: Sequence[str] | None = None,
+    temporal_pool: bool = False,
+    **options,
+) -> None:
+    """Attach ``BLOCKS[nl_type]`` after the residual blocks named in ``where`` of ResNet ``net``.
+
+    ``where=None`` is the published placement (``DEFAULT_WHERE``, restricted to the blocks the
+    network has). ``temporal_pool`` must match the one given to ``make_temporal_shift``: stages
+    after layer1 then see ``n_segment // 2`` frames. ``options`` go to the block builder (for RNL:
+    ``activation``, ``sub_sample``, ``use_norm``, ``fused``, ``region_impl``).
+    """
+    if nl_type not in BLOCKS:
+        raise ValueError(
+            f"unknown non-local block type {nl_type!r}: choose one of {sorted(BLOCKS)}"
+        )
+    if not all(hasattr(net, f"layer{i}") for i in range(1, 5)):
+        raise ValueError(
+            f"non-local blocks need a ResNet with layer1..layer4, got {type(net).__name__}"
+        )
+    valid = residual_block_names(net)
+    if where is None:
+        where = [name for name in DEFAULT_WHERE if name in valid]
+        if len(where) < len(DEFAULT_WHERE):
+            logger.info(
+                "non-local placement: %s (the network has no %s)",
+                ",".join(where),
+                ",".join(n for n in DEFAULT_WHERE if n not in valid),
+            )
+    else:
+        bad = [name for name in where if name not in valid]
+        if bad:
+            raise ValueError(
+                f"unknown residual block(s) {','.join(bad)} in --nl_where: valid are {','.join(valid)}"
+            )
+    builder = BLOCKS[nl_type]
+    for i, name in enumerate(sorted(set(where), key=valid.index)):
+        stage, index = int(name[5]), int(name.split(".")[1])
+        segments = n_segment // 2 if (temporal_pool and stage > 1) else n_segment
+        layer = _unwrap(getattr(net, f"layer{stage}"))
+        block = layer[index]
+        parts = builder(_out_channels(block), stage, i == 0, **options)
+        layer[index] = NonLocalWrapper(block, segments, parts)

@@ -1,0 +1,79 @@
+"""The region aggregation of RNL: a depthwise 3-D convolution stored in the published layout.
+
+The published RNL code computes the depthwise convolution as a *grouped* convolution with
+``groups = max(C // 32, 1)`` whose weight ``[C, C // groups, kt, kh, kw]`` is multiplied by a fixed
+0/1 ``mask`` so that output channel ``i`` only sees input channel ``i``. The kernel of channel ``i``
+is therefore ``weight[i, i % (C // groups)]`` and everything else in ``weight`` is dead.
+
+``RegionConv3d`` keeps that layout (``mask`` registered before ``weight``, both parameters, as in the
+published state_dict) so the published checkpoints load unchanged, but by default computes the
+convolution as a true depthwise conv3d on the gathered ``[C, 1, kt, kh, kw]`` kernel: the same
+result with 1/32 of the arithmetic. ``impl='masked'`` runs the published computation, for
+benchmarks and equivalence tests. Gradients agree too: the gather scatters the kernel gradient back
+to exactly the entries the mask keeps, the rest get zero, as with the masked product.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IMPLS = ("depthwise", "masked")
+
+
+class RegionConv3d(nn.Module):
+    """Depthwise 3-D convolution, zero padding ``(k - 1) // 2``, no bias.
+
+    Args:
+        channels: input = output channels ``C``.
+        kernel_size: ``(kt, kh, kw)``, odd sizes.
+        impl: ``'depthwise'`` (gathered kernel, ``groups=C``) or ``'masked'`` (the published
+            masked grouped convolution).
+    """
+
+    def __init__(self, channels: int, kernel_size=(3, 7, 7), impl: str = "depthwise"):
+        super().__init__()
+        if impl not in IMPLS:
+            raise ValueError(f"unknown region conv impl {impl!r}: choose one of {IMPLS}")
+        self.channels = channels
+        self.kernel_size = tuple(int(k) for k in kernel_size)
+        self.padding = tuple((k - 1) // 2 for k in self.kernel_size)
+        self.groups = max(channels // 32, 1)
+        if channels % self.groups:
+            raise ValueError(
+                f"region conv needs channels divisible by {self.groups}, got {channels}"
+            )
+        self.per_group = channels // self.groups
+        self.impl = impl
+        mask = torch.zeros(channels, self.per_group, *self.kernel_size)
+        mask[torch.arange(channels), torch.arange(channels) % self.per_group] = 1.0
+        # Registration order (mask, then weight) is the published state_dict order.
+        self.mask = nn.Parameter(mask, requires_grad=False)
+        self.weight = nn.Parameter(torch.empty(channels, self.per_group, *self.kernel_size))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Xavier-uniform on the full (masked) layout, then zero the dead entries, as published.
+        fan_in = self.per_group * math.prod(self.kernel_size)
+        fan_out = self.channels * math.prod(self.kernel_size)
+        bound = math.sqrt(6.0 / (fan_in + fan_out))
+        with torch.no_grad():
+            self.weight.uniform_(-bound, bound).mul_(self.mask)
+
+    def depthwise_weight(self) -> torch.Tensor:
+        """The live kernels as a ``[C, 1, kt, kh, kw]`` depthwise weight."""
+        idx = torch.arange(self.channels, device=self.weight.device)
+        return self.weight[idx, idx % self.per_group].unsqueeze(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, T, H, W) -> same
+        if self.impl == "masked":
+            return F.conv3d(x, self.weight * self.mask, None, 1, self.padding, 1, self.groups)
+        return F.conv3d(
+            x, self.depthwise_weight().to(x.dtype), None, 1, self.padding, 1, self.channels
+        )
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, kernel_size={self.kernel_size}, impl={self.impl!r}"

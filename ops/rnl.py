@@ -1,0 +1,132 @@
+"""Region-based non-local (RNL) block (Huang and Bors, "Region-based Non-local Operation for Video
+Classification", arXiv 2007.09033).
+
+For a block output ``x`` ``[N, C, T, H, W]`` with ``C' = C / reduction`` and ``P = T*H*W``:
+
+1. ``theta = Conv3d_1x1(C -> C')(x)``                                   ``[N, C', T, H, W]``
+2. region features ``r = DW(theta)``: a depthwise 3-D conv (``RegionConv3d``; kernel
+   ``(3, 7, 7)`` in layer2, ``(3, 3, 3)`` in layer3)
+3. affinity ``A[m, n] = r_m . r_n`` between source ``m`` and target ``n`` (no scaling),
+   ``softmax`` over the source index ``m`` (or ``relu(A) / P_source``)
+4. ``y_n = sum_m A[m, n] theta_m``: the values are theta, not r
+5. ``z = BN3d(Conv3d_1x1(C' -> C)(y)) + x``; the BN starts at zero, so a new block is the identity.
+
+Options: ``activation='relu'``, ``use_norm`` (L2-normalise r over channels), ``sub_sample``
+(max-pool (1, 2, 2) of the source side: keys r and values theta).
+
+Softmax without scaling is attention with query = key = r, value = theta and scale 1, so with
+``fused=True`` the block runs ``F.scaled_dot_product_attention`` and never materialises the
+``P x P`` matrix (P = 6272 in layer2 at 8 frames, 224 px). The inputs are made contiguous in
+``[N, P, C']`` first: with strided inputs the CPU kernel silently falls back to the math path
+(see PERF_NOTES). The explicit path is used for the relu variant and whenever
+``store_attention`` is set, in which case the normalised ``[N, P_source, P]`` affinity is kept in
+``self.attention`` for visualisation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ops.region_conv import RegionConv3d
+
+ACTIVATIONS = ("softmax", "relu")
+
+
+def _positions_last(t: torch.Tensor) -> torch.Tensor:
+    """``[N, C, T, H, W]`` -> contiguous ``[N, 1, P, C]`` (one attention head)."""
+    return t.flatten(2).transpose(1, 2).unsqueeze(1).contiguous()
+
+
+class RNLBlock(nn.Module):
+    """Region-based non-local operation; attribute names follow the published checkpoints.
+
+    Args:
+        in_channels: ``C`` of the block output.
+        reduction: ``C / C'`` (2 in the published model).
+        kernel_size: region conv kernel ``(kt, kh, kw)``; all ones means no region conv (r = theta).
+        activation: ``'softmax'`` (published) or ``'relu'`` (``relu(A) / P_source``).
+        sub_sample: max-pool (1, 2, 2) the source side.
+        use_norm: L2-normalise the region features over channels.
+        fused: run softmax attention through ``scaled_dot_product_attention``.
+        region_impl: ``'depthwise'`` or ``'masked'`` (see ``RegionConv3d``).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        reduction: int = 2,
+        kernel_size=(3, 7, 7),
+        activation: str = "softmax",
+        sub_sample: bool = False,
+        use_norm: bool = False,
+        fused: bool = True,
+        region_impl: str = "depthwise",
+    ):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown RNL activation {activation!r}: choose one of {ACTIVATIONS}")
+        inter = in_channels // reduction
+        self.in_channels, self.inter_channels = in_channels, inter
+        self.activation, self.sub_sample, self.use_norm, self.fused = (
+            activation,
+            sub_sample,
+            use_norm,
+            fused,
+        )
+        self.theta = nn.Conv3d(in_channels, inter, kernel_size=1)
+        has_region = any(int(k) > 1 for k in kernel_size)
+        self.penta = RegionConv3d(inter, kernel_size, impl=region_impl) if has_region else None
+        self.W = nn.Sequential(
+            nn.Conv3d(inter, in_channels, kernel_size=1), nn.BatchNorm3d(in_channels)
+        )
+        self.store_attention = False
+        self.attention: torch.Tensor | None = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.W[1].weight)
+        nn.init.zeros_(self.W[1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, t, h, w = x.shape
+        theta = self.theta(x)  # (N, C', T, H, W)
+        r = self.penta(theta) if self.penta is not None else theta  # (N, C', T, H, W)
+        if self.use_norm:
+            r = F.normalize(r, p=2, dim=1)
+        r_src, v = (
+            (F.max_pool3d(r, (1, 2, 2)), F.max_pool3d(theta, (1, 2, 2)))
+            if self.sub_sample
+            else (r, theta)
+        )
+
+        if self.fused and self.activation == "softmax" and not self.store_attention:
+            q, k, val = (
+                _positions_last(r),
+                _positions_last(r_src),
+                _positions_last(v),
+            )  # (N, 1, P|Ps, C')
+            y = F.scaled_dot_product_attention(q, k, val, scale=1.0)  # (N, 1, P, C')
+            y = y.squeeze(1).transpose(1, 2)  # (N, C', P)
+        else:
+            y = self._explicit(r.flatten(2), r_src.flatten(2), v.flatten(2))  # (N, C', P)
+        y = y.reshape(n, self.inter_channels, t, h, w)
+        return self.W(y) + x
+
+    def _explicit(self, r: torch.Tensor, r_src: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Materialised affinity; r (N, C', P), r_src and v (N, C', Ps) -> y (N, C', P)."""
+        a = torch.bmm(r_src.transpose(1, 2), r)  # (N, Ps, P): source m, target n
+        if self.activation == "softmax":
+            a = F.softmax(a, dim=1)
+        else:
+            a = F.relu(a) / a.shape[1]
+        if self.store_attention:
+            self.attention = a.detach()
+        return torch.bmm(v, a)  # (N, C', P)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels} -> {self.inter_channels}, activation={self.activation!r}, "
+            f"sub_sample={self.sub_sample}, use_norm={self.use_norm}, fused={self.fused}"
+        )

@@ -1,0 +1,166 @@
+"""Temporal Shift Module (Lin et al., "TSM: Temporal Shift Module for Efficient Video
+Understanding", ICCV 2019).
+
+A 2-D network sees a clip as a batch of frames ``[N*T, C, H, W]``. The shift moves a fraction of
+the channels one step along time so that the following 2-D convolution mixes neighbouring frames
+at zero FLOPs. With ``fold = C // shift_div``:
+
+* channels ``[0, fold)`` at time t take the value from t+1 (zero at the last step),
+* channels ``[fold, 2*fold)`` take the value from t-1 (zero at the first step),
+* the other channels are unchanged.
+
+Placements (``make_temporal_shift``):
+
+* ``blockres`` (the published setting): the shift is applied to the input of ``conv1`` of each
+  residual block, inside the residual branch; the identity path sees the unshifted tensor. The
+  wrapped conv appears in the state_dict as ``layerX.Y.conv1.net.weight``. For ResNets whose layer3
+  has 23 or more blocks (ResNet-101, -152) only every other block (0, 2, 4, ...) is shifted.
+* ``block``: the whole block's input is shifted (``layerX.Y.net.*``).
+
+``TemporalPool`` halves T before layer2 with a max-pool over time (kernel 3, stride 2, pad 1).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+def temporal_shift(x: torch.Tensor, n_segment: int, fold_div: int = 8) -> torch.Tensor:
+    """Out-of-place temporal shift of ``x`` ``[N*T, C, H, W]``; returns a new tensor."""
+    nt, c, h, w = x.shape
+    x = x.view(nt // n_segment, n_segment, c, h, w)  # (N, T, C, H, W)
+    fold = c // fold_div
+    out = torch.empty_like(x)
+    out[:, :-1, :fold] = x[:, 1:, :fold]  # t <- t+1
+    out[:, -1, :fold] = 0
+    out[:, 1:, fold : 2 * fold] = x[:, :-1, fold : 2 * fold]  # t <- t-1
+    out[:, 0, fold : 2 * fold] = 0
+    out[:, :, 2 * fold :] = x[:, :, 2 * fold :]
+    return out.view(nt, c, h, w)
+
+
+def _shift_inplace_(x5: torch.Tensor, fold: int, forward: bool) -> None:
+    """Shift ``x5`` ``[N, T, C, H, W]`` in place. ``forward=False`` applies the adjoint (the
+    backward of the shift): the first fold moves t -> t+1 and the second t -> t-1."""
+    a, b = (
+        (slice(0, fold), slice(fold, 2 * fold))
+        if forward
+        else (slice(fold, 2 * fold), slice(0, fold))
+    )
+    # channels in `a`: value at t comes from t+1 (copying left to right is safe in place)
+    x5[:, :-1, a] = x5[:, 1:, a].clone()
+    x5[:, -1, a] = 0
+    # channels in `b`: value at t comes from t-1
+    x5[:, 1:, b] = x5[:, :-1, b].clone()
+    x5[:, 0, b] = 0
+
+
+class InplaceShift(torch.autograd.Function):
+    """Temporal shift that overwrites its input (saves one activation-sized copy).
+
+    Only safe where nothing else needs the unshifted input, e.g. a freshly computed tensor that no
+    other autograd node saved. It is NOT used by ``make_temporal_shift``: in a residual block the
+    shifted tensor is also the identity path (and saved by the previous ReLU). The gradient is the adjoint shift applied in place to the incoming
+    gradient. Forward and backward equal ``temporal_shift``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, n_segment: int, fold_div: int) -> torch.Tensor:
+        nt, c, h, w = x.shape
+        ctx.n_segment, ctx.fold = n_segment, c // fold_div
+        _shift_inplace_(x.view(nt // n_segment, n_segment, c, h, w), ctx.fold, forward=True)
+        ctx.mark_dirty(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.clone() if not grad.is_contiguous() else grad
+        nt, c, h, w = grad.shape
+        _shift_inplace_(
+            grad.view(nt // ctx.n_segment, ctx.n_segment, c, h, w), ctx.fold, forward=False
+        )
+        return grad, None, None
+
+
+class TemporalShift(nn.Module):
+    """Shift the input over time, then apply the wrapped module ``net`` (kept as ``.net`` so the
+    state_dict matches the published ``conv1.net.weight`` layout)."""
+
+    def __init__(self, net: nn.Module, n_segment: int = 8, n_div: int = 8, inplace: bool = False):
+        super().__init__()
+        self.net = net
+        self.n_segment = n_segment
+        self.fold_div = n_div
+        self.inplace = inplace
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.inplace:
+            x = InplaceShift.apply(x, self.n_segment, self.fold_div)
+        else:
+            x = temporal_shift(x, self.n_segment, self.fold_div)
+        return self.net(x)
+
+    def extra_repr(self) -> str:
+        return f"n_segment={self.n_segment}, fold_div={self.fold_div}, inplace={self.inplace}"
+
+
+class TemporalPool(nn.Module):
+    """Max-pool over time (kernel 3, stride 2, padding 1) before ``net``: T frames in, T/2 out."""
+
+    def __init__(self, net: nn.Module, n_segment: int):
+        super().__init__()
+        self.net = net
+        self.n_segment = n_segment
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        nt, c, h, w = x.shape
+        n = nt // self.n_segment
+        x = x.view(n, self.n_segment, c, h, w).transpose(1, 2)  # (N, C, T, H, W)
+        x = F.max_pool3d(x, kernel_size=(3, 1, 1), stride=(2, 1, 1), padding=(1, 0, 0))
+        x = x.transpose(1, 2).contiguous().view(-1, c, h, w)  # (N*T/2, C, H, W)
+        return self.net(x)
+
+
+def make_temporal_shift(
+    net: nn.Module,
+    n_segment: int,
+    n_div: int = 8,
+    place: str = "blockres",
+    temporal_pool: bool = False,
+) -> None:
+    """Insert temporal shifts into a torchvision-style ResNet ``net`` in place.
+
+    ``place`` is ``blockres`` or ``block`` (see the module docstring). With ``temporal_pool`` the
+    stages after layer1 see ``n_segment // 2`` frames and layer2 is wrapped in ``TemporalPool``.
+    """
+    if place not in ("blockres", "block"):
+        raise ValueError(f"unknown shift place {place!r}: use 'blockres' or 'block'")
+    if not all(hasattr(net, f"layer{i}") for i in range(1, 5)):
+        raise ValueError(
+            f"temporal shift placement needs a ResNet with layer1..layer4, got {type(net).__name__}"
+        )
+    segments = [n_segment] + [n_segment // 2 if temporal_pool else n_segment] * 3
+    # Deep ResNets (ResNet-101/152: 23+ blocks in layer3) shift only every other block.
+    n_round = 2 if len(net.layer3) >= 23 else 1
+    for stage, this_segment in zip(range(1, 5), segments):
+        layer = getattr(net, f"layer{stage}")
+        for i in range(len(layer)):
+            if place == "block":
+                layer[i] = TemporalShift(layer[i], n_segment=this_segment, n_div=n_div)
+            elif i % n_round == 0:
+                layer[i].conv1 = TemporalShift(layer[i].conv1, n_segment=this_segment, n_div=n_div)
+    logger.debug(
+        "temporal shift: place=%s div=%d segments=%s every %d block(s)",
+        place,
+        n_div,
+        segments,
+        n_round,
+    )
+    if temporal_pool:
+        net.layer2 = TemporalPool(net.layer2, n_segment)
