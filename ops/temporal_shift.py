@@ -66,8 +66,8 @@ class InplaceShift(torch.autograd.Function):
 
     Only safe where nothing else needs the unshifted input, e.g. a freshly computed tensor that no
     other autograd node saved. It is NOT used by ``make_temporal_shift``: in a residual block the
-    shifted tensor is also the identity path (and saved by the previous ReLU). The gradient is the adjoint shift applied in place to the incoming
-    gradient. Forward and backward equal ``temporal_shift``.
+    input is also the identity path (and saved by the previous ReLU). The gradient is the adjoint
+    shift applied in place to the incoming gradient. Forward and backward equal ``temporal_shift``.
     """
 
     @staticmethod
