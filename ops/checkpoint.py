@@ -95,13 +95,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()
-        detail = next(
-            (line for line in reason if "GLOBAL" in line or "Unsupported" in line),
-            reason[0] if reason else "",
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        detail = (
+            f"it would call {found.group(1)}"
+            if found
+            else "it holds objects other than tensors and plain values"
         )
         raise CheckpointError(
-            f"refused to load {path}: it holds objects other than tensors and plain values ({detail.strip()}); "
+            f"refused to load {path}: {detail} when unpickled; "
             "only load checkpoints from sources you trust, re-saved as plain state_dicts"
         ) from None
     except Exception as exc:

@@ -1,0 +1,111 @@
+"""Temporal shift: hand-computed expectations, in-place vs out-of-place, placements."""
+
+import pytest
+import torch
+import torchvision
+
+from ops.temporal_shift import (
+    InplaceShift,
+    TemporalPool,
+    TemporalShift,
+    make_temporal_shift,
+    temporal_shift,
+)
+
+
+def test_shift_matches_hand_computed_values():
+    # N=1, T=3, C=4, H=W=1, fold_div=4 -> fold=1: channel 0 from t+1, channel 1 from t-1.
+    x = torch.arange(12, dtype=torch.float32).view(3, 4, 1, 1)  # x[t, c] = 4t + c
+    out = temporal_shift(x, n_segment=3, fold_div=4).view(3, 4)
+    expected = torch.tensor(
+        [
+            [4.0, 0.0, 2.0, 3.0],  # t=0: c0 <- x[1,0]=4, c1 <- zero
+            [8.0, 1.0, 6.0, 7.0],  # t=1: c0 <- x[2,0]=8, c1 <- x[0,1]=1
+            [0.0, 5.0, 10.0, 11.0],  # t=2: c0 <- zero,  c1 <- x[1,1]=5
+        ]
+    )
+    assert torch.equal(out, expected)
+
+
+def test_shift_keeps_clips_separate():
+    # Two clips in the batch: nothing may leak from clip 0's last frame into clip 1's first.
+    x = torch.ones(2 * 2, 8, 1, 1)
+    x[:2] = 5.0
+    out = temporal_shift(x, n_segment=2, fold_div=8).view(2, 2, 8)
+    assert out[1, 0, 1].item() == 0.0  # clip 1, t=0, "from t-1" channel: zero, not clip 0's value
+    assert out[0, 1, 0].item() == 0.0  # clip 0, last step, "from t+1" channel: zero
+    assert out[1, 1, 1].item() == 1.0
+
+
+def test_inplace_equals_out_of_place_forward_and_backward():
+    torch.manual_seed(0)
+    base = torch.randn(2 * 4, 16, 3, 3)
+    grad = torch.randn_like(base)
+
+    a = base.clone().requires_grad_(True)
+    ya = temporal_shift(a, 4, 8)
+    (ya * grad).sum().backward()
+
+    b = base.clone().requires_grad_(True)
+    yb = InplaceShift.apply(b * 1.0, 4, 8)  # in place on a fresh tensor
+    (yb * grad).sum().backward()
+
+    assert torch.equal(ya, yb)
+    assert torch.equal(a.grad, b.grad)
+
+
+def test_shift_gradient_is_adjoint():
+    # <shift(x), g> == <x, shift^T(g)>: check against autograd of the out-of-place version.
+    torch.manual_seed(1)
+    x = torch.randn(3 * 5, 8, 2, 2, requires_grad=True)
+    g = torch.randn(3 * 5, 8, 2, 2)
+    (temporal_shift(x, 5, 4) * g).sum().backward()
+    # Manual adjoint: fold 0..1 (came from t+1) sends gradient to t+1; fold 2..3 to t-1.
+    g5 = g.view(3, 5, 8, 2, 2)
+    exp = torch.zeros_like(g5)
+    exp[:, 1:, :2] = g5[:, :-1, :2]
+    exp[:, :-1, 2:4] = g5[:, 1:, 2:4]
+    exp[:, :, 4:] = g5[:, :, 4:]
+    assert torch.equal(x.grad, exp.view_as(x.grad))
+
+
+def test_blockres_placement_and_every_other_block_for_deep_resnets():
+    r50 = torchvision.models.resnet50(weights=None)
+    make_temporal_shift(r50, 8, n_div=8, place="blockres")
+    assert all(
+        isinstance(b.conv1, TemporalShift) for layer in (r50.layer1, r50.layer3) for b in layer
+    )
+
+    r101 = torchvision.models.resnet101(weights=None)
+    make_temporal_shift(r101, 8, place="blockres")
+    shifted = [isinstance(b.conv1, TemporalShift) for b in r101.layer3]
+    assert shifted == [i % 2 == 0 for i in range(23)]
+
+
+def test_blockres_identity_path_is_unshifted():
+    # A block whose residual branch outputs zero must return relu(identity) of the UNshifted input.
+    r18 = torchvision.models.resnet18(weights=None)
+    make_temporal_shift(r18, 4, n_div=4, place="blockres")
+    block = r18.layer1[0].eval()
+    torch.nn.init.zeros_(block.bn2.weight)
+    torch.nn.init.zeros_(block.bn2.bias)
+    x = torch.rand(4, 64, 5, 5)
+    assert torch.equal(block(x), torch.relu(x))
+
+
+def test_block_placement_state_dict_names():
+    r18 = torchvision.models.resnet18(weights=None)
+    make_temporal_shift(r18, 4, place="block")
+    assert "layer1.0.net.conv1.weight" in r18.state_dict()
+
+
+def test_temporal_pool_halves_time_with_max():
+    net = TemporalPool(torch.nn.Identity(), n_segment=4)
+    x = torch.tensor([1.0, 5.0, 2.0, 3.0]).view(4, 1, 1, 1)  # one clip, T=4
+    # kernel 3, stride 2, pad 1 over time: windows {pad,1,5} and {5,2,3}
+    assert net(x).flatten().tolist() == [5.0, 5.0]
+
+
+def test_unknown_place_is_a_clear_error():
+    with pytest.raises(ValueError, match="blockres"):
+        make_temporal_shift(torchvision.models.resnet18(weights=None), 8, place="everywhere")
