@@ -1,0 +1,101 @@
+"""Training records of one run: tensorboardX scalars plus a plain CSV and text log.
+
+Everything goes to `<root_log>/<run name>/`:
+- `events.out.tfevents.*`: tensorboardX scalars (`loss/train`, `acc/train_top1`, `lr`,
+  `throughput/clips_per_s`, `loss/val`, `acc/val_top1`, ... per epoch; `loss/step`, `lr/step`
+  every `--print-freq` optimizer steps);
+- `log.csv`: one row per epoch (epoch, lr, train/val loss and accuracy, clips/s, bad data);
+- `log.txt`: the progress lines and messages, as the published `log.csv` text file had;
+- `args.txt`: the resolved configuration.
+Only rank 0 writes; on other ranks a RunLogger is a no-op (`enabled=False`). Appending keeps the
+records of a resumed run in the same files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+
+CSV_FIELDS = (
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_top1",
+    "train_top5",
+    "train_clips_per_s",
+    "val_loss",
+    "val_top1",
+    "val_top5",
+    "best_top1",
+    "skipped_videos",
+    "seconds",
+)
+
+
+class RunLogger:
+    """Scalars to tensorboardX, epoch rows to `log.csv`, lines to `log.txt` (rank 0 only)."""
+
+    def __init__(self, log_dir: str, enabled: bool = True) -> None:
+        self.log_dir = log_dir
+        self.enabled = enabled
+        self._writer = None
+        if not enabled:
+            return
+        os.makedirs(log_dir, exist_ok=True)
+        from tensorboardX import SummaryWriter
+
+        self._writer = SummaryWriter(log_dir=log_dir)
+        self._csv_path = os.path.join(log_dir, "log.csv")
+        self._txt_path = os.path.join(log_dir, "log.txt")
+        if not os.path.exists(self._csv_path):
+            with open(self._csv_path, "w", newline="") as f:
+                csv.writer(f).writerow(CSV_FIELDS)
+
+    def write_config(self, config: dict) -> None:
+        """Store the resolved configuration as `args.txt` (JSON, one run's settings)."""
+        if self.enabled:
+            with open(os.path.join(self.log_dir, "args.txt"), "w") as f:
+                json.dump(config, f, indent=1, sort_keys=True, default=str)
+
+    def scalar(self, tag: str, value: float, step: int | float) -> None:
+        if self._writer is not None:
+            self._writer.add_scalar(tag, value, step)
+
+    def scalars(self, values: dict[str, float], step: int | float) -> None:
+        for tag, value in values.items():
+            self.scalar(tag, value, step)
+
+    def line(self, text: str) -> None:
+        """Append a line to `log.txt` (the caller also logs it through `logging`)."""
+        if self.enabled:
+            with open(self._txt_path, "a") as f:
+                f.write(text + "\n")
+
+    def epoch_row(self, row: dict) -> None:
+        """Append one epoch's summary to `log.csv` (missing fields left empty)."""
+        if not self.enabled:
+            return
+        unknown = set(row) - set(CSV_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown log.csv fields {sorted(unknown)}: add them to CSV_FIELDS")
+        with open(self._csv_path, "a", newline="") as f:
+            csv.writer(f).writerow([_fmt(row.get(k)) for k in CSV_FIELDS])
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)

@@ -1,0 +1,164 @@
+"""Reproducible randomness for training: results that do not depend on workers or restarts.
+
+Three rules make a run resumed from a checkpoint give bit-identical weights on CPU:
+- Each sample's augmentation (frame offsets, crop, flip) draws from a generator seeded by
+  (seed, epoch, sample index) (`SeededDataset`), not from whatever state a loader worker has, so
+  the number of workers and where a run was interrupted do not matter.
+- The order of samples in an epoch is a permutation seeded by (seed, epoch) (`EpochSampler`),
+  sharded over ranks like DistributedSampler, and can start part-way (mid-epoch resume).
+- The main process's generators (dropout) are re-seeded at the start of every epoch by
+  (seed, epoch, rank) (`seed_epoch`); mid-epoch checkpoints also store them (`rng_state`).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+
+def derive_seed(*keys: int) -> int:
+    """A 32-bit seed mixed from integer keys (independent streams for different keys)."""
+    return int(np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in keys]).generate_state(1)[0])
+
+
+def seed_all(seed: int) -> None:
+    """Seed python's, numpy's and torch's (CPU and CUDA) global generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Re-seed the main process's generators at the start of an epoch (dropout, etc.)."""
+    seed_all(derive_seed(seed, epoch, rank, 1))
+
+
+def rng_state() -> dict:
+    """The global generators' states as tensors / plain types (loadable with weights_only)."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` returned (after a round trip through a checkpoint)."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(
+        (
+            n["kind"],
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class SeededDataset(Dataset):
+    """Wraps a dataset so item `i` in epoch `e` always draws the same random numbers.
+
+    Before `dataset[i]` the global python / numpy / torch generators are seeded from
+    (seed, epoch, i), and afterwards restored, so that loading in the main process (workers=0)
+    does not disturb the training's own random stream. Call `set_epoch` before each epoch; the
+    loader's worker processes receive the new epoch when they start (non-persistent workers).
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        saved_py, saved_np = random.getstate(), np.random.get_state()
+        saved_torch = torch.get_rng_state()
+        seed_all(derive_seed(self.seed, self.epoch, index, 2))
+        try:
+            return self.dataset[index]
+        finally:
+            random.setstate(saved_py)
+            np.random.set_state(saved_np)
+            torch.set_rng_state(saved_torch)
+
+    def __getattr__(self, name: str):
+        # Attributes of the wrapped dataset (e.g. bad-data counters) stay reachable.
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffled (or ordered) indices for one rank, reproducible per epoch, resumable mid-epoch.
+
+    Like DistributedSampler: the permutation of epoch `e` comes from a generator seeded by
+    (seed, e); it is padded by repetition to a multiple of `num_replicas` (shuffle) and rank `r`
+    takes every `num_replicas`-th index from `r`. Without shuffle (validation) nothing is padded
+    and shards may differ in size by one. `set_epoch(e, start=k)` skips this rank's first `k`
+    indices (those already trained on before an interruption).
+    """
+
+    def __init__(
+        self,
+        dataset_len: int,
+        *,
+        num_replicas: int = 1,
+        rank: int = 0,
+        shuffle: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        self.dataset_len = dataset_len
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch = epoch
+        self.start = start
+
+    def _indices(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.rank, self.dataset_len, self.num_replicas))
+        g = torch.Generator()
+        g.manual_seed(derive_seed(self.seed, self.epoch, 3))
+        order = torch.randperm(self.dataset_len, generator=g).tolist()
+        total = math.ceil(self.dataset_len / self.num_replicas) * self.num_replicas
+        order = (order * math.ceil(total / max(len(order), 1)))[:total]
+        return order[self.rank : total : self.num_replicas]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._indices()[self.start :])
+
+    def __len__(self) -> int:
+        return max(len(self._indices()) - self.start, 0)

@@ -1,0 +1,300 @@
+"""Command-line options of main.py.
+
+Accepts every flag of the two training commands published with RNL verbatim (e.g.
+`--dist-url 'tcp://localhost:6666' --dist-backend 'nccl' --multiprocessing-distributed
+--available_gpus 0,1,2,3 --world-size 1 --rank 0 --gd 20 --shift --shift_div=8 ... --suffix 1`),
+TSM's usual flags, the shared data flags of ops/dataset_config.py, and our own additions
+(`--amp`, `--channels_last`, `--compile`, `--sync_bn`, `--dry_run`, ...).
+
+Run `python main.py` with no `--dataset` for the embedded demo: `DEMO_DEFAULTS` below replace the
+defaults of every flag the user did not give (so `python main.py --epochs 3 --no-shift` is the
+demo with three epochs and no temporal shift, i.e. a TSN baseline).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ops.dataset_config import add_data_args
+
+# Settings of the embedded demo (`python main.py` without --dataset): a small TSM+RNL ResNet-18 on
+# the synthetic moving-object videos, trained from scratch on CPU in a few minutes.
+DEMO_DEFAULTS: dict[str, object] = {
+    "dataset": "synthetic",
+    "arch": "resnet18",
+    "shift": True,
+    "shift_div": 8,
+    "shift_place": "blockres",
+    "non_local": True,
+    "num_segments": 8,
+    "input_size": 64,
+    "pretrain": "scratch",
+    "dropout": 0.5,
+    "no_partialbn": True,
+    "epochs": 6,
+    "batch_size": 8,
+    "lr": 0.02,
+    "weight_decay": 1e-4,
+    "lr_type": "cos",
+    "use_warmup": True,
+    "warmup_epochs": 1,
+    "clip_gradient": 20.0,
+    "workers": 1,
+    "seed": 0,
+    "print_freq": 10,
+    "suffix": "demo",
+}
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    """The parser of main.py (TSM / RNL flag names, spellings and aliases kept)."""
+    parser = argparse.ArgumentParser(
+        description="Train TSM / RNL video classifiers (python main.py alone runs the demo)",
+        add_help=add_help,
+    )
+
+    g = parser.add_argument_group("dataset")
+    g.add_argument(
+        "--dataset",
+        type=str,
+        default=None,
+        help="something | somethingv2 | jester | kinetics | ucf101 | hmdb51 | synthetic "
+        "(omit it to run the embedded demo)",
+    )
+    g.add_argument("--modality", type=str, default="RGB", choices=["RGB", "Flow"])
+    g.add_argument(
+        "--dense_sample",
+        default=False,
+        action="store_true",
+        help="I3D-style dense sampling (64-frame window) as for Kinetics",
+    )
+    add_data_args(parser)
+
+    g = parser.add_argument_group("model")
+    g.add_argument("--arch", type=str, default="resnet50")
+    g.add_argument("--num_segments", type=int, default=8)
+    g.add_argument("--consensus_type", type=str, default="avg", choices=["avg"])
+    g.add_argument("--img_feature_dim", type=int, default=256, help="kept for TSM compatibility")
+    g.add_argument("--dropout", "--do", type=float, default=0.5, metavar="DO")
+    g.add_argument(
+        "--shift",
+        default=False,
+        action=argparse.BooleanOptionalAction,
+        help="temporal shift (TSM); --no-shift gives a TSN",
+    )
+    g.add_argument("--shift_div", type=int, default=8, help="shift 1/shift_div of the channels")
+    g.add_argument("--shift_place", type=str, default="blockres", choices=["blockres", "block"])
+    g.add_argument("--temporal_pool", default=False, action="store_true")
+    g.add_argument(
+        "--non_local",
+        default=False,
+        action=argparse.BooleanOptionalAction,
+        help="add the region-based non-local blocks",
+    )
+    g.add_argument("--nl_type", type=str, default="rnl", help="non-local variant (see ops/models)")
+    g.add_argument(
+        "--pretrain",
+        type=str,
+        default="imagenet",
+        help="imagenet | scratch | path to a backbone state_dict file",
+    )
+    g.add_argument(
+        "--tune_from",
+        type=str,
+        default=None,
+        help="fine-tune from this checkpoint (fc not loaded when the dataset differs)",
+    )
+    g.add_argument(
+        "--input_size", type=int, default=224, help="crop size (224 as published; small for demos)"
+    )
+    g.add_argument(
+        "--no_partialbn",
+        "--npb",
+        default=False,
+        action="store_true",
+        help="train every BatchNorm (the published recipes pass --npb)",
+    )
+
+    g = parser.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=50)
+    g.add_argument(
+        "--batch_size",
+        "--batch-size",
+        "-b",
+        type=int,
+        default=32,
+        help="clips per node per iteration; split over the node's processes",
+    )
+    g.add_argument(
+        "--batch_multiplier",
+        type=int,
+        default=1,
+        help="accumulate gradients over this many iterations per optimizer step",
+    )
+    g.add_argument("--lr", "--learning-rate", type=float, default=0.02, dest="lr")
+    g.add_argument("--lr_type", type=str, default="step", choices=["step", "cos"])
+    g.add_argument(
+        "--lr_steps",
+        type=float,
+        nargs="+",
+        default=[20.0, 40.0],
+        help="epochs after which the step schedule multiplies the LR by 0.1",
+    )
+    g.add_argument("--use_warmup", default=False, action="store_true")
+    g.add_argument("--warmup_epochs", type=int, default=1)
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--wd", "--weight-decay", type=float, default=5e-4, dest="weight_decay")
+    g.add_argument(
+        "--clip-gradient",
+        "--gd",
+        type=float,
+        default=None,
+        dest="clip_gradient",
+        help="clip the gradient norm at this value (default: off)",
+    )
+
+    g = parser.add_argument_group("distributed")
+    g.add_argument(
+        "--multiprocessing-distributed",
+        default=False,
+        action="store_true",
+        help="spawn one process per GPU in --available_gpus (one per --cpu_procs on CPU)",
+    )
+    g.add_argument(
+        "--available_gpus",
+        type=str,
+        default=None,
+        help="comma-separated GPU ids to use (sets CUDA_VISIBLE_DEVICES)",
+    )
+    g.add_argument("--world-size", type=int, default=-1, help="number of nodes")
+    g.add_argument("--rank", type=int, default=-1, help="rank of this node")
+    g.add_argument(
+        "--dist-url",
+        type=str,
+        default=None,
+        help="rendezvous URL (default: env:// under torchrun/SLURM, a free local port otherwise)",
+    )
+    g.add_argument("--dist-backend", type=str, default=None, help="nccl | gloo (default: auto)")
+    g.add_argument(
+        "--dist_timeout",
+        type=float,
+        default=30.0,
+        help="minutes a collective may wait for a dead or stuck rank before all ranks exit",
+    )
+    g.add_argument(
+        "--cpu_procs",
+        type=int,
+        default=None,
+        help="with --multiprocessing-distributed on a machine without GPUs: processes to spawn",
+    )
+    g.add_argument("--gpu", type=int, default=None, help="single GPU id (no data parallelism)")
+    g.add_argument(
+        "--sync_bn",
+        default=None,
+        action=argparse.BooleanOptionalAction,
+        help="convert BatchNorm to SyncBatchNorm (default: on when distributed on GPUs, "
+        "as the published recipe always did; off on CPU)",
+    )
+
+    g = parser.add_argument_group("speed")
+    g.add_argument("--amp", type=str, default="off", choices=["off", "fp16", "bf16"])
+    g.add_argument("--channels_last", default=False, action="store_true")
+    g.add_argument("--compile", default=False, action="store_true", help="torch.compile the model")
+
+    g = parser.add_argument_group("run")
+    g.add_argument("--root_log", type=str, default="log")
+    g.add_argument("--root_model", type=str, default="checkpoint")
+    g.add_argument("--suffix", type=str, default=None, help="appended to the run name")
+    g.add_argument(
+        "--resume",
+        type=str,
+        default="",
+        metavar="PATH",
+        help="checkpoint to continue from, or 'auto' for this run's ckpt.pth.tar if it exists",
+    )
+    g.add_argument(
+        "--evaluate", "-e", default=False, action="store_true", help="only validate and exit"
+    )
+    g.add_argument("--eval-freq", "-ef", type=int, default=1, dest="eval_freq")
+    g.add_argument("--print-freq", "-p", type=int, default=20, dest="print_freq")
+    g.add_argument("--workers", "-j", type=int, default=8, help="data loading workers per process")
+    g.add_argument("--seed", type=int, default=0, help="seed of model init, sampling and dropout")
+    g.add_argument(
+        "--stop_after_epochs",
+        type=int,
+        default=None,
+        help="save and exit after this many completed epochs (resume later with --resume auto)",
+    )
+    g.add_argument(
+        "--dry_run",
+        default=False,
+        action="store_true",
+        help="resolve the configuration, build the model, print the plan and exit (no data read)",
+    )
+    g.add_argument(
+        "--no_demo_eval",
+        default=False,
+        action="store_true",
+        help="demo only: skip the final multi-clip evaluation",
+    )
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse `argv`; without --dataset, fill the flags the user did not give from DEMO_DEFAULTS.
+
+    Sets `args.demo` (bool). Errors in values exit through argparse with a one-line message.
+    """
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    args.demo = args.dataset is None
+    if args.demo:
+        # A second parse with every default suppressed tells which flags were given explicitly.
+        explicit = argparse.Namespace()
+        quiet = get_args_parser(add_help=False)
+        for action in quiet._actions:
+            action.default = argparse.SUPPRESS
+        quiet.parse_args(argv, namespace=explicit)
+        for key, value in DEMO_DEFAULTS.items():
+            if key not in vars(explicit):
+                setattr(args, key, value)
+    check_args(parser, args)
+    return args
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Reject inconsistent values with argparse's one-line error (exit code 2)."""
+    if args.batch_size < 1:
+        parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
+    if args.batch_multiplier < 1:
+        parser.error(f"--batch_multiplier must be >= 1, got {args.batch_multiplier}")
+    if args.epochs < 1:
+        parser.error(f"--epochs must be >= 1, got {args.epochs}")
+    if args.use_warmup and not 0 <= args.warmup_epochs < args.epochs:
+        parser.error(
+            f"--warmup_epochs {args.warmup_epochs} must be in [0, --epochs {args.epochs}): "
+            "lower it or raise --epochs"
+        )
+    if args.num_segments < 1:
+        parser.error(f"--num_segments must be >= 1, got {args.num_segments}")
+    if args.eval_freq < 1:
+        parser.error(f"--eval-freq must be >= 1, got {args.eval_freq}")
+    if args.print_freq < 1:
+        parser.error(f"--print-freq must be >= 1, got {args.print_freq}")
+    if args.workers < 0:
+        parser.error(f"--workers must be >= 0, got {args.workers}")
+    if args.dist_timeout <= 0:
+        parser.error(f"--dist_timeout must be > 0 minutes, got {args.dist_timeout}")
+    if args.clip_gradient is not None and args.clip_gradient <= 0:
+        parser.error(f"--gd must be > 0 (omit it to disable clipping), got {args.clip_gradient}")
+    if args.stop_after_epochs is not None and args.stop_after_epochs < 1:
+        parser.error(f"--stop_after_epochs must be >= 1, got {args.stop_after_epochs}")
+    if args.cpu_procs is not None and args.cpu_procs < 1:
+        parser.error(f"--cpu_procs must be >= 1, got {args.cpu_procs}")
+    if args.available_gpus is not None:
+        ids = [s.strip() for s in args.available_gpus.split(",") if s.strip()]
+        if not ids or not all(s.isdigit() for s in ids):
+            parser.error(
+                f"--available_gpus must be comma-separated GPU ids like 0,1,2,3, "
+                f"got {args.available_gpus!r}"
+            )
