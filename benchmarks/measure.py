@@ -1,0 +1,63 @@
+"""Measuring a piece of work in a fresh process: time and peak memory growth.
+
+Peak resident memory (``ru_maxrss``) only ever grows within a process, so each configuration runs
+in a child process of its own: the child builds its inputs, records its resident memory, runs the
+work once for the memory figure (after a tiny warm-up that loads kernels and thread pools), then
+repeats it for the time figure. On CUDA the figure is ``torch.cuda.max_memory_allocated`` instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def current_rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def measure(work: Callable[[], None], repeats: int = 3, device: str = "cpu") -> dict:
+    """Run ``work`` once for memory and ``repeats`` times for time (median seconds)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() / 2**20
+        work()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() / 2**20 - base
+    else:
+        base = current_rss_mib()
+        work()
+        peak = peak_rss_mib() - base
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        work()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return {"peak_mib": round(peak, 1), "seconds": statistics.median(times)}
+
+
+def run_child(module: str, args: list[str], timeout: float = 900) -> dict:
+    """Run ``python -m module --child ...args`` and return the JSON dict it prints last."""
+    cmd = [sys.executable, "-m", module, "--child", *args]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark child {' '.join(args)} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
