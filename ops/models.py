@@ -153,9 +153,13 @@ class TSN(nn.Module):
                     temporal_pool=self.temporal_pool,
                 )
             if self.non_local:
+                # block options: rnl_options (user-chosen variants, stored in checkpoints) plus the
+                # fast-path switches for the blocks that have them
                 options = dict(self.rnl_options)
                 if self.nl_type == "rnl":
                     options.update(fused=self.rnl_fused, region_impl=self.region_impl)
+                elif self.nl_type == "nl":
+                    options.update(fused=self.rnl_fused)
                 make_non_local(
                     self.base_model,
                     self.num_segments,

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ops.channel_gate import ChannelGate
+from ops.nl import NonLocalBlock
 from ops.rnl import RNLBlock
 from ops.temporal_shift import TemporalPool, TemporalShift
 
@@ -46,6 +47,10 @@ def _rnl(channels: int, stage: int, first: bool, **options) -> dict[str, nn.Modu
     return parts
 
 
+def _nl(channels: int, stage: int, first: bool, **options) -> dict[str, nn.Module]:
+    return {"nl": NonLocalBlock(channels, reduction=2, **options)}
+
+
 def _gc(channels: int, stage: int, first: bool, **options) -> dict[str, nn.Module]:
     return {"cg": ChannelGate(channels, reduction=2)}
 
@@ -53,6 +58,7 @@ def _gc(channels: int, stage: int, first: bool, **options) -> dict[str, nn.Modul
 BuilderFn = Callable[..., dict]
 BLOCKS: dict[str, BuilderFn] = {
     "rnl": _rnl,  # what --non_local means: the published RNL model
+    "nl": _nl,  # classic embedded-Gaussian non-local block (Wang et al. 2018), the paper's baseline
     "gc": _gc,  # the global-context channel gate alone (ablation)
 }
 

@@ -15,12 +15,10 @@ Options: ``activation='relu'``, ``use_norm`` (L2-normalise r over channels), ``s
 (max-pool (1, 2, 2) of the source side: keys r and values theta).
 
 Softmax without scaling is attention with query = key = r, value = theta and scale 1, so with
-``fused=True`` the block runs ``F.scaled_dot_product_attention`` and never materialises the
-``P x P`` matrix (P = 6272 in layer2 at 8 frames, 224 px). The inputs are made contiguous in
-``[N, P, C']`` first: with strided inputs the CPU kernel silently falls back to the math path
-(see PERF_NOTES). The explicit path is used for the relu variant and whenever
-``store_attention`` is set, in which case the normalised ``[N, P_source, P]`` affinity is kept in
-``self.attention`` for visualisation.
+``fused=True`` the block runs the fused kernel of ``ops/attention.py`` and never materialises the
+``P x P`` matrix (P = 6272 in layer2 at 8 frames, 224 px). The explicit path is used for the relu
+variant and whenever ``store_attention`` is set, in which case the normalised
+``[N, P_source, P]`` affinity is kept in ``self.attention`` for visualisation.
 """
 
 from __future__ import annotations
@@ -29,14 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ops.attention import ACTIVATIONS, nonlocal_attention
 from ops.region_conv import RegionConv3d
-
-ACTIVATIONS = ("softmax", "relu")
-
-
-def _positions_last(t: torch.Tensor) -> torch.Tensor:
-    """``[N, C, T, H, W]`` -> contiguous ``[N, 1, P, C]`` (one attention head)."""
-    return t.flatten(2).transpose(1, 2).unsqueeze(1).contiguous()
 
 
 class RNLBlock(nn.Module):
@@ -101,29 +93,16 @@ class RNLBlock(nn.Module):
             else (r, theta)
         )
 
-        if self.fused and self.activation == "softmax" and not self.store_attention:
-            q, k, val = (
-                _positions_last(r),
-                _positions_last(r_src),
-                _positions_last(v),
-            )  # (N, 1, P|Ps, C')
-            y = F.scaled_dot_product_attention(q, k, val, scale=1.0)  # (N, 1, P, C')
-            y = y.squeeze(1).transpose(1, 2)  # (N, C', P)
-        else:
-            y = self._explicit(r.flatten(2), r_src.flatten(2), v.flatten(2))  # (N, C', P)
+        y, self.attention = nonlocal_attention(
+            r.flatten(2),
+            r_src.flatten(2),
+            v.flatten(2),
+            self.activation,
+            self.fused,
+            self.store_attention,
+        )  # (N, C', P)
         y = y.reshape(n, self.inter_channels, t, h, w)
         return self.W(y) + x
-
-    def _explicit(self, r: torch.Tensor, r_src: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Materialised affinity; r (N, C', P), r_src and v (N, C', Ps) -> y (N, C', P)."""
-        a = torch.bmm(r_src.transpose(1, 2), r)  # (N, Ps, P): source m, target n
-        if self.activation == "softmax":
-            a = F.softmax(a, dim=1)
-        else:
-            a = F.relu(a) / a.shape[1]
-        if self.store_attention:
-            self.attention = a.detach()
-        return torch.bmm(v, a)  # (N, C', P)
 
     def extra_repr(self) -> str:
         return (

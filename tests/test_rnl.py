@@ -212,3 +212,64 @@ def test_bad_options_are_clear_errors():
         RNLBlock(8, activation="tanh")
     with pytest.raises(ValueError, match="depthwise"):
         RegionConv3d(8, impl="fft")
+
+
+# ---- the classic non-local block (issue: trying new modules) ----------------------------------
+def _nl_by_hand(block, x):
+    from ops.nl import NonLocalBlock
+
+    assert isinstance(block, NonLocalBlock)
+    n, c, t, h, w = x.shape
+    cp = block.inter_channels
+
+    def conv1(conv, inp):
+        return torch.einsum(
+            "oc,nc...->no...", conv.weight.view(conv.out_channels, -1), inp
+        ) + conv.bias.view(1, -1, 1, 1, 1)
+
+    theta, phi, g = conv1(block.theta, x), conv1(block.phi, x), conv1(block.g, x)
+    if block.sub_sample:  # (1, 2, 2) max-pool written out
+        phi = phi.view(n, cp, t, h // 2, 2, w // 2, 2).amax(dim=(4, 6))
+        g = g.view(n, cp, t, h // 2, 2, w // 2, 2).amax(dim=(4, 6))
+    q, k, v = theta.reshape(n, cp, -1), phi.reshape(n, cp, -1), g.reshape(n, cp, -1)
+    y = torch.zeros(n, cp, q.shape[2])
+    for b in range(n):
+        for tgt in range(q.shape[2]):
+            s = torch.tensor(
+                [sum(k[b, ch, m] * q[b, ch, tgt] for ch in range(cp)) for m in range(k.shape[2])]
+            )
+            wts = torch.exp(s - s.max())
+            y[b, :, tgt] = (v[b] * (wts / wts.sum())).sum(dim=1)
+    out = conv1(block.W[0], y.view(n, cp, t, h, w))
+    bn = block.W[1]
+    out = (out - bn.running_mean.view(1, -1, 1, 1, 1)) / torch.sqrt(bn.running_var + bn.eps).view(
+        1, -1, 1, 1, 1
+    )
+    return out * bn.weight.view(1, -1, 1, 1, 1) + bn.bias.view(1, -1, 1, 1, 1) + x
+
+
+@pytest.mark.parametrize("sub_sample", [True, False])
+def test_classic_nl_block_matches_hand_computation_and_starts_as_identity(sub_sample):
+    from ops.nl import NonLocalBlock
+
+    torch.manual_seed(0)
+    block = NonLocalBlock(6, sub_sample=sub_sample).eval()
+    x = torch.randn(2, 6, 2, 4, 4)
+    assert torch.equal(block(x), x)
+    _perturb(block, seed=5)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), _nl_by_hand(block, x), rtol=1e-4, atol=1e-5)
+
+
+def test_classic_nl_fused_and_explicit_agree_forward_and_backward():
+    from ops.nl import NonLocalBlock
+
+    torch.manual_seed(0)
+    fused = NonLocalBlock(16, fused=True).double()
+    _perturb(fused, seed=2)
+    explicit = NonLocalBlock(16, fused=False).double()
+    explicit.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 16, 3, 6, 6, dtype=torch.float64)
+    g = torch.randn_like(x)
+    for a, b in zip(_fwd_bwd(fused, x, g), _fwd_bwd(explicit, x, g)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-10)

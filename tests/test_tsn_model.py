@@ -294,3 +294,35 @@ def test_pretrain_from_a_local_backbone_file(tmp_path):
     torch.testing.assert_close(
         model.base_model.layer1[0].conv1.net.weight, r18.layer1[0].conv1.weight
     )
+
+
+@pytest.mark.parametrize(
+    "nl_type,expect,absent", [("nl", ".nl.phi.weight", ".cg."), ("gc", ".cg.W_k.weight", ".nl.")]
+)
+def test_other_block_types_attach_at_the_requested_places(nl_type, expect, absent):
+    model = TSN(
+        4,
+        4,
+        "RGB",
+        base_model="resnet18",
+        is_shift=True,
+        non_local=True,
+        nl_type=nl_type,
+        nl_where="layer2.1,layer3.0",
+        dropout=0.5,
+        pretrain="scratch",
+    ).eval()
+    keys = list(model.state_dict())
+    assert any(k.startswith("base_model.layer2.1" + expect) for k in keys)
+    assert any(k.startswith("base_model.layer3.0" + expect) for k in keys)
+    assert not any(absent in k for k in keys) and not any("layer2.0.block" in k for k in keys)
+    assert model.model_config()["nl_where"] == ["layer2.1", "layer3.0"]
+    x = torch.randn(1, 4 * 3, 64, 64)
+    assert model(x).shape == (1, 4)
+
+
+def test_unknown_block_type_lists_the_choices():
+    with pytest.raises(
+        ValueError, match=r"unknown non-local block type 'foo': choose one of \['gc', 'nl', 'rnl'\]"
+    ):
+        TSN(4, 4, "RGB", base_model="resnet18", non_local=True, nl_type="foo", pretrain="scratch")

@@ -1,0 +1,53 @@
+"""The attention core shared by the non-local blocks (RNL and the classic embedded-Gaussian one).
+
+``y_n = sum_m a[m, n] v_m`` with ``a[m, n] = softmax_m(k_m . q_n)`` (no scaling), or
+``relu(k_m . q_n) / P_source``. Softmax attention runs through ``F.scaled_dot_product_attention``
+with ``scale=1`` unless the caller wants the affinity matrix back: the fused kernel never
+materialises the ``P x P_source`` matrix. Its inputs are made contiguous in ``[N, P, C]`` first,
+because strided inputs silently send the CPU kernel down the math path (PERF_NOTES).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+ACTIVATIONS = ("softmax", "relu")
+
+
+def _positions_last(t: torch.Tensor) -> torch.Tensor:
+    """``[N, C, P]`` -> contiguous ``[N, 1, P, C]`` (one attention head)."""
+    return t.transpose(1, 2).unsqueeze(1).contiguous()
+
+
+def nonlocal_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    activation: str = "softmax",
+    fused: bool = True,
+    return_attention: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attend from targets to sources.
+
+    Args:
+        q: targets ``[N, Cq, P]``; k: sources ``[N, Cq, Ps]``; v: values ``[N, Cv, Ps]``.
+        activation: ``'softmax'`` over the sources, or ``'relu'`` divided by ``Ps``.
+        fused: use the fused kernel for softmax (ignored when ``return_attention``).
+        return_attention: also return the normalised affinity ``[N, Ps, P]``.
+
+    Returns:
+        ``(y [N, Cv, P], attention or None)``.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(
+            f"unknown attention activation {activation!r}: choose one of {ACTIVATIONS}"
+        )
+    if fused and activation == "softmax" and not return_attention:
+        y = F.scaled_dot_product_attention(
+            _positions_last(q), _positions_last(k), _positions_last(v), scale=1.0
+        )
+        return y.squeeze(1).transpose(1, 2), None  # (N, Cv, P)
+    a = torch.bmm(k.transpose(1, 2), q)  # (N, Ps, P): source m, target n
+    a = F.softmax(a, dim=1) if activation == "softmax" else F.relu(a) / a.shape[1]
+    return torch.bmm(v, a), (a.detach() if return_attention else None)

@@ -1,0 +1,56 @@
+"""Classic embedded-Gaussian non-local block (Wang et al., "Non-local Neural Networks", CVPR 2018).
+
+For ``x`` ``[N, C, T, H, W]`` with ``C' = C / reduction``:
+``theta, phi, g = Conv3d_1x1(C -> C')(x)`` each; with ``sub_sample`` phi and g are max-pooled
+(1, 2, 2); ``a[m, n] = softmax_m(phi_m . theta_n)`` (no scaling);
+``y_n = sum_m a[m, n] g_m``; ``z = BN3d(Conv3d_1x1(C' -> C)(y)) + x`` with the BN at zero, so a
+new block is the identity. The attention runs through the same fused kernel as RNL
+(``ops/attention.py``); ``store_attention`` keeps the ``[N, P_source, P]`` matrix.
+
+It is the baseline the RNL paper compares against (NL I3D-ResNet50). Sub-sampling is on by
+default, as in the I3D non-local models.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ops.attention import nonlocal_attention
+
+
+class NonLocalBlock(nn.Module):
+    """Args: in_channels ``C``; reduction ``C / C'``; sub_sample (pool phi and g); fused attention."""
+
+    def __init__(
+        self, in_channels: int, reduction: int = 2, sub_sample: bool = True, fused: bool = True
+    ):
+        super().__init__()
+        inter = in_channels // reduction
+        self.in_channels, self.inter_channels = in_channels, inter
+        self.sub_sample, self.fused = sub_sample, fused
+        self.theta = nn.Conv3d(in_channels, inter, kernel_size=1)
+        self.phi = nn.Conv3d(in_channels, inter, kernel_size=1)
+        self.g = nn.Conv3d(in_channels, inter, kernel_size=1)
+        self.pool = nn.MaxPool3d((1, 2, 2)) if sub_sample else nn.Identity()
+        self.W = nn.Sequential(
+            nn.Conv3d(inter, in_channels, kernel_size=1), nn.BatchNorm3d(in_channels)
+        )
+        self.store_attention = False
+        self.attention: torch.Tensor | None = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.W[1].weight)
+        nn.init.zeros_(self.W[1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, t, h, w = x.shape
+        q = self.theta(x).flatten(2)  # (N, C', P)
+        k = self.pool(self.phi(x)).flatten(2)  # (N, C', Ps)
+        v = self.pool(self.g(x)).flatten(2)  # (N, C', Ps)
+        y, self.attention = nonlocal_attention(q, k, v, "softmax", self.fused, self.store_attention)
+        return self.W(y.reshape(n, self.inter_channels, t, h, w)) + x
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels} -> {self.inter_channels}, sub_sample={self.sub_sample}, fused={self.fused}"
