@@ -1,0 +1,250 @@
+"""Data-loading throughput per worker: our TSNDataSet pipeline against a plain published-style one.
+
+The plain pipeline below is written the way the published TSM loader works: open every sampled
+frame with PIL (again for each repeat), apply each group transform image by image, concatenate
+the frames on the channel axis, convert and normalise channel by channel in a Python loop.
+Ours is `ops.dataset.TSNDataSet` + `ops.transforms`. Both get the same random seeds, and the
+benchmark asserts that their output tensors are identical before timing anything.
+
+Rows: the training pipeline (8 segments, 224 px, multi-scale crop + flip), the same on short
+videos (frames repeat inside a clip), and the test pipeline (3 full-resolution crops x 10 dense
+clips, as the published Kinetics evaluation). One process, one torch thread: the figure is per
+DataLoader worker. Frames are generated 340x256 JPEGs in a temporary folder.
+
+    python -m benchmarks.bench_data          (or: python benchmarks/bench_data.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ops.dataset import TSNDataSet  # noqa: E402
+from ops.transforms import (  # noqa: E402
+    GroupFullResSample,
+    GroupMultiScaleCrop,
+    GroupNormalize,
+    GroupRandomHorizontalFlip,
+    Stack,
+    ToTorchFormatTensor,
+)
+
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+TMPL = "img_{:05d}.jpg"
+
+
+# ----------------------------------------------------------------------------- test data
+def make_frames(root: Path, videos: dict[str, int], width: int = 340, height: int = 256) -> None:
+    """Frame folders of natural-looking JPEGs (smooth blobs, edges, sensor noise), quality 90."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    distinct = []
+    for _ in range(24):
+        img = np.full((height, width, 3), rng.uniform(40, 200, 3), dtype=np.float32)
+        for _ in range(6):
+            cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(20, 90)
+            blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))
+            img += blob[:, :, None] * rng.uniform(-90, 90, 3)
+        for _ in range(4):
+            x0, y0 = int(rng.uniform(0, width - 40)), int(rng.uniform(0, height - 40))
+            img[y0 : y0 + int(rng.uniform(10, 60)), x0 : x0 + int(rng.uniform(10, 60))] += (
+                rng.uniform(-60, 60, 3)
+            )
+        img += rng.normal(0, 5, img.shape)
+        buf = io.BytesIO()
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+        distinct.append(buf.getvalue())
+    for name, n in videos.items():
+        folder = root / name
+        folder.mkdir(parents=True)
+        for k in range(1, n + 1):
+            (folder / TMPL.format(k)).write_bytes(distinct[(k * 7 + len(name)) % len(distinct)])
+
+
+# ----------------------------------------------------------------------------- plain pipeline
+class PlainLoader:
+    """Published-style loader: per-image PIL work, channel-concatenated stack, per-channel loop."""
+
+    def __init__(self, root, records, num_segments, mode, dense, crop, flip):
+        self.root, self.records, self.S = root, records, num_segments
+        self.mode, self.dense, self.crop, self.flip = mode, dense, crop, flip
+
+    def indices(self, F):
+        S = self.S
+        if self.dense:
+            pos = max(1, 1 + F - 64)
+            stride = 64 // S
+            if self.mode == "test":
+                starts = np.linspace(0, pos - 1, num=10, dtype=int).tolist()
+            else:
+                starts = [0 if pos == 1 else np.random.randint(0, pos - 1)]
+            return [(s + i * stride) % F + 1 for s in starts for i in range(S)]
+        d = F // S
+        if d > 0:
+            return list(np.multiply(list(range(S)), d) + np.random.randint(d, size=S) + 1)
+        if F > S:
+            return list(np.sort(np.random.randint(F, size=S)) + 1)
+        return [1] * S
+
+    def __call__(self, i):
+        path, F, label = self.records[i]
+        images = [
+            Image.open(os.path.join(self.root, path, TMPL.format(int(k)))).convert("RGB")
+            for k in self.indices(F)
+        ]
+        images = self.test_view(images) if self.mode == "test" else self.train_view(images)
+        stacked = np.concatenate(images, axis=2)  # [H, W, T*3]
+        x = torch.from_numpy(stacked).permute(2, 0, 1).contiguous().float().div(255)
+        for t, m, s in zip(x, MEAN * (x.size(0) // 3), STD * (x.size(0) // 3)):
+            t.sub_(m).div_(s)
+        return x, label
+
+    def train_view(self, images):
+        w, h = images[0].size
+        sizes = [int(min(w, h) * s) for s in (1, 0.875, 0.75, 0.66)]
+        hs = [self.crop if abs(x - self.crop) < 3 else x for x in sizes]
+        pairs = [(a, b) for i, b in enumerate(hs) for j, a in enumerate(hs) if abs(i - j) <= 1]
+        cw, ch = random.choice(pairs)
+        sw, sh = (w - cw) // 4, (h - ch) // 4
+        steps = [(0, 0), (4, 0), (0, 4), (4, 4), (2, 2), (0, 2), (4, 2), (2, 4), (2, 0)]
+        steps += [(1, 1), (3, 1), (1, 3), (3, 3)]
+        ox, oy = random.choice([(a * sw, b * sh) for a, b in steps])
+        crops = [im.crop((ox, oy, ox + cw, oy + ch)) for im in images]
+        out = [c.resize((self.crop, self.crop), Image.BILINEAR) for c in crops]
+        if self.flip and random.random() < 0.5:
+            out = [im.transpose(Image.FLIP_LEFT_RIGHT) for im in out]
+        return out
+
+    def test_view(self, images):
+        scale = torchvision.transforms.Resize(self.crop, Image.BILINEAR)
+        images = [scale(im) for im in images]
+        w, h = images[0].size
+        sw, sh = (w - self.crop) // 4, (h - self.crop) // 4
+        out = []
+        for ox, oy in [(0, 2 * sh), (4 * sw, 2 * sh), (2 * sw, 2 * sh)]:
+            out.extend(im.crop((ox, oy, ox + self.crop, oy + self.crop)) for im in images)
+        return out
+
+
+# ----------------------------------------------------------------------------- harness
+def ours(root, list_file, num_segments, mode, dense, crop, flip):
+    if mode == "test":
+        views = [GroupFullResSample(crop, crop, flip=False)]
+    else:
+        views = [GroupMultiScaleCrop(crop, [1, 0.875, 0.75, 0.66])]
+        views += [GroupRandomHorizontalFlip()] if flip else []
+    transform = torchvision.transforms.Compose(
+        views + [Stack(), ToTorchFormatTensor(), GroupNormalize(MEAN, STD)]
+    )
+    ds = TSNDataSet(
+        root,
+        list_file,
+        num_segments=num_segments,
+        image_tmpl=TMPL,
+        transform=transform,
+        random_shift=mode == "train",
+        test_mode=mode == "test",
+        dense_sample=dense,
+    )
+    return lambda i: ds[i]
+
+
+def best_rate(fn, n_items, n_videos, rounds):
+    best = float("inf")
+    for r in range(rounds):
+        random.seed(r)
+        np.random.seed(r)
+        t0 = time.perf_counter()
+        for i in range(n_items):
+            fn(i % n_videos)
+        best = min(best, time.perf_counter() - t0)
+    return n_items / best
+
+
+def bench_row(name, root, list_file, records, n_items, rounds, **cfg):
+    plain = PlainLoader(root, records, **cfg)
+    fast = ours(root, list_file, **cfg)
+    for i in range(min(3, len(records))):  # identical outputs under identical seeds
+        for seed in (11, 12):
+            random.seed(seed)
+            np.random.seed(seed)
+            a, la = plain(i)
+            random.seed(seed)
+            np.random.seed(seed)
+            b, lb = fast(i)
+            assert la == lb and torch.equal(a, b), f"{name}: outputs differ on video {i}"
+    rates = []
+    for fn in (plain, fast):  # interleave rounds so that machine noise hits both alike
+        rates.append(best_rate(fn, n_items, len(records), rounds))
+    print(
+        f"{name:<44} {rates[0]:>10.1f} {rates[1]:>10.1f} {rates[1] / rates[0]:>7.2f}x",
+        flush=True,
+    )
+    return rates
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=3, help="timing rounds; the best one counts")
+    p.add_argument("--train_clips", type=int, default=40, help="clips per round, train rows")
+    p.add_argument("--test_clips", type=int, default=4, help="videos per round, test row")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)  # a DataLoader worker runs one torch thread
+
+    videos = {"long_a": 300, "long_b": 250, "short_a": 5, "short_b": 6}
+    with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
+        root = Path(tmp) / "frames"
+        t0 = time.perf_counter()
+        make_frames(root, videos)
+        lists = {}
+        for kind in ("long", "short"):
+            recs = [(n, f, 0) for n, f in videos.items() if n.startswith(kind)]
+            lists[kind] = (str(Path(tmp) / f"{kind}.txt"), recs)
+            Path(lists[kind][0]).write_text("".join(f"{n} {f} 0\n" for n, f, _ in recs))
+        print(f"frames: 340x256 JPEG, written in {time.perf_counter() - t0:.1f} s")
+        print(f"torch threads 1, best of {args.rounds} rounds, clips/s per worker process")
+        print(f"{'pipeline':<44} {'plain':>10} {'ours':>10} {'ratio':>8}")
+        rows = [
+            (
+                "train: 8 seg, 224, multi-scale crop + flip",
+                "long",
+                args.train_clips,
+                "train",
+                False,
+            ),
+            ("train: same, short videos (5-6 frames)", "short", args.train_clips, "train", False),
+            ("test: 8 seg, 3 crops 256 x 10 dense clips", "long", args.test_clips, "test", True),
+        ]
+        for name, kind, n, mode, dense in rows:
+            list_file, recs = lists[kind]
+            crop = 256 if mode == "test" else 224
+            bench_row(
+                name,
+                str(root),
+                list_file,
+                recs,
+                n,
+                args.rounds,
+                num_segments=8,
+                mode=mode,
+                dense=dense,
+                crop=crop,
+                flip=True,
+            )
+    print("outputs identical (torch.equal) for every row")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,479 @@
+"""TSN-style frame-folder dataset: list file -> sampled frames -> group transforms -> clip tensor.
+
+A list file has one video per line, `<folder> <num_frames> <label>` (space separated), or the
+same three fields comma separated (the published Kinetics lists were CSV; paths may then contain
+spaces). Frames are `root_path/<folder>/<image_tmpl.format(k)>`, k = 1..num_frames; flow frames
+are x/y image pairs (SPEC.md section 8). Which frames make a clip is `ops.sampling` (SPEC.md
+section 4); `TSNDataSet` keeps TSM's constructor keywords so TSM scripts port unchanged.
+
+Real datasets contain broken videos, so nothing here crashes with a bare PIL traceback and
+nothing is skipped silently:
+- list problems (wrong field count, non-integer count or label, label out of range) are found
+  when the list is read and raise `DataError` naming file and line, unless `skip_bad_lines`
+  (then they are counted and logged);
+- a missing or undecodable frame is replaced by the nearest readable frame of the same video,
+  counted, and logged once per video; a video with no frame folder or no readable frame is
+  skipped: the item is None and `collate` drops it;
+- `strict_data=True` turns every one of these into a `DataError`.
+Load-time counts live in a shared-memory tensor (one row per DataLoader worker), so the main
+process reads the totals with `bad_data_counts()` / `bad_data_report()` whatever the workers.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import string
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.utils.data
+from PIL import Image
+
+from ops.sampling import clip_frames
+
+logger = logging.getLogger(__name__)
+
+MIN_TRAIN_FRAMES = 3  # the published loader drops shorter videos from training lists
+
+# Load-time counters; each counts events (a frame or a video load), summed over workers.
+COUNTERS = (
+    "frames_missing",  # a sampled frame file does not exist
+    "frames_unreadable",  # a sampled frame file exists but does not decode
+    "clips_with_replaced_frames",  # items in which some frame was replaced by a neighbour
+    "videos_missing_dir",  # items skipped: the frame folder does not exist
+    "videos_unreadable",  # items skipped: no frame of the video could be read
+)
+_C = {name: i for i, name in enumerate(COUNTERS)}
+
+
+class DataError(ValueError):
+    """A data problem; the message is one line saying what is wrong, where, and what to do."""
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One list line: frame folder (relative to root_path), frame count, label, line number."""
+
+    path: str
+    num_frames: int
+    label: int
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class ListProblem:
+    """A malformed list line."""
+
+    list_file: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.list_file}:{self.line}: {self.message}"
+
+
+def _template_fields(image_tmpl: str) -> int:
+    """Number of `{}` replacement fields in a frame-name template."""
+    try:
+        return sum(
+            1 for _, field, _, _ in string.Formatter().parse(image_tmpl) if field is not None
+        )
+    except ValueError as e:
+        raise DataError(f"image_tmpl {image_tmpl!r} is not a valid format string: {e}") from None
+
+
+def _flow_layout(image_tmpl: str) -> str:
+    """How a flow template names x/y frames: 'xy' (`flow_{}_{:05d}.jpg`), 'id_xy'
+    (`{:06d}-{}_{:05d}.jpg` in a folder named by the 6-digit id) or 'packed' (one RGB image
+    holding x and y in its first two channels, `{:06d}.jpg`)."""
+    n = _template_fields(image_tmpl)
+    return {1: "packed", 2: "xy", 3: "id_xy"}.get(n, "invalid")
+
+
+def video_dir(root_path: str, video: str, image_tmpl: str, modality: str) -> str:
+    """Folder holding the frames of `video` (a list entry)."""
+    if modality == "Flow" and _flow_layout(image_tmpl) == "id_xy":
+        return os.path.join(root_path, f"{int(video):06d}")
+    return os.path.join(root_path, video)
+
+
+def frame_files(root_path: str, video: str, image_tmpl: str, modality: str, idx: int) -> list[str]:
+    """File(s) of frame `idx` (1-based): one RGB image, or the x and y images of a flow frame
+    (a single file for the 'packed' flow layout)."""
+    folder = video_dir(root_path, video, image_tmpl, modality)
+    if modality != "Flow":
+        return [os.path.join(folder, image_tmpl.format(idx))]
+    layout = _flow_layout(image_tmpl)
+    if layout == "xy":
+        return [os.path.join(folder, image_tmpl.format(c, idx)) for c in ("x", "y")]
+    if layout == "id_xy":
+        return [os.path.join(folder, image_tmpl.format(int(video), c, idx)) for c in ("x", "y")]
+    return [os.path.join(folder, image_tmpl.format(idx))]
+
+
+def decode_image(path: str, mode: str = "RGB") -> Image.Image:
+    """Read and fully decode one image file into `mode` (raises OSError/ValueError if broken).
+
+    Reading the bytes first and decoding from memory is measurably faster than letting PIL
+    stream the file; the pixels are the same.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    return im if im.mode == mode else im.convert(mode)
+
+
+def read_frame(paths: list[str], modality: str) -> list[Image.Image]:
+    """Decode the file(s) of one frame into the images the transforms expect: [RGB] or [x, y]."""
+    if modality != "Flow":
+        return [decode_image(paths[0], "RGB")]
+    if len(paths) == 2:
+        return [decode_image(paths[0], "L"), decode_image(paths[1], "L")]
+    r, g, _ = decode_image(paths[0], "RGB").split()  # packed flow: x in R, y in G
+    return [r, g]
+
+
+def _parse_int(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def parse_list_file(
+    list_file: str,
+    num_class: int | None = None,
+    image_tmpl: str | None = None,
+    modality: str = "RGB",
+) -> tuple[list[VideoRecord], list[ListProblem]]:
+    """Read a list file into records and the problems of its malformed lines.
+
+    A file whose first entry contains a comma is read as CSV (three fields, the path may contain
+    spaces); otherwise fields are whitespace separated. Blank lines are ignored. A line is bad
+    when it does not have exactly 3 fields, the frame count is not an integer >= 1, the label is
+    not an integer in [0, num_class), or (id-named flow folders) the folder is not a number.
+    """
+    if not os.path.isfile(list_file):
+        raise FileNotFoundError(
+            f"list file not found: {list_file} (check --data_root, or pass --train_list / "
+            "--val_list / --test_list)"
+        )
+    with open(list_file, "rb") as f:
+        raw_lines = f.read().splitlines()
+    texts = []
+    problems = []
+    for n, raw in enumerate(raw_lines, start=1):
+        try:
+            texts.append((n, raw.decode("utf-8").strip()))
+        except UnicodeDecodeError:
+            problems.append(ListProblem(list_file, n, "line is not valid UTF-8 text"))
+    texts = [(n, t) for n, t in texts if t]
+    is_csv = bool(texts) and "," in texts[0][1]
+    needs_id = modality == "Flow" and image_tmpl is not None and _flow_layout(image_tmpl) == "id_xy"
+
+    records = []
+    for n, text in texts:
+        fields = next(csv.reader([text])) if is_csv else text.split()
+        fields = [x.strip() for x in fields]
+        if len(fields) != 3:
+            sep = "comma" if is_csv else "space"
+            problems.append(
+                ListProblem(
+                    list_file,
+                    n,
+                    f"expected 3 {sep}-separated fields (folder num_frames label), "
+                    f"got {len(fields)}: {text!r}",
+                )
+            )
+            continue
+        path, frames_txt, label_txt = fields
+        num_frames, label = _parse_int(frames_txt), _parse_int(label_txt)
+        if num_frames is None:
+            problems.append(
+                ListProblem(list_file, n, f"frame count {frames_txt!r} is not an integer")
+            )
+            continue
+        if num_frames < 1:
+            problems.append(ListProblem(list_file, n, f"frame count {num_frames} is not >= 1"))
+            continue
+        if label is None:
+            problems.append(ListProblem(list_file, n, f"label {label_txt!r} is not an integer"))
+            continue
+        if label < 0 or (num_class is not None and label >= num_class):
+            upper = num_class if num_class is not None else "num_class"
+            problems.append(ListProblem(list_file, n, f"label {label} is outside [0, {upper})"))
+            continue
+        if needs_id and _parse_int(path) is None:
+            problems.append(
+                ListProblem(
+                    list_file,
+                    n,
+                    f"folder {path!r} must be a numeric video id for image_tmpl {image_tmpl!r}",
+                )
+            )
+            continue
+        records.append(VideoRecord(path=path, num_frames=num_frames, label=label, line=n))
+    problems.sort(key=lambda p: p.line)
+    return records, problems
+
+
+class TSNDataSet(torch.utils.data.Dataset):
+    """Clips of frame-folder videos, sampled as TSN/TSM (SPEC.md sections 4 and 8).
+
+    Item: `(transform(images), label)`, or `(..., index)` with `return_index=True`, or None for a
+    video that had to be skipped (use `collate` as the DataLoader's collate_fn). `images` are
+    the decoded frames of all clips in order (flow: x, y per frame); with TSM's transforms the
+    tensor is `[views*T*C, H, W]`, views = crops x clips in crop-major order (all frames of crop
+    0 for every clip, then crop 1, ...), so `data.view(-1, T, C, H, W)` has one view per row.
+
+    Mode: `test_mode` -> test sampling (1 clip, 2 with `twice_sample`, 10 with `dense_sample`);
+    else `random_shift` -> training sampling, otherwise validation sampling.
+    Extra keywords beyond TSM's: `num_class` (labels are checked against it), `skip_bad_lines`,
+    `strict_data`, `return_index`, `max_workers` (DataLoader workers the counters can hold).
+    """
+
+    def __init__(
+        self,
+        root_path: str,
+        list_file: str,
+        num_segments: int = 3,
+        new_length: int = 1,
+        modality: str = "RGB",
+        image_tmpl: str = "img_{:05d}.jpg",
+        transform=None,
+        random_shift: bool = True,
+        test_mode: bool = False,
+        remove_missing: bool = False,
+        dense_sample: bool = False,
+        twice_sample: bool = False,
+        num_class: int | None = None,
+        skip_bad_lines: bool = False,
+        strict_data: bool = False,
+        return_index: bool = False,
+        max_workers: int = 128,
+    ) -> None:
+        if modality not in ("RGB", "Flow", "RGBDiff"):
+            raise ValueError(f"modality must be RGB, Flow or RGBDiff, got {modality!r}")
+        self.root_path = root_path
+        self.list_file = list_file
+        self.num_segments = num_segments
+        self.new_length = new_length + 1 if modality == "RGBDiff" else new_length
+        self.modality = modality
+        self.image_tmpl = image_tmpl
+        self.transform = transform
+        self.random_shift = random_shift
+        self.test_mode = test_mode
+        self.remove_missing = remove_missing
+        self.dense_sample = dense_sample
+        self.twice_sample = twice_sample
+        self.num_class = num_class
+        self.skip_bad_lines = skip_bad_lines
+        self.strict_data = strict_data
+        self.return_index = return_index
+        self._check_template()
+
+        records, problems = parse_list_file(list_file, num_class, image_tmpl, modality)
+        self.bad_lines = problems
+        if problems:
+            if strict_data or not skip_bad_lines:
+                more = f" ({len(problems)} bad lines in total)" if len(problems) > 1 else ""
+                hint = "" if strict_data else " or pass --skip_bad_lines to skip them"
+                raise DataError(f"{problems[0]}{more}; fix the list{hint}")
+            for p in problems[:20]:
+                logger.warning("skipping bad list line %s", p)
+            if len(problems) > 20:
+                logger.warning("... and %d more bad lines in %s", len(problems) - 20, list_file)
+
+        # The published loader keeps only videos of >= 3 frames for training (and with
+        # remove_missing); we do the same, but count and report it.
+        self.short_videos = []
+        if not test_mode or remove_missing:
+            self.short_videos = [r for r in records if r.num_frames < MIN_TRAIN_FRAMES]
+            records = [r for r in records if r.num_frames >= MIN_TRAIN_FRAMES]
+            if self.short_videos:
+                logger.info(
+                    "%s: dropped %d videos with fewer than %d frames (as the published loader)",
+                    list_file,
+                    len(self.short_videos),
+                    MIN_TRAIN_FRAMES,
+                )
+        if modality == "Flow" and _flow_layout(image_tmpl) == "id_xy":
+            # Something-v1 flow lists count x and y files together.
+            records = [
+                VideoRecord(r.path, max(r.num_frames // 2, 1), r.label, r.line) for r in records
+            ]
+        if not records:
+            raise DataError(f"list file {list_file} has no usable video; check its content")
+        self.video_list = records
+        logger.info("%s: %d videos", list_file, len(records))
+
+        # Load-time counters: row 0 = main process, row i + 1 = DataLoader worker i.
+        self._counts = torch.zeros(max_workers + 1, len(COUNTERS), dtype=torch.int64)
+        self._counts.share_memory_()
+        self._logged_videos: set[str] = set()
+
+    def _check_template(self) -> None:
+        n = _template_fields(self.image_tmpl)
+        expected = (1,) if self.modality != "Flow" else (1, 2, 3)
+        if n not in expected:
+            raise DataError(
+                f"image_tmpl {self.image_tmpl!r} has {n} fields; {self.modality} expects "
+                + ("one (the frame number)" if self.modality != "Flow" else "1, 2 or 3")
+            )
+
+    @property
+    def mode(self) -> str:
+        if self.test_mode:
+            return "test"
+        return "train" if self.random_shift else "val"
+
+    def __len__(self) -> int:
+        return len(self.video_list)
+
+    def sample_frames(self, record: VideoRecord, rng: np.random.RandomState | None = None):
+        """The 1-based frame numbers this item reads (all clips, snippets expanded)."""
+        return clip_frames(
+            record.num_frames,
+            self.num_segments,
+            new_length=self.new_length,
+            mode=self.mode,
+            dense_sample=self.dense_sample,
+            twice_sample=self.twice_sample,
+            rng=rng,
+        )
+
+    def __getitem__(self, index: int):
+        record = self.video_list[index]
+        images = self.load_images(record, self.sample_frames(record))
+        if images is None:
+            return None
+        data = self.transform(images) if self.transform is not None else images
+        if self.return_index:
+            return data, record.label, index
+        return data, record.label
+
+    # ------------------------------------------------------------------ loading with fallback
+    def load_images(self, record: VideoRecord, frames: list[int]) -> list[Image.Image] | None:
+        """Decode `frames` of `record` (each distinct frame once), replacing unreadable frames by
+        the nearest readable one; None when the video has to be skipped."""
+        folder = video_dir(self.root_path, record.path, self.image_tmpl, self.modality)
+        if not os.path.isdir(folder):
+            self._problem(record, "videos_missing_dir", f"frame folder {folder} does not exist")
+            return None
+
+        cache: dict[int, list[Image.Image] | tuple[str, str]] = {}
+
+        def read(k: int):
+            if k not in cache:
+                paths = frame_files(self.root_path, record.path, self.image_tmpl, self.modality, k)
+                try:
+                    cache[k] = read_frame(paths, self.modality)
+                except FileNotFoundError as e:
+                    cache[k] = ("frames_missing", f"frame {k} is missing: {e.filename}")
+                except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
+                    where = " / ".join(paths)
+                    cache[k] = ("frames_unreadable", f"frame {k} does not decode: {where} ({e})")
+            return cache[k]
+
+        resolved: dict[int, list[Image.Image]] = {}
+        replaced = False
+        for k in dict.fromkeys(frames):  # distinct, in order
+            got = read(k)
+            if isinstance(got, list):
+                resolved[k] = got
+                continue
+            kind, what = got
+            replacement = self._nearest_readable(k, record.num_frames, read)
+            if replacement is None:
+                self._problem(
+                    record, "videos_unreadable", f"no readable frame (first problem: {what})"
+                )
+                return None
+            self._problem(record, kind, f"{what}; using frame {replacement} instead")
+            resolved[k] = cache[replacement]
+            replaced = True
+        if replaced:
+            self._count("clips_with_replaced_frames")
+        return [im for k in frames for im in resolved[k]]
+
+    @staticmethod
+    def _nearest_readable(k: int, num_frames: int, read) -> int | None:
+        # Nearest frame number that decodes; the earlier one wins a tie.
+        for d in range(1, max(num_frames, k) + 1):
+            for j in (k - d, k + d):
+                if 1 <= j <= num_frames and isinstance(read(j), list):
+                    return j
+        return None
+
+    def _row(self) -> int:
+        info = torch.utils.data.get_worker_info()
+        row = 0 if info is None else info.id + 1
+        if row >= self._counts.size(0):
+            raise DataError(
+                f"DataLoader worker {row - 1} exceeds max_workers={self._counts.size(0) - 1}; "
+                "build TSNDataSet with a larger max_workers"
+            )
+        return row
+
+    def _count(self, name: str) -> None:
+        self._counts[self._row(), _C[name]] += 1
+
+    def _problem(self, record: VideoRecord, kind: str, what: str) -> None:
+        where = f"video {record.path!r} ({self.list_file}:{record.line})"
+        if self.strict_data:
+            raise DataError(
+                f"{where}: {what}; fix the data (tools/check_data.py lists every problem) "
+                "or run without --strict_data"
+            )
+        self._count(kind)
+        if record.path not in self._logged_videos:
+            self._logged_videos.add(record.path)
+            logger.warning("%s: %s (further problems of this video are only counted)", where, what)
+
+    # ------------------------------------------------------------------ reporting
+    def bad_data_counts(self) -> dict[str, int]:
+        """Totals over the main process and all DataLoader workers, plus list-level counts."""
+        totals = self._counts.sum(dim=0).tolist()
+        counts = {name: int(v) for name, v in zip(COUNTERS, totals)}
+        counts["videos_skipped"] = counts["videos_missing_dir"] + counts["videos_unreadable"]
+        counts["bad_list_lines"] = len(self.bad_lines)
+        counts["short_videos_dropped"] = len(self.short_videos)
+        return counts
+
+    def reset_bad_data_counts(self) -> None:
+        """Zero the load-time counters (e.g. at the start of an epoch)."""
+        self._counts.zero_()
+
+    def bad_data_report(self) -> str:
+        """Multi-line summary for the end of a run; says so when there was no problem."""
+        c = self.bad_data_counts()
+        lines = [f"data problems for {self.list_file} ({len(self)} videos):"]
+        items = [
+            ("bad_list_lines", "list lines skipped (malformed)"),
+            ("short_videos_dropped", f"videos dropped for < {MIN_TRAIN_FRAMES} frames (published)"),
+            ("frames_missing", "missing frames replaced by the nearest readable frame"),
+            ("frames_unreadable", "undecodable frames replaced by the nearest readable frame"),
+            ("clips_with_replaced_frames", "clip loads with a replaced frame"),
+            ("videos_missing_dir", "video loads skipped: frame folder missing"),
+            ("videos_unreadable", "video loads skipped: no readable frame"),
+        ]
+        for key, text in items:
+            if c[key]:
+                lines.append(f"  {text}: {c[key]}")
+        if len(lines) == 1:
+            return f"data problems for {self.list_file}: none"
+        lines.append("  (run tools/check_data.py for the list of affected files)")
+        return "\n".join(lines)
+
+
+def collate(batch: list):
+    """DataLoader collate_fn that drops skipped videos (None items); None if all were skipped."""
+    kept = [item for item in batch if item is not None]
+    if not kept:
+        return None
+    return torch.utils.data.default_collate(kept)
