@@ -16,8 +16,8 @@ the published script took the softmax after averaging, which only rescales the s
 An ensemble of models averages their video scores, weighted by `coeffs` and divided by the number
 of models, as the published script did (the ranking is the same as a weighted mean).
 
-Skipped videos: the data layer counts videos it cannot read and its collate function drops them
-from the batch. Every sample carries its position in the list, so skipped videos are excluded
+Skipped videos: the data layer (ops/dataset.py) counts the videos it cannot read and returns
+None for them. Every sample carries its position in the list, so skipped videos are excluded
 from the scores and the metrics (never replaced by another video), the remaining scores stay in
 list order, and the number excluded is returned for the caller to report. In an ensemble a video
 is scored only if every model could read it.
@@ -45,6 +45,7 @@ from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ops.sampling import num_clips
 from ops.utils import accuracy
 
 logger = logging.getLogger(__name__)
@@ -64,11 +65,7 @@ def num_test_clips(dense_sample: bool = False, twice_sample: bool = False) -> in
         raise ValueError(
             "--dense_sample and --twice_sample cannot be combined: choose one clip sampling scheme"
         )
-    if dense_sample:
-        return 10
-    if twice_sample:
-        return 2
-    return 1
+    return num_clips("test", dense_sample=dense_sample, twice_sample=twice_sample)
 
 
 def views_per_video(test_crops: int, dense_sample: bool = False, twice_sample: bool = False) -> int:
@@ -225,21 +222,28 @@ def summarize(scores: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarr
 
 
 def save_scores(
-    path: str, scores: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor
+    path: str,
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    indices: torch.Tensor,
+    videos: Sequence[str] | None = None,
 ) -> None:
-    """Write an .npz with `scores` [N, K] float32 (list order), `labels` [N] and `indices` [N].
+    """Write an .npz with `scores` [N, K] float32 (list order), `labels` [N], `indices` [N] and,
+    when given, `videos` [N] (the list's folder names, a unicode array: loads without pickle).
 
-    `indices` are the videos' positions in the test list; they differ from 0..N-1 only when
-    videos were skipped or --max_num cut the list.
+    `indices` are the videos' positions among the usable entries of the test list; they differ
+    from 0..N-1 only when videos were skipped or --max_num cut the list.
     """
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    np.savez(
-        path,
-        scores=np.asarray(scores, dtype=np.float32),
-        labels=np.asarray(labels, dtype=np.int64),
-        indices=np.asarray(indices, dtype=np.int64),
-    )
+    arrays = {
+        "scores": np.asarray(scores, dtype=np.float32),
+        "labels": np.asarray(labels, dtype=np.int64),
+        "indices": np.asarray(indices, dtype=np.int64),
+    }
+    if videos is not None:
+        arrays["videos"] = np.asarray(list(videos), dtype=np.str_)
+    np.savez(path, **arrays)
 
 
 def write_prediction_csv(
@@ -348,46 +352,25 @@ class IndexedDataset(Dataset):
         return index, self.dataset[index]
 
 
-def _default_drop_collate(samples: list) -> list:
-    """Fallback when the dataset module has no collate: keep samples that are not None."""
-    return [s for s in samples if s is not None]
-
-
-def make_indexed_collate(dataset_collate: Callable | None = None) -> Callable:
+def collate_indexed(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Collate `(index, item)` pairs into `(indices, data, labels, requested)`.
 
-    `indices` [B'] are the list positions kept, `data` [B', ...] and `labels` [B'] their samples,
-    `requested` [B] every position asked for (so the caller can count the dropped ones).
-    `dataset_collate` is the data layer's collate, which removes the samples of unreadable videos;
-    each item goes through it on its own to learn which positions survive, and the kept samples
-    are stacked. Without it, items that are None are dropped.
+    An item is `(data, label)`, or None for a video the data layer had to skip (the contract of
+    ops/dataset.py). `indices` [B'] are the list positions kept, `data` [B', ...] and `labels`
+    [B'] their samples, and `requested` [B] every position asked for, so that the caller can
+    count the skipped ones.
     """
-
-    def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        requested = torch.tensor([index for index, _ in batch], dtype=torch.int64)
-        kept_idx, kept_data, kept_labels = [], [], []
-        for index, item in batch:
-            if dataset_collate is None:
-                ok = item is not None
-            else:
-                single = dataset_collate([item])
-                ok = single is not None and len(single) > 0 and len(single[0]) > 0
-            if ok:
-                data, label = item
-                kept_idx.append(index)
-                kept_data.append(torch.as_tensor(data))
-                kept_labels.append(int(label))
-        if not kept_idx:
-            empty = torch.zeros(0, dtype=torch.int64)
-            return empty, torch.zeros(0), empty, requested
-        return (
-            torch.tensor(kept_idx, dtype=torch.int64),
-            torch.stack(kept_data),
-            torch.tensor(kept_labels, dtype=torch.int64),
-            requested,
-        )
-
-    return collate
+    requested = torch.tensor([index for index, _ in batch], dtype=torch.int64)
+    kept = [(index, item) for index, item in batch if item is not None]
+    if not kept:
+        empty = torch.zeros(0, dtype=torch.int64)
+        return empty, torch.zeros(0), empty, requested
+    return (
+        torch.tensor([index for index, _ in kept], dtype=torch.int64),
+        torch.stack([torch.as_tensor(item[0]) for _, item in kept]),
+        torch.tensor([int(item[1]) for _, item in kept], dtype=torch.int64),
+        requested,
+    )
 
 
 def shard_range(num_items: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -402,13 +385,12 @@ def make_test_loader(
     rank: int = 0,
     world_size: int = 1,
     max_num: int | None = None,
-    collate_fn: Callable | None = None,
     pin_memory: bool = False,
 ) -> DataLoader:
     """DataLoader over this rank's contiguous shard of the first `max_num` videos, in list order.
 
     Items are `(indices [B'], data [B', views*T*C, H, W], labels [B'], requested [B])` (see
-    `make_indexed_collate`); `batch_size` counts videos.
+    `collate_indexed`); `batch_size` counts videos.
     """
     total = len(dataset) if max_num is None or max_num <= 0 else min(max_num, len(dataset))
     start, stop = shard_range(total, rank, world_size)
@@ -418,7 +400,7 @@ def make_test_loader(
         shuffle=False,
         num_workers=workers,
         pin_memory=pin_memory,
-        collate_fn=make_indexed_collate(collate_fn),
+        collate_fn=collate_indexed,
         persistent_workers=False,
     )
 
@@ -581,7 +563,6 @@ def evaluate_model(
     workers: int = 0,
     softmax: bool = False,
     amp: str = "off",
-    collate_fn: Callable | None = None,
     progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Video scores `[N, K]` and labels `[N]` of one model on a test-mode dataset, in list order.
@@ -595,9 +576,7 @@ def evaluate_model(
     if isinstance(dataset, DataLoader):
         loader = dataset
     else:
-        loader = make_test_loader(
-            dataset, batch_size=batch_size, workers=workers, collate_fn=collate_fn
-        )
+        loader = make_test_loader(dataset, batch_size=batch_size, workers=workers)
     result = evaluate_ensemble(
         [model], [loader], [num_views], device, softmax=softmax, amp=amp, progress=progress
     )

@@ -108,8 +108,10 @@ def test_confusion_matrix_and_per_class_accuracy():
 def test_save_scores_roundtrip(tmp_path):
     path = tmp_path / "sub" / "out.npz"
     scores, labels = _toy_scores()
-    evaluation.save_scores(str(path), scores, labels, torch.arange(6) * 2)
-    data = np.load(path)
+    names = [f"video {i}" for i in range(6)]
+    evaluation.save_scores(str(path), scores, labels, torch.arange(6) * 2, videos=names)
+    data = np.load(path)  # allow_pickle defaults to False: every array is plain
+    assert data["videos"].tolist() == names
     assert data["scores"].dtype == np.float32 and np.allclose(data["scores"], scores.numpy())
     assert data["labels"].tolist() == labels.tolist()
     assert data["indices"].tolist() == [0, 2, 4, 6, 8, 10]

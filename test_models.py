@@ -1,0 +1,463 @@
+"""Evaluate trained TSM / RNL checkpoints on a test list: multi-clip, multi-crop, ensembles.
+
+The published commands run as written, e.g.
+
+    python test_models.py kinetics \
+        --weights=pretrained/TSM_kinetics_RGB_resnet50_shift8_blockres_avg_segment8_e100_cos_dense_nl_lr0.02_wd2.0e-04.pth.tar \
+        --test_segments=8 --batch_size=16 -j 25 --test_crops=3 --dense_sample --full_res
+
+Checkpoints are published ones (settings parsed from the file name, SPEC.md section 6) or our
+own (settings stored inside as `model_config`; any file name), both loaded with
+`weights_only=True` through ops/checkpoint.py. Several comma-separated `--weights` (with as many
+`--test_segments`) form an ensemble whose video scores are averaged, e.g. the paper's
+"(8+16) x 2 clips". The semantics of crops, clips and scores are documented in ops/evaluation.py.
+
+CUDA is used when present (all visible GPUs through DataParallel, or one GPU per process under
+torchrun), else the CPU. Under torchrun each rank evaluates a contiguous shard of the list and
+rank 0 gathers the scores in list order and writes every output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+from ops import evaluation
+from ops.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model_weights,
+    model_config_from_checkpoint,
+)
+from ops.dataset import TSNDataSet
+from ops.dataset_config import (
+    REGISTRY,
+    add_data_args,
+    category_file,
+    default_data_root,
+    read_categories,
+    resolve_dataset,
+)
+from ops.utils import setup_logging
+
+logger = logging.getLogger("test_models")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """Flags of the published test script (same names and defaults) plus our additions."""
+    parser = argparse.ArgumentParser(
+        description="Evaluate TSM / RNL checkpoints with multi-clip, multi-crop testing"
+    )
+    parser.add_argument("dataset", type=str, help="dataset name as in ops/dataset_config.py")
+    parser.add_argument(
+        "--weights",
+        type=str,
+        required=True,
+        help="checkpoint file, or comma-separated files for an ensemble",
+    )
+    parser.add_argument(
+        "--test_segments",
+        type=str,
+        default="8",
+        help="frames per clip, one per weight (comma-separated), e.g. 8,16",
+    )
+    parser.add_argument(
+        "--coeff",
+        type=str,
+        default=None,
+        help="ensemble weights, one per weight (comma-separated); default all 1",
+    )
+    parser.add_argument(
+        "--test_crops",
+        type=int,
+        default=1,
+        choices=evaluation.TEST_CROP_CHOICES,
+        help="1: centre crop, 3: full-res 3 crops, 5: corners + centre, 10: 5 crops + flips",
+    )
+    parser.add_argument(
+        "--full_res",
+        default=False,
+        action="store_true",
+        help="crop the scale size (256) instead of the input size (224), as in non-local I3D",
+    )
+    parser.add_argument(
+        "--dense_sample", default=False, action="store_true", help="10 dense clips (I3D style)"
+    )
+    parser.add_argument(
+        "--twice_sample", default=False, action="store_true", help="2 clips per video"
+    )
+    parser.add_argument(
+        "--batch_size", type=int, default=1, help="videos per forward pass (x clips x crops)"
+    )
+    parser.add_argument(
+        "-j", "--workers", type=int, default=8, metavar="N", help="data loading workers"
+    )
+    parser.add_argument(
+        "--softmax",
+        default=False,
+        action="store_true",
+        help="average softmax probabilities instead of logits",
+    )
+    parser.add_argument(
+        "--test_list",
+        type=str,
+        default=None,
+        help="list file replacing the dataset's val list (comma-separated: one per weight)",
+    )
+    parser.add_argument(
+        "--csv_file", type=str, default=None, help="write `video;class` (top-5 for somethingv2)"
+    )
+    parser.add_argument(
+        "--max_num", type=int, default=-1, help="evaluate only the first N videos (-1: all)"
+    )
+    parser.add_argument(
+        "--input_size",
+        type=int,
+        default=None,
+        help="model input size (default: the checkpoint's, else 224); scale size is size*256//224",
+    )
+    parser.add_argument(
+        "--crop_fusion_type",
+        type=str,
+        default="avg",
+        choices=["avg"],
+        help="segment consensus (kept for TSM compatibility)",
+    )
+    parser.add_argument(
+        "--save_scores", type=str, default=None, help="write scores/labels/indices to this .npz"
+    )
+    parser.add_argument(
+        "--report_dir",
+        type=str,
+        default=None,
+        help="write a confusion-matrix PNG and a per-class accuracy CSV into this folder",
+    )
+    parser.add_argument(
+        "--amp",
+        type=str,
+        default="off",
+        choices=evaluation.AMP_CHOICES,
+        help="autocast precision for inference",
+    )
+    parser.add_argument(
+        "--device",
+        type=str,
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="auto: CUDA when present, else CPU",
+    )
+    parser.add_argument(
+        "--gpus",
+        nargs="+",
+        type=int,
+        default=None,
+        help="GPU ids for DataParallel (default: all visible; ignored under torchrun)",
+    )
+    add_data_args(parser)
+    return parser
+
+
+def split_list_args(args: argparse.Namespace) -> tuple[list, list, list, list]:
+    """Weights, segments, coefficients and test lists, one per ensemble member.
+
+    Raises ValueError with a one-line message when the lists do not line up.
+    """
+    weights = [w for w in args.weights.split(",") if w]
+    if not weights:
+        raise ValueError("--weights is empty: give one checkpoint file or a comma-separated list")
+    try:
+        segments = [int(s) for s in str(args.test_segments).split(",") if s]
+    except ValueError:
+        raise ValueError(
+            f"--test_segments must be comma-separated integers, got {args.test_segments!r}"
+        ) from None
+    if len(segments) != len(weights):
+        raise ValueError(
+            f"{len(weights)} weights but {len(segments)} test segments: give one --test_segments "
+            "value per weight, e.g. --weights=a.pth,b.pth --test_segments=8,16"
+        )
+    if any(s <= 0 for s in segments):
+        raise ValueError(f"--test_segments must be positive, got {args.test_segments!r}")
+    if args.coeff is None:
+        coeffs = [1.0] * len(weights)
+    else:
+        try:
+            coeffs = [float(c) for c in args.coeff.split(",") if c]
+        except ValueError:
+            raise ValueError(
+                f"--coeff must be comma-separated numbers, got {args.coeff!r}"
+            ) from None
+        if len(coeffs) != len(weights):
+            raise ValueError(
+                f"{len(weights)} weights but {len(coeffs)} --coeff values: give one per weight"
+            )
+    if args.test_list is None:
+        test_lists = [None] * len(weights)
+    else:
+        test_lists = args.test_list.split(",")
+        if len(test_lists) == 1:
+            test_lists = test_lists * len(weights)
+        if len(test_lists) != len(weights):
+            raise ValueError(
+                f"{len(weights)} weights but {len(test_lists)} --test_list files: give one list "
+                "for all weights or one per weight"
+            )
+    if args.batch_size <= 0:
+        raise ValueError(f"--batch_size must be positive, got {args.batch_size}")
+    evaluation.num_test_clips(dense_sample=args.dense_sample, twice_sample=args.twice_sample)
+    return weights, segments, coeffs, test_lists
+
+
+def init_distributed() -> tuple[int, int, int]:
+    """Join the torchrun process group when RANK/WORLD_SIZE are set: (rank, world, local rank)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if "RANK" not in os.environ or world_size <= 1:
+        return 0, 1, 0
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size(), local_rank
+
+
+def select_device(requested: str, local_rank: int, distributed: bool) -> torch.device:
+    """CUDA when present (this rank's GPU under torchrun), else CPU; `--device` overrides."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was given but CUDA is not available: use --device cpu")
+    if requested == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank if distributed else 0)
+
+
+def _num_classes_in_state_dict(state_dict: dict) -> int | None:
+    """Rows of the classifier weight (`new_fc.weight`, else the backbone's fc/classifier)."""
+    for suffix in ("new_fc.weight", "base_model.fc.weight", "base_model.classifier.weight"):
+        for key, value in state_dict.items():
+            if key.endswith(suffix) and isinstance(value, torch.Tensor) and value.dim() == 2:
+                return int(value.shape[0])
+    return None
+
+
+def read_model_config(weights: str) -> tuple[dict, dict]:
+    """(checkpoint, TSN keywords + 'dataset'/'dense_sample' it was trained with) of a file.
+
+    Raises FileNotFoundError or CheckpointError (one line) for a missing, unreadable, unsafe or
+    non-checkpoint file, or a published checkpoint whose file name cannot be parsed.
+    """
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"checkpoint {weights} not found: check the --weights path")
+    ckpt = load_checkpoint(weights)
+    return ckpt, dict(model_config_from_checkpoint(ckpt, weights))
+
+
+def build_model(
+    ckpt: dict,
+    cfg: dict,
+    weights: str,
+    num_segments: int,
+    num_class: int,
+    dataset: str,
+    input_size: int | None,
+) -> torch.nn.Module:
+    """Rebuild the network a checkpoint was trained with (tested on `num_segments` frames) and
+    load its weights; ValueError when its classes do not match the dataset's."""
+    from ops.models import TSN
+
+    cfg = dict(cfg)
+    trained_on = cfg.pop("dataset", None)
+    trained_dense = cfg.pop("dense_sample", None)
+    state_dict = ckpt["state_dict"]
+    ckpt_classes = _num_classes_in_state_dict(state_dict) or cfg.get("num_class")
+    if ckpt_classes is not None and int(ckpt_classes) != num_class:
+        raise ValueError(
+            f"{weights} was trained for {ckpt_classes} classes but dataset {dataset!r} has "
+            f"{num_class}: test it on the dataset it was trained on (or fix --num_class / "
+            "--category_file)"
+        )
+    if trained_on and trained_on != dataset:
+        logger.warning("%s was trained on %r, testing on %r", weights, trained_on, dataset)
+    if trained_dense is not None:
+        logger.info("%s: trained with dense_sample=%s", os.path.basename(weights), trained_dense)
+    cfg.update(num_class=num_class, num_segments=num_segments, print_spec=False)
+    cfg["pretrain"] = "scratch"  # every weight comes from the checkpoint: no ImageNet download
+    if input_size is not None:
+        cfg["input_size"] = input_size
+    model = TSN(**cfg)
+    load_model_weights(model, state_dict)
+    return model.eval()
+
+
+def class_names(args: argparse.Namespace, modality: str, num_class: int) -> list[str]:
+    """Category names (the category file given or registered), else the class indices."""
+    path = args.category_file or (
+        category_file(args.dataset, modality, args.data_root or default_data_root())
+        if args.dataset in REGISTRY
+        else None
+    )
+    if path and os.path.isfile(path):
+        names = read_categories(path)
+        if len(names) == num_class:
+            return names
+    return [str(i) for i in range(num_class)]
+
+
+def main(args: argparse.Namespace) -> dict | None:
+    """Evaluate the weights of `args`; returns the metrics on rank 0 (None on other ranks)."""
+    weights, segments, coeffs, test_lists = split_list_args(args)
+    rank, world_size, local_rank = init_distributed()
+    setup_logging(rank)
+    device = select_device(args.device, local_rank, world_size > 1)
+    num_views = evaluation.views_per_video(args.test_crops, args.dense_sample, args.twice_sample)
+    clips = evaluation.num_test_clips(args.dense_sample, args.twice_sample)
+
+    models, loaders, datasets = [], [], []
+    names: list[str] = []
+    for w, seg, test_list in zip(weights, segments, test_lists):
+        ckpt, cfg = read_model_config(w)
+        modality = cfg.get("modality", "RGB")
+        num_class, _, val_list, root_path, image_tmpl = resolve_dataset(args, modality)
+        model = build_model(ckpt, cfg, w, seg, num_class, args.dataset, args.input_size)
+        del ckpt
+        crop_size = model.scale_size if args.full_res else model.input_size
+        dataset = TSNDataSet(
+            root_path,
+            test_list or val_list,
+            num_segments=seg,
+            new_length=model.new_length,
+            modality=modality,
+            image_tmpl=image_tmpl,
+            transform=evaluation.build_test_transform(
+                args.test_crops, model.scale_size, crop_size, model.input_mean, model.input_std
+            ),
+            random_shift=False,
+            test_mode=True,
+            dense_sample=args.dense_sample,
+            twice_sample=args.twice_sample,
+            num_class=num_class,
+            skip_bad_lines=args.skip_bad_lines,
+            strict_data=args.strict_data,
+        )
+        if datasets and [r.path for r in dataset.video_list] != [
+            r.path for r in datasets[0].video_list
+        ]:
+            raise ValueError(
+                "the ensemble's test lists hold different videos: give every weight the same "
+                "list (or lists of the same videos in the same order)"
+            )
+        model.to(device)
+        if device.type == "cuda" and world_size == 1 and torch.cuda.device_count() > 1:
+            model = torch.nn.DataParallel(model, device_ids=args.gpus)
+        models.append(model)
+        datasets.append(dataset)
+        loaders.append(
+            evaluation.make_test_loader(
+                dataset,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                rank=rank,
+                world_size=world_size,
+                max_num=args.max_num,
+                pin_memory=device.type == "cuda",
+            )
+        )
+        names = class_names(args, modality, num_class)
+        logger.info(
+            "%s: %d segments, %d views per video (%d clips x %d crops of %d px), %d videos",
+            os.path.basename(w),
+            seg,
+            num_views,
+            clips,
+            args.test_crops,
+            crop_size,
+            len(dataset),
+        )
+
+    result = evaluation.evaluate_ensemble(
+        models,
+        loaders,
+        [num_views] * len(models),
+        device,
+        coeffs=coeffs,
+        softmax=args.softmax,
+        amp=args.amp,
+        progress=rank == 0,
+    )
+    counts: dict[str, int] = {}
+    for d in datasets:  # summed over the ensemble's datasets (each loads every video)
+        for key, value in d.bad_data_counts().items():
+            counts[key] = counts.get(key, 0) + int(value)
+    result = evaluation.gather_results(result, extra_counts=counts)
+    if result is None:
+        return None
+    metrics = evaluation.summarize(result.scores, result.labels)
+    video_names = [datasets[0].video_list[i].path for i in result.indices.tolist()]
+    write_outputs(args, result, video_names, names)
+    print_summary(metrics, result, num_models=len(models))
+    return metrics
+
+
+def write_outputs(
+    args: argparse.Namespace,
+    result: evaluation.EvalResult,
+    video_names: list[str],
+    names: list[str],
+) -> None:
+    """--save_scores, --csv_file and --report_dir (rank 0 only)."""
+    if args.save_scores:
+        evaluation.save_scores(
+            args.save_scores, result.scores, result.labels, result.indices, video_names
+        )
+        logger.info("scores written to %s", args.save_scores)
+    if args.csv_file:
+        evaluation.write_prediction_csv(
+            args.csv_file, video_names, result.scores, names, top5=args.dataset == "somethingv2"
+        )
+        logger.info("predictions written to %s", args.csv_file)
+    if args.report_dir:
+        paths = evaluation.write_report(args.report_dir, result.scores, result.labels, names)
+        logger.info("report written to %s", ", ".join(paths.values()))
+
+
+def print_summary(metrics: dict, result: evaluation.EvalResult, num_models: int) -> None:
+    """The final table (stdout, rank 0)."""
+    print("-----Evaluation is finished------")
+    print(f"videos evaluated : {metrics['num_videos']}")
+    print(f"videos skipped   : {result.num_skipped} (unreadable; excluded from the metrics)")
+    problems = {k: v for k, v in sorted(result.extra.items()) if v}
+    scope = f", summed over {num_models} models" if num_models > 1 else ""
+    if problems:
+        text = ", ".join(f"{k}={v}" for k, v in problems.items())
+        print(f"data problems    : {text}{scope}")
+    else:
+        print("data problems    : none")
+    print(f"Class Accuracy {metrics['mean_class_acc']:.02f}%")
+    print(f"Overall Prec@1 {metrics['top1']:.02f}% Prec@5 {metrics['top5']:.02f}%")
+    print(
+        f"throughput       : {result.videos_per_s:.2f} videos/s, {result.clips_per_s:.2f} clips/s "
+        f"({result.seconds:.1f} s)"
+    )
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Entry point: bad input ends with a one-line message on stderr and exit code 2."""
+    args = get_args_parser().parse_args(argv)
+    try:
+        main(args)
+    except (CheckpointError, ValueError, FileNotFoundError) as exc:
+        print(f"test_models.py: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,276 @@
+"""Acceptance tests of test_models.py (issue 5).
+
+Scores saved by the script are compared with an independent computation (tests/_eval_helpers.py:
+SPEC frame numbers, PIL decoding/resizing/cropping by hand, one view at a time through the model).
+The model is a small RNL TSM-ResNet18 at 64 px on 73 px-scaled frames, so each run takes seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import test_models
+from tests import _eval_helpers as H
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PUBLISHED_4 = "TSM_synthetic_RGB_resnet18_shift8_blockres_avg_segment4_e50_cos_nl_lr0.01.pth.tar"
+PUBLISHED_8 = "TSM_synthetic_RGB_resnet18_shift8_blockres_avg_segment8_e50_cos_nl_lr0.01.pth.tar"
+
+PUBLISHED_COMMANDS = [
+    "python test_models.py kinetics --weights=pretrained/TSM_kinetics_RGB_resnet50_shift8_blockres"
+    "_avg_segment8_e100_cos_dense_nl_lr0.02_wd2.0e-04.pth.tar --test_segments=8 --batch_size=16 "
+    "-j 25 --test_crops=3 --dense_sample --full_res",
+    "python test_models.py something --weights=pretrained/TSM_something_RGB_resnet50_shift8_blockres"
+    "_avg_segment8_e50_cos_nl_h_8e-4.pth.tar --test_segments=8 --batch_size=2 -j 25 --test_crops=3 "
+    "--twice_sample --full_res",
+]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A dataset and two published-format checkpoints (4 and 8 segments), built once."""
+    root = tmp_path_factory.mktemp("eval")
+    data_root = str(root / "data")
+    H.write_synthetic_dataset(data_root)
+    models = {}
+    for seg, name, seed in ((4, PUBLISHED_4, 0), (8, PUBLISHED_8, 1)):
+        model = H.make_model(seed, **H.small_model_config(num_segments=seg))
+        path = str(root / name)
+        H.save_published(path, model)
+        models[seg] = (path, model)
+    return {"root": root, "data_root": data_root, "models": models}
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    code = test_models.cli(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def scores_of(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    data = np.load(path)
+    return data["scores"], data["labels"], data["indices"]
+
+
+# --------------------------------------------------------------------------- parsing
+@pytest.mark.parametrize("command", PUBLISHED_COMMANDS)
+def test_published_commands_parse_verbatim(command):
+    argv = shlex.split(command)[2:]
+    args = test_models.get_args_parser().parse_args(argv)
+    weights, segments, coeffs, _ = test_models.split_list_args(args)
+    assert weights == [argv[1].split("=", 1)[1]] and segments == [8] and coeffs == [1.0]
+    assert args.test_crops == 3 and args.full_res and args.workers == 25
+
+
+# --------------------------------------------------------------------------- scores vs reference
+@pytest.mark.parametrize(
+    "crops, flags",
+    [
+        (1, []),
+        (3, []),
+        (5, []),
+        (10, []),
+        (3, ["--full_res"]),
+        (1, ["--dense_sample"]),
+        (3, ["--twice_sample", "--full_res"]),
+    ],
+)
+def test_scores_match_independent_pipeline(workspace, tmp_path, capsys, crops, flags):
+    path, model = workspace["models"][4]
+    out = str(tmp_path / "scores.npz")
+    argv = ["synthetic", f"--weights={path}", "--test_segments=4", f"--test_crops={crops}"]
+    argv += ["--batch_size=3", "-j", "0", "--input_size=64", "--data_root", workspace["data_root"]]
+    argv += ["--save_scores", out, "--device", "cpu", *flags]
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 0, err
+    scores, labels, indices = scores_of(out)
+    expected = H.reference_scores(
+        model,
+        workspace["data_root"],
+        num_segments=4,
+        test_crops=crops,
+        full_res="--full_res" in flags,
+        dense="--dense_sample" in flags,
+        twice="--twice_sample" in flags,
+    )
+    H.assert_close(scores, expected)
+    assert labels.tolist() == [v[2] for v in H.VIDEOS]
+    assert indices.tolist() == list(range(len(H.VIDEOS)))
+    top1 = 100.0 * np.mean(expected.argmax(1) == labels)
+    assert f"Overall Prec@1 {top1:.02f}%" in stdout
+
+
+def test_ensemble_of_two_weights_with_coefficients(workspace, tmp_path, capsys):
+    (p4, m4), (p8, m8) = workspace["models"][4], workspace["models"][8]
+    out = str(tmp_path / "ens.npz")
+    argv = ["synthetic", f"--weights={p4},{p8}", "--test_segments=4,8", "--coeff=1,0.5"]
+    argv += ["--twice_sample", "--batch_size=2", "-j", "0", "--softmax", "--input_size=64"]
+    argv += ["--data_root", workspace["data_root"], "--save_scores", out, "--device", "cpu"]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0, err
+    a = H.reference_scores(m4, workspace["data_root"], 4, 1, twice=True, softmax=True)
+    b = H.reference_scores(m8, workspace["data_root"], 8, 1, twice=True, softmax=True)
+    H.assert_close(scores_of(out)[0], (a + 0.5 * b) / 2)
+
+
+def test_own_checkpoint_with_arbitrary_name(workspace, tmp_path, capsys):
+    """Settings stored inside the checkpoint; the file name carries nothing."""
+    model = H.make_model(7, **H.small_model_config(num_segments=4, non_local=False))
+    path = str(tmp_path / "my run (final).ckpt")
+    H.save_own(path, model)
+    out = str(tmp_path / "own.npz")
+    argv = ["synthetic", f"--weights={path}", "--test_segments=4", "--test_crops=1", "-j", "0"]
+    argv += ["--data_root", workspace["data_root"], "--save_scores", out, "--device", "cpu"]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0, err
+    expected = H.reference_scores(model, workspace["data_root"], 4, 1)
+    H.assert_close(scores_of(out)[0], expected)
+
+
+def test_csv_report_and_max_num(workspace, tmp_path, capsys):
+    path, model = workspace["models"][4]
+    csv_file, report = tmp_path / "pred.csv", tmp_path / "report"
+    out = str(tmp_path / "s.npz")
+    argv = ["synthetic", f"--weights={path}", "--test_segments=4", "--max_num=3", "-j", "0"]
+    argv += ["--input_size=64"]
+    argv += ["--data_root", workspace["data_root"], "--csv_file", str(csv_file)]
+    argv += ["--report_dir", str(report), "--save_scores", out, "--device", "cpu"]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0, err
+    expected = H.reference_scores(model, workspace["data_root"], 4, 1, videos=H.VIDEOS[:3])
+    H.assert_close(scores_of(out)[0], expected)
+    lines = csv_file.read_text().splitlines()
+    assert lines == [f"{v[0]};{H.CLASSES[c]}" for v, c in zip(H.VIDEOS, expected.argmax(1))]
+    per_class = (report / "per_class_accuracy.csv").read_text().splitlines()
+    assert len(per_class) == 1 + len(H.CLASSES)
+    assert (report / "confusion_matrix.png").stat().st_size > 0
+
+
+# --------------------------------------------------------------------------- bad inputs
+def run_script(argv: list[str], cwd: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "test_models.py"), *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    assert len(errors) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+
+
+def test_bad_input_weights_and_segments_differ(workspace):
+    path = workspace["models"][4][0]
+    argv = ["synthetic", f"--weights={path},{path}", "--test_segments=4"]
+    proc = run_script(argv + ["--data_root", workspace["data_root"]], cwd=str(workspace["root"]))
+    assert_one_line_error(proc, "2 weights but 1 test segments")
+
+
+def test_bad_input_unknown_published_name(workspace, tmp_path):
+    model = H.make_model(0, **H.small_model_config(num_segments=4))
+    path = str(tmp_path / "my_weights.pth.tar")
+    H.save_published(path, model)
+    argv = ["synthetic", f"--weights={path}", "--test_segments=4"]
+    proc = run_script(argv + ["--data_root", workspace["data_root"]], cwd=str(tmp_path))
+    assert_one_line_error(proc, "my_weights.pth.tar")
+
+
+def test_bad_input_wrong_number_of_classes(workspace, tmp_path):
+    cfg = H.small_model_config(num_segments=4, non_local=False)
+    cfg["num_class"] = 7
+    path = str(tmp_path / "TSM_synthetic_RGB_resnet18_shift8_blockres_avg_segment4_e1.pth")
+    H.save_published(path, H.make_model(0, **cfg))
+    argv = ["synthetic", f"--weights={path}", "--test_segments=4"]
+    proc = run_script(argv + ["--data_root", workspace["data_root"]], cwd=str(tmp_path))
+    assert_one_line_error(proc, "7 classes", "3")
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not a checkpoint\n", "dict"])
+def test_bad_input_unreadable_or_not_a_checkpoint(workspace, tmp_path, content):
+    path = tmp_path / PUBLISHED_4
+    if content == "dict":
+        torch.save({"hello": "world"}, path)
+    else:
+        path.write_bytes(content)
+    argv = ["synthetic", f"--weights={path}", "--test_segments=4"]
+    proc = run_script(argv + ["--data_root", workspace["data_root"]], cwd=str(tmp_path))
+    assert_one_line_error(proc, PUBLISHED_4)
+
+
+def test_bad_input_missing_file(workspace, tmp_path):
+    argv = ["synthetic", f"--weights={tmp_path / PUBLISHED_4}", "--test_segments=4"]
+    proc = run_script(argv + ["--data_root", workspace["data_root"]], cwd=str(tmp_path))
+    assert_one_line_error(proc, "not")
+
+
+class _Payload:
+    """Unpickling this would create the file `target` (never run by a safe loader)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_bad_input_malicious_pickle_is_not_executed(workspace, tmp_path):
+    target = tmp_path / "pwned.txt"
+    path = tmp_path / PUBLISHED_4
+    torch.save({"state_dict": {}, "epoch": _Payload(str(target))}, path)
+    argv = ["synthetic", f"--weights={path}", "--test_segments=4"]
+    proc = run_script(argv + ["--data_root", workspace["data_root"]], cwd=str(tmp_path))
+    assert_one_line_error(proc, PUBLISHED_4)
+    assert not target.exists()
+
+
+# --------------------------------------------------------------------------- distributed
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_processes_give_the_same_scores(workspace, tmp_path, capsys):
+    path = workspace["models"][4][0]
+    common = ["synthetic", f"--weights={path}", "--test_segments=4", "--test_crops=3"]
+    common += ["--batch_size=1", "-j", "0", "--data_root", workspace["data_root"]]
+    common += ["--device", "cpu", "--input_size=64"]
+    single = str(tmp_path / "one.npz")
+    code, _, err = run_cli(common + ["--save_scores", single], capsys)
+    assert code == 0, err
+
+    double = str(tmp_path / "two.npz")
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    cmd += [f"--master_port={_free_port()}", os.path.join(REPO, "test_models.py")]
+    proc = subprocess.run(
+        cmd + common + ["--save_scores", double],
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s1, l1, i1 = scores_of(single)
+    s2, l2, i2 = scores_of(double)
+    assert i2.tolist() == i1.tolist() and l2.tolist() == l1.tolist()
+    np.testing.assert_allclose(s2, s1, rtol=1e-5, atol=1e-5)
