@@ -42,7 +42,8 @@ class TSN(nn.Module):
 
     Our additions: nl_type / nl_where (which block to attach and where, see ops/non_local.py),
     rnl_fused (fused attention; False is the published explicit computation), region_impl
-    ('depthwise' or the published 'masked'), rnl_options (dict: activation, sub_sample, use_norm)
+    ('depthwise' or the published 'masked'), shift_recompute (re-shift in the backward instead of
+    keeping the shifted copy; same results, less memory), rnl_options (dict: activation, sub_sample, use_norm)
     and input_size (crop size; 224 as published).
     """
 
@@ -71,6 +72,7 @@ class TSN(nn.Module):
         nl_where: Sequence[str] | str | None = None,
         rnl_fused: bool = True,
         region_impl: str = "depthwise",
+        shift_recompute: bool = True,
         rnl_options: dict | None = None,
         input_size: int = 224,
     ):
@@ -110,6 +112,7 @@ class TSN(nn.Module):
         self.nl_where = list(nl_where) if nl_where else None
         self.rnl_fused = rnl_fused
         self.region_impl = region_impl
+        self.shift_recompute = shift_recompute
         self.rnl_options = dict(rnl_options or {})
         self.input_size = input_size
         self.reshape = True
@@ -151,6 +154,7 @@ class TSN(nn.Module):
                     n_div=self.shift_div,
                     place=self.shift_place,
                     temporal_pool=self.temporal_pool,
+                    recompute=self.shift_recompute,
                 )
             if self.non_local:
                 # block options: rnl_options (user-chosen variants, stored in checkpoints) plus the

@@ -88,26 +88,121 @@ class InplaceShift(torch.autograd.Function):
         return grad, None, None
 
 
+class _ShiftConv2d(torch.autograd.Function):
+    """``conv2d(temporal_shift(x))`` that keeps ``x`` for the backward instead of the shifted copy.
+
+    A plain shift followed by a convolution keeps the shifted tensor alive until the backward (the
+    convolution needs its input for the weight gradient). That tensor is as large as the block
+    input, which stays alive anyway (the previous ReLU keeps it), so the backward re-shifts ``x``
+    (a cheap copy) instead: one activation-sized tensor less per shifted block. The convolution
+    itself is not recomputed. Under autocast the convolution runs in the output's dtype, and the
+    backward casts the re-shifted input and the weight the same way.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, n_segment, fold_div, stride, padding, dilation, groups):
+        y = F.conv2d(
+            temporal_shift(x, n_segment, fold_div), weight, bias, stride, padding, dilation, groups
+        )
+        ctx.save_for_backward(x, weight)
+        ctx.conf = (n_segment, fold_div, stride, padding, dilation, groups, bias is not None)
+        ctx.out_dtype = y.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        n_segment, fold_div, stride, padding, dilation, groups, has_bias = ctx.conf
+        xs = temporal_shift(x, n_segment, fold_div).to(ctx.out_dtype)
+        grad_xs, grad_w, grad_b = torch.ops.aten.convolution_backward(
+            grad_out,
+            xs,
+            weight.to(ctx.out_dtype),
+            [weight.shape[0]] if has_bias else None,
+            list(stride),
+            list(padding),
+            list(dilation),
+            False,
+            [0, 0],
+            groups,
+            [
+                ctx.needs_input_grad[0],
+                ctx.needs_input_grad[1],
+                has_bias and ctx.needs_input_grad[2],
+            ],
+        )
+        grad_x = (
+            _shift_adjoint(grad_xs.to(x.dtype), n_segment, fold_div)
+            if grad_xs is not None
+            else None
+        )
+        grad_w = grad_w.to(weight.dtype) if grad_w is not None else None
+        return grad_x, grad_w, grad_b, None, None, None, None, None, None
+
+
+def _shift_adjoint(g: torch.Tensor, n_segment: int, fold_div: int) -> torch.Tensor:
+    """Out-of-place adjoint (backward) of ``temporal_shift``."""
+    nt, c, h, w = g.shape
+    g5 = g.view(nt // n_segment, n_segment, c, h, w)
+    fold = c // fold_div
+    out = g5.clone()
+    out[:, 1:, :fold] = g5[:, :-1, :fold]
+    out[:, 0, :fold] = 0
+    out[:, :-1, fold : 2 * fold] = g5[:, 1:, fold : 2 * fold]
+    out[:, -1, fold : 2 * fold] = 0
+    return out.view(nt, c, h, w)
+
+
 class TemporalShift(nn.Module):
     """Shift the input over time, then apply the wrapped module ``net`` (kept as ``.net`` so the
-    state_dict matches the published ``conv1.net.weight`` layout)."""
+    state_dict matches the published ``conv1.net.weight`` layout).
 
-    def __init__(self, net: nn.Module, n_segment: int = 8, n_div: int = 8, inplace: bool = False):
+    ``recompute=True`` (a fast path for training) fuses the shift into a wrapped ``Conv2d`` so the
+    shifted copy is not kept for the backward (see ``_ShiftConv2d``); results are identical.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        n_segment: int = 8,
+        n_div: int = 8,
+        inplace: bool = False,
+        recompute: bool = False,
+    ):
         super().__init__()
         self.net = net
         self.n_segment = n_segment
         self.fold_div = n_div
         self.inplace = inplace
+        self.recompute = recompute
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self.net
+        if (
+            self.recompute
+            and torch.is_grad_enabled()
+            and isinstance(conv, nn.Conv2d)
+            and conv.padding_mode == "zeros"
+        ):
+            return _ShiftConv2d.apply(
+                x,
+                conv.weight,
+                conv.bias,
+                self.n_segment,
+                self.fold_div,
+                conv.stride,
+                conv.padding,
+                conv.dilation,
+                conv.groups,
+            )
         if self.inplace:
             x = InplaceShift.apply(x, self.n_segment, self.fold_div)
         else:
             x = temporal_shift(x, self.n_segment, self.fold_div)
-        return self.net(x)
+        return conv(x)
 
     def extra_repr(self) -> str:
-        return f"n_segment={self.n_segment}, fold_div={self.fold_div}, inplace={self.inplace}"
+        return f"n_segment={self.n_segment}, fold_div={self.fold_div}, inplace={self.inplace}, recompute={self.recompute}"
 
 
 class TemporalPool(nn.Module):
@@ -133,11 +228,13 @@ def make_temporal_shift(
     n_div: int = 8,
     place: str = "blockres",
     temporal_pool: bool = False,
+    recompute: bool = False,
 ) -> None:
     """Insert temporal shifts into a torchvision-style ResNet ``net`` in place.
 
     ``place`` is ``blockres`` or ``block`` (see the module docstring). With ``temporal_pool`` the
     stages after layer1 see ``n_segment // 2`` frames and layer2 is wrapped in ``TemporalPool``.
+    ``recompute`` selects the memory-saving shift+conv of ``TemporalShift`` (same results).
     """
     if place not in ("blockres", "block"):
         raise ValueError(f"unknown shift place {place!r}: use 'blockres' or 'block'")
@@ -152,9 +249,13 @@ def make_temporal_shift(
         layer = getattr(net, f"layer{stage}")
         for i in range(len(layer)):
             if place == "block":
-                layer[i] = TemporalShift(layer[i], n_segment=this_segment, n_div=n_div)
+                layer[i] = TemporalShift(
+                    layer[i], n_segment=this_segment, n_div=n_div, recompute=recompute
+                )
             elif i % n_round == 0:
-                layer[i].conv1 = TemporalShift(layer[i].conv1, n_segment=this_segment, n_div=n_div)
+                layer[i].conv1 = TemporalShift(
+                    layer[i].conv1, n_segment=this_segment, n_div=n_div, recompute=recompute
+                )
     logger.debug(
         "temporal shift: place=%s div=%d segments=%s every %d block(s)",
         place,

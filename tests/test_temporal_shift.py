@@ -109,3 +109,41 @@ def test_temporal_pool_halves_time_with_max():
 def test_unknown_place_is_a_clear_error():
     with pytest.raises(ValueError, match="blockres"):
         make_temporal_shift(torchvision.models.resnet18(weights=None), 8, place="everywhere")
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("kernel,stride", [(1, 1), (3, 2)])
+def test_recompute_shift_conv_equals_plain_forward_and_backward(kernel, stride, channels_last):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(16, 8, kernel, stride=stride, padding=kernel // 2, bias=True)
+    plain = TemporalShift(conv, n_segment=4, n_div=8)
+    fast = TemporalShift(conv, n_segment=4, n_div=8, recompute=True)
+    x = torch.randn(2 * 4, 16, 7, 7)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    results = []
+    for mod in (plain, fast):
+        conv.zero_grad()
+        xi = x.clone().requires_grad_()
+        y = mod(xi)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        results.append((y.detach(), xi.grad, conv.weight.grad.clone(), conv.bias.grad.clone()))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_recompute_shift_conv_under_bf16_autocast_matches_plain_autocast():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(16, 8, 1, bias=False)
+    x = torch.randn(8, 16, 5, 5)
+    grads = []
+    for recompute in (False, True):
+        conv.zero_grad()
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = TemporalShift(conv, 4, 8, recompute=recompute)(xi)
+        y.float().sum().backward()
+        grads.append((y.detach(), xi.grad, conv.weight.grad.clone()))
+    for a, b in zip(*grads):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2)

@@ -1,0 +1,191 @@
+"""Whole-model training step and inference forward of RNL-TSM-ResNet50: the published way of
+computing ("plain") against our fast paths, each in a fresh process.
+
+    python -m benchmarks.bench_step                  # 2 clips x 8 frames x 224 px, CPU
+    python -m benchmarks.bench_step --quick          # 1 clip x 8 frames x 112 px (CI)
+    python -m benchmarks.bench_step --device cuda --batch 16
+
+A training step is forward + cross-entropy + backward + SGD (momentum 0.9) on random clips.
+"plain" reproduces the published implementation's computation: explicit P x P affinity, masked
+grouped region conv, shifted copies kept for the backward, fp32, contiguous tensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from benchmarks.measure import measure, run_child
+
+# name: TSN fast-path keywords, autocast dtype, channels_last
+CONFIGS = {
+    "plain": (dict(rnl_fused=False, region_impl="masked", shift_recompute=False), None, False),
+    "fused+depthwise": (
+        dict(rnl_fused=True, region_impl="depthwise", shift_recompute=False),
+        None,
+        False,
+    ),
+    "fast fp32": (dict(rnl_fused=True, region_impl="depthwise", shift_recompute=True), None, False),
+    "fast fp32 channels_last": (
+        dict(rnl_fused=True, region_impl="depthwise", shift_recompute=True),
+        None,
+        True,
+    ),
+    "fast bf16": (
+        dict(rnl_fused=True, region_impl="depthwise", shift_recompute=True),
+        "bf16",
+        False,
+    ),
+    "fast bf16 channels_last": (
+        dict(rnl_fused=True, region_impl="depthwise", shift_recompute=True),
+        "bf16",
+        True,
+    ),
+}
+QUICK_CONFIGS = ("plain", "fast fp32", "fast bf16")
+
+
+def build(config: str, frames: int, device: str):
+    from ops.models import TSN
+
+    fast, amp, channels_last = CONFIGS[config]
+    model = TSN(
+        400,
+        frames,
+        "RGB",
+        base_model="resnet50",
+        is_shift=True,
+        shift_div=8,
+        non_local=True,
+        dropout=0.5,
+        pretrain="scratch",
+        partial_bn=False,
+        print_spec=False,
+        **fast,
+    ).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    return model, dtype, channels_last
+
+
+def _child(args: argparse.Namespace) -> None:
+    torch.manual_seed(0)
+    model, dtype, channels_last = build(args.config, args.frames, args.device)
+    x = torch.randn(args.batch * args.frames, 3, args.size, args.size, device=args.device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 400, (args.batch,), device=args.device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def autocast():
+        return torch.autocast(args.device, dtype=dtype, enabled=dtype is not None)
+
+    def train_step() -> None:
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        with autocast():
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+
+    def infer() -> None:
+        model.eval()
+        with torch.no_grad(), autocast():
+            model(x)
+
+    work = train_step if args.mode == "train" else infer
+    # warm-up: one small step (kernels, thread pools, optimizer state)
+    small = x[: args.frames, :, :32, :32]
+    with torch.no_grad(), autocast():
+        model.eval()(small)
+    r = measure(work, repeats=args.repeats, device=args.device)
+    r["clips_per_s"] = round(args.batch / r["seconds"], 3)
+    print(json.dumps(r))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--quick", action="store_true", help="1 clip, 112 px, three configurations (CI)")
+    p.add_argument("--batch", type=int, default=2, help="clips per step")
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--configs", default="", help="comma-separated subset of: " + ", ".join(CONFIGS))
+    p.add_argument("--modes", default="train,infer")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--config", help=argparse.SUPPRESS)
+    p.add_argument("--mode", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        _child(args)
+        return {}
+    configs = [c for c in args.configs.split(",") if c] or list(
+        QUICK_CONFIGS if args.quick else CONFIGS
+    )
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        p.error(f"unknown configuration(s) {unknown}: choose from {list(CONFIGS)}")
+    if args.quick:
+        args.batch, args.size, args.repeats = 1, 112, 1
+    rows: dict[str, dict] = {}
+    for mode in args.modes.split(","):
+        for name in configs:
+            child = [
+                "--config",
+                name,
+                "--mode",
+                mode,
+                "--batch",
+                str(args.batch),
+                "--frames",
+                str(args.frames),
+                "--size",
+                str(args.size),
+                "--repeats",
+                str(args.repeats),
+                "--device",
+                args.device,
+            ]
+            rows[f"{mode}: {name}"] = run_child("benchmarks.bench_step", child)
+    print(
+        f"RNL-TSM-ResNet50 {args.batch} clip(s) x {args.frames} frames x {args.size} px on {args.device}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"{'configuration':32s} {'peak MiB':>9s} {'clips/s':>8s} {'mem ratio':>10s} {'speed-up':>9s}"
+    )
+    for key, r in rows.items():
+        mode = key.split(":")[0]
+        base = rows.get(f"{mode}: plain")
+        if base:
+            r["mem_ratio"] = (
+                round(r["peak_mib"] / base["peak_mib"], 3) if base["peak_mib"] > 0 else None
+            )
+            r["speedup"] = round(r["clips_per_s"] / base["clips_per_s"], 3)
+        print(
+            f"{key:32s} {r['peak_mib']:9.1f} {r['clips_per_s']:8.3f} {r.get('mem_ratio')!s:>10s} "
+            f"{r.get('speedup')!s:>9s}"
+        )
+    result = {
+        "batch": args.batch,
+        "frames": args.frames,
+        "size": args.size,
+        "device": args.device,
+        "rows": rows,
+    }
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
