@@ -50,6 +50,16 @@ COUNTERS = (
 _C = {name: i for i, name in enumerate(COUNTERS)}
 
 
+LIST_PROBLEM_KINDS = (
+    "not_utf8",  # the line is not UTF-8 text
+    "wrong_fields",  # not exactly 3 fields
+    "bad_frame_count",  # frame count not an integer >= 1
+    "bad_label",  # label not an integer
+    "label_range",  # label outside [0, num_class)
+    "bad_video_id",  # id-named flow folders: the folder is not a number
+)
+
+
 class DataError(ValueError):
     """A data problem; the message is one line saying what is wrong, where, and what to do."""
 
@@ -66,10 +76,11 @@ class VideoRecord:
 
 @dataclass(frozen=True)
 class ListProblem:
-    """A malformed list line."""
+    """A malformed list line; `kind` is a short tag (see `LIST_PROBLEM_KINDS`)."""
 
     list_file: str
     line: int
+    kind: str
     message: str
 
     def __str__(self) -> str:
@@ -86,7 +97,7 @@ def _template_fields(image_tmpl: str) -> int:
         raise DataError(f"image_tmpl {image_tmpl!r} is not a valid format string: {e}") from None
 
 
-def _flow_layout(image_tmpl: str) -> str:
+def flow_layout(image_tmpl: str) -> str:
     """How a flow template names x/y frames: 'xy' (`flow_{}_{:05d}.jpg`), 'id_xy'
     (`{:06d}-{}_{:05d}.jpg` in a folder named by the 6-digit id) or 'packed' (one RGB image
     holding x and y in its first two channels, `{:06d}.jpg`)."""
@@ -94,9 +105,32 @@ def _flow_layout(image_tmpl: str) -> str:
     return {1: "packed", 2: "xy", 3: "id_xy"}.get(n, "invalid")
 
 
+def check_template(image_tmpl: str, modality: str) -> None:
+    """Raise DataError when the frame-name template does not fit the modality."""
+    n = _template_fields(image_tmpl)
+    if modality != "Flow" and n != 1:
+        raise DataError(
+            f"image_tmpl {image_tmpl!r} has {n} fields; {modality} frames need one, the frame "
+            "number (e.g. 'img_{:05d}.jpg')"
+        )
+    if modality == "Flow" and flow_layout(image_tmpl) == "invalid":
+        raise DataError(
+            f"image_tmpl {image_tmpl!r} has {n} fields; flow frames need 1 ('{{:06d}}.jpg'), "
+            "2 ('flow_{}_{:05d}.jpg') or 3 ('{:06d}-{}_{:05d}.jpg')"
+        )
+
+
+def frames_on_disk(num_frames: int, image_tmpl: str, modality: str) -> int:
+    """Frames the loader reads for a list's frame count: Something-v1 flow lists count the x and
+    y files together, so their count is halved (as the published loader did)."""
+    if modality == "Flow" and flow_layout(image_tmpl) == "id_xy":
+        return max(num_frames // 2, 1)
+    return num_frames
+
+
 def video_dir(root_path: str, video: str, image_tmpl: str, modality: str) -> str:
     """Folder holding the frames of `video` (a list entry)."""
-    if modality == "Flow" and _flow_layout(image_tmpl) == "id_xy":
+    if modality == "Flow" and flow_layout(image_tmpl) == "id_xy":
         return os.path.join(root_path, f"{int(video):06d}")
     return os.path.join(root_path, video)
 
@@ -107,7 +141,7 @@ def frame_files(root_path: str, video: str, image_tmpl: str, modality: str, idx:
     folder = video_dir(root_path, video, image_tmpl, modality)
     if modality != "Flow":
         return [os.path.join(folder, image_tmpl.format(idx))]
-    layout = _flow_layout(image_tmpl)
+    layout = flow_layout(image_tmpl)
     if layout == "xy":
         return [os.path.join(folder, image_tmpl.format(c, idx)) for c in ("x", "y")]
     if layout == "id_xy":
@@ -145,6 +179,34 @@ def _parse_int(text: str) -> int | None:
         return None
 
 
+def _line_problem(
+    fields: list[str], num_class: int | None, needs_id: bool, is_csv: bool, image_tmpl: str | None
+) -> tuple[str, str] | None:
+    """(kind, message) of what is wrong with the fields of one list line, or None."""
+    if len(fields) != 3:
+        sep = "comma" if is_csv else "space"
+        got = " | ".join(fields)
+        return (
+            "wrong_fields",
+            f"expected 3 {sep}-separated fields (folder num_frames label), "
+            f"got {len(fields)}: {got}",
+        )
+    path, frames_txt, label_txt = fields
+    num_frames, label = _parse_int(frames_txt), _parse_int(label_txt)
+    if num_frames is None:
+        return "bad_frame_count", f"frame count {frames_txt!r} is not an integer"
+    if num_frames < 1:
+        return "bad_frame_count", f"frame count {num_frames} is not >= 1"
+    if label is None:
+        return "bad_label", f"label {label_txt!r} is not an integer"
+    if label < 0 or (num_class is not None and label >= num_class):
+        upper = num_class if num_class is not None else "num_class"
+        return "label_range", f"label {label} is outside [0, {upper})"
+    if needs_id and _parse_int(path) is None:
+        return "bad_video_id", f"folder {path!r} must be a numeric video id for {image_tmpl!r}"
+    return None
+
+
 def parse_list_file(
     list_file: str,
     num_class: int | None = None,
@@ -171,52 +233,19 @@ def parse_list_file(
         try:
             texts.append((n, raw.decode("utf-8").strip()))
         except UnicodeDecodeError:
-            problems.append(ListProblem(list_file, n, "line is not valid UTF-8 text"))
+            problems.append(ListProblem(list_file, n, "not_utf8", "line is not valid UTF-8 text"))
     texts = [(n, t) for n, t in texts if t]
     is_csv = bool(texts) and "," in texts[0][1]
-    needs_id = modality == "Flow" and image_tmpl is not None and _flow_layout(image_tmpl) == "id_xy"
+    needs_id = modality == "Flow" and image_tmpl is not None and flow_layout(image_tmpl) == "id_xy"
 
     records = []
     for n, text in texts:
-        fields = next(csv.reader([text])) if is_csv else text.split()
-        fields = [x.strip() for x in fields]
-        if len(fields) != 3:
-            sep = "comma" if is_csv else "space"
-            problems.append(
-                ListProblem(
-                    list_file,
-                    n,
-                    f"expected 3 {sep}-separated fields (folder num_frames label), "
-                    f"got {len(fields)}: {text!r}",
-                )
-            )
+        fields = [x.strip() for x in (next(csv.reader([text])) if is_csv else text.split())]
+        problem = _line_problem(fields, num_class, needs_id, is_csv, image_tmpl)
+        if problem is not None:
+            problems.append(ListProblem(list_file, n, *problem))
             continue
-        path, frames_txt, label_txt = fields
-        num_frames, label = _parse_int(frames_txt), _parse_int(label_txt)
-        if num_frames is None:
-            problems.append(
-                ListProblem(list_file, n, f"frame count {frames_txt!r} is not an integer")
-            )
-            continue
-        if num_frames < 1:
-            problems.append(ListProblem(list_file, n, f"frame count {num_frames} is not >= 1"))
-            continue
-        if label is None:
-            problems.append(ListProblem(list_file, n, f"label {label_txt!r} is not an integer"))
-            continue
-        if label < 0 or (num_class is not None and label >= num_class):
-            upper = num_class if num_class is not None else "num_class"
-            problems.append(ListProblem(list_file, n, f"label {label} is outside [0, {upper})"))
-            continue
-        if needs_id and _parse_int(path) is None:
-            problems.append(
-                ListProblem(
-                    list_file,
-                    n,
-                    f"folder {path!r} must be a numeric video id for image_tmpl {image_tmpl!r}",
-                )
-            )
-            continue
+        path, num_frames, label = fields[0], int(fields[1]), int(fields[2])
         records.append(VideoRecord(path=path, num_frames=num_frames, label=label, line=n))
     problems.sort(key=lambda p: p.line)
     return records, problems
@@ -275,7 +304,7 @@ class TSNDataSet(torch.utils.data.Dataset):
         self.skip_bad_lines = skip_bad_lines
         self.strict_data = strict_data
         self.return_index = return_index
-        self._check_template()
+        check_template(image_tmpl, modality)
 
         records, problems = parse_list_file(list_file, num_class, image_tmpl, modality)
         self.bad_lines = problems
@@ -302,11 +331,10 @@ class TSNDataSet(torch.utils.data.Dataset):
                     len(self.short_videos),
                     MIN_TRAIN_FRAMES,
                 )
-        if modality == "Flow" and _flow_layout(image_tmpl) == "id_xy":
-            # Something-v1 flow lists count x and y files together.
-            records = [
-                VideoRecord(r.path, max(r.num_frames // 2, 1), r.label, r.line) for r in records
-            ]
+        records = [
+            VideoRecord(r.path, frames_on_disk(r.num_frames, image_tmpl, modality), r.label, r.line)
+            for r in records
+        ]
         if not records:
             raise DataError(f"list file {list_file} has no usable video; check its content")
         self.video_list = records
@@ -316,15 +344,6 @@ class TSNDataSet(torch.utils.data.Dataset):
         self._counts = torch.zeros(max_workers + 1, len(COUNTERS), dtype=torch.int64)
         self._counts.share_memory_()
         self._logged_videos: set[str] = set()
-
-    def _check_template(self) -> None:
-        n = _template_fields(self.image_tmpl)
-        expected = (1,) if self.modality != "Flow" else (1, 2, 3)
-        if n not in expected:
-            raise DataError(
-                f"image_tmpl {self.image_tmpl!r} has {n} fields; {self.modality} expects "
-                + ("one (the frame number)" if self.modality != "Flow" else "1, 2 or 3")
-            )
 
     @property
     def mode(self) -> str:

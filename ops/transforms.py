@@ -221,6 +221,8 @@ class GroupOverSample:
 class GroupFullResSample:
     """3 views along the longer side (left, right, centre), after an optional GroupScale.
 
+    Portrait frames give top, bottom, centre; landscape and square ones left, right, centre.
+
     With a crop as large as the shorter side (`--full_res`) they cover the whole frame.
     `flip=True` adds each view's mirror right after it.
     """
@@ -237,7 +239,12 @@ class GroupFullResSample:
         crop_w, crop_h = self.crop_size
         w_step = (image_w - crop_w) // 4
         h_step = (image_h - crop_h) // 4
-        offsets = [(0, 2 * h_step), (4 * w_step, 2 * h_step), (2 * w_step, 2 * h_step)]
+        if image_h > image_w:
+            # Portrait frames: top, bottom, centre. (The published code always stepped along x,
+            # which gives three identical centre crops here; SPEC.md asks for the longer side.)
+            offsets = [(2 * w_step, 0), (2 * w_step, 4 * h_step), (2 * w_step, 2 * h_step)]
+        else:
+            offsets = [(0, 2 * h_step), (4 * w_step, 2 * h_step), (2 * w_step, 2 * h_step)]
         return _multi_view(img_group, offsets, crop_w, crop_h, self.flip)
 
 
