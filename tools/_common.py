@@ -27,6 +27,8 @@ from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".flv", ".mpg", ".mpeg")
+
 # Exceptions a tool reports as a one-line error (exit status 2) instead of a traceback.
 TOOL_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError)
 
@@ -90,24 +92,29 @@ def frame_pattern(image_tmpl: str) -> re.Pattern:
     return re.compile("".join(parts) + r"\Z")
 
 
-def count_frames(folder: str, image_tmpl: str) -> tuple[int, int]:
-    """``(usable, found)`` frames of ``image_tmpl`` in ``folder``.
+def count_frame_names(names: Iterable[str], image_tmpl: str) -> tuple[int, int]:
+    """``(usable, found)`` frames of ``image_tmpl`` among the file ``names`` of one folder.
 
-    ``found`` counts the files named ``image_tmpl.format(k)``; ``usable`` is the length of the run
-    1, 2, ... n without a gap, i.e. what the list file may claim so that the dataset finds every
-    frame. The two differ when frames are missing in the middle (or numbering starts at 0).
+    ``found`` counts the names that are exactly ``image_tmpl.format(k)``; ``usable`` is the length
+    of the run 1, 2, ... n without a gap, i.e. what a list file may claim so that the dataset finds
+    every frame. The two differ when frames are missing in the middle (or numbering starts at 0).
     """
     pattern = frame_pattern(image_tmpl)
     numbers = set()
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            m = pattern.match(entry.name)
-            if m and image_tmpl.format(int(m.group(1))) == entry.name:
-                numbers.add(int(m.group(1)))
+    for name in names:
+        m = pattern.match(name)
+        if m and image_tmpl.format(int(m.group(1))) == name:
+            numbers.add(int(m.group(1)))
     usable = 0
     while usable + 1 in numbers:
         usable += 1
     return usable, len(numbers)
+
+
+def count_frames(folder: str, image_tmpl: str) -> tuple[int, int]:
+    """``count_frame_names`` of the files in ``folder``."""
+    with os.scandir(folder) as entries:
+        return count_frame_names((e.name for e in entries), image_tmpl)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from PIL import Image  # noqa: E402
 from ops.dataset_config import DATASETS, REGISTRY  # noqa: E402
 from tools._common import (  # noqa: E402
     TOOL_ERRORS,
+    VIDEO_EXTENSIONS,
     fail,
     frame_pattern,
     progress,
@@ -54,7 +55,6 @@ from tools._common import (  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".flv", ".mpg", ".mpeg")
 DEFAULT_TMPL = "img_{:05d}.jpg"
 PARTIAL = ".partial-"
 
