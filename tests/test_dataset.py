@@ -14,7 +14,7 @@ import torchvision
 from PIL import Image
 
 import ops.dataset as dataset_mod
-from ops.dataset import DataError, TSNDataSet, collate, parse_list_file
+from ops.dataset import DataError, TSNDataSet, collate, data_error_message, parse_list_file
 from ops.transforms import GroupFullResSample, Stack, ToTorchFormatTensor
 from tests._data_helpers import (
     BAD_LIST,
@@ -310,6 +310,25 @@ def test_strict_data_turns_problems_into_errors(tmp_path):
         ds[1]
     msg = str(e.value)
     assert "\n" not in msg and "img_00003.jpg" in msg and "--strict_data" in msg
+
+
+def test_strict_error_from_a_worker_keeps_a_one_line_message(tmp_path):
+    frames, _ = build_bad_dataset(tmp_path)
+    lst = make_list(tmp_path / "clean.txt", ["v_missing 8 1"])
+    ds = TSNDataSet(
+        str(frames),
+        lst,
+        num_segments=8,
+        test_mode=True,
+        strict_data=True,
+        transform=torchvision.transforms.Compose([Stack(), ToTorchFormatTensor()]),
+    )
+    loader = torch.utils.data.DataLoader(ds, num_workers=1, collate_fn=collate)
+    with pytest.raises(DataError) as e:
+        next(iter(loader))
+    msg = data_error_message(e.value)
+    assert msg.startswith("video 'v_missing' (") and "img_00003.jpg" in msg and "\n" not in msg
+    assert data_error_message(DataError("plain message")) == "plain message"
 
 
 def test_short_videos_are_dropped_for_training_and_reported(tmp_path):
