@@ -67,7 +67,7 @@ def build(config: str, frames: int, device: str):
         **fast,
     ).to(device)
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to_channels_last()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     return model, dtype, channels_last
 
@@ -155,6 +155,9 @@ def main(argv: list[str] | None = None) -> dict:
                 args.device,
             ]
             rows[f"{mode}: {name}"] = run_child("benchmarks.bench_step", child)
+            print(
+                f"  measured {mode}: {name}: {rows[f'{mode}: {name}']}", file=sys.stderr, flush=True
+            )
     print(
         f"RNL-TSM-ResNet50 {args.batch} clip(s) x {args.frames} frames x {args.size} px on {args.device}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads"

@@ -244,6 +244,14 @@ class TSN(nn.Module):
             input_size=self.input_size,
         )
 
+    def to_channels_last(self) -> TSN:
+        """Store the 2-D conv weights channels-last (``--channels_last``); ``Module.to(memory_format=
+        torch.channels_last)`` refuses the 5-D weights of the non-local parts, which stay as they are."""
+        for p in self.parameters():
+            if p.dim() == 4:
+                p.data = p.data.contiguous(memory_format=torch.channels_last)
+        return self
+
     # ---- sizes and augmentation ----------------------------------------------------------
     @property
     def crop_size(self) -> int:
