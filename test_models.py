@@ -312,7 +312,6 @@ def main(args: argparse.Namespace) -> dict | None:
     """Evaluate the weights of `args`; returns the metrics on rank 0 (None on other ranks)."""
     weights, segments, coeffs, test_lists = split_list_args(args)
     rank, world_size, local_rank = init_distributed()
-    setup_logging(rank)
     device = select_device(args.device, local_rank, world_size > 1)
     num_views = evaluation.views_per_video(args.test_crops, args.dense_sample, args.twice_sample)
     clips = evaluation.num_test_clips(args.dense_sample, args.twice_sample)
@@ -448,6 +447,7 @@ def print_summary(metrics: dict, result: evaluation.EvalResult, num_models: int)
 def cli(argv: list[str] | None = None) -> int:
     """Entry point: bad input ends with a one-line message on stderr and exit code 2."""
     args = get_args_parser().parse_args(argv)
+    setup_logging(int(os.environ.get("RANK", "0")))
     try:
         main(args)
     except (CheckpointError, ValueError, FileNotFoundError) as exc:

@@ -18,13 +18,13 @@ from PIL import Image
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
-# (folder, frames, label, (width, height)): a landscape, a portrait and a long video (> 64 frames,
-# so dense sampling has distinct starts); 3 frames < segments exercises the short-video formula.
+# (folder, frames, label, (width, height)): landscape and portrait frames (3 crops run along the
+# longer side), a long video (> 64 frames, so dense clips have distinct starts) and one shorter
+# than the number of segments (the short-video branch of the formulas).
 VIDEOS = [
     ("vid_a", 11, 0, (120, 90)),
     ("vid_b", 3, 1, (84, 100)),
     ("vid_c", 70, 2, (120, 90)),
-    ("vid_d", 9, 1, (100, 84)),
 ]
 CLASSES = ["left", "right", "spin"]
 
@@ -154,7 +154,9 @@ def crop_boxes(width: int, height: int, crop: int, test_crops: int) -> list[tupl
     if test_crops == 1:
         return [(int(round((width - crop) / 2)), int(round((height - crop) / 2)), False)]
     ws, hs = (width - crop) // 4, (height - crop) // 4
-    if test_crops == 3:
+    if test_crops == 3:  # along the longer side (SPEC section 5): portrait -> top/bottom/centre
+        if height > width:
+            return [(2 * ws, 0, False), (2 * ws, 4 * hs, False), (2 * ws, 2 * hs, False)]
         return [(0, 2 * hs, False), (4 * ws, 2 * hs, False), (2 * ws, 2 * hs, False)]
     five = [(0, 0), (4 * ws, 0), (0, 4 * hs), (4 * ws, 4 * hs), (2 * ws, 2 * hs)]
     if test_crops == 5:
@@ -179,14 +181,18 @@ def reference_scores(
     softmax: bool = False,
     videos=VIDEOS,
 ) -> np.ndarray:
-    """Video scores `[videos, classes]`: every view through the model alone, then the mean."""
+    """Video scores `[videos, classes]`: the mean over views of each view's logits (or softmax).
+
+    The views of one video are assembled here by hand and run through the model as one batch
+    of independent rows (the model treats every row alone in eval mode).
+    """
     input_size = model.input_size
     scale = input_size * 256 // 224
     crop = scale if full_res else input_size
     out = []
     for name, frames, _, _ in videos:
         folder = os.path.join(data_root, "synthetic", "frames", name)
-        view_scores = []
+        views = []
         for clip in test_frame_numbers(frames, num_segments, dense, twice):
             images = [
                 resize_shorter(Image.open(os.path.join(folder, f"img_{n:05d}.jpg")), scale)
@@ -194,16 +200,16 @@ def reference_scores(
             ]
             w, h = images[0].size
             for left, top, flip in crop_boxes(w, h, crop, test_crops):
-                views = []
+                frames_in = []
                 for img in images:
                     c = img.crop((left, top, left + crop, top + crop))
                     if flip:
                         c = c.transpose(Image.FLIP_LEFT_RIGHT)
-                    views.append(to_input(c))
-                x = torch.from_numpy(np.concatenate(views, axis=0))[None]  # [1, T*3, crop, crop]
-                logits = model(x)[0].double()
-                view_scores.append(torch.softmax(logits, 0) if softmax else logits)
-        out.append(torch.stack(view_scores).mean(0).numpy())
+                    frames_in.append(to_input(c))
+                views.append(np.concatenate(frames_in, axis=0))  # [T*3, crop, crop]
+        logits = model(torch.from_numpy(np.stack(views))).double()  # [views, K]
+        per_view = torch.softmax(logits, dim=1) if softmax else logits
+        out.append(per_view.mean(dim=0).numpy())
     return np.stack(out)
 
 

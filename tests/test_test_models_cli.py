@@ -49,6 +49,12 @@ def workspace(tmp_path_factory):
     return {"root": root, "data_root": data_root, "models": models}
 
 
+@pytest.fixture(autouse=True)
+def _keep_pytest_logging(monkeypatch):
+    """cli() installs its own stderr log handler; in-process runs keep pytest's instead."""
+    monkeypatch.setattr(test_models, "setup_logging", lambda rank=0: None)
+
+
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
     code = test_models.cli(argv)
     out, err = capsys.readouterr()
@@ -139,13 +145,13 @@ def test_csv_report_and_max_num(workspace, tmp_path, capsys):
     path, model = workspace["models"][4]
     csv_file, report = tmp_path / "pred.csv", tmp_path / "report"
     out = str(tmp_path / "s.npz")
-    argv = ["synthetic", f"--weights={path}", "--test_segments=4", "--max_num=3", "-j", "0"]
+    argv = ["synthetic", f"--weights={path}", "--test_segments=4", "--max_num=2", "-j", "0"]
     argv += ["--input_size=64"]
     argv += ["--data_root", workspace["data_root"], "--csv_file", str(csv_file)]
     argv += ["--report_dir", str(report), "--save_scores", out, "--device", "cpu"]
     code, _, err = run_cli(argv, capsys)
     assert code == 0, err
-    expected = H.reference_scores(model, workspace["data_root"], 4, 1, videos=H.VIDEOS[:3])
+    expected = H.reference_scores(model, workspace["data_root"], 4, 1, videos=H.VIDEOS[:2])
     H.assert_close(scores_of(out)[0], expected)
     lines = csv_file.read_text().splitlines()
     assert lines == [f"{v[0]};{H.CLASSES[c]}" for v, c in zip(H.VIDEOS, expected.argmax(1))]
@@ -155,70 +161,53 @@ def test_csv_report_and_max_num(workspace, tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- bad inputs
-def run_script(argv: list[str], cwd: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=REPO)
-    return subprocess.run(
-        [sys.executable, os.path.join(REPO, "test_models.py"), *argv],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
-    assert proc.returncode != 0
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if "error" in line.lower()]
-    assert len(errors) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    """Exit code != 0 and stderr is exactly one `test_models.py: error: ...` line."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code != 0
+    assert len(lines) == 1 and lines[0].startswith("test_models.py: error: "), err
     for needle in needles:
-        assert needle in errors[0], errors[0]
+        assert needle in lines[0], lines[0]
 
 
-def test_bad_input_weights_and_segments_differ(workspace):
+def bad_run(workspace, capsys, weights: str, segments: str = "4") -> tuple[int, str]:
+    argv = ["synthetic", f"--weights={weights}", f"--test_segments={segments}", "-j", "0"]
+    code, _, err = run_cli(argv + ["--data_root", workspace["data_root"]], capsys)
+    return code, err
+
+
+def test_bad_input_weights_and_segments_differ(workspace, capsys):
     path = workspace["models"][4][0]
-    argv = ["synthetic", f"--weights={path},{path}", "--test_segments=4"]
-    proc = run_script(argv + ["--data_root", workspace["data_root"]], cwd=str(workspace["root"]))
-    assert_one_line_error(proc, "2 weights but 1 test segments")
+    code, err = bad_run(workspace, capsys, f"{path},{path}", segments="4")
+    assert_one_line_error(code, err, "2 weights but 1 test segments")
 
 
-def test_bad_input_unknown_published_name(workspace, tmp_path):
+def test_bad_input_unknown_published_name(workspace, tmp_path, capsys):
     model = H.make_model(0, **H.small_model_config(num_segments=4))
     path = str(tmp_path / "my_weights.pth.tar")
     H.save_published(path, model)
-    argv = ["synthetic", f"--weights={path}", "--test_segments=4"]
-    proc = run_script(argv + ["--data_root", workspace["data_root"]], cwd=str(tmp_path))
-    assert_one_line_error(proc, "my_weights.pth.tar")
+    code, err = bad_run(workspace, capsys, path)
+    assert_one_line_error(code, err, "my_weights.pth.tar")
 
 
-def test_bad_input_wrong_number_of_classes(workspace, tmp_path):
+def test_bad_input_wrong_number_of_classes(workspace, tmp_path, capsys):
     cfg = H.small_model_config(num_segments=4, non_local=False)
     cfg["num_class"] = 7
     path = str(tmp_path / "TSM_synthetic_RGB_resnet18_shift8_blockres_avg_segment4_e1.pth")
     H.save_published(path, H.make_model(0, **cfg))
-    argv = ["synthetic", f"--weights={path}", "--test_segments=4"]
-    proc = run_script(argv + ["--data_root", workspace["data_root"]], cwd=str(tmp_path))
-    assert_one_line_error(proc, "7 classes", "3")
+    code, err = bad_run(workspace, capsys, path)
+    assert_one_line_error(code, err, "7 classes", "has 3")
 
 
-@pytest.mark.parametrize("content", [b"", b"this is not a checkpoint\n", "dict"])
-def test_bad_input_unreadable_or_not_a_checkpoint(workspace, tmp_path, content):
+@pytest.mark.parametrize("content", [b"", b"this is not a checkpoint\n", "dict", "missing"])
+def test_bad_input_unreadable_or_not_a_checkpoint(workspace, tmp_path, capsys, content):
     path = tmp_path / PUBLISHED_4
     if content == "dict":
         torch.save({"hello": "world"}, path)
-    else:
+    elif content != "missing":
         path.write_bytes(content)
-    argv = ["synthetic", f"--weights={path}", "--test_segments=4"]
-    proc = run_script(argv + ["--data_root", workspace["data_root"]], cwd=str(tmp_path))
-    assert_one_line_error(proc, PUBLISHED_4)
-
-
-def test_bad_input_missing_file(workspace, tmp_path):
-    argv = ["synthetic", f"--weights={tmp_path / PUBLISHED_4}", "--test_segments=4"]
-    proc = run_script(argv + ["--data_root", workspace["data_root"]], cwd=str(tmp_path))
-    assert_one_line_error(proc, "not")
+    code, err = bad_run(workspace, capsys, str(path))
+    assert_one_line_error(code, err, PUBLISHED_4)
 
 
 class _Payload:
@@ -232,13 +221,21 @@ class _Payload:
 
 
 def test_bad_input_malicious_pickle_is_not_executed(workspace, tmp_path):
+    """As a real process: exit status, and nothing on stderr but the one error line."""
     target = tmp_path / "pwned.txt"
     path = tmp_path / PUBLISHED_4
     torch.save({"state_dict": {}, "epoch": _Payload(str(target))}, path)
     argv = ["synthetic", f"--weights={path}", "--test_segments=4"]
-    proc = run_script(argv + ["--data_root", workspace["data_root"]], cwd=str(tmp_path))
-    assert_one_line_error(proc, PUBLISHED_4)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "test_models.py"), *argv],
+        cwd=str(tmp_path),
+        env=dict(os.environ, PYTHONPATH=REPO),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert not target.exists()
+    assert_one_line_error(proc.returncode, proc.stderr, PUBLISHED_4, "refused")
 
 
 # --------------------------------------------------------------------------- distributed
