@@ -27,6 +27,7 @@ import sys
 import torch
 import torch.distributed as dist
 
+from ops import distributed as du
 from ops import evaluation
 from ops.checkpoint import (
     CheckpointError,
@@ -213,27 +214,26 @@ def split_list_args(args: argparse.Namespace) -> tuple[list, list, list, list]:
     return weights, segments, coeffs, test_lists
 
 
-def init_distributed() -> tuple[int, int, int]:
-    """Join the torchrun process group when RANK/WORLD_SIZE are set: (rank, world, local rank)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if "RANK" not in os.environ or world_size <= 1:
-        return 0, 1, 0
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend)
-    return dist.get_rank(), dist.get_world_size(), local_rank
+def init_process(requested_device: str) -> du.DistContext:
+    """Join the torchrun/SLURM process group when launched by one, and pick the device.
 
-
-def select_device(requested: str, local_rank: int, distributed: bool) -> torch.device:
-    """CUDA when present (this rank's GPU under torchrun), else CPU; `--device` overrides."""
-    if requested == "cuda" and not torch.cuda.is_available():
+    CUDA when present (this rank's GPU under torchrun, NCCL), else the CPU (gloo); `--device cpu`
+    forces the CPU even on a GPU machine.
+    """
+    gpus = torch.cuda.device_count()
+    if requested_device == "cuda" and gpus == 0:
         raise ValueError("--device cuda was given but CUDA is not available: use --device cpu")
-    if requested == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", local_rank if distributed else 0)
+    plan = du.plan_launch(
+        multiprocessing_distributed=False,
+        world_size=1,
+        rank=-1,
+        dist_url=None,
+        dist_backend=None,
+        available_gpus=None,
+        cpu_procs=None,
+        num_visible_gpus=0 if requested_device == "cpu" else gpus,
+    )
+    return du.init_worker(plan, local_rank=0, timeout_minutes=30.0)
 
 
 def _num_classes_in_state_dict(state_dict: dict) -> int | None:
@@ -311,8 +311,8 @@ def class_names(args: argparse.Namespace, modality: str, num_class: int) -> list
 def main(args: argparse.Namespace) -> dict | None:
     """Evaluate the weights of `args`; returns the metrics on rank 0 (None on other ranks)."""
     weights, segments, coeffs, test_lists = split_list_args(args)
-    rank, world_size, local_rank = init_distributed()
-    device = select_device(args.device, local_rank, world_size > 1)
+    ctx = init_process(args.device)
+    rank, world_size, device = ctx.rank, ctx.world_size, ctx.device
     num_views = evaluation.views_per_video(args.test_crops, args.dense_sample, args.twice_sample)
     clips = evaluation.num_test_clips(args.dense_sample, args.twice_sample)
 
@@ -450,7 +450,7 @@ def cli(argv: list[str] | None = None) -> int:
     setup_logging(int(os.environ.get("RANK", "0")))
     try:
         main(args)
-    except (CheckpointError, ValueError, FileNotFoundError) as exc:
+    except (CheckpointError, du.DistributedSetupError, ValueError, FileNotFoundError) as exc:
         print(f"test_models.py: error: {exc}", file=sys.stderr)
         return 2
     finally:

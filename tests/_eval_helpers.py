@@ -63,7 +63,7 @@ def write_synthetic_dataset(data_root: str, videos=VIDEOS) -> str:
 
 
 # --------------------------------------------------------------------------- checkpoints
-def small_model_config(num_segments: int = 4, non_local: bool = True, input_size: int = 64):
+def small_model_config(num_segments: int = 4, non_local: bool = True, input_size: int = 32):
     return dict(
         num_class=len(CLASSES),
         num_segments=num_segments,
@@ -104,21 +104,6 @@ def save_published(path: str, model) -> None:
         "state_dict": {"module." + k: v.clone() for k, v in model.state_dict().items()},
         "optimizer": {"state": {}, "param_groups": []},
         "best_prec1": 12.5,
-    }
-    torch.save(state, path)
-
-
-def save_own(path: str, model, dataset: str = "synthetic") -> None:
-    """An own-format checkpoint (what main.py writes): settings inside as `model_config`."""
-    state = {
-        "epoch": 3,
-        "arch": model.base_model_name,
-        "state_dict": model.state_dict(),
-        "optimizer": {"state": {}, "param_groups": []},
-        "best_prec1": 50.0,
-        "model_config": model.model_config(),
-        "dataset": dataset,
-        "args": {"lr": 0.01},
     }
     torch.save(state, path)
 
