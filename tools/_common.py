@@ -33,15 +33,26 @@ VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".flv", ".m
 TOOL_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each record (it may be replaced, e.g.
+    by pytest's capture, after logging was set up)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_tool_logging(level: int = logging.INFO) -> None:
-    """INFO and above to stderr with a timestamp (the format of ``ops.utils.setup_logging``)."""
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-        force=True,
+    """``level`` and above to stderr with a timestamp (the format of ``ops.utils.setup_logging``)."""
+    handler = _StderrHandler()
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname).1s %(name)s: %(message)s", datefmt="%H:%M:%S")
     )
+    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 def fail(exc: BaseException) -> int:

@@ -1,0 +1,264 @@
+"""Export a trained checkpoint for inference: TorchScript, ONNX and ``torch.export`` programs.
+
+    python tools/export.py --weights run/ckpt.best.pth.tar --out exported/rnl8f
+    python tools/export.py --weights TSM_kinetics_RGB_resnet50_..._nl_....pth.tar --format onnx
+
+The exported network takes one fixed clip shape, ``[batch, T*3, H, W]`` float32, normalised
+(``(pixel / 255 - mean) / std``), and returns the clip logits ``[batch, num_class]`` (average
+over the T frames, as TSN). T and the crop size are the checkpoint's unless ``--segments`` /
+``--input_size`` say otherwise (the weights do not depend on them). Written next to ``--out``:
+
+- ``<out>.pt``: TorchScript (``torch.jit.trace``), loads with ``torch.jit.load`` without this code;
+- ``<out>.onnx``: ONNX through the ``torch.export``-based exporter (needs the ``onnx`` and
+  ``onnxscript`` packages; checked with ``onnxruntime`` when it is installed);
+- ``<out>.pt2``: a ``torch.export`` program (``torch.export.load(path).module()``);
+- ``<out>.json``: what a caller needs: input shape and layout, mean/std, resize and crop sizes,
+  classes, the model configuration, and the check results.
+
+Every export is checked: the saved file is loaded back and run on a random clip, and its output
+must match the eager model within ``--atol`` + ``--rtol`` x max|logit| (exit status 1 if not).
+The RNL blocks export with their fused attention (``scaled_dot_product_attention``, an ONNX
+``Attention``/MatMul-Softmax pattern); ``--explicit_attention`` exports the materialised ``P x P``
+computation instead. The legacy TorchScript-based ONNX exporter is not used: it silently
+miscomputes the temporal shift (slice assignment into a new tensor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch  # noqa: E402
+
+from ops.checkpoint import CheckpointError  # noqa: E402
+from tools._common import TOOL_ERRORS, fail, model_from_checkpoint, setup_tool_logging  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("torchscript", "onnx", "pt2")
+SUFFIX = {"torchscript": ".pt", "onnx": ".onnx", "pt2": ".pt2"}
+
+
+class ExportError(RuntimeError):
+    """An export that cannot be made here; the message says what to install or change."""
+
+
+def example_input(model, batch: int, seed: int = 0) -> torch.Tensor:
+    """A random normalised clip ``[batch, T*C, H, W]`` of the model's fixed shape."""
+    channels = (3 if model.modality == "RGB" else 2) * model.new_length
+    g = torch.Generator().manual_seed(seed)
+    size = model.input_size
+    return torch.randn(batch, model.num_segments * channels, size, size, generator=g)
+
+
+def export_torchscript(model, example: torch.Tensor, path: str):
+    """Trace and save; returns a callable of the reloaded file."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)  # trace is deprecated, not gone
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        traced = torch.jit.trace(model, example, check_trace=False)
+        traced.save(path)
+        return torch.jit.load(path)
+
+
+def export_pt2(model, example: torch.Tensor, path: str):
+    program = torch.export.export(model, (example,))
+    torch.export.save(program, path)
+    return torch.export.load(path).module()
+
+
+def export_onnx(model, example: torch.Tensor, path: str, opset: int | None = None):
+    """Export with the ``torch.export``-based ONNX exporter; returns a callable running the file
+    in onnxruntime, or None when onnxruntime is not installed."""
+    missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ExportError(
+            f"ONNX export needs the {' and '.join(missing)} package(s): pip install onnx onnxscript "
+            "onnxruntime (or use --format torchscript)"
+        )
+    for name in ("torch.onnx", "torch._export", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kwargs = {"opset_version": opset} if opset else {}
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            input_names=["clip"],
+            output_names=["logits"],
+            verbose=False,
+            **kwargs,
+        )
+    program.save(path)
+    if importlib.util.find_spec("onnxruntime") is None:
+        return None
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(["logits"], {"clip": x.numpy()})[0])
+
+    return run
+
+
+def check(run, model, example: torch.Tensor, atol: float, rtol: float) -> dict:
+    """Compare ``run`` with the eager model on ``example`` and on a second random clip."""
+    worst = 0.0
+    scale = 0.0
+    for x in (example, torch.randn_like(example)):
+        with torch.no_grad():
+            expected = model(x)
+            got = run(x)
+        worst = max(worst, (got.float() - expected).abs().max().item())
+        scale = max(scale, expected.abs().max().item())
+    return {"max_abs_diff": worst, "max_abs_logit": scale, "ok": worst <= atol + rtol * scale}
+
+
+def export(
+    weights: str,
+    out: str,
+    formats: tuple[str, ...] = ("torchscript", "onnx"),
+    batch: int = 1,
+    segments: int | None = None,
+    input_size: int | None = None,
+    explicit_attention: bool = False,
+    opset: int | None = None,
+    atol: float = 1e-4,
+    rtol: float = 1e-4,
+) -> dict:
+    """Export ``weights`` to ``out`` + suffix for each format; returns the description written
+    to ``<out>.json`` (with a ``checks`` entry per format)."""
+    overrides = {"rnl_fused": False} if explicit_attention else {}
+    model, cfg = model_from_checkpoint(weights, segments, input_size, **overrides)
+    example = example_input(model, batch)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    exporters = {"torchscript": export_torchscript, "onnx": export_onnx, "pt2": export_pt2}
+    checks = {}
+    for fmt in formats:
+        path = out + SUFFIX[fmt]
+        logger.info("exporting %s", path)
+        args = (model, example, path) + ((opset,) if fmt == "onnx" else ())
+        try:
+            # No autograd while exporting: training-only fast paths (e.g. the shift fused into
+            # the conv with a custom backward) switch off and the plain inference graph is kept.
+            with torch.no_grad():
+                run = exporters[fmt](*args)
+        except ExportError:
+            raise
+        except Exception as exc:  # exporter internals: report in one line, keep the cause
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ExportError(
+                f"{fmt} export failed ({type(exc).__name__}: {detail}); try "
+                "--explicit_attention or another --format"
+            ) from exc
+        if run is None:
+            logger.warning(
+                "onnxruntime is not installed: %s was written but not checked "
+                "(pip install onnxruntime to check it)",
+                path,
+            )
+            checks[fmt] = {"file": path, "checked": False}
+            continue
+        checks[fmt] = {"file": path, "checked": True, **check(run, model, example, atol, rtol)}
+    info = {
+        "weights": os.path.abspath(weights),
+        "input": {
+            "name": "clip",
+            "shape": list(example.shape),
+            "layout": "[batch, T*C, H, W]: the T frames' channels one after the other",
+            "dtype": "float32",
+            "normalise": "pixel / 255, then (x - mean) / std per channel",
+            "mean": model.input_mean,
+            "std": model.input_std,
+            "resize_shorter_side": model.scale_size,
+            "center_crop": model.crop_size,
+            "num_segments": model.num_segments,
+        },
+        "output": {"name": "logits", "shape": [batch, model.num_class], "meaning": "clip scores"},
+        "attention": "explicit" if explicit_attention else "fused",
+        "dataset": cfg.get("dataset"),
+        "model_config": {k: v for k, v in cfg.items() if k not in ("pretrain", "print_spec")},
+        "checks": checks,
+    }
+    with open(out + ".json", "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=1)
+    return info
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Export a trained checkpoint (fixed clip shape) to TorchScript / ONNX / "
+        "torch.export and check each file against the eager model.",
+    )
+    parser.add_argument("--weights", required=True, help="checkpoint (ours or a published one)")
+    parser.add_argument("--out", required=True, help="output path without suffix")
+    parser.add_argument(
+        "--format", nargs="+", choices=FORMATS, default=["torchscript", "onnx"], help="formats"
+    )
+    parser.add_argument("--batch", type=int, default=1, help="clips per call (fixed)")
+    parser.add_argument(
+        "--segments", type=int, default=None, help="frames per clip (default: as trained)"
+    )
+    parser.add_argument(
+        "--input_size", type=int, default=None, help="crop size (default: as trained)"
+    )
+    parser.add_argument(
+        "--explicit_attention",
+        action="store_true",
+        help="export the materialised P x P attention instead of the fused kernel",
+    )
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: exporter's)")
+    parser.add_argument("--atol", type=float, default=1e-4, help="check tolerance (absolute)")
+    parser.add_argument("--rtol", type=float, default=1e-4, help="check tolerance (x max |logit|)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    setup_tool_logging()
+    try:
+        if args.batch < 1:
+            raise ValueError(f"--batch must be >= 1, got {args.batch}")
+        info = export(
+            args.weights,
+            args.out,
+            formats=tuple(dict.fromkeys(args.format)),
+            batch=args.batch,
+            segments=args.segments,
+            input_size=args.input_size,
+            explicit_attention=args.explicit_attention,
+            opset=args.opset,
+            atol=args.atol,
+            rtol=args.rtol,
+        )
+    except (*TOOL_ERRORS, CheckpointError, ExportError) as exc:
+        return fail(exc)
+    ok = True
+    for fmt, c in info["checks"].items():
+        if not c["checked"]:
+            print(f"{fmt}: {c['file']} (not checked: onnxruntime missing)")
+            continue
+        ok &= c["ok"]
+        verdict = "matches the eager model" if c["ok"] else "DIFFERS from the eager model"
+        print(
+            f"{fmt}: {c['file']} {verdict} (max |diff| {c['max_abs_diff']:.2e}, max |logit| {c['max_abs_logit']:.2e})"
+        )
+    print(
+        f"input {info['input']['shape']} -> logits {info['output']['shape']}; details in {args.out}.json"
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
