@@ -313,6 +313,10 @@ def main(args: argparse.Namespace) -> dict | None:
     weights, segments, coeffs, test_lists = split_list_args(args)
     ctx = init_process(args.device)
     rank, world_size, device = ctx.rank, ctx.world_size, ctx.device
+    gpu_ids: list[int] = []
+    if device.type == "cuda" and world_size == 1:  # one process: all visible (or --gpus) GPUs
+        gpu_ids = args.gpus or list(range(torch.cuda.device_count()))
+        device = torch.device("cuda", gpu_ids[0])
     num_views = evaluation.views_per_video(args.test_crops, args.dense_sample, args.twice_sample)
     clips = evaluation.num_test_clips(args.dense_sample, args.twice_sample)
 
@@ -351,8 +355,8 @@ def main(args: argparse.Namespace) -> dict | None:
                 "list (or lists of the same videos in the same order)"
             )
         model.to(device)
-        if device.type == "cuda" and world_size == 1 and torch.cuda.device_count() > 1:
-            model = torch.nn.DataParallel(model, device_ids=args.gpus)
+        if len(gpu_ids) > 1:  # DataParallel splits the videos x views batch over the GPUs
+            model = torch.nn.DataParallel(model, device_ids=gpu_ids)
         models.append(model)
         datasets.append(dataset)
         loaders.append(

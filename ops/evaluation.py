@@ -41,11 +41,21 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+import torchvision
 from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ops.sampling import num_clips
+from ops.transforms import (
+    GroupCenterCrop,
+    GroupFullResSample,
+    GroupNormalize,
+    GroupOverSample,
+    GroupScale,
+    Stack,
+    ToTorchFormatTensor,
+)
 from ops.utils import accuracy
 
 logger = logging.getLogger(__name__)
@@ -90,18 +100,6 @@ def build_test_transform(
     10: `GroupOverSample` with flips. `crop_size` is the scale size for --full_res, else the
     model's input size. The output is `[crops * frames * 3, crop, crop]`, crop-major.
     """
-    import torchvision
-
-    from ops.transforms import (
-        GroupCenterCrop,
-        GroupFullResSample,
-        GroupNormalize,
-        GroupOverSample,
-        GroupScale,
-        Stack,
-        ToTorchFormatTensor,
-    )
-
     if test_crops == 1:
         cropping = [GroupScale(scale_size), GroupCenterCrop(crop_size)]
     elif test_crops == 3:
