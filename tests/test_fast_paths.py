@@ -1,0 +1,119 @@
+"""Every fast path of the model gives the results of the plain (published) computation.
+
+Plain: explicit affinity, masked grouped region conv, shifted copies kept, fp32, contiguous.
+Each fast path is switched on alone and the forward output and all parameter gradients are
+compared; tolerances are stated per path (exact paths: float rounding; bf16: its precision).
+"""
+
+import pytest
+import torch
+
+from ops.models import TSN
+from ops.rnl import RNLBlock
+
+PLAIN = dict(rnl_fused=False, region_impl="masked", shift_recompute=False)
+
+
+def _model(**fast) -> TSN:
+    torch.manual_seed(0)
+    cfg = {**PLAIN, **fast}
+    model = TSN(
+        6,
+        4,
+        "RGB",
+        base_model="resnet18",
+        is_shift=True,
+        non_local=True,
+        dropout=0.0,
+        pretrain="scratch",
+        partial_bn=False,
+        print_spec=False,
+        **cfg,
+    )
+    with torch.no_grad():  # trained-looking non-local blocks (not the zero-init identity)
+        for m in model.modules():
+            if isinstance(m, RNLBlock):
+                m.W[1].weight.fill_(0.7)
+                m.W[1].bias.fill_(0.1)
+        model.base_model.layer2[0].cg.W_v2.weight.normal_(0, 0.05)
+    return model
+
+
+def _run(model: TSN, x: torch.Tensor, amp: bool = False, train: bool = True) -> list[torch.Tensor]:
+    model.train(train)
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        out = model(x)
+    loss = torch.nn.functional.cross_entropy(out.float(), torch.tensor([1, 4]))
+    loss.backward()
+    return [out.detach().float()] + [
+        p.grad.clone() for p in model.parameters() if p.grad is not None
+    ]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, rel: float) -> bool:
+    """Norm-wise relative closeness, plus a small absolute floor for gradients that are zero in exact
+    arithmetic (a conv bias in front of a train-mode BN, the bias of a softmax score) and so carry
+    only rounding noise in fp32."""
+    return (a - b).norm().item() <= rel * b.norm().item() + 1e-5
+
+
+@pytest.fixture(scope="module")
+def clip():
+    torch.manual_seed(1)
+    return torch.randn(2, 4 * 3, 64, 64)
+
+
+@pytest.fixture(scope="module")
+def reference(clip):
+    return _run(_model(), clip)
+
+
+@pytest.fixture(scope="module")
+def reference_eval(clip):
+    # BN with running statistics: better conditioned than batch statistics of a 2-clip, 64-px
+    # batch, where fp32 itself is a few percent away from fp64 in the early layers' gradients
+    return _run(_model(), clip, train=False)
+
+
+@pytest.mark.parametrize(
+    "fast",
+    [
+        dict(rnl_fused=True),
+        dict(region_impl="depthwise"),
+        dict(shift_recompute=True),
+        dict(rnl_fused=True, region_impl="depthwise", shift_recompute=True),
+    ],
+    ids=["fused-attention", "depthwise-region-conv", "shift-recompute", "all-exact-paths"],
+)
+def test_exact_fast_paths_match_plain(fast, clip, reference):
+    got = _run(_model(**fast), clip)
+    assert len(got) == len(reference)
+    for a, b in zip(got, reference):
+        assert _close(a, b, 5e-4)  # fp32 rounding, accumulated through a train-mode BN network
+
+
+def test_channels_last_matches_plain(clip, reference_eval):
+    model = _model().to_channels_last()
+    assert model.base_model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    got = _run(model, clip.contiguous(memory_format=torch.channels_last), train=False)
+    for a, b in zip(got, reference_eval):
+        assert _close(a, b, 1e-4)
+
+
+def test_bf16_autocast_stays_within_bf16_precision(clip, reference_eval):
+    got = _run(
+        _model(rnl_fused=True, region_impl="depthwise", shift_recompute=True),
+        clip,
+        amp=True,
+        train=False,
+    )
+    # bf16 keeps 8 significant bits: logits within 1%, parameter gradients (accumulated through
+    # the whole network) within 15% for the median tensor
+    assert _rel(got[0], reference_eval[0]) < 1e-2
+    grads_rel = sorted(_rel(a, b) for a, b in zip(got[1:], reference_eval[1:]))
+    assert grads_rel[len(grads_rel) // 2] < 0.15
