@@ -186,15 +186,16 @@ def best_rates(fns, n_items, n_videos, rounds):
 def bench_row(name, root, list_file, records, n_items, rounds, **cfg):
     plain = PlainLoader(root, records, **cfg)
     fast, floor = ours(root, list_file, **cfg)
-    for i in range(min(3, len(records))):  # identical outputs under identical seeds
-        for seed in (11, 12):
-            random.seed(seed)
-            np.random.seed(seed)
-            a, la = plain(i)
-            random.seed(seed)
-            np.random.seed(seed)
-            b, lb = fast(i)
-            assert la == lb and torch.equal(a, b), f"{name}: outputs differ on video {i}"
+    checks = 1 if cfg["mode"] == "test" else 4  # test mode draws nothing at random
+    for c in range(checks):  # identical outputs under identical seeds
+        i, seed = c % len(records), 11 + c
+        random.seed(seed)
+        np.random.seed(seed)
+        a, la = plain(i)
+        random.seed(seed)
+        np.random.seed(seed)
+        b, lb = fast(i)
+        assert la == lb and torch.equal(a, b), f"{name}: outputs differ on video {i}"
     rates = best_rates((plain, fast, floor), n_items, len(records), rounds)
     print(
         f"{name:<44} {rates[0]:>8.1f} {rates[1]:>8.1f} {rates[1] / rates[0]:>6.2f}x"
