@@ -44,6 +44,7 @@ from ops.dataset_config import (
     read_categories,
     resolve_dataset,
 )
+from ops.models import TSN
 from ops.utils import setup_logging
 
 logger = logging.getLogger("test_models")
@@ -265,11 +266,10 @@ def build_model(
     num_class: int,
     dataset: str,
     input_size: int | None,
+    dense_sample: bool = False,
 ) -> torch.nn.Module:
     """Rebuild the network a checkpoint was trained with (tested on `num_segments` frames) and
     load its weights; ValueError when its classes do not match the dataset's."""
-    from ops.models import TSN
-
     cfg = dict(cfg)
     trained_on = cfg.pop("dataset", None)
     trained_dense = cfg.pop("dense_sample", None)
@@ -283,8 +283,12 @@ def build_model(
         )
     if trained_on and trained_on != dataset:
         logger.warning("%s was trained on %r, testing on %r", weights, trained_on, dataset)
-    if trained_dense is not None:
-        logger.info("%s: trained with dense_sample=%s", os.path.basename(weights), trained_dense)
+    if trained_dense and not dense_sample:
+        logger.warning(
+            "%s was trained with dense sampling; the published protocol tests it with "
+            "--dense_sample",
+            os.path.basename(weights),
+        )
     cfg.update(num_class=num_class, num_segments=num_segments, print_spec=False)
     cfg["pretrain"] = "scratch"  # every weight comes from the checkpoint: no ImageNet download
     if input_size is not None:
@@ -326,7 +330,9 @@ def main(args: argparse.Namespace) -> dict | None:
         ckpt, cfg = read_model_config(w)
         modality = cfg.get("modality", "RGB")
         num_class, _, val_list, root_path, image_tmpl = resolve_dataset(args, modality)
-        model = build_model(ckpt, cfg, w, seg, num_class, args.dataset, args.input_size)
+        model = build_model(
+            ckpt, cfg, w, seg, num_class, args.dataset, args.input_size, args.dense_sample
+        )
         del ckpt
         crop_size = model.scale_size if args.full_res else model.input_size
         dataset = TSNDataSet(
@@ -399,6 +405,11 @@ def main(args: argparse.Namespace) -> dict | None:
     result = evaluation.gather_results(result, extra_counts=counts)
     if result is None:
         return None
+    if result.scores.size(0) == 0:
+        raise ValueError(
+            f"no video of the test list could be evaluated ({result.num_skipped} skipped; data "
+            f"problems: {result.extra}): check --data_root/--root_path and the frame files"
+        )
     metrics = evaluation.summarize(result.scores, result.labels)
     video_names = [datasets[0].video_list[i].path for i in result.indices.tolist()]
     write_outputs(args, result, video_names, names)

@@ -183,6 +183,25 @@ def test_csv_report_and_max_num(workspace, tmp_path, capsys):
     assert (report / "confusion_matrix.png").stat().st_size > 0
 
 
+def test_unreadable_video_is_reported_and_left_out(workspace, tmp_path, capsys):
+    path, model = workspace["models"][4]
+    lines = [f"{name} {frames} {label}" for name, frames, label, _ in H.VIDEOS]
+    lines.insert(1, "no_such_video 12 0")
+    test_list = tmp_path / "test_list.txt"
+    test_list.write_text("\n".join(lines) + "\n")
+    out = str(tmp_path / "s.npz")
+    argv = ["synthetic", f"--weights={path}", "--test_segments=4", f"--test_list={test_list}"]
+    argv += ["-j", "0", "--batch_size=2", "--input_size=32", "--data_root", workspace["data_root"]]
+    argv += ["--save_scores", out, "--device", "cpu"]
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 0, err
+    scores, labels, indices = scores_of(out)
+    assert indices.tolist() == [0, 2, 3]
+    assert np.load(out)["videos"].tolist() == [v[0] for v in H.VIDEOS]
+    H.assert_close(scores, H.reference_scores(model, workspace["data_root"], 4, 1))
+    assert "videos skipped   : 1" in stdout and "videos_missing_dir=1" in stdout
+
+
 # --------------------------------------------------------------------------- bad inputs
 def assert_one_line_error(code: int, err: str, *needles: str) -> None:
     """Exit code != 0 and stderr is exactly one `test_models.py: error: ...` line."""
@@ -294,3 +313,55 @@ def test_two_gloo_processes_give_the_same_scores(workspace, tmp_path, capsys):
     s2, l2, i2 = scores_of(double)
     assert i2.tolist() == i1.tolist() and l2.tolist() == l1.tolist()
     np.testing.assert_allclose(s2, s1, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- published commands
+def _published_layout(root, dataset: str, frames: int) -> None:
+    """One video in the dataset's registered layout (SPEC.md section 8), frames 320x240."""
+    from PIL import Image
+
+    if dataset == "kinetics":
+        lists, folder, tmpl = (
+            root / "kinetics/labels",
+            root / "kinetics/images/abseiling_0",
+            "img_{:05d}.jpg",
+        )
+        line = "abseiling_0"
+    else:
+        lists = root / "something/v1"
+        folder, tmpl, line = lists / "20bn-something-something-v1/100218", "{:05d}.jpg", "100218"
+        (lists / "category.txt").parent.mkdir(parents=True, exist_ok=True)
+        (lists / "category.txt").write_text("".join(f"class {i}\n" for i in range(174)))
+    folder.mkdir(parents=True, exist_ok=True)
+    lists.mkdir(parents=True, exist_ok=True)
+    for i in range(1, frames + 1):
+        Image.fromarray(H.frame_pixels(0, i, (320, 240))).save(folder / tmpl.format(i))
+    (lists / "val_videofolder.txt").write_text(f"{line} {frames} 3\n")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", PUBLISHED_COMMANDS)
+def test_published_command_runs_verbatim(tmp_path, command):
+    """The README command, character for character, on a one-video dataset with a checkpoint of
+    the published layout and name (RNL TSM-ResNet50, 224 px; random weights)."""
+    argv = shlex.split(command)
+    weights = argv[3].split("=", 1)[1]
+    dataset = argv[2]
+    num_class = 400 if dataset == "kinetics" else 174
+    cfg = H.small_model_config(num_segments=8, non_local=True, input_size=224)
+    cfg.update(base_model="resnet50", num_class=num_class)
+    (tmp_path / "pretrained").mkdir()
+    H.save_published(str(tmp_path / weights), H.make_model(0, **cfg))
+    _published_layout(tmp_path / "data", dataset, frames=70 if dataset == "kinetics" else 30)
+    os.symlink(os.path.join(REPO, "test_models.py"), tmp_path / "test_models.py")
+    env = dict(os.environ, PYTHONPATH=REPO, RNL_DATA_ROOT=str(tmp_path / "data"))
+    proc = subprocess.run(
+        [sys.executable, *argv[1:]],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "videos evaluated : 1" in proc.stdout and "Overall Prec@1" in proc.stdout
