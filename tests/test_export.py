@@ -18,6 +18,8 @@ from ops.models import TSN
 from tools import export
 
 T, SIZE, CLASSES = 2, 32, 5
+# TorchScript still works in this torch but warns that it is deprecated.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 
 
 @pytest.fixture(scope="module")
