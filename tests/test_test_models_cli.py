@@ -142,14 +142,7 @@ def test_checkpoint_written_by_main_py_renamed(workspace, tmp_path, capsys, monk
     os.replace(best, renamed)
 
     out = str(tmp_path / "main.npz")
-    cli_argv = [
-        "synthetic",
-        f"--weights={renamed}",
-        "--test_segments=4",
-        "--test_crops=3",
-        "-j",
-        "0",
-    ]
+    cli_argv = ["synthetic", f"--weights={renamed}", "--test_segments=4", "-j", "0"]
     cli_argv += ["--data_root", workspace["data_root"], "--save_scores", out, "--device", "cpu"]
     code, _, err = run_cli(cli_argv, capsys)
     assert code == 0, err
