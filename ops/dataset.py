@@ -6,6 +6,15 @@ spaces). Frames are `root_path/<folder>/<image_tmpl.format(k)>`, k = 1..num_fram
 are x/y image pairs (SPEC.md section 8). Which frames make a clip is `ops.sampling` (SPEC.md
 section 4); `TSNDataSet` keeps TSM's constructor keywords so TSM scripts port unchanged.
 
+Video files instead of frame folders: with `image_tmpl=VIDEO_TMPL` (what
+`ops.dataset_config.resolve_dataset` returns for `--videos` / `--video_root`) the list is a video
+list, `<video file> <label>` or `<video file> <label> <num_frames>` (the mmaction2 convention, the
+third column optional), `root_path` is the folder holding the files (several separated by
+`os.pathsep`), and frames are decoded with `ops.video.VideoReader`. The frame count is the
+container's, checked when the file is opened; the sampling is the same `ops.sampling` call, so a
+video and the frame folder extracted from it give the same frame numbers and, after the same
+transforms, tensors that differ only by the JPEG round-trip.
+
 Real datasets contain broken videos, so nothing here crashes with a bare PIL traceback and
 nothing is skipped silently:
 - list problems (wrong field count, non-integer count or label, label out of range) are found
@@ -14,6 +23,10 @@ nothing is skipped silently:
 - a missing or undecodable frame is replaced by the nearest readable frame of the same video,
   counted, and logged once per video; a video with no frame folder or no readable frame is
   skipped: the item is None and `collate` drops it;
+- video files: a missing file or one that does not open is skipped; a file that holds fewer
+  frames than its container declares (truncated), or whose list count differs from the
+  container's, is counted and logged; frames that do not decode are replaced by the nearest
+  frame that does;
 - `strict_data=True` turns every one of these into a `DataError`.
 Load-time counts live in a shared-memory tensor (one row per DataLoader worker), so the main
 process reads the totals with `bad_data_counts()` / `bad_data_report()` whatever the workers.
@@ -21,6 +34,7 @@ process reads the totals with `bad_data_counts()` / `bad_data_report()` whatever
 
 from __future__ import annotations
 
+import bisect
 import csv
 import functools
 import io
@@ -34,7 +48,9 @@ import torch
 import torch.utils.data
 from PIL import Image, UnidentifiedImageError
 
+from ops.dataset_config import VIDEO_TMPL
 from ops.sampling import clip_frames
+from ops.video import DECODER, VideoError, VideoReader
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +63,16 @@ COUNTERS = (
     "clips_with_replaced_frames",  # items in which some frame was replaced by a neighbour
     "videos_missing_dir",  # items skipped: the frame folder does not exist
     "videos_unreadable",  # items skipped: no frame of the video could be read
+    "videos_missing_file",  # items skipped: the video file does not exist
+    "videos_too_short",  # training items skipped: the video file has < MIN_TRAIN_FRAMES frames
+    "videos_fewer_frames",  # video loads: the file holds fewer frames than its container declares
+    "frame_count_mismatch",  # video loads: the list's frame count is not the container's
+)
+SKIP_COUNTERS = (
+    "videos_missing_dir",
+    "videos_unreadable",
+    "videos_missing_file",
+    "videos_too_short",
 )
 _C = {name: i for i, name in enumerate(COUNTERS)}
 
@@ -59,6 +85,7 @@ LIST_PROBLEM_KINDS = (
     "label_range",  # label outside [0, num_class)
     "bad_video_id",  # id-named flow folders: the folder is not a number
 )
+VIDEO_LIST_FORMAT = "<video file> <label> [<num_frames>]"
 
 
 class DataError(ValueError):
@@ -77,7 +104,8 @@ def data_error_message(exc: BaseException) -> str:
 
 @dataclass(frozen=True)
 class VideoRecord:
-    """One list line: frame folder (relative to root_path), frame count, label, line number."""
+    """One list line: frame folder or video file (relative to root_path), frame count (0 when a
+    video list does not give it), label, line number."""
 
     path: str
     num_frames: int
@@ -234,7 +262,27 @@ def parse_list_file(
     spaces); otherwise fields are whitespace separated. Blank lines are ignored. A line is bad
     when it does not have exactly 3 fields, the frame count is not an integer >= 1, the label is
     not an integer in [0, num_class), or (id-named flow folders) the folder is not a number.
+    With `image_tmpl=VIDEO_TMPL` the file is a video list (`parse_video_list_file`).
     """
+    if image_tmpl == VIDEO_TMPL:
+        return parse_video_list_file(list_file, num_class)
+    lines, problems, is_csv = _list_lines(list_file)
+    needs_id = modality == "Flow" and image_tmpl is not None and flow_layout(image_tmpl) == "id_xy"
+
+    records = []
+    for n, fields in lines:
+        problem = _line_problem(fields, num_class, needs_id, is_csv, image_tmpl)
+        if problem is not None:
+            problems.append(ListProblem(list_file, n, *problem))
+            continue
+        path, num_frames, label = fields[0], int(fields[1]), int(fields[2])
+        records.append(VideoRecord(path=path, num_frames=num_frames, label=label, line=n))
+    problems.sort(key=lambda p: p.line)
+    return records, problems
+
+
+def _list_lines(list_file: str) -> tuple[list[tuple[int, list[str]]], list[ListProblem], bool]:
+    """(line number, fields) of the non-blank lines, the non-UTF-8 lines, and whether it is CSV."""
     if not os.path.isfile(list_file):
         raise FileNotFoundError(
             f"list file not found: {list_file} (check --data_root, or pass --train_list / "
@@ -251,19 +299,72 @@ def parse_list_file(
             problems.append(ListProblem(list_file, n, "not_utf8", "line is not valid UTF-8 text"))
     texts = [(n, t) for n, t in texts if t]
     is_csv = bool(texts) and "," in texts[0][1]
-    needs_id = modality == "Flow" and image_tmpl is not None and flow_layout(image_tmpl) == "id_xy"
+    lines = [
+        (n, [x.strip() for x in (next(csv.reader([t])) if is_csv else t.split())]) for n, t in texts
+    ]
+    return lines, problems, is_csv
 
+
+def _video_line_problem(fields: list[str], num_class: int | None) -> tuple[str, str] | None:
+    """(kind, message) of what is wrong with the fields of one video-list line, or None."""
+    if len(fields) not in (2, 3):
+        return (
+            "wrong_fields",
+            f"expected 2 or 3 fields ({VIDEO_LIST_FORMAT}), got {len(fields)}: "
+            + " | ".join(fields),
+        )
+    label = _parse_int(fields[1])
+    if label is None:
+        return "bad_label", f"label {fields[1]!r} is not an integer ({VIDEO_LIST_FORMAT})"
+    if label < 0 or (num_class is not None and label >= num_class):
+        upper = num_class if num_class is not None else "num_class"
+        return "label_range", f"label {label} is outside [0, {upper}) ({VIDEO_LIST_FORMAT})"
+    if len(fields) == 3:
+        num_frames = _parse_int(fields[2])
+        if num_frames is None or num_frames < 1:
+            return "bad_frame_count", f"frame count {fields[2]!r} is not an integer >= 1"
+    return None
+
+
+def parse_video_list_file(
+    list_file: str, num_class: int | None = None
+) -> tuple[list[VideoRecord], list[ListProblem]]:
+    """Read a video list (`<video file> <label> [<num_frames>]`, space or comma separated).
+
+    Records have `num_frames` 0 when the line gives no count (the container's count is used).
+    """
+    lines, problems, _ = _list_lines(list_file)
     records = []
-    for n, text in texts:
-        fields = [x.strip() for x in (next(csv.reader([text])) if is_csv else text.split())]
-        problem = _line_problem(fields, num_class, needs_id, is_csv, image_tmpl)
+    for n, fields in lines:
+        problem = _video_line_problem(fields, num_class)
         if problem is not None:
             problems.append(ListProblem(list_file, n, *problem))
             continue
-        path, num_frames, label = fields[0], int(fields[1]), int(fields[2])
-        records.append(VideoRecord(path=path, num_frames=num_frames, label=label, line=n))
+        num_frames = int(fields[2]) if len(fields) == 3 else 0
+        records.append(VideoRecord(fields[0], num_frames, int(fields[1]), n))
     problems.sort(key=lambda p: p.line)
     return records, problems
+
+
+def video_roots(root_path: str) -> list[str]:
+    """The folders of a video root (several separated by os.pathsep)."""
+    return [r for r in root_path.split(os.pathsep) if r]
+
+
+def find_video_file(roots: list[str], video: str) -> str | None:
+    """`root/video` for the first root that holds it, or None."""
+    for root in roots:
+        path = os.path.join(root, video)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def nearest_in(sorted_numbers: list[int], k: int) -> int | None:
+    """The number of `sorted_numbers` nearest to k (the smaller one on a tie), None if empty."""
+    i = bisect.bisect_left(sorted_numbers, k)
+    candidates = sorted_numbers[max(i - 1, 0) : i + 1]
+    return min(candidates, key=lambda j: (abs(j - k), j)) if candidates else None
 
 
 class TSNDataSet(torch.utils.data.Dataset):
@@ -279,6 +380,7 @@ class TSNDataSet(torch.utils.data.Dataset):
     else `random_shift` -> training sampling, otherwise validation sampling.
     Extra keywords beyond TSM's: `num_class` (labels are checked against it), `skip_bad_lines`,
     `strict_data`, `return_index`, `max_workers` (DataLoader workers the counters can hold).
+    `image_tmpl=VIDEO_TMPL` reads a video list and decodes video files under `root_path`.
     """
 
     def __init__(
@@ -319,7 +421,11 @@ class TSNDataSet(torch.utils.data.Dataset):
         self.skip_bad_lines = skip_bad_lines
         self.strict_data = strict_data
         self.return_index = return_index
-        check_template(image_tmpl, modality)
+        self.is_video = image_tmpl == VIDEO_TMPL
+        if self.is_video:
+            self.video_roots = self._check_video_roots(root_path, modality)
+        else:
+            check_template(image_tmpl, modality)
 
         records, problems = parse_list_file(list_file, num_class, image_tmpl, modality)
         self.bad_lines = problems
@@ -336,9 +442,10 @@ class TSNDataSet(torch.utils.data.Dataset):
         # The published loader keeps only videos of >= 3 frames for training (and with
         # remove_missing); we do the same, but count and report it.
         self.short_videos = []
+        # Video lists without a count: checked when the file is opened (`videos_too_short`).
         if not test_mode or remove_missing:
-            self.short_videos = [r for r in records if r.num_frames < MIN_TRAIN_FRAMES]
-            records = [r for r in records if r.num_frames >= MIN_TRAIN_FRAMES]
+            self.short_videos = [r for r in records if 0 < r.num_frames < MIN_TRAIN_FRAMES]
+            records = [r for r in records if not 0 < r.num_frames < MIN_TRAIN_FRAMES]
             if self.short_videos:
                 logger.info(
                     "%s: dropped %d videos with fewer than %d frames (as the published loader)",
@@ -353,7 +460,16 @@ class TSNDataSet(torch.utils.data.Dataset):
         if not records:
             raise DataError(f"list file {list_file} has no usable video; check its content")
         self.video_list = records
-        logger.info("%s: %d videos", list_file, len(records))
+        if self.is_video:
+            logger.info(
+                "%s: %d video files under %s, decoded with %s",
+                list_file,
+                len(records),
+                root_path,
+                DECODER,
+            )
+        else:
+            logger.info("%s: %d videos", list_file, len(records))
 
         # Load-time counters: row 0 = main process, row i + 1 = DataLoader worker i.
         self._counts = torch.zeros(max_workers + 1, len(COUNTERS), dtype=torch.int64)
@@ -369,10 +485,29 @@ class TSNDataSet(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.video_list)
 
-    def sample_frames(self, record: VideoRecord, rng: np.random.RandomState | None = None):
-        """The 1-based frame numbers this item reads (all clips, snippets expanded)."""
+    @staticmethod
+    def _check_video_roots(root_path: str, modality: str) -> list[str]:
+        if modality == "Flow":
+            raise DataError(
+                "video files hold RGB frames: --modality Flow needs extracted flow frames"
+            )
+        roots = video_roots(root_path)
+        if not any(os.path.isdir(r) for r in roots):
+            raise DataError(
+                f"video folder {root_path} does not exist: pass --video_root DIR (or --data_root)"
+            )
+        return roots
+
+    def sample_frames(
+        self,
+        record: VideoRecord,
+        rng: np.random.RandomState | None = None,
+        num_frames: int | None = None,
+    ) -> list[int]:
+        """The 1-based frame numbers this item reads (all clips, snippets expanded), for the
+        record's frame count or `num_frames` (a video file's count)."""
         return clip_frames(
-            record.num_frames,
+            num_frames if num_frames is not None else record.num_frames,
             self.num_segments,
             new_length=self.new_length,
             mode=self.mode,
@@ -383,7 +518,10 @@ class TSNDataSet(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         record = self.video_list[index]
-        images = self.load_images(record, self.sample_frames(record))
+        if self.is_video:
+            images = self.load_video(record)
+        else:
+            images = self.load_images(record, self.sample_frames(record))
         if images is None:
             return None
         data = self.transform(images) if self.transform is not None else images
@@ -435,6 +573,80 @@ class TSNDataSet(torch.utils.data.Dataset):
             self._count("clips_with_replaced_frames")
         return [im for k in frames for im in resolved[k]]
 
+    def video_file(self, record: VideoRecord) -> str | None:
+        """Path of the record's video file: the first video root that holds it, or None."""
+        return find_video_file(self.video_roots, record.path)
+
+    def load_video(self, record: VideoRecord) -> list[Image.Image] | None:
+        """Open the record's video file, sample with its frame count, decode the sampled frames
+        (each distinct frame once), replacing frames that do not decode by the nearest frame
+        that does; None when the video has to be skipped."""
+        path = self.video_file(record)
+        if path is None:
+            where = os.pathsep.join(self.video_roots)
+            self._problem(record, "videos_missing_file", f"video file not found under {where}")
+            return None
+        try:
+            reader = VideoReader(path)
+        except VideoError as e:
+            self._problem(record, "videos_unreadable", str(e))
+            return None
+        with reader:
+            n = reader.num_frames
+            if reader.problem is not None:
+                self._problem(record, "videos_fewer_frames", f"{path}: {reader.problem}")
+            if record.num_frames and record.num_frames != n:
+                self._problem(
+                    record,
+                    "frame_count_mismatch",
+                    f"the list says {record.num_frames} frames, {path} has {n}; using {n}",
+                )
+            if n < MIN_TRAIN_FRAMES and (not self.test_mode or self.remove_missing):
+                self._problem(
+                    record,
+                    "videos_too_short",
+                    f"{path} has {n} frames, fewer than {MIN_TRAIN_FRAMES} (skipped for training "
+                    "as by the published loader)",
+                )
+                return None
+            frames = self.sample_frames(record, num_frames=n)
+            images = reader.read(frames)
+            missing = [k for k in dict.fromkeys(frames) if k not in images]
+            if missing:
+                images = self._replace_undecodable(record, path, reader, images, missing)
+                if images is None:
+                    return None
+        return [images[k] for k in frames]
+
+    def _replace_undecodable(self, record, path, reader, images, missing):
+        # Rare path (damaged files): one pass over the whole file tells which frames decode.
+        got, decodable = reader.scan(missing)
+        images.update(got)
+        if not decodable:
+            self._problem(record, "videos_unreadable", f"no frame of {path} decodes")
+            return None
+        still = [k for k in missing if k not in images]
+        replacement = {k: nearest_in(decodable, k) for k in still}
+        need = set(replacement.values()) - set(images)
+        if need:
+            images.update(reader.read(need))
+            need -= set(images)
+        if need:
+            images.update(reader.scan(need)[0])
+        if any(replacement[k] not in images for k in still):  # decoded in one pass, not another
+            self._problem(record, "videos_unreadable", f"{path} does not decode the same twice")
+            return None
+        for k in still:
+            self._problem(
+                record,
+                "frames_unreadable",
+                f"frame {k} of {path} does not decode; using frame {replacement[k]} instead",
+            )
+            images[k] = images[replacement[k]]
+        if still:
+            self._count("clips_with_replaced_frames")
+        return images
+
     @staticmethod
     def _nearest_readable(k: int, num_frames: int, read) -> int | None:
         # Nearest frame number that decodes; the earlier one wins a tie.
@@ -474,7 +686,7 @@ class TSNDataSet(torch.utils.data.Dataset):
         """Totals over the main process and all DataLoader workers, plus list-level counts."""
         totals = self._counts.sum(dim=0).tolist()
         counts = {name: int(v) for name, v in zip(COUNTERS, totals)}
-        counts["videos_skipped"] = counts["videos_missing_dir"] + counts["videos_unreadable"]
+        counts["videos_skipped"] = sum(counts[k] for k in SKIP_COUNTERS)
         counts["bad_list_lines"] = len(self.bad_lines)
         counts["short_videos_dropped"] = len(self.short_videos)
         return counts
@@ -495,6 +707,10 @@ class TSNDataSet(torch.utils.data.Dataset):
             ("clips_with_replaced_frames", "clip loads with a replaced frame"),
             ("videos_missing_dir", "video loads skipped: frame folder missing"),
             ("videos_unreadable", "video loads skipped: no readable frame"),
+            ("videos_missing_file", "video loads skipped: video file missing"),
+            ("videos_too_short", f"training loads skipped: < {MIN_TRAIN_FRAMES} frames in file"),
+            ("videos_fewer_frames", "video loads: fewer frames in the file than declared"),
+            ("frame_count_mismatch", "video loads: list frame count differs from the file's"),
         ]
         for key, text in items:
             if c[key]:

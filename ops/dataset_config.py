@@ -6,6 +6,15 @@ Datasets prepared for TSM keep working: the relative layout under the data root 
 (`add_data_args` / `resolve_dataset`), e.g. to point at a list file outside the root.
 
 The `synthetic` dataset is written by `tools/make_synthetic.py` and used by the demo and tests.
+
+Video files instead of frame folders (`--videos`, or `--video_root DIR`): the lists are video lists
+(`<video file relative to the video root> <label> [<num_frames>]`, the mmaction2 convention) and
+frames are decoded from the files (ops/video.py). The defaults follow mmaction2's layout names
+under the data root for the datasets that ship as videos (`VIDEO_REGISTRY`). `resolve_dataset`
+then returns the video root as `root_path` and `VIDEO_TMPL` as `image_tmpl`, which tells
+`TSNDataSet` to read video files, so scripts that build a TSNDataSet from these values read
+videos without a change. A video root may list several folders separated by `os.pathsep`
+(mmaction2 keeps Kinetics' train and val videos apart); a list entry is looked up in each in turn.
 """
 
 from __future__ import annotations
@@ -119,6 +128,38 @@ REGISTRY: dict[str, dict[str, dict]] = {
 }
 
 DATASETS = tuple(REGISTRY)
+
+# `image_tmpl` value that means "frames are decoded from the video files of a video list".
+VIDEO_TMPL = "<video>"
+
+# dataset -> video entry, mmaction2's names (its `data/` folder is our data root). "video_root" is
+# a list of folders searched in order for each list entry.
+VIDEO_REGISTRY: dict[str, dict] = {
+    "kinetics": {
+        "classes": 400,
+        "train_list": "kinetics400/kinetics400_train_list_videos.txt",
+        "val_list": "kinetics400/kinetics400_val_list_videos.txt",
+        "video_root": ["kinetics400/videos_train", "kinetics400/videos_val"],
+    },
+    "somethingv2": {
+        "classes": 174,
+        "train_list": "sthv2/sthv2_train_list_videos.txt",
+        "val_list": "sthv2/sthv2_val_list_videos.txt",
+        "video_root": ["sthv2/videos"],
+    },
+    "ucf101": {
+        "classes": 101,
+        "train_list": "ucf101/ucf101_train_split_1_videos.txt",
+        "val_list": "ucf101/ucf101_val_split_1_videos.txt",
+        "video_root": ["ucf101/videos"],
+    },
+    "hmdb51": {
+        "classes": 51,
+        "train_list": "hmdb51/hmdb51_train_split_1_videos.txt",
+        "val_list": "hmdb51/hmdb51_val_split_1_videos.txt",
+        "video_root": ["hmdb51/videos"],
+    },
+}
 _ENTRY_FIELDS = ("train_list", "val_list", "root_path", "image_tmpl")
 
 
@@ -209,6 +250,19 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument(
         "--image_tmpl", default=None, help="override the frame file name, e.g. 'img_{:05d}.jpg'"
     )
+    g.add_argument(
+        "--videos",
+        action="store_true",
+        help="read video files instead of frame folders: the dataset's video lists and videos "
+        "(mmaction2 layout under the data root, or --video_root / --train_list / --val_list)",
+    )
+    g.add_argument(
+        "--video_root",
+        default=None,
+        metavar="DIR",
+        help="folder holding the video files of the video lists (implies --videos); several "
+        f"folders separated by {os.pathsep!r} are searched in order for each list entry",
+    )
     g.add_argument("--num_class", type=int, default=None, help="override the number of classes")
     g.add_argument(
         "--category_file", default=None, help="override the category file (one class per line)"
@@ -232,6 +286,8 @@ def resolve_dataset(args: argparse.Namespace, modality: str) -> tuple[int, str, 
     A dataset or modality missing from the registry works when every entry is given on the
     command line. Returns (num_class, train_list, val_list, root_path, image_tmpl).
     """
+    if getattr(args, "videos", False) or getattr(args, "video_root", None):
+        return _resolve_videos(args, modality)
     dataset = getattr(args, "dataset", None)
     root = getattr(args, "data_root", None) or default_data_root()
     over = {k: getattr(args, k, None) for k in _ENTRY_FIELDS}
@@ -266,3 +322,62 @@ def resolve_dataset(args: argparse.Namespace, modality: str) -> tuple[int, str, 
     tmpl = over["image_tmpl"] if over["image_tmpl"] is not None else entry["image_tmpl"]
     logger.info("%s (%s): %d classes, data root %s", dataset, modality, n, root)
     return n, paths["train_list"], paths["val_list"], paths["root_path"], tmpl
+
+
+def _resolve_videos(args: argparse.Namespace, modality: str) -> tuple[int, str, str, str, str]:
+    """`resolve_dataset` for video files: (num_class, train_list, val_list, video roots joined
+    with os.pathsep, VIDEO_TMPL)."""
+    for flag in ("root_path", "image_tmpl"):
+        if getattr(args, flag, None) is not None:
+            raise ValueError(
+                f"--{flag} names frame folders; with --videos give the video folder with "
+                "--video_root DIR"
+            )
+    if modality != "RGB":
+        raise ValueError(
+            f"video files hold RGB frames, not {modality}: use frame folders for --modality "
+            f"{modality} (tools/extract_frames.py), or drop --videos / --video_root"
+        )
+    dataset = getattr(args, "dataset", None)
+    root = getattr(args, "data_root", None) or default_data_root()
+    entry = VIDEO_REGISTRY.get(dataset, {})
+    num_class = getattr(args, "num_class", None)
+    cat_file = getattr(args, "category_file", None)
+    if num_class is not None and num_class < 1:
+        raise ValueError(f"--num_class must be >= 1, got {num_class}")
+
+    given = {
+        "train_list": getattr(args, "train_list", None),
+        "val_list": getattr(args, "val_list", None),
+        "video_root": getattr(args, "video_root", None),
+    }
+    missing = [f"--{k}" for k, v in given.items() if v is None and k not in entry]
+    if num_class is None and cat_file is None and "classes" not in entry:
+        missing.append("--num_class or --category_file")
+    if missing:
+        have = ", ".join(VIDEO_REGISTRY)
+        raise ValueError(
+            f"dataset {dataset!r} has no video entry (registered: {have}); give "
+            f"{' '.join(missing)} to read its videos"
+        )
+    if num_class is not None:
+        n = num_class
+    elif cat_file is not None:
+        n = len(read_categories(cat_file))
+    else:
+        n = entry["classes"]
+    lists = {
+        k: given[k] if given[k] is not None else os.path.join(root, entry[k])
+        for k in ("train_list", "val_list")
+    }
+    roots = given["video_root"] or os.pathsep.join(
+        os.path.join(root, r) for r in entry["video_root"]
+    )
+    logger.info("%s (videos): %d classes, video root %s", dataset, n, roots)
+    return n, lists["train_list"], lists["val_list"], roots, VIDEO_TMPL
+
+
+def video_entry(dataset: str) -> dict | None:
+    """The registered video layout of a dataset (paths relative to the data root), or None."""
+    entry = VIDEO_REGISTRY.get(dataset)
+    return None if entry is None else dict(entry, video_root=list(entry["video_root"]))

@@ -5,7 +5,10 @@
 For each list (train and val by default) it reports malformed lines (wrong field count,
 non-integer frame count or label, label outside [0, num_class)), and for each video: a missing
 frame folder, missing frames, frames that do not decode, and a frame count larger than the
-frames on disk. One line per problem, `<list>:<line>: [<kind>] <what>`, on stdout and in
+frames on disk. Video lists (`--videos` / `--video_root DIR`): a missing video file, a file that
+does not open as a video, one that holds fewer frames than its container declares, a list frame
+count that differs from the container's, and (unless --quick) frames that do not decode, found
+by decoding every file once. One line per problem, `<list>:<line>: [<kind>] <what>`, on stdout and in
 `--report FILE`; the exit code is 1 when anything was found, 0 when the data is clean, 2 when
 the check itself could not run (e.g. unknown dataset).
 
@@ -28,13 +31,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ops.dataset import (  # noqa: E402
     VideoRecord,
     check_template,
+    find_video_file,
     frame_files,
     frames_on_disk,
     parse_list_file,
     read_frame,
     video_dir,
+    video_roots,
 )
-from ops.dataset_config import add_data_args, resolve_dataset  # noqa: E402
+from ops.dataset_config import VIDEO_TMPL, add_data_args, resolve_dataset  # noqa: E402
+from ops.video import VideoError, VideoReader  # noqa: E402
 
 VIDEO_PROBLEM_KINDS = (
     "missing_list",  # the list file does not exist
@@ -43,6 +49,11 @@ VIDEO_PROBLEM_KINDS = (
     "frames_beyond_disk",  # the list's frame count is larger than the frames on disk
     "missing_frames",  # frames missing inside the listed range
     "corrupt_frames",  # frame files that exist but do not decode
+    "missing_video",  # video lists: the video file does not exist
+    "unreadable_video",  # the file does not open as a video, or no frame decodes
+    "fewer_frames",  # the file holds fewer frames than its container declares (truncated)
+    "frame_count_mismatch",  # the video list's frame count is not the container's
+    "undecodable_frames",  # frames of the video file that do not decode
 )
 
 
@@ -56,6 +67,16 @@ class ScanJob:
     root_path: str
     image_tmpl: str
     modality: str
+    decode: bool
+
+
+@dataclass(frozen=True)
+class VideoScanJob:
+    """One video file to probe (picklable, for the worker pool)."""
+
+    list_file: str
+    record: VideoRecord
+    roots: tuple[str, ...]
     decode: bool
 
 
@@ -126,6 +147,45 @@ def scan_video(job: ScanJob) -> list[str]:
     return lines
 
 
+def scan_video_file(job: VideoScanJob) -> list[str]:
+    """Problem lines of one video file (empty when it is clean)."""
+    rec = job.record
+
+    def line(kind: str, what: str) -> str:
+        return f"{job.list_file}:{rec.line}: [{kind}] video {rec.path!r}: {what}"
+
+    path = find_video_file(list(job.roots), rec.path)
+    if path is None:
+        return [line("missing_video", f"not found under {os.pathsep.join(job.roots)}")]
+    try:
+        reader = VideoReader(path)
+    except VideoError as e:
+        return [line("unreadable_video", str(e))]
+    lines = []
+    with reader:
+        n = reader.num_frames
+        if reader.problem is not None:
+            lines.append(line("fewer_frames", f"{path}: {reader.problem}"))
+        if rec.num_frames and rec.num_frames != n:
+            lines.append(
+                line("frame_count_mismatch", f"the list says {rec.num_frames}, {path} has {n}")
+            )
+        if job.decode:
+            decodable = set(reader.scan()[1])
+            bad = [k for k in range(1, n + 1) if k not in decodable]
+            if not decodable:
+                lines.append(line("unreadable_video", f"no frame of {path} decodes"))
+            elif bad:
+                lines.append(
+                    line("undecodable_frames", f"frames {_ranges(bad)} of {n} do not decode")
+                )
+    return lines
+
+
+def _scan_job(job) -> list[str]:
+    return scan_video_file(job) if isinstance(job, VideoScanJob) else scan_video(job)
+
+
 def check(
     list_files: list[str],
     root_path: str,
@@ -137,8 +197,10 @@ def check(
 ) -> tuple[list[str], int]:
     """All problem lines of the given lists, and the number of videos scanned."""
     problems: list[str] = []
-    jobs: list[ScanJob] = []
-    check_template(image_tmpl, modality)
+    jobs: list[ScanJob | VideoScanJob] = []
+    is_video = image_tmpl == VIDEO_TMPL
+    if not is_video:
+        check_template(image_tmpl, modality)
     for list_file in list_files:
         try:
             records, bad = parse_list_file(list_file, num_class, image_tmpl, modality)
@@ -148,7 +210,10 @@ def check(
         problems.extend(f"{p.list_file}:{p.line}: [{p.kind}] {p.message}" for p in bad)
         for r in records:
             n = frames_on_disk(r.num_frames, image_tmpl, modality)
-            jobs.append(ScanJob(list_file, r, n, root_path, image_tmpl, modality, decode))
+            if is_video:
+                jobs.append(VideoScanJob(list_file, r, tuple(video_roots(root_path)), decode))
+            else:
+                jobs.append(ScanJob(list_file, r, n, root_path, image_tmpl, modality, decode))
 
     tty = sys.stderr.isatty()
     bar = dict(
@@ -156,9 +221,9 @@ def check(
     )
     if workers > 1:
         with multiprocessing.Pool(workers) as pool:
-            results = list(tqdm(pool.imap(scan_video, jobs, chunksize=8), **bar))
+            results = list(tqdm(pool.imap(_scan_job, jobs, chunksize=8), **bar))
     else:
-        results = [scan_video(j) for j in tqdm(jobs, **bar)]
+        results = [_scan_job(j) for j in tqdm(jobs, **bar)]
     for lines in results:
         problems.extend(lines)
     return problems, len(jobs)
