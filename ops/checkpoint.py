@@ -107,7 +107,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         ) from None
     except Exception as exc:
         raise CheckpointError(
-            f"cannot read {path} as a PyTorch checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            f"cannot read {path} as a PyTorch checkpoint ({type(exc).__name__}"
+            f"{': ' + str(exc).splitlines()[0] if str(exc).strip() else ''}): check that the file is complete "
+            "(download or copy it again) and was written by torch.save"
         ) from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(
