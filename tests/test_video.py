@@ -46,6 +46,7 @@ def make_video(
     size: tuple[int, int] = (64, 48),
     variable_rate: bool = False,
     faststart: bool = False,
+    bframes: int = 2,
 ) -> str:
     """A small video whose frames all differ (a moving line and a ramp), 25 fps."""
     rng = np.random.RandomState(1)
@@ -56,7 +57,7 @@ def make_video(
         stream.pix_fmt = "yuv420p"
         opts = {"g": str(gop)}
         if codec == "libx264":
-            opts.update({"bf": "2", "x264-params": "scenecut=0"})
+            opts.update({"bf": str(bframes), "x264-params": "scenecut=0"})
         stream.options = opts
         if variable_rate:
             stream.codec_context.time_base = Fraction(1, 1000)
