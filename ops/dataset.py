@@ -610,13 +610,15 @@ class TSNDataSet(torch.utils.data.Dataset):
                 )
                 return None
             frames = self.sample_frames(record, num_frames=n)
-            images = reader.read(frames)
-            missing = [k for k in dict.fromkeys(frames) if k not in images]
-            if missing:
-                images = self._replace_undecodable(record, path, reader, images, missing)
-                if images is None:
-                    return None
-        return [images[k] for k in frames]
+            try:
+                images = reader.read(frames)
+                missing = [k for k in dict.fromkeys(frames) if k not in images]
+                if missing:
+                    images = self._replace_undecodable(record, path, reader, images, missing)
+            except VideoError as e:
+                self._problem(record, "videos_unreadable", str(e))
+                return None
+        return None if images is None else [images[k] for k in frames]
 
     def _replace_undecodable(self, record, path, reader, images, missing):
         # Rare path (damaged files): one pass over the whole file tells which frames decode.

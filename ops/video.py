@@ -255,16 +255,20 @@ class VideoReader:
     def read(self, frames: Iterable[int]) -> dict[int, Image.Image]:
         """RGB images of the wanted frame numbers that decode (each distinct frame once).
 
-        Frames outside 1..num_frames, or that do not decode, are absent from the result.
+        Frames outside 1..num_frames, or that do not decode, are absent from the result; an
+        FFmpeg error that stops the reading altogether raises VideoError.
         """
         wanted = sorted({int(k) for k in frames if 1 <= int(k) <= self.num_frames})
         out: dict[int, Image.Image] = {}
         try:
-            self._read_seeking(wanted, out)
-        except _OffGrid:
-            self._use_exact_timing()
-            out.clear()
-            self._read_seeking(wanted, out)
+            try:
+                self._read_seeking(wanted, out)
+            except _OffGrid:
+                self._use_exact_timing()
+                out.clear()
+                self._read_seeking(wanted, out)
+        except av.FFmpegError as e:  # e.g. a seek in a damaged file
+            raise VideoError(f"video {self.path} does not decode: {_one_line(e)}") from None
         return out
 
     def scan(self, frames: Iterable[int] = ()) -> tuple[dict[int, Image.Image], list[int]]:
@@ -272,10 +276,13 @@ class VideoReader:
         all frames that decode). For damaged videos only: its cost grows with the video length."""
         wanted = {int(k) for k in frames}
         try:
-            return self._scan(wanted)
-        except _OffGrid:
-            self._use_exact_timing()
-            return self._scan(wanted)
+            try:
+                return self._scan(wanted)
+            except _OffGrid:
+                self._use_exact_timing()
+                return self._scan(wanted)
+        except av.FFmpegError as e:
+            raise VideoError(f"video {self.path} does not decode: {_one_line(e)}") from None
 
     def _scan(self, wanted: set[int]) -> tuple[dict[int, Image.Image], list[int]]:
         self.close()

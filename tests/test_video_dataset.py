@@ -21,7 +21,7 @@ import torchvision
 
 import main
 import test_models
-from ops.dataset import DataError, TSNDataSet
+from ops.dataset import DataError, TSNDataSet, collate
 from ops.dataset_config import VIDEO_TMPL, add_data_args, resolve_dataset
 from ops.transforms import (
     GroupMultiScaleCrop,
@@ -279,6 +279,24 @@ def test_bad_videos_are_counted_logged_and_replaced(data, tmp_path, caplog):
     for i, needle in ((0, "does not open"), (1, "truncated"), (2, "not found")):
         with pytest.raises(DataError, match=needle):
             strict[i]
+
+
+def test_video_counts_are_summed_over_dataloader_workers(data, tmp_path):
+    raw = open(sample("bikes.mp4"), "rb").read()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(raw[: len(raw) // 2])
+    lst = tmp_path / "l.txt"
+    lst.write_text("cut.mp4 1\ncarphone_pristine.mp4 1\ncut.mp4 0\nnone.mp4 0\n")
+    roots = os.pathsep.join([str(tmp_path), data["videos"]])
+    transform = torchvision.transforms.Compose([Stack(), ToTorchFormatTensor()])
+    ds = TSNDataSet(
+        roots, str(lst), image_tmpl=VIDEO_TMPL, num_segments=2, test_mode=True, transform=transform
+    )
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2, collate_fn=collate)
+    batches = [b for b in loader if b is not None]
+    assert [b[1].tolist() for b in batches] == [[1]]
+    c = ds.bad_data_counts()
+    assert (c["videos_unreadable"], c["videos_missing_file"], c["videos_skipped"]) == (2, 1, 3)
 
 
 def test_check_data_probes_video_lists(data, tmp_path, capsys):
