@@ -16,8 +16,10 @@ P]`` for that forward (the explicit computation; the fused kernel never forms it
   target positions ("the most attended positions"); the ``--top`` strongest are circled.
 
 The PNG shows the T cropped frames side by side with the map (bilinearly upsampled from the
-block's feature grid, one colour scale for the whole clip) blended over them, and a title line
-with the block, the query and the predicted class. PIL only.
+block's feature grid, one colour scale for the whole clip, its maximum in dark red) blended over
+them, and a title line with the block, the query, how peaked the map is (its maximum as a
+multiple of uniform attention: near 1 means the block attends everywhere alike) and the
+predicted class. PIL only.
 """
 
 from __future__ import annotations
@@ -312,7 +314,9 @@ def visualize(
         title = f"most attended positions (top {top} circled)"
     pred = int(logits.argmax())
     label = class_names[pred] if class_names and pred < len(class_names) else f"class {pred}"
-    title = f"{block_name}: {title}; predicted {label}"
+    # How peaked the map is: its maximum relative to uniform attention (both maps sum to 1).
+    peak = float(amap.max()) * amap.numel()
+    title = f"{block_name}: {title}; peak {peak:.1f}x uniform; predicted {label}"
     cell = cell or max(crop, 128)
     captions = [f"t={i} (frame {k})" for i, k in enumerate(numbers)]
     image = render(cropped, amap, marks, title, captions, cell, query=query is not None)
