@@ -386,9 +386,3 @@ def _one_line(exc: BaseException) -> str:
         return str(exc.strerror)  # without FFmpeg's error number and the repeated file name
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def read_video_frames(path: str, frames: Iterable[int]) -> dict[int, Image.Image]:
-    """Convenience: open `path`, read the wanted frames, close it."""
-    with VideoReader(path) as reader:
-        return reader.read(frames)
