@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ops.dataset import parse_list_file
+from ops.dataset import parse_list_file, parse_video_list_file
 from tools import gen_lists
 
 
@@ -265,22 +265,44 @@ def test_video_lists_from_a_videos_folder(tmp_path):
     (videos / "notes.txt").write_text("not a video")
 
     rc = gen_lists.main(
-        [
-            "somethingv2",
-            "--annotations",
-            str(ann),
-            "--videos",
-            str(videos),
-            "--data_root",
-            str(tmp_path / "data"),
-        ]
-    )
+        ["somethingv2", "--annotations", str(ann), "--videos", str(videos),
+         "--data_root", str(tmp_path / "data")]
+    )  # fmt: skip
 
     assert rc == 0
-    base = tmp_path / "data" / "something" / "v2"
+    base = tmp_path / "data" / "sthv2"  # the video registry's (mmaction2's) names
     assert read(base / "sthv2_train_list_videos.txt") == ["part1/11.webm 1", "12.webm 0"]
     assert read(base / "sthv2_val_list_videos.txt") == []
     assert read(base / "missing_sthv2_val_list_videos.txt") == ["13"]
+
+
+def test_video_lists_default_to_the_registry_video_folders(tmp_path):
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    header = "label,youtube_id,time_start,time_end,split\n"
+    (ann / "kinetics_train.csv").write_text(header + "air drumming,aaaaaaaaaaa,3,13,train\n")
+    (ann / "kinetics_val.csv").write_text(header + "abseiling,bbbbbbbbbbb,0,10,val\n")
+    data = tmp_path / "data"
+    (data / "kinetics400" / "videos_train" / "air drumming").mkdir(parents=True)
+    (
+        data / "kinetics400" / "videos_train" / "air drumming" / "aaaaaaaaaaa_000003_000013.mp4"
+    ).write_bytes(b"x")
+    (data / "kinetics400" / "videos_val").mkdir(parents=True)
+    (data / "kinetics400" / "videos_val" / "bbbbbbbbbbb_000000_000010.mp4").write_bytes(b"x")
+
+    rc = gen_lists.main(
+        ["kinetics", "--annotations", str(ann), "--videos", "--data_root", str(data)]
+    )
+
+    assert rc == 0
+    lists = data / "kinetics400"
+    train = lists / "kinetics400_train_list_videos.txt"
+    # paths relative to the video root that holds them; a space makes the list comma separated
+    assert read(train) == ["air drumming/aaaaaaaaaaa_000003_000013.mp4,1"]
+    assert read(lists / "kinetics400_val_list_videos.txt") == ["bbbbbbbbbbb_000000_000010.mp4 0"]
+    records, problems = parse_video_list_file(str(train), num_class=400)
+    assert problems == [] and records[0].path == "air drumming/aaaaaaaaaaa_000003_000013.mp4"
+    assert records[0].label == 1
 
 
 def test_unknown_class_is_a_one_line_error_naming_the_line(tmp_path, capsys):

@@ -14,9 +14,11 @@ under ``--data_root`` (ops/dataset_config.py, SPEC.md section 8):
   the frame count being the frames found on disk (1..n without a gap; gaps are reported);
 - ``missing_<list name>``: the videos of the annotations that have no frame folder, one per line.
 
-With ``--videos DIR`` instead of frames it writes video lists ``<file relative to DIR> <label>``
-(the mmaction2 convention; names like ``kinetics400_train_list_videos.txt``) for reading videos
-directly. Paths with spaces make the list comma separated (the dataset reads both forms).
+With ``--videos [DIR ...]`` instead of frames it writes video lists ``<file relative to DIR>
+<label>`` (the mmaction2 convention) at the paths of ``VIDEO_REGISTRY`` (e.g.
+``kinetics400/kinetics400_train_list_videos.txt``), for reading videos directly; without DIR the
+registry's video folders are searched. Paths with spaces make a list comma separated (the
+dataset reads both forms).
 
 Annotations (``--annotations DIR`` holding the official file names, or each file given with
 ``--labels`` / ``--train`` / ``--val``):
@@ -51,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ops.dataset_config import REGISTRY  # noqa: E402
+from ops.dataset_config import REGISTRY, VIDEO_REGISTRY  # noqa: E402
 from tools._common import (  # noqa: E402
     TOOL_ERRORS,
     VIDEO_EXTENSIONS,
@@ -109,7 +111,8 @@ ANNOTATION_FILES = {
 }
 OPTIONAL_ROLES = {"kinetics": ("labels",)}  # kinetics: class names from the CSVs if absent
 
-# Video-list names (mmaction2's), written next to the registry's frame lists.
+# Video-list names (mmaction2's) for the datasets without a VIDEO_REGISTRY entry, written next to
+# the registry's frame lists.
 VIDEO_LIST_PREFIX = {
     "kinetics": "kinetics400",
     "something": "sthv1",
@@ -396,17 +399,19 @@ def index_frame_folders(root: str, image_tmpl: str) -> dict[str, list[tuple[str,
 
 
 def index_video_files(
-    root: str, extensions: Iterable[str] = VIDEO_EXTENSIONS
+    roots: list[str], extensions: Iterable[str] = VIDEO_EXTENSIONS
 ) -> dict[str, list[str]]:
-    """Every video file under ``root`` by file stem: ``stem -> [path relative to root]``."""
+    """Every video file under the ``roots`` by file stem: ``stem -> [path relative to the root it
+    is in]`` (the video reader looks a list entry up in each root in turn)."""
     extensions = tuple(e.lower() for e in extensions)
     index: dict[str, list[str]] = {}
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if name.lower().endswith(extensions) and not name.startswith("."):
-                rel = Path(os.path.relpath(os.path.join(folder, name), root)).as_posix()
-                index.setdefault(Path(name).stem, []).append(rel)
+    for root in roots:
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                if name.lower().endswith(extensions) and not name.startswith("."):
+                    rel = Path(os.path.relpath(os.path.join(folder, name), root)).as_posix()
+                    index.setdefault(Path(name).stem, []).append(rel)
     return index
 
 
@@ -442,17 +447,20 @@ def write_list(path: str, rows: list[tuple]) -> None:
 def output_paths(
     dataset: str, data_root: str, split: int, videos: bool
 ) -> tuple[str, dict[str, str]]:
-    """(category file, {split: list file}) at the registry's places under ``data_root``."""
+    """(category file, {split: list file}) at the registry's places under ``data_root``: the
+    frame lists, or with ``videos`` the video lists of ``VIDEO_REGISTRY`` (mmaction2's names;
+    for datasets without an entry, the same naming beside the frame lists)."""
     entry = REGISTRY[dataset]["RGB"]
     classes = entry["classes"]
     lists = {s: os.path.join(data_root, entry[f"{s}_list"]) for s in SPLITS}
+    list_dir = os.path.dirname(lists["train"])
+    if videos and dataset in VIDEO_REGISTRY:
+        lists = {s: os.path.join(data_root, VIDEO_REGISTRY[dataset][f"{s}_list"]) for s in SPLITS}
+    elif videos:
+        prefix = VIDEO_LIST_PREFIX[dataset]
+        lists = {s: os.path.join(list_dir, f"{prefix}_{s}_list_videos.txt") for s in SPLITS}
     if dataset in ("ucf101", "hmdb51"):
         lists = {s: p.replace("split_1", f"split_{split}") for s, p in lists.items()}
-    list_dir = os.path.dirname(lists["train"])
-    if videos:
-        prefix = VIDEO_LIST_PREFIX[dataset]
-        suffix = f"split_{split}_videos" if dataset in ("ucf101", "hmdb51") else "list_videos"
-        lists = {s: os.path.join(list_dir, f"{prefix}_{s}_{suffix}.txt") for s in SPLITS}
     category = (
         os.path.join(list_dir, "category.txt")
         if isinstance(classes, int)
@@ -468,18 +476,22 @@ def generate(
     category_file: str,
     list_files: dict[str, str],
     frames_root: str | None = None,
-    videos_root: str | None = None,
+    video_roots: list[str] | None = None,
     image_tmpl: str = "img_{:05d}.jpg",
 ) -> dict[str, SplitReport]:
     """Match the annotations with the folders (or video files) on disk and write the files."""
-    if (frames_root is None) == (videos_root is None):
-        raise ValueError("give exactly one of a frames root and a videos root")
-    root = frames_root if frames_root is not None else videos_root
-    if not os.path.isdir(root):
-        what = "frames" if frames_root is not None else "videos"
+    if (frames_root is None) == (video_roots is None):
+        raise ValueError("give exactly one of a frames root and video roots")
+    if frames_root is not None and not os.path.isdir(frames_root):
         raise FileNotFoundError(
-            f"{what} folder {root} does not exist: extract the frames first "
-            f"(tools/extract_frames.py) or pass --{what} DIR"
+            f"frames folder {frames_root} does not exist: extract the frames first "
+            "(tools/extract_frames.py) or pass --frames DIR"
+        )
+    absent = [r for r in video_roots or [] if not os.path.isdir(r)]
+    if absent:
+        raise FileNotFoundError(
+            f"videos folder {absent[0]} does not exist: pass the folders holding the videos "
+            "with --videos DIR [DIR ...]"
         )
     registered = REGISTRY[dataset]["RGB"]["classes"]
     if isinstance(registered, int) and registered != len(classes):
@@ -495,7 +507,7 @@ def generate(
     if frames_root is not None:
         index = index_frame_folders(frames_root, image_tmpl)
     else:
-        index = index_video_files(videos_root)
+        index = index_video_files(video_roots)
     os.makedirs(os.path.dirname(os.path.abspath(category_file)), exist_ok=True)
     with open(category_file, "w", encoding="utf-8") as f:
         f.writelines(c + "\n" for c in classes)
@@ -583,7 +595,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--frames", default=None, help="frames root (default: the registry's)")
-    source.add_argument("--videos", default=None, help="write video lists for the videos under DIR")
+    source.add_argument(
+        "--videos",
+        nargs="*",
+        default=None,
+        metavar="DIR",
+        help="write video lists for the video files under these folders (no folder: the "
+        "registry's video roots under --data_root)",
+    )
     parser.add_argument(
         "--image_tmpl", default=None, help="frame name template (default: registry)"
     )
@@ -607,9 +626,17 @@ def main(argv: list[str] | None = None) -> int:
         category = args.category_out or category
         lists = {"train": args.train_out or lists["train"], "val": args.val_out or lists["val"]}
         entry = REGISTRY[args.dataset]["RGB"]
-        frames = None
+        frames = video_roots = None
         if args.videos is None:
             frames = args.frames or os.path.join(data_root, entry["root_path"])
+        elif args.videos:
+            video_roots = list(args.videos)
+        elif args.dataset in VIDEO_REGISTRY:
+            video_roots = [
+                os.path.join(data_root, r) for r in VIDEO_REGISTRY[args.dataset]["video_root"]
+            ]
+        else:
+            raise ValueError(f"{args.dataset} has no registered video folder: pass --videos DIR")
         counts = Counter(a.label for split in SPLITS for a in annotations[split])
         logger.info(
             "%s: %d classes (%d without any video), %d train / %d val annotations",
@@ -626,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
             category,
             lists,
             frames_root=frames,
-            videos_root=args.videos,
+            video_roots=video_roots,
             image_tmpl=args.image_tmpl or entry["image_tmpl"],
         )
     except (*TOOL_ERRORS, OSError, json.JSONDecodeError, csv.Error) as exc:
