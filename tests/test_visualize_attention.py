@@ -186,3 +186,13 @@ def test_bad_block_or_query_is_a_one_line_error(checkpoint, tmp_path, capsys, ex
     assert rc == 2
     assert err[-1].startswith("error: ") and message in err[-1]
     assert not (tmp_path / "o.png").exists()
+
+
+def test_unreadable_video_file_is_a_one_line_error(checkpoint, tmp_path, capsys):
+    _, weights = checkpoint
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(np.random.default_rng(0).bytes(3000))
+    rc = va.main(["--weights", weights, "--video", str(bad), "--out", str(tmp_path / "o.png")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert err[-1].startswith("error: ") and "bad.mp4" in err[-1]

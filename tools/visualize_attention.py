@@ -4,7 +4,7 @@
     python tools/visualize_attention.py --weights W --video clip.mp4 --out attention.png
 
 The model of checkpoint ``W`` runs on one clip of the video (a frame folder, or a video file
-decoded with PyAV), sampled and cropped as in validation: ``T`` segment centres, shorter side
+read with the data layer's PyAV reader, ops/video.py), sampled and cropped as in validation: ``T`` segment centres, shorter side
 resized to ``scale_size``, centre crop. The chosen block (``--block layer2.0``: a residual block
 followed by an RNL or non-local block) keeps its softmax-normalised affinity ``A`` ``[P_source,
 P]`` for that forward (the explicit computation; the fused kernel never forms it).
@@ -106,20 +106,17 @@ def load_clip(
         raise FileNotFoundError(
             f"--video {video} does not exist: give a frame folder or a video file"
         )
-    import av
-
-    from tools.extract_frames import iter_frames
+    from ops.video import VideoError, VideoReader  # the data layer's reader: same frame numbers
 
     try:
-        with av.open(video) as container:
-            total = sum(1 for _ in container.decode(video=0))
-        if total == 0:
-            raise ValueError(f"no frame could be decoded from {video}")
-        numbers = clip_frames(total, num_segments, mode="val")
-        wanted = set(numbers)
-        frames = {k: im for k, im in enumerate(iter_frames(video), start=1) if k in wanted}
-    except av.FFmpegError as exc:
-        raise ValueError(f"cannot decode {video}: {exc}") from None
+        with VideoReader(video) as reader:
+            numbers = clip_frames(reader.num_frames, num_segments, mode="val")
+            frames = reader.read(numbers)
+    except VideoError as exc:
+        raise ValueError(str(exc)) from None
+    broken = sorted(set(numbers) - set(frames))
+    if broken:
+        raise ValueError(f"frames {broken} of {video} do not decode: choose another video")
     return [frames[k] for k in numbers], numbers
 
 
