@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import random
 import sys
@@ -219,6 +220,11 @@ def best_rates(fns, n_items, n_videos, rounds):
     return [n_items / b for b in best]
 
 
+RESULTS: dict[
+    str, dict
+] = {}  # row name -> figures, for --json and the suite (python -m benchmarks)
+
+
 def bench_row(name, root, list_file, records, n_items, rounds, video=False, **cfg):
     plain = (PlainVideoLoader if video else PlainLoader)(root, records, **cfg)
     fast, floor = ours(root, list_file, image_tmpl=VIDEO_TMPL if video else TMPL, **cfg)
@@ -238,6 +244,12 @@ def bench_row(name, root, list_file, records, n_items, rounds, video=False, **cf
         f" {rates[2]:>10.1f} {rates[2] / rates[0]:>6.2f}x",
         flush=True,
     )
+    RESULTS[name] = {
+        "plain_clips_per_s": round(rates[0], 2),
+        "clips_per_s": round(rates[1], 2),
+        "speedup": round(rates[1] / rates[0], 3),
+        "decode_crop_bound": round(rates[2] / rates[0], 3),
+    }
     return rates
 
 
@@ -329,6 +341,11 @@ def length_rows(tmp: Path, args) -> None:
                     np.array_equal(np.asarray(got[k]), np.asarray(im)) for k, im in zip(wanted, ref)
                 )
         first = first or (ours_ms, plain_ms)
+        RESULTS[f"video of {n} frames, one 8-segment clip"] = {
+            "ms": round(ours_ms, 1),
+            "plain_ms": round(plain_ms, 1),
+            "speedup": round(plain_ms / ours_ms, 3),
+        }
         print(
             f"{n:>8} {ours_ms:>12.1f} {plain_ms:>11.1f} {ours_ms / first[0]:>11.2f}x"
             f" {plain_ms / first[1]:>12.2f}x",
@@ -354,7 +371,12 @@ def main(argv=None):
     p.add_argument(
         "--lengths", type=int, nargs="+", default=[200, 800, 3200], help="video lengths (frames)"
     )
+    p.add_argument("--quick", action="store_true", help="fewer clips and rounds (CI)")
+    p.add_argument("--json", help="write the rows here")
     args = p.parse_args(argv)
+    if args.quick:
+        args.rounds, args.train_clips, args.test_clips = 1, 4, 1
+        args.video_clips, args.length_clips, args.lengths = 2, 1, [100, 400]
     torch.set_num_threads(1)  # a DataLoader worker runs one torch thread
 
     videos = {"long_a": 300, "long_b": 250, "short_a": 5, "short_b": 6}
@@ -408,7 +430,11 @@ def main(argv=None):
             video_rows(Path(tmp), args)
             length_rows(Path(tmp), args)
     print("outputs identical (torch.equal / same pixels) for every row")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"rows": RESULTS}, f, indent=2)
+    return {"rows": RESULTS}
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
