@@ -31,8 +31,8 @@ from ops import distributed as du
 from ops import evaluation
 from ops.checkpoint import (
     CheckpointError,
+    build_model_from_checkpoint,
     load_checkpoint,
-    load_model_weights,
     model_config_from_checkpoint,
 )
 from ops.dataset import TSNDataSet
@@ -44,7 +44,6 @@ from ops.dataset_config import (
     read_categories,
     resolve_dataset,
 )
-from ops.models import TSN
 from ops.utils import setup_logging
 
 logger = logging.getLogger("test_models")
@@ -289,13 +288,9 @@ def build_model(
             "--dense_sample",
             os.path.basename(weights),
         )
-    cfg.update(num_class=num_class, num_segments=num_segments, print_spec=False)
-    cfg["pretrain"] = "scratch"  # every weight comes from the checkpoint: no ImageNet download
-    if input_size is not None:
-        cfg["input_size"] = input_size
-    model = TSN(**cfg)
-    load_model_weights(model, state_dict)
-    return model.eval()
+    return build_model_from_checkpoint(
+        ckpt, cfg, num_class=num_class, num_segments=num_segments, input_size=input_size
+    )
 
 
 def class_names(args: argparse.Namespace, modality: str, num_class: int) -> list[str]:

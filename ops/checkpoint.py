@@ -256,3 +256,23 @@ def load_model_weights(model: nn.Module, state_dict: dict) -> None:
             "check the architecture settings (arch, shift, non-local, number of classes)"
         )
     model.load_state_dict(sd, strict=True)
+
+
+NON_MODEL_KEYS = ("dataset", "dense_sample")  # in a checkpoint's config, but not TSN keywords
+
+
+def build_model_from_checkpoint(ckpt: dict, cfg: dict, **overrides) -> nn.Module:
+    """The ``TSN`` a checkpoint was trained as, with its weights, in eval mode.
+
+    ``cfg`` comes from ``model_config_from_checkpoint``; ``overrides`` change TSN keywords that the
+    weights do not depend on (``num_segments``, ``input_size``, fast-path switches, ...). The
+    backbone is built from scratch: every weight comes from the checkpoint, nothing is downloaded.
+    """
+    from ops.models import TSN  # local: ops.models is heavy and does not need this module
+
+    kwargs = {k: v for k, v in cfg.items() if k not in NON_MODEL_KEYS}
+    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    kwargs.update(pretrain="scratch", print_spec=False)
+    model = TSN(**kwargs)
+    load_model_weights(model, ckpt["state_dict"])
+    return model.eval()

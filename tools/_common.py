@@ -132,9 +132,6 @@ def count_frames(folder: str, image_tmpl: str) -> tuple[int, int]:
 # models
 # ---------------------------------------------------------------------------------------------
 # Keys that model_config_from_checkpoint returns next to the TSN keywords.
-_NON_MODEL_KEYS = ("dataset", "dense_sample")
-
-
 def model_config(weights: str) -> tuple[dict, dict]:
     """``(TSN keywords, checkpoint)`` of a checkpoint file (ours or a published one)."""
     from ops.checkpoint import load_checkpoint, model_config_from_checkpoint
@@ -156,24 +153,13 @@ def model_from_checkpoint(
     depend on them); ``overrides`` are further TSN keywords (e.g. ``rnl_fused=False``). The
     returned config also holds ``dataset`` (None when unknown).
     """
-    from ops.checkpoint import load_model_weights
-    from ops.models import TSN
+    from ops.checkpoint import build_model_from_checkpoint
 
     cfg, ckpt = model_config(weights)
-    dataset = cfg.get("dataset")
-    for key in _NON_MODEL_KEYS:
-        cfg.pop(key, None)
-    if num_segments is not None:
-        cfg["num_segments"] = num_segments
-    if input_size is not None:
-        cfg["input_size"] = input_size
-    cfg.update(overrides)
-    cfg.update(pretrain="scratch", print_spec=False)  # every weight comes from the checkpoint
-    model = TSN(**cfg)
-    load_model_weights(model, ckpt["state_dict"])
-    model.eval()
-    cfg["dataset"] = dataset
-    return model, cfg
+    model = build_model_from_checkpoint(
+        ckpt, cfg, num_segments=num_segments, input_size=input_size, **overrides
+    )
+    return model, {**model.model_config(), "dataset": cfg.get("dataset")}
 
 
 # ---------------------------------------------------------------------------------------------
