@@ -76,7 +76,7 @@ class DistContext:
         return self.rank == 0
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -356,9 +356,12 @@ def spawn(
         while not ctx.join():
             pass
     except mp.ProcessExitedException as exc:
+        if exc.exit_code < 0:
+            how = f"was killed by signal {-exc.exit_code} ({signal.Signals(-exc.exit_code).name})"
+        else:
+            how = f"exited with code {exc.exit_code} (its log line above says why)"
         raise RankFailureError(
-            f"worker {exc.error_index} exited with code {exc.exit_code}; the other workers were "
-            "stopped (see the worker's log line above for the reason)"
+            f"worker {exc.error_index} {how}; the other workers were stopped"
         ) from None
     except mp.ProcessRaisedException as exc:
         last = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"

@@ -32,6 +32,7 @@ CSV_FIELDS = (
     "val_top5",
     "best_top1",
     "skipped_videos",
+    "replaced_frames",
     "seconds",
 )
 
@@ -86,6 +87,57 @@ class RunLogger:
             csv.writer(f).writerow([_fmt(row.get(k)) for k in CSV_FIELDS])
         if self._writer is not None:
             self._writer.flush()
+
+    def epoch(self, epoch: int, *, train, val, best_top1: float, bad_data: dict) -> None:
+        """Record a finished epoch (1-based): scalars, a CSV row and the validation line.
+
+        `train` / `val` are `ops.trainer.EpochStats` (val None when not validated this epoch);
+        `bad_data` has `videos_skipped` and `frames_replaced` (totals so far).
+        """
+        row = {
+            "epoch": epoch,
+            "lr": train.lr,
+            "train_loss": train.loss,
+            "train_top1": train.top1,
+            "train_top5": train.top5,
+            "train_clips_per_s": train.clips_per_s,
+            "seconds": train.seconds,
+            "skipped_videos": bad_data["videos_skipped"],
+            "replaced_frames": bad_data["frames_replaced"],
+        }
+        scalars = {
+            "loss/train": train.loss,
+            "acc/train_top1": train.top1,
+            "acc/train_top5": train.top5,
+            "lr": train.lr,
+            "throughput/clips_per_s": train.clips_per_s,
+        }
+        if val is not None:
+            row.update(val_loss=val.loss, val_top1=val.top1, val_top5=val.top5, best_top1=best_top1)
+            scalars.update(
+                {
+                    "loss/val": val.loss,
+                    "acc/val_top1": val.top1,
+                    "acc/val_top5": val.top5,
+                    "acc/val_top1_best": best_top1,
+                }
+            )
+            text = (
+                f"Testing Results: Prec@1 {val.top1:.3f} Prec@5 {val.top5:.3f} "
+                f"Loss {val.loss:.5f} (best Prec@1 {best_top1:.3f})"
+            )
+            if self.enabled:
+                logger.info("epoch %d: %s", epoch, text)
+            self.line(text)
+        if self.enabled and (bad_data["videos_skipped"] or bad_data["frames_replaced"]):
+            logger.warning(
+                "data problems so far: %d video loads skipped, %d frames replaced (log.csv has "
+                "them per epoch; tools/check_data.py lists the files)",
+                bad_data["videos_skipped"],
+                bad_data["frames_replaced"],
+            )
+        self.scalars(scalars, epoch)
+        self.epoch_row(row)
 
     def close(self) -> None:
         if self._writer is not None:

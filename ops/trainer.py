@@ -139,11 +139,14 @@ def train_one_epoch(
     channels_last: bool = False,
     run_logger: RunLogger | None = None,
     print_freq: int = 20,
+    min_batch: int = 1,
     on_step: Callable[[int, int], None] | None = None,
 ) -> EpochStats:
     """Train over `loader` (which yields iterations `start_iter .. iters_per_epoch - 1`).
 
-    `model` is the DDP-wrapped model when distributed. `epoch` counts from 0. `on_step(epoch, i)`
+    `model` is the DDP-wrapped model when distributed. `epoch` counts from 0. Batches with fewer
+    than `min_batch` clips (after the data layer dropped unreadable videos) are skipped on all
+    ranks, e.g. 2 for models with a BatchNorm1d (the RNL channel gate). `on_step(epoch, i)`
     is called after every optimizer step (used by tests to inject faults). Returns the epoch's
     stats; `stopped_at` is set when a stop request ended it early.
     """
@@ -160,21 +163,26 @@ def train_one_epoch(
     start_time = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     i = start_iter - 1
-    for i, (data, target) in enumerate(loader, start=start_iter):
+    for i, batch in enumerate(loader, start=start_iter):
+        # The data layer's collate returns None when every clip of the batch was unreadable.
+        data, target = batch if batch is not None else (torch.zeros(0), torch.zeros(0))
         group_start = (i // batch_multiplier) * batch_multiplier
         group_size = min(batch_multiplier, n - group_start)
         last_in_group = i == group_start + group_size - 1
 
         # Agree on stopping (only at a group boundary) and on empty batches.
         flags = all_reduce_sum(
-            torch.tensor([float(stop.requested), float(data.numel() == 0)], dtype=torch.float64),
+            torch.tensor(
+                [float(stop.requested), float(len(target) < min_batch)], dtype=torch.float64
+            ),
             ctx,
         )
         if flags[0] > 0 and i == group_start:
             stats.stopped_at = i
             break
         if flags[1] > 0:
-            # Every clip of some rank's batch was unreadable: all ranks skip it, counted.
+            # Some rank's batch lost (nearly) all its clips to unreadable videos: all ranks skip
+            # it together (DDP needs every rank in every step), counted.
             skipped += 1
             if last_in_group:
                 _optimizer_step(optimizer, params, schedule, epoch + i / n, clip_gradient, scaler)
@@ -246,7 +254,7 @@ def train_one_epoch(
     bar.close()
     if skipped:
         logger.warning(
-            "epoch %d: %d iteration(s) skipped because a batch had no readable clip",
+            "epoch %d: %d iteration(s) skipped: a batch had too few readable clips",
             epoch + 1,
             skipped,
         )
@@ -300,10 +308,11 @@ def validate(
     clips = 0
     bar = _progress(len(loader), 0, ctx.is_main, desc=desc)
     start_time = time.perf_counter()
-    for data, target in loader:
-        if data.numel() == 0:
+    for batch in loader:
+        if batch is None:  # every clip of the batch was unreadable (counted by the data layer)
             bar.update(1)
             continue
+        data, target = batch
         data = data.to(ctx.device, non_blocking=True)
         target = target.to(ctx.device, non_blocking=True)
         if channels_last:

@@ -148,7 +148,7 @@ def _survivor_or_casualty(local_rank, port, behaviour, out_dir):
 def test_dead_or_hung_rank_makes_the_other_fail_instead_of_waiting(
     tmp_path, behaviour, max_seconds
 ):
-    port = du._free_port()
+    port = du.free_port()
     start = time.perf_counter()
     du.spawn(_survivor_or_casualty, 2, (port, behaviour, str(tmp_path)), forward_signals=False)
     elapsed = time.perf_counter() - start

@@ -1,0 +1,173 @@
+"""main.py end to end on a tiny synthetic dataset (CPU): outputs, exact resume, DDP replicas.
+
+The model is a TSM + RNL ResNet-18 at 32 px with 4 segments; the dataset has 2 classes x 4
+training videos, so a run takes seconds and most of the time goes into starting processes.
+"""
+
+import csv
+import glob
+import os
+
+import pytest
+import torch
+
+import main as train_main
+from ops.checkpoint import load_checkpoint
+from tools.make_synthetic import make_synthetic
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    make_synthetic(
+        str(root),
+        num_videos_per_class=4,
+        num_val_per_class=2,
+        num_frames=(8, 10),
+        size=(40, 32),
+        num_classes=2,
+        seed=0,
+    )
+    return str(root)
+
+
+def tiny_args(data_root, out, *extra):
+    return [
+        "--dataset",
+        "synthetic",
+        "--data_root",
+        data_root,
+        "--arch",
+        "resnet18",
+        "--pretrain",
+        "scratch",
+        "--shift",
+        "--non_local",
+        "--npb",
+        "--num_segments",
+        "4",
+        "--input_size",
+        "32",
+        "--batch_size",
+        "2",
+        "--lr",
+        "0.01",
+        "--wd",
+        "1e-4",
+        "--dropout",
+        "0.5",
+        "--gd",
+        "20",
+        "--lr_type",
+        "cos",
+        "--workers",
+        "0",
+        "--print-freq",
+        "1",
+        "--root_model",
+        os.path.join(out, "ckpt"),
+        "--root_log",
+        os.path.join(out, "log"),
+        *extra,
+    ]
+
+
+def params_of(path):
+    return load_checkpoint(path)["state_dict"]
+
+
+def assert_same_state(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+def test_two_epochs_write_checkpoints_and_logs(data_root, tmp_path):
+    out = train_main.main(tiny_args(data_root, str(tmp_path), "--epochs", "2", "--suffix", "t"))
+    name = out["run_name"]
+    run_dir = tmp_path / "ckpt" / name
+    assert sorted(os.listdir(run_dir)) == ["ckpt.best.pth.tar", "ckpt.pth.tar"]
+    ckpt = load_checkpoint(run_dir / "ckpt.pth.tar")  # weights_only loading
+    # Published keys plus what resuming and evaluation need.
+    for key in ("epoch", "arch", "state_dict", "optimizer", "best_prec1", "model_config"):
+        assert key in ckpt
+    assert ckpt["epoch"] == 2 and ckpt["iteration"] == 0 and ckpt["dataset"] == "synthetic"
+    assert ckpt["model_config"]["is_shift"] and ckpt["model_config"]["non_local"]
+    assert ckpt["model_config"]["num_class"] == 2 and ckpt["arch"] == "resnet18"
+    assert ckpt["lr_scheduler"]["iters_per_epoch"] == 4  # 8 videos / batch 2
+    assert isinstance(ckpt["rng_states"][0]["torch"], torch.Tensor)
+    assert ckpt["args"]["lr"] == 0.01 and ckpt["world_size"] == 1
+    assert not any(k.startswith("module.") for k in ckpt["state_dict"])
+
+    log_dir = tmp_path / "log" / name
+    with open(log_dir / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert all(r["val_top1"] != "" and r["train_loss"] != "" for r in rows)
+    # Validation accuracy on 4 videos can only be a multiple of 25%.
+    assert all(float(r["val_top1"]) % 25.0 == 0.0 for r in rows)
+    assert float(rows[1]["best_top1"]) == max(float(r["val_top1"]) for r in rows)
+    assert glob.glob(str(log_dir / "events.out.tfevents.*"))
+    assert (log_dir / "args.txt").is_file()
+    assert "Epoch: [2][4/4]" in (log_dir / "log.txt").read_text()
+    # The cosine schedule without warmup ends epoch 2 of 2 at lr 0.5*0.01*(1+cos(pi*7/8)).
+    assert float(rows[1]["lr"]) == pytest.approx(
+        0.005 * (1 + torch.cos(torch.tensor(7 / 8 * torch.pi)).item()), rel=1e-4
+    )
+
+
+def test_resume_after_epoch_one_is_bit_identical(data_root, tmp_path):
+    # Gradient accumulation, warmup, dropout and a loader worker all take part.
+    extra = ["--epochs", "3", "--batch_multiplier", "2", "--use_warmup", "--workers", "1"]
+    full = tmp_path / "full"
+    parts = tmp_path / "parts"
+    a = train_main.main(tiny_args(data_root, str(full), *extra))
+    b1 = train_main.main(tiny_args(data_root, str(parts), *extra, "--stop_after_epochs", "1"))
+    assert b1["stopped"]
+    first = load_checkpoint(parts / "ckpt" / b1["run_name"] / "ckpt.pth.tar")
+    assert first["epoch"] == 1
+    b2 = train_main.main(tiny_args(data_root, str(parts), *extra, "--resume", "auto"))
+    assert a["run_name"] == b2["run_name"]
+    ca = load_checkpoint(full / "ckpt" / a["run_name"] / "ckpt.pth.tar")
+    cb = load_checkpoint(parts / "ckpt" / b2["run_name"] / "ckpt.pth.tar")
+    assert ca["epoch"] == cb["epoch"] == 3
+    assert_same_state(ca["state_dict"], cb["state_dict"])
+    for sa, sb in zip(ca["optimizer"]["state"].values(), cb["optimizer"]["state"].values()):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+    # Training did move the weights away from the epoch-1 checkpoint.
+    assert not torch.equal(ca["state_dict"]["new_fc.weight"], first["state_dict"]["new_fc.weight"])
+    with open(parts / "log" / b2["run_name"] / "log.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]
+
+
+def test_ddp_two_gloo_processes_keep_identical_replicas(data_root, tmp_path):
+    out = train_main.main(
+        tiny_args(
+            data_root,
+            str(tmp_path),
+            "--epochs",
+            "2",
+            "--multiprocessing-distributed",
+            "--cpu_procs",
+            "2",
+            "--batch_size",
+            "4",  # per node: 2 clips per process
+            "--dist-backend",
+            "gloo",
+        )
+    )
+    run_dir = tmp_path / "ckpt" / out["run_name"]
+    assert sorted(os.listdir(run_dir)) == ["ckpt.best.pth.tar", "ckpt.pth.tar"]
+    ckpt = load_checkpoint(run_dir / "ckpt.pth.tar")
+    assert ckpt["epoch"] == 2 and ckpt["world_size"] == 2
+    # 8 videos over 2 processes x 2 clips: 2 iterations per epoch.
+    assert ckpt["lr_scheduler"]["iters_per_epoch"] == 2
+    # Every rank's parameter checksum, gathered when the checkpoint was written.
+    sums = ckpt["replica_checksums"]
+    assert len(sums) == 2 and sums[0] == sums[1]
+    assert len(ckpt["rng_states"]) == 2
+    assert not torch.equal(ckpt["rng_states"][0]["torch"], ckpt["rng_states"][1]["torch"])
+    log_dir = tmp_path / "log" / out["run_name"]
+    with open(log_dir / "log.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]
+    assert glob.glob(str(log_dir / "events.out.tfevents.*"))
