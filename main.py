@@ -35,7 +35,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ops import distributed as du
-from ops.checkpoint import CheckpointError, load_checkpoint, load_model_weights
+from ops.checkpoint import (
+    CheckpointError,
+    build_model_from_checkpoint,
+    load_checkpoint,
+    model_config_from_checkpoint,
+)
 from ops.dataset import DataError, TSNDataSet, collate
 from ops.dataset_config import NO_FLIP_DATASETS, default_data_root
 from ops.evaluation import build_test_transform, evaluate_model, summarize
@@ -405,10 +410,7 @@ def demo_evaluation(args: argparse.Namespace, name: str) -> dict:
     data = resolve_data(args, dry_run=False)
     path = os.path.join(args.root_model, name, "ckpt.best.pth.tar")
     ckpt = load_checkpoint(path)
-    cfg = dict(ckpt["model_config"])
-    model = TSN(**cfg, pretrain="scratch", print_spec=False)
-    load_model_weights(model, ckpt["state_dict"])
-    model.eval()
+    model = build_model_from_checkpoint(ckpt, model_config_from_checkpoint(ckpt, path))
     transform = build_test_transform(
         1, model.scale_size, model.crop_size, model.input_mean, model.input_std
     )
