@@ -197,7 +197,7 @@ def _train(ctx: du.DistContext, plan: du.LaunchPlan, args: argparse.Namespace, n
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same Parameter objects
     model.to(ctx.device)
     if args.channels_last:
-        model.to(memory_format=torch.channels_last)
+        model.to_channels_last()  # 2-D conv weights only (the RNL parts are 5-D)
     model.partialBN(not args.no_partialbn)
     model.train()  # partial BN freezes its parameters before DDP records which ones train
     optimizer = torch.optim.SGD(

@@ -173,6 +173,47 @@ def test_ddp_two_gloo_processes_keep_identical_replicas(data_root, tmp_path):
     assert glob.glob(str(log_dir / "events.out.tfevents.*"))
 
 
+def test_evaluate_and_tune_from_load_a_finished_run(data_root, tmp_path):
+    first = train_main.main(tiny_args(data_root, str(tmp_path / "a"), "--epochs", "1"))
+    ckpt_path = tmp_path / "a" / "ckpt" / first["run_name"] / "ckpt.pth.tar"
+    with open(tmp_path / "a" / "log" / first["run_name"] / "log.csv") as f:
+        logged = list(csv.DictReader(f))[0]
+
+    # --evaluate with the checkpoint reproduces the validation of the epoch that wrote it.
+    evaluated = train_main.main(
+        tiny_args(
+            data_root,
+            str(tmp_path / "e"),
+            "--epochs",
+            "1",
+            "--evaluate",
+            "--resume",
+            str(ckpt_path),
+        )
+    )
+    assert evaluated["val_top1"] == pytest.approx(float(logged["val_top1"]))
+    assert evaluated["val_loss"] == pytest.approx(float(logged["val_loss"]), rel=1e-5)
+
+    # --tune_from the same dataset loads every weight, classifier included: with lr 0 they stay.
+    tuned = train_main.main(
+        tiny_args(
+            data_root,
+            str(tmp_path / "t"),
+            "--epochs",
+            "1",
+            "--lr",
+            "0",
+            "--tune_from",
+            str(ckpt_path),
+        )
+    )
+    a = load_checkpoint(ckpt_path)["state_dict"]
+    t = load_checkpoint(tmp_path / "t" / "ckpt" / tuned["run_name"] / "ckpt.pth.tar")["state_dict"]
+    for k in a:
+        if "running_" not in k and "num_batches" not in k:  # BN statistics keep updating
+            assert torch.equal(a[k], t[k]), k
+
+
 @pytest.mark.slow
 def test_tsm_beats_tsn_on_the_demo_data(tmp_path, capsys):
     """The demo recipe (python main.py) with and without temporal shift / RNL blocks.
