@@ -464,6 +464,16 @@ def _run(args: argparse.Namespace) -> dict:
         cpu_procs=args.cpu_procs,
         num_visible_gpus=visible_gpus(args),
     )
+    if args.gpu is not None:
+        if plan.mode != "single":
+            raise ValueError(
+                "--gpu picks the device of a single-process run: drop it when distributed"
+            )
+        if not plan.use_cuda and not args.dry_run:
+            raise ValueError(
+                f"--gpu {args.gpu} given but no GPU is visible: drop --gpu to use the CPU"
+            )
+        plan.gpu = args.gpu
 
     if args.dry_run:
         lines = describe(args, plan, data, name) + [check_pretrained(args, dry_run=True)]

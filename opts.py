@@ -95,7 +95,19 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="add the region-based non-local blocks",
     )
-    g.add_argument("--nl_type", type=str, default="rnl", help="non-local variant (see ops/models)")
+    g.add_argument(
+        "--nl_type",
+        type=str,
+        default="rnl",
+        help="block attached by --non_local: a name in ops/non_local.py BLOCKS (rnl, nl, ...)",
+    )
+    g.add_argument(
+        "--nl_where",
+        type=str,
+        default=None,
+        help="comma-separated residual blocks to attach it after, e.g. layer2.0,layer3.0 "
+        "(default: the published placement)",
+    )
     g.add_argument(
         "--pretrain",
         type=str,

@@ -57,6 +57,7 @@ class LaunchPlan:
     use_cuda: bool
     local_world_size: int  # processes per node sharing --batch_size
     gpu_ids: list[int] | None = None  # --available_gpus
+    gpu: int | None = None  # --gpu: the one device of a single-process run
 
 
 @dataclass
@@ -244,7 +245,7 @@ def init_worker(plan: LaunchPlan, local_rank: int, timeout_minutes: float) -> Di
     `local_rank` is the spawn index for mode 'spawn', and read from the environment for 'env'.
     """
     if plan.mode == "single":
-        device = torch.device("cuda", 0) if plan.use_cuda else torch.device("cpu")
+        device = torch.device("cuda", plan.gpu or 0) if plan.use_cuda else torch.device("cpu")
         if plan.use_cuda:
             torch.cuda.set_device(device)
         return DistContext(False, 0, 1, 0, 1, device, None)

@@ -7,6 +7,8 @@ training videos, so a run takes seconds and most of the time goes into starting 
 import csv
 import glob
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -14,6 +16,8 @@ import torch
 import main as train_main
 from ops.checkpoint import load_checkpoint
 from tools.make_synthetic import make_synthetic
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +175,25 @@ def test_ddp_two_gloo_processes_keep_identical_replicas(data_root, tmp_path):
     with open(log_dir / "log.csv") as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]
     assert glob.glob(str(log_dir / "events.out.tfevents.*"))
+
+
+def test_torchrun_launch_env_rendezvous(data_root, tmp_path):
+    # The same 2-process CPU run started by torchrun instead of --multiprocessing-distributed.
+    args = tiny_args(data_root, str(tmp_path), "--epochs", "1", "--batch_size", "4")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.run(
+        [*cmd, os.path.join(REPO, "main.py"), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "world size 2" in proc.stderr and "env://" in proc.stderr
+    name = train_main.run_name(train_main.parse_args(args))
+    ckpt = load_checkpoint(tmp_path / "ckpt" / name / "ckpt.pth.tar")
+    assert ckpt["world_size"] == 2 and ckpt["lr_scheduler"]["iters_per_epoch"] == 2
+    assert len(set(ckpt["replica_checksums"])) == 1
 
 
 def test_evaluate_and_tune_from_load_a_finished_run(data_root, tmp_path):
