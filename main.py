@@ -95,13 +95,15 @@ USER_ERRORS = (
 def build_datasets(args: argparse.Namespace, model: TSN, data: dict):
     """Training (augmented) and validation (resize + centre crop) TSNDataSets, as TSM built them."""
     normalize = GroupNormalize(model.input_mean, model.input_std)
-    new_length = 1 if args.modality == "RGB" else 5
     common = dict(
         num_segments=args.num_segments,
-        new_length=new_length,
+        new_length=1 if args.modality == "RGB" else 5,
         modality=args.modality,
         image_tmpl=data["image_tmpl"],
         dense_sample=args.dense_sample,
+        num_class=data["num_class"],
+        skip_bad_lines=args.skip_bad_lines,
+        strict_data=args.strict_data,
     )
     flip = args.dataset not in NO_FLIP_DATASETS
     train_tf = torchvision.transforms.Compose(
@@ -121,11 +123,6 @@ def build_datasets(args: argparse.Namespace, model: TSN, data: dict):
             normalize,
         ]
     )
-    common.update(
-        num_class=data["num_class"],
-        skip_bad_lines=args.skip_bad_lines,
-        strict_data=args.strict_data,
-    )
     train = TSNDataSet(data["root_path"], data["train_list"], transform=train_tf, **common)
     val = TSNDataSet(
         data["root_path"], data["val_list"], transform=val_tf, random_shift=False, **common
@@ -139,31 +136,36 @@ def build_datasets(args: argparse.Namespace, model: TSN, data: dict):
 
 
 def worker(local_rank: int, plan: du.LaunchPlan, args: argparse.Namespace, name: str) -> dict:
-    """Train on one device: everything after the launch. Returns a summary (rank 0)."""
+    """Train on one device: everything after the launch. Returns a summary (rank 0).
+
+    In a distributed run a failure ends this process with one log line and exit code 1 (without
+    the process-group teardown, which could wait on a dead peer); the launcher (spawn, torchrun)
+    then stops the other ranks, which also notice on their own through the collective timeout.
+    """
     ctx = du.init_worker(plan, local_rank, args.dist_timeout)
     if plan.mode != "single":
         setup_logging(ctx.rank)
     try:
-        return _train(ctx, plan, args, name)
-    finally:
-        du.cleanup(ctx)
+        summary = _train(ctx, plan, args, name)
+    except Exception as exc:
+        if not ctx.distributed:
+            raise
+        if du.is_collective_failure(exc):
+            logger.error("lost contact with another rank (it died or hung): %s", _first_line(exc))
+        elif isinstance(exc, USER_ERRORS):
+            logger.error("%s", exc)
+        else:
+            logger.exception("rank %d failed", ctx.rank)
+        sys.stderr.flush()
+        os._exit(1)
+    du.cleanup(ctx)
+    return summary
 
 
 def _spawn_entry(local_rank: int, plan: du.LaunchPlan, args: argparse.Namespace, name: str):
-    """Entry point of a spawned worker: errors become one log line and exit code 1."""
+    """Entry point of a worker spawned by --multiprocessing-distributed."""
     setup_logging(rank=plan.node_rank * plan.nprocs + local_rank)
-    try:
-        worker(local_rank, plan, args, name)
-    except USER_ERRORS as exc:
-        logger.error("%s", exc)
-        sys.stderr.flush()
-        os._exit(1)  # skip destructors that could wait on a dead peer
-    except RuntimeError as exc:
-        if du.is_collective_failure(exc):
-            logger.error("lost contact with another rank (it died or hung): %s", _first_line(exc))
-            sys.stderr.flush()
-            os._exit(1)
-        raise
+    worker(local_rank, plan, args, name)
 
 
 def _first_line(exc: BaseException) -> str:

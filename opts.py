@@ -21,7 +21,7 @@ from ops.dataset_config import add_data_args
 # synthetic moving-object videos, trained from scratch on CPU in a few minutes. From scratch, the
 # published fc lr x5 / x10 and lr 0.02 make the classifier overshoot (the loss climbs above
 # chance), so the demo uses lr 0.004 without fc_lr5; 32 px crops keep an iteration near 0.3 s
-# on 2 cores, and 600 iterations (20 epochs of 30) let TSM learn the direction of motion.
+# on 2 cores, and 750 iterations (25 epochs of 30) let TSM learn the direction of motion.
 DEMO_DEFAULTS: dict[str, object] = {
     "dataset": "synthetic",
     "arch": "resnet18",
@@ -35,7 +35,7 @@ DEMO_DEFAULTS: dict[str, object] = {
     "dropout": 0.5,
     "no_partialbn": True,
     "fc_lr5": False,
-    "epochs": 20,
+    "epochs": 25,
     "batch_size": 8,
     "lr": 0.004,
     "weight_decay": 1e-4,
@@ -226,7 +226,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
     g = parser.add_argument_group("run")
     g.add_argument("--root_log", type=str, default="log")
-    g.add_argument("--root_model", type=str, default="checkpoint")
+    g.add_argument("--root_model", "--root-model", type=str, default="checkpoint")
     g.add_argument("--suffix", type=str, default=None, help="appended to the run name")
     g.add_argument(
         "--resume",

@@ -156,6 +156,8 @@ def test_ddp_two_gloo_processes_keep_identical_replicas(data_root, tmp_path):
             "2",
             "--batch_size",
             "4",  # per node: 2 clips per process
+            "--batch_multiplier",
+            "2",  # the first iteration of each step runs under DDP's no_sync
             "--dist-backend",
             "gloo",
         )
@@ -243,7 +245,7 @@ def test_tsm_beats_tsn_on_the_demo_data(tmp_path, capsys):
 
     The synthetic classes come in time-reversed pairs made of the very same frames, so a model
     that cannot compare frames (TSN: per-frame logits averaged) stays near chance on them.
-    ~4 minutes per variant on 2 CPU cores.
+    ~4-5 minutes per variant on 2 CPU cores.
     """
     root = str(tmp_path / "data")
     make_synthetic(root, seed=0)  # the demo's dataset (default sizes)
