@@ -181,6 +181,7 @@ def model_config_from_checkpoint(ckpt: dict, path: str | os.PathLike) -> dict:
     if isinstance(ckpt.get("model_config"), dict):
         cfg = dict(ckpt["model_config"])
         cfg["dataset"] = ckpt.get("dataset")
+        cfg["dense_sample"] = bool(ckpt.get("dense_sample", False))
         return cfg
     parsed = parse_published_name(path)
     sd = strip_module_prefix(ckpt["state_dict"])
