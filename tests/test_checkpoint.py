@@ -193,6 +193,7 @@ def test_own_checkpoint_config_wins_over_file_name(tmp_path):
             "state_dict": model.state_dict(),
             "model_config": model.model_config(),
             "dataset": "synthetic",
+            "dense_sample": True,
         },
         path,
     )
@@ -200,3 +201,4 @@ def test_own_checkpoint_config_wins_over_file_name(tmp_path):
     assert (
         cfg["dataset"] == "synthetic" and cfg["base_model"] == "resnet18" and cfg["num_class"] == 3
     )
+    assert cfg["dense_sample"] is True
