@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from benchmarks.measure import measure, run_child
+from benchmarks.measure import measure, run_child, save_result
 
 CONFIGS = {
     # name: (fused attention, region conv impl, channels_last_3d input)
@@ -124,10 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
         "size": size,
         "rows": rows,
     }
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-    return result
+    return save_result(result, args.json)
 
 
 if __name__ == "__main__":

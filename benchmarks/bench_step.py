@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from benchmarks.measure import measure, run_child
+from benchmarks.measure import measure, run_child, save_result
 
 # name: TSN fast-path keywords, autocast dtype, channels_last
 CONFIGS = {
@@ -184,10 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": args.device,
         "rows": rows,
     }
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-    return result
+    return save_result(result, args.json)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ on purpose: it measures the network, not the JPEG decoder.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -24,6 +23,7 @@ from torch.utils.data import Dataset
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.measure import save_result  # noqa: E402
 from ops import evaluation  # noqa: E402
 from ops.models import TSN  # noqa: E402
 
@@ -121,10 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, vps in rows:
         print(f"{name:<36} {vps:>9.3f} {vps / base:>8.2f}x")
         result["rows"][name] = {"videos_per_s": round(vps, 4), "speedup": round(vps / base, 3)}
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-    return result
+    return save_result(result, args.json)
 
 
 if __name__ == "__main__":

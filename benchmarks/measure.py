@@ -53,6 +53,14 @@ def measure(work: Callable[[], None], repeats: int = 3, device: str = "cpu") -> 
     return {"peak_mib": round(peak, 1), "seconds": statistics.median(times)}
 
 
+def save_result(result: dict, path: str | None) -> dict:
+    """Write a benchmark's result dict as JSON to ``path`` (if given) and return it."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
 def run_child(module: str, args: list[str], timeout: float = 900) -> dict:
     """Run ``python -m module --child ...args`` and return the JSON dict it prints last."""
     cmd = [sys.executable, "-m", module, "--child", *args]
