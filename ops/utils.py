@@ -42,12 +42,26 @@ def accuracy(output: torch.Tensor, target: torch.Tensor, topk=(1,)) -> list[floa
     return [correct[:, : min(k, maxk)].any(dim=1).float().sum().item() * 100.0 / n for k in topk]
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each record, not the stream that was
+    current when logging was set up (it may since have been replaced and closed, e.g. by pytest's
+    capture or by a caller that redirects stderr)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(rank: int = 0, level: int = logging.INFO) -> None:
     """Log to stderr with a timestamp; ranks other than 0 only log warnings and errors."""
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     fmt = "%(asctime)s %(levelname).1s %(name)s: %(message)s"
     if rank != 0:
         fmt = f"[rank {rank}] " + fmt

@@ -199,5 +199,6 @@ def test_killed_rank_makes_the_run_exit_with_a_clear_error(data_root, tmp_path):
     errors = [line for line in out.splitlines() if line.startswith("main.py: error:")]
     assert len(errors) == 1, out
     assert "worker" in errors[0] and "killed by signal 9 (SIGKILL)" in errors[0]
-    assert "lost contact with another rank" in out  # the survivor's own line
+    # The survivor's own "lost contact with another rank" line is raced by the parent terminating
+    # it; tests/test_distributed.py checks that a survivor on its own fails instead of waiting.
     assert "Traceback" not in out

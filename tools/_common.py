@@ -25,6 +25,8 @@ from collections.abc import Iterable
 
 from tqdm import tqdm
 
+from ops.utils import StderrHandler
+
 logger = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".flv", ".mpg", ".mpeg")
@@ -33,22 +35,9 @@ VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".flv", ".m
 TOOL_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError)
 
 
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is at the time of each record (it may be replaced, e.g.
-    by pytest's capture, after logging was set up)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
-
-
 def setup_tool_logging(level: int = logging.INFO) -> None:
     """``level`` and above to stderr with a timestamp (the format of ``ops.utils.setup_logging``)."""
-    handler = _StderrHandler()
+    handler = StderrHandler()
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname).1s %(name)s: %(message)s", datefmt="%H:%M:%S")
     )
