@@ -1,0 +1,43 @@
+"""`python -m benchmarks all --quick` writes every row, each with its ratio against plain."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# about 1.5 minutes on 2 cores (every part runs in fresh processes): kept in the default run so CI
+# checks that the suite the README quotes still runs
+def test_quick_suite_writes_every_row_with_its_ratio(tmp_path):
+    out = tmp_path / "suite.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "all", "--quick", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    suite = json.loads(out.read_text())
+    rows = suite["rows"]
+    expected = (
+        [f"step {m}: {c}" for m in ("train", "infer") for c in ("plain", "fast fp32", "fast bf16")]
+        + [f"rnl block {s}: {c}" for s in ("layer2", "layer3")
+           for c in ("plain (explicit + masked conv)", "explicit + depthwise", "fused + masked conv", "fused + depthwise")]
+        + ["data train: 8 seg, 224, multi-scale crop + flip", "data test: 8 seg, 3 crops 256 x 10 dense clips",
+           "data train: 8 seg, 224, mp4 short side 256"]
+        + ["test plain (explicit attention, masked conv)", "test fast (fused, depthwise)"]
+    )  # fmt: skip
+    missing = [r for r in expected if r not in rows]
+    assert not missing, missing
+    for mode in ("train", "infer"):  # ratios recomputed from the raw figures
+        base = rows[f"step {mode}: plain"]
+        for c in ("fast fp32", "fast bf16"):
+            r = rows[f"step {mode}: {c}"]
+            assert r["speedup"] == pytest.approx(r["clips_per_s"] / base["clips_per_s"], rel=0.02)
+            assert r["mem_ratio"] == pytest.approx(r["peak_mib"] / base["peak_mib"], rel=0.02)
+    for name, r in rows.items():
+        assert any(k in r for k in ("speedup", "time_ratio", "mem_ratio")), name
+        assert name in proc.stdout  # printed in the summary too
+    assert suite["date"] and suite["machine"]
