@@ -4,6 +4,8 @@ import logging
 
 import pytest
 
+from tools.make_synthetic import make_synthetic
+
 
 @pytest.fixture(autouse=True)
 def _restore_root_logger():
@@ -14,3 +16,19 @@ def _restore_root_logger():
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """A tiny synthetic dataset (2 classes x 4 training videos, 40x32 frames) for main.py runs."""
+    root = tmp_path_factory.mktemp("data")
+    make_synthetic(
+        str(root),
+        num_videos_per_class=4,
+        num_val_per_class=2,
+        num_frames=(8, 10),
+        size=(40, 32),
+        num_classes=2,
+        seed=0,
+    )
+    return str(root)

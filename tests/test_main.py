@@ -20,21 +20,6 @@ from tools.make_synthetic import make_synthetic
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_synthetic(
-        str(root),
-        num_videos_per_class=4,
-        num_val_per_class=2,
-        num_frames=(8, 10),
-        size=(40, 32),
-        num_classes=2,
-        seed=0,
-    )
-    return str(root)
-
-
 def tiny_args(data_root, out, *extra):
     return [
         "--dataset",
