@@ -41,6 +41,7 @@ from ops.checkpoint import (
     load_checkpoint,
     model_config_from_checkpoint,
 )
+from ops.compile import maybe_compile
 from ops.dataset import DataError, TSNDataSet, collate
 from ops.dataset_config import NO_FLIP_DATASETS, default_data_root
 from ops.evaluation import build_test_transform, evaluate_model, summarize
@@ -223,8 +224,8 @@ def _train(ctx: du.DistContext, plan: du.LaunchPlan, args: argparse.Namespace, n
     if ctx.distributed:
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    if args.compile:
-        train_model = torch.compile(train_model)
+    # Lazy: a compilation failure shows at the first step, where the wrapper falls back to eager.
+    train_model = maybe_compile(train_model, args.compile, backend=args.compile_backend)
 
     # ---- data ---------------------------------------------------------------------------------
     train_set, val_set = build_datasets(args, model, data)
@@ -239,6 +240,8 @@ def _train(ctx: du.DistContext, plan: du.LaunchPlan, args: argparse.Namespace, n
         batch_size=batch,
         num_workers=args.workers,
         pin_memory=ctx.device.type == "cuda",
+        # Workers live for the whole run (SeededDataset shares the epoch with them).
+        persistent_workers=args.persistent_workers and args.workers > 0,
         collate_fn=collate,  # drops unreadable videos (counted by the dataset)
         # The loaders' own generator seeds their workers, so starting an epoch leaves the
         # global RNG (dropout) alone; augmentation draws come from SeededDataset.
@@ -376,6 +379,8 @@ def _train(ctx: du.DistContext, plan: du.LaunchPlan, args: argparse.Namespace, n
         stop.uninstall()
         run_log.close()
     summary["best_prec1"] = best_prec1
+    # True when every training step ran through torch.compile (False without --compile).
+    summary["compiled"] = bool(getattr(train_model, "compiled", False))
     if ctx.is_main:
         logger.info(train_set.bad_data_report())
     return summary

@@ -222,7 +222,19 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g = parser.add_argument_group("speed")
     g.add_argument("--amp", type=str, default="off", choices=["off", "fp16", "bf16"])
     g.add_argument("--channels_last", default=False, action="store_true")
-    g.add_argument("--compile", default=False, action="store_true", help="torch.compile the model")
+    g.add_argument(
+        "--compile",
+        default=False,
+        action="store_true",
+        help="torch.compile the training model (falls back to eager mode with a warning where "
+        "compilation fails; validation runs eager)",
+    )
+    g.add_argument(
+        "--compile_backend",
+        type=str,
+        default="inductor",
+        help="torch.compile backend for --compile (e.g. aot_eager to debug a compilation problem)",
+    )
 
     g = parser.add_argument_group("run")
     g.add_argument("--root_log", type=str, default="log")
@@ -241,6 +253,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--eval-freq", "-ef", type=int, default=1, dest="eval_freq")
     g.add_argument("--print-freq", "-p", type=int, default=20, dest="print_freq")
     g.add_argument("--workers", "-j", type=int, default=8, help="data loading workers per process")
+    g.add_argument(
+        "--persistent_workers",
+        default=True,
+        action=argparse.BooleanOptionalAction,
+        help="keep the loaders' worker processes between epochs (default: on; the batches are "
+        "the same either way)",
+    )
     g.add_argument("--seed", type=int, default=0, help="seed of model init, sampling and dropout")
     g.add_argument(
         "--stop_after_epochs",

@@ -81,17 +81,22 @@ class SeededDataset(Dataset):
 
     Before `dataset[i]` the global python / numpy / torch generators are seeded from
     (seed, epoch, i), and afterwards restored, so that loading in the main process (workers=0)
-    does not disturb the training's own random stream. Call `set_epoch` before each epoch; the
-    loader's worker processes receive the new epoch when they start (non-persistent workers).
+    does not disturb the training's own random stream. Call `set_epoch` before each epoch (before
+    iterating the loader). The epoch lives in a one-element tensor in shared memory, so a loader's
+    persistent worker processes, started in an earlier epoch, read the new value too.
     """
 
     def __init__(self, dataset: Dataset, seed: int) -> None:
         self.dataset = dataset
         self.seed = seed
-        self.epoch = 0
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -129,6 +129,38 @@ def test_resume_after_epoch_one_is_bit_identical(data_root, tmp_path):
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]
 
 
+def test_persistent_workers_train_exactly_like_fresh_workers(data_root, tmp_path):
+    # Persistent workers (the default) are started once; fresh ones are started every epoch and
+    # learn the epoch when they start. Both must feed identical batches, so identical weights.
+    extra = ["--epochs", "2", "--workers", "2"]
+    kept = train_main.main(tiny_args(data_root, str(tmp_path / "kept"), *extra))
+    fresh = train_main.main(
+        tiny_args(data_root, str(tmp_path / "fresh"), *extra, "--no-persistent_workers")
+    )
+    ca = params_of(tmp_path / "kept" / "ckpt" / kept["run_name"] / "ckpt.pth.tar")
+    cb = params_of(tmp_path / "fresh" / "ckpt" / fresh["run_name"] / "ckpt.pth.tar")
+    assert_same_state(ca, cb)
+
+
+def test_compile_trains_like_eager(data_root, tmp_path):
+    # aot_eager runs Dynamo and AOTAutograd (the compiled graph, forward and backward) without
+    # code generation, so it is quick; the inductor backend is compared in test_compile.py.
+    extra = ["--epochs", "1", "--dropout", "0"]
+    eager = train_main.main(tiny_args(data_root, str(tmp_path / "eager"), *extra))
+    comp = train_main.main(
+        tiny_args(
+            data_root, str(tmp_path / "comp"), *extra, "--compile", "--compile_backend", "aot_eager"
+        )
+    )
+    assert comp["compiled"] and not eager["compiled"]  # it did run compiled, to the end
+    ca = params_of(tmp_path / "eager" / "ckpt" / eager["run_name"] / "ckpt.pth.tar")
+    cb = params_of(tmp_path / "comp" / "ckpt" / comp["run_name"] / "ckpt.pth.tar")
+    assert ca.keys() == cb.keys()  # the wrapper adds no prefix to the saved weights
+    for k in ca:
+        if ca[k].is_floating_point():
+            torch.testing.assert_close(cb[k], ca[k], rtol=1e-3, atol=1e-5, msg=k)
+
+
 def test_ddp_two_gloo_processes_keep_identical_replicas(data_root, tmp_path):
     out = train_main.main(
         tiny_args(

@@ -4,8 +4,9 @@ import io
 import random
 
 import numpy as np
+import pytest
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from ops.seeding import EpochSampler, SeededDataset, rng_state, seed_all, set_rng_state
 
@@ -62,6 +63,31 @@ def test_seeded_items_do_not_depend_on_order_or_global_state():
     assert len({d[1] for d in forward}) == 6
     ds.set_epoch(3)
     assert [ds[i] for i in range(6)] != forward
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_persistent_workers_see_each_new_epoch(context):
+    # Workers started in epoch 0 and kept alive must draw epoch 1's and 2's numbers, exactly as
+    # the main process (workers=0) does; with a stale epoch they would repeat epoch 0's draws.
+    ds = SeededDataset(Draws(), seed=5)
+    loader = DataLoader(
+        ds,
+        batch_size=2,
+        num_workers=2,
+        persistent_workers=True,
+        multiprocessing_context=context,
+        collate_fn=list,
+    )
+    iterators, previous = set(), None
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        got = [item for batch in loader for item in batch]
+        iterators.add(id(loader._iterator))  # one iterator, one set of workers, for all epochs
+        expected = [ds[i] for i in range(6)]  # computed in the main process
+        assert got == expected, f"epoch {epoch}"
+        assert got != previous
+        previous = got
+    assert len(iterators) == 1
 
 
 def test_rng_state_survives_a_weights_only_checkpoint():

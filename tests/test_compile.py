@@ -1,0 +1,129 @@
+"""--compile (ops/compile.py): the compiled model computes what the eager one does, and a failed
+compilation falls back to eager mode with one warning and without side effects."""
+
+import logging
+import shutil
+
+import torch
+from torch import nn
+
+from ops.compile import CompiledWithFallback
+from tests.test_fast_paths import _close, _model, _run
+
+FAST = dict(rnl_fused=True, region_impl="depthwise", shift_recompute=True)
+
+
+def _clip():
+    torch.manual_seed(1)
+    return torch.randn(2, 4 * 3, 64, 64)
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "ops.compile"]
+
+
+def _compare_compiled(backend: str, caplog, train: bool) -> CompiledWithFallback:
+    clip = _clip()
+    eager = _run(_model(**FAST), clip, train=train)
+    model = _model(**FAST)
+    wrapped = CompiledWithFallback(model, backend=backend)
+    with caplog.at_level(logging.WARNING, logger="ops.compile"):
+        got = _run_wrapped(wrapped, clip, train=train)
+    assert len(got) == len(eager)
+    for a, b in zip(got, eager):
+        assert _close(a, b, 5e-4)  # output and every parameter gradient
+    return wrapped
+
+
+def _run_wrapped(wrapped: CompiledWithFallback, clip, train: bool = True) -> list[torch.Tensor]:
+    wrapped.train(train)
+    wrapped.zero_grad(set_to_none=True)
+    out = wrapped(clip)
+    loss = nn.functional.cross_entropy(out, torch.tensor([1, 4]))
+    loss.backward()
+    return [out.detach()] + [p.grad.clone() for p in wrapped.module.parameters() if p.grad is not None]
+
+
+def test_wrapper_exposes_the_model_weights_once():
+    model = _model(**FAST)
+    wrapped = CompiledWithFallback(model, backend="aot_eager")
+    assert list(wrapped.state_dict()) == ["module." + k for k in model.state_dict()]
+    assert [id(p) for p in wrapped.parameters()] == [id(p) for p in model.parameters()]
+
+
+def test_aot_eager_graph_matches_eager(caplog):
+    # Dynamo's graph capture and AOTAutograd's forward/backward split, without code generation.
+    wrapped = _compare_compiled("aot_eager", caplog, train=True)
+    assert wrapped.compiled and not _warnings(caplog)
+
+
+def test_inductor_matches_eager(caplog):
+    # The default backend, with generated C++ kernels on CPU (the first call takes about a minute
+    # on 2 cores). Without a C++ compiler inductor cannot run: then the wrapper must have fallen
+    # back with its warning, and the results must still match. BN with running statistics: the
+    # kernels sum in another order, and batch statistics of a 2-clip, 64-px batch turn that fp32
+    # rounding into a few percent in early gradients (as they do between fp32 and fp64).
+    wrapped = _compare_compiled("inductor", caplog, train=False)
+    has_compiler = any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+    if has_compiler:
+        assert wrapped.compiled and not _warnings(caplog)
+    else:
+        assert not wrapped.compiled and "continuing in eager mode" in caplog.text
+
+
+def _failing_backend(gm, example_inputs):
+    raise RuntimeError("no compiler here\nsecond line of the message")
+
+
+def test_failed_compilation_warns_once_and_runs_eager(caplog):
+    clip = _clip()
+    eager = _run(_model(**FAST), clip)
+    wrapped = CompiledWithFallback(_model(**FAST), backend=_failing_backend)
+    with caplog.at_level(logging.WARNING, logger="ops.compile"):
+        first = _run_wrapped(wrapped, clip)
+        second = _run_wrapped(wrapped, clip)
+    assert not wrapped.compiled
+    assert len(_warnings(caplog)) == 1
+    message = _warnings(caplog)[0]
+    assert "\n" not in message and "no compiler here" in message and "eager mode" in message
+    for a, b, c in zip(first, second, eager):
+        assert torch.equal(a, c) and torch.equal(b, c)  # the eager module, bit for bit
+
+
+class _TwoHalves(nn.Module):
+    """BN, a graph break, BN: Dynamo compiles two graphs, and runs the first before it compiles
+    the second."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.BatchNorm1d(3)
+        self.b = nn.BatchNorm1d(3)
+
+    def forward(self, x):
+        x = self.a(x)
+        torch._dynamo.graph_break()
+        return self.b(x * 2)
+
+
+def test_failure_after_a_graph_break_does_not_update_statistics_twice():
+    compiled_graphs = []
+
+    def second_graph_fails(gm, example_inputs):
+        compiled_graphs.append(gm)
+        if len(compiled_graphs) > 1:
+            raise RuntimeError("second graph does not compile")
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    x = torch.randn(8, 3) * 3 + 1
+    eager = _TwoHalves()
+    wrapped = CompiledWithFallback(_TwoHalves(), backend=second_graph_fails)
+    expected = eager(x)
+    out = wrapped(x)
+    assert len(compiled_graphs) == 2 and not wrapped.compiled
+    # One momentum update of each layer's running statistics, as in the eager model; without the
+    # restore, layer a would have been updated twice (compiled half, then the eager rerun).
+    for name, buf in eager.state_dict().items():
+        assert torch.equal(wrapped.module.state_dict()[name], buf), name
+    assert torch.equal(out, expected)
