@@ -1,6 +1,6 @@
 """The benchmark suite: every row measured against the published way of computing, in the same run.
 
-    python -m benchmarks all                 # full CPU run (a few minutes on 2 cores... to ~20 min)
+    python -m benchmarks all                 # full CPU run (about an hour on 2 cores)
     python -m benchmarks all --quick         # reduced sizes, for CI
     python -m benchmarks step rnl            # a subset
     python -m benchmarks all --json bench_out/suite.json
@@ -11,6 +11,8 @@ Parts (each runs in processes of its own and writes JSON; this merges them):
 - ``rnl``: one RNL block at layer2 and at layer3 size (benchmarks/bench_rnl.py)
 - ``data``: the data pipelines, frames and video files (benchmarks/bench_data.py)
 - ``test``: test-time throughput through ops/evaluation.py (benchmarks/bench_test.py)
+- ``growth``: a training step at 8/16/32 frames and 224/256/320 px (benchmarks/bench_growth.py;
+  the longest part, about half an hour on 2 cores)
 
 Every row carries its ratio against the "plain" row of its part (published computation).
 """
@@ -26,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 
-PARTS = ("step", "rnl", "data", "test")
+PARTS = ("step", "rnl", "data", "test", "growth")
 
 
 def _run(module: str, args: list[str]) -> dict:
@@ -59,10 +61,15 @@ def run_part(part: str, quick: bool) -> dict[str, dict]:
     elif part == "test":
         for name, r in _run("benchmarks.bench_test", q)["rows"].items():
             rows[f"test {name}"] = r
+    elif part == "growth":
+        for name, r in _run("benchmarks.bench_growth", q)["rows"].items():
+            rows[f"growth {name}"] = r
     return rows
 
 
 def _fmt(r: dict) -> str:
+    if r.get("fits", True) is False:
+        return f"does not fit in {r['mem_limit_gib']:g} GiB"
     keys = [
         ("peak_mib", "peak {:.0f} MiB"),
         ("clips_per_s", "{:.3f} clips/s"),

@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from benchmarks.measure import measure, run_child, save_result
+from benchmarks.measure import limit_address_space, measure, run_child, save_result
 
 # name: TSN fast-path keywords, autocast dtype, channels_last
 CONFIGS = {
@@ -73,6 +73,17 @@ def build(config: str, frames: int, device: str):
 
 
 def _child(args: argparse.Namespace) -> None:
+    if args.mem_limit_gib:
+        limit_address_space(args.mem_limit_gib)
+    try:
+        _measure_child(args)
+    except RuntimeError as exc:  # the CPU allocator's "can't allocate memory"
+        if not args.mem_limit_gib or "allocate" not in str(exc):
+            raise
+        print(json.dumps({"fits": False, "mem_limit_gib": args.mem_limit_gib}))
+
+
+def _measure_child(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     model, dtype, channels_last = build(args.config, args.frames, args.device)
     x = torch.randn(args.batch * args.frames, 3, args.size, args.size, device=args.device)
@@ -120,6 +131,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--configs", default="", help="comma-separated subset of: " + ", ".join(CONFIGS))
     p.add_argument("--modes", default="train,infer")
     p.add_argument("--json", help="write the results here")
+    p.add_argument(
+        "--mem_limit_gib",
+        type=float,
+        default=0,
+        help="CPU: let each measurement allocate at most this much more (a run that needs more is "
+        "reported as not fitting instead of swapping or meeting the OOM killer)",
+    )
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--mode", help=argparse.SUPPRESS)
@@ -153,6 +171,8 @@ def main(argv: list[str] | None = None) -> dict:
                 str(args.repeats),
                 "--device",
                 args.device,
+                "--mem_limit_gib",
+                str(args.mem_limit_gib),
             ]
             rows[f"{mode}: {name}"] = run_child("benchmarks.bench_step", child)
             print(
@@ -168,7 +188,10 @@ def main(argv: list[str] | None = None) -> dict:
     for key, r in rows.items():
         mode = key.split(":")[0]
         base = rows.get(f"{mode}: plain")
-        if base:
+        if r.get("fits", True) is False:
+            print(f"{key:32s} does not fit in {r['mem_limit_gib']:g} GiB")
+            continue
+        if base and base.get("fits", True):
             r["mem_ratio"] = (
                 round(r["peak_mib"] / base["peak_mib"], 3) if base["peak_mib"] > 0 else None
             )

@@ -26,6 +26,29 @@ def current_rss_mib() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def limit_address_space(extra_gib: float) -> None:
+    """Let this process map at most `extra_gib` GiB more than it has mapped now (RLIMIT_AS).
+
+    An allocation past it fails with the allocator's "can't allocate memory" error, which the
+    benchmark reports as "does not fit", instead of the machine swapping or the kernel's OOM
+    killer picking a process. Address space is larger than resident memory (libraries, thread
+    stacks), so the limit is counted from the current mapping, after imports.
+    """
+    with open("/proc/self/statm") as f:
+        mapped = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    limit = mapped + int(extra_gib * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def available_gib() -> float:
+    """MemAvailable from /proc/meminfo, in GiB."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    return 0.0
+
+
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
