@@ -1,9 +1,10 @@
 """Measuring a piece of work in a fresh process: time and peak memory growth.
 
-Peak resident memory (``ru_maxrss``) only ever grows within a process, so each configuration runs
-in a child process of its own: the child builds its inputs, records its resident memory, runs the
-work once for the memory figure (after a tiny warm-up that loads kernels and thread pools), then
-repeats it for the time figure. On CUDA the figure is ``torch.cuda.max_memory_allocated`` instead.
+Peak resident memory only ever grows within a process (Linux lets it be reset, which is done
+before the measured run where allowed), so each configuration runs in a child process of its
+own: the child builds its inputs, records its resident memory, runs the work once for the memory
+figure (after a warm-up that loads kernels and thread pools, or compiles), then repeats it for
+the time figure. On CUDA the figure is ``torch.cuda.max_memory_allocated`` instead.
 """
 
 from __future__ import annotations
@@ -50,7 +51,25 @@ def available_gib() -> float:
 
 
 def peak_rss_mib() -> float:
+    """The process's peak resident memory (VmHWM), since the last `reset_peak_rss`."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def reset_peak_rss() -> None:
+    """Start the peak over from the current resident memory (Linux: "5" into clear_refs), so a
+    warm-up that needed more (a compilation) does not count; a no-op where it is not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def measure(work: Callable[[], None], repeats: int = 3, device: str = "cpu") -> dict:
@@ -63,6 +82,7 @@ def measure(work: Callable[[], None], repeats: int = 3, device: str = "cpu") -> 
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() / 2**20 - base
     else:
+        reset_peak_rss()
         base = current_rss_mib()
         work()
         peak = peak_rss_mib() - base

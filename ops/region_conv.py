@@ -71,6 +71,11 @@ class RegionConv3d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, T, H, W) -> same
         if self.impl == "masked":
             return F.conv3d(x, self.weight * self.mask, None, 1, self.padding, 1, self.groups)
+        if x.device.type == "cpu":
+            # The CPU depthwise conv3d kernel is ~3x faster on channels-last input (PERF_NOTES);
+            # the output stays channels-last, which also makes the attention's [N, P, C] view
+            # of it contiguous for free.
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         return F.conv3d(
             x, self.depthwise_weight().to(x.dtype), None, 1, self.padding, 1, self.channels
         )

@@ -10,7 +10,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-# about 1.5 minutes on 2 cores (every part runs in fresh processes): kept in the default run so CI
+# about 2 minutes on 2 cores (every part runs in fresh processes): kept in the default run so CI
 # checks that the suite the README quotes still runs
 def test_quick_suite_writes_every_row_with_its_ratio(tmp_path):
     out = tmp_path / "suite.json"
@@ -28,6 +28,8 @@ def test_quick_suite_writes_every_row_with_its_ratio(tmp_path):
         + ["data train: 8 seg, 224, multi-scale crop + flip", "data test: 8 seg, 3 crops 256 x 10 dense clips",
            "data train: 8 seg, 224, mp4 short side 256"]
         + ["test plain (explicit attention, masked conv)", "test fast (fused, depthwise)"]
+        + [f"growth {f} frames x {s} px: {c}" for f, s in ((4, 64), (8, 64), (4, 96))
+           for c in ("plain", "fast fp32")]
     )  # fmt: skip
     missing = [r for r in expected if r not in rows]
     assert not missing, missing
@@ -37,6 +39,11 @@ def test_quick_suite_writes_every_row_with_its_ratio(tmp_path):
             r = rows[f"step {mode}: {c}"]
             assert r["speedup"] == pytest.approx(r["clips_per_s"] / base["clips_per_s"], rel=0.02)
             assert r["mem_ratio"] == pytest.approx(r["peak_mib"] / base["peak_mib"], rel=0.02)
+    for f, s in ((4, 64), (8, 64), (4, 96)):  # layer2 positions: frames x (size / 8)^2
+        assert rows[f"growth {f} frames x {s} px: plain"]["positions"] == f * (s // 8) ** 2
+        fast = rows[f"growth {f} frames x {s} px: fast fp32"]
+        plain = rows[f"growth {f} frames x {s} px: plain"]
+        assert fast["speedup"] == pytest.approx(fast["clips_per_s"] / plain["clips_per_s"], rel=0.02)
     for name, r in rows.items():
         assert any(k in r for k in ("speedup", "time_ratio", "mem_ratio")), name
         assert name in proc.stdout  # printed in the summary too
