@@ -82,8 +82,8 @@ def _child(args: argparse.Namespace) -> None:
         limit_address_space(args.mem_limit_gib)
     try:
         _measure_child(args)
-    except RuntimeError as exc:  # the CPU allocator's "can't allocate memory"
-        if not args.mem_limit_gib or "allocate" not in str(exc):
+    except (RuntimeError, MemoryError) as exc:  # torch's "can't allocate memory", or Python's
+        if not args.mem_limit_gib or (isinstance(exc, RuntimeError) and "allocate" not in str(exc)):
             raise
         print(json.dumps({"fits": False, "mem_limit_gib": args.mem_limit_gib}))
 

@@ -48,3 +48,19 @@ def test_quick_suite_writes_every_row_with_its_ratio(tmp_path):
         assert any(k in r for k in ("speedup", "time_ratio", "mem_ratio")), name
         assert name in proc.stdout  # printed in the summary too
     assert suite["date"] and suite["machine"]
+
+
+def test_a_step_that_needs_more_than_the_memory_limit_is_reported_as_not_fitting(tmp_path):
+    # 50 MiB cannot hold a ResNet-50 step (its weights alone are ~100 MiB): the child must report
+    # "does not fit" instead of crashing (the quick-suite test above covers measured rows).
+    out = tmp_path / "step.json"
+    common = ["--modes", "train", "--frames", "2", "--size", "64", "--repeats", "1"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_step", *common, "--configs", "plain",
+         "--mem_limit_gib", "0.05", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = json.loads(out.read_text())["rows"]["train: plain"]
+    assert row == {"fits": False, "mem_limit_gib": 0.05}
+    assert "does not fit in 0.05 GiB" in proc.stdout
