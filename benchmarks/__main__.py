@@ -1,6 +1,6 @@
 """The benchmark suite: every row measured against the published way of computing, in the same run.
 
-    python -m benchmarks all                 # full CPU run (about an hour on 2 cores)
+    python -m benchmarks all                 # full CPU run (about 20 minutes on 2 cores)
     python -m benchmarks all --quick         # reduced sizes, for CI
     python -m benchmarks step rnl            # a subset
     python -m benchmarks all --json bench_out/suite.json
@@ -12,7 +12,7 @@ Parts (each runs in processes of its own and writes JSON; this merges them):
 - ``data``: the data pipelines, frames and video files (benchmarks/bench_data.py)
 - ``test``: test-time throughput through ops/evaluation.py (benchmarks/bench_test.py)
 - ``growth``: a training step at 8/16/32 frames and 224/256/320 px (benchmarks/bench_growth.py;
-  the longest part, about half an hour on 2 cores)
+  the longest part, about 13 minutes on 2 cores)
 
 Every row carries its ratio against the "plain" row of its part (published computation).
 """
