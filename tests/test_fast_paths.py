@@ -69,8 +69,23 @@ def clip():
 
 
 @pytest.fixture(scope="module")
-def reference(clip):
-    return _run(_model(), clip)
+def reference64(clip):
+    """The plain computation in float64: the published result without fp32 rounding."""
+    return _run(_model().double(), clip.double())
+
+
+@pytest.fixture(scope="module")
+def plain32_error(clip, reference64):
+    """Per tensor, how far the plain computation itself is from float64 in fp32. The explicit
+    softmax of unscaled dot products loses up to a few percent in a train-mode BN network (the
+    fused kernel is closer to float64 than that), so fp32 comparisons are made against this."""
+    return [_err(a, b) for a, b in zip(_run(_model(), clip), reference64)]
+
+
+def _err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Norm of the difference (less an absolute floor for gradients that are zero in exact
+    arithmetic, e.g. a conv bias in front of a train-mode BN), relative to the reference."""
+    return max((a.double() - b).norm().item() - 1e-5, 0.0) / max(b.norm().item(), 1e-12)
 
 
 @pytest.fixture(scope="module")
@@ -80,21 +95,30 @@ def reference_eval(clip):
     return _run(_model(), clip, train=False)
 
 
-@pytest.mark.parametrize(
-    "fast",
-    [
-        dict(rnl_fused=True),
-        dict(region_impl="depthwise"),
-        dict(shift_recompute=True),
-        dict(rnl_fused=True, region_impl="depthwise", shift_recompute=True),
-    ],
-    ids=["fused-attention", "depthwise-region-conv", "shift-recompute", "all-exact-paths"],
-)
-def test_exact_fast_paths_match_plain(fast, clip, reference):
+FAST_PATHS = [
+    dict(rnl_fused=True),
+    dict(region_impl="depthwise"),
+    dict(shift_recompute=True),
+    dict(rnl_fused=True, region_impl="depthwise", shift_recompute=True),
+]
+FAST_IDS = ["fused-attention", "depthwise-region-conv", "shift-recompute", "all-exact-paths"]
+
+
+@pytest.mark.parametrize("fast", FAST_PATHS, ids=FAST_IDS)
+def test_exact_fast_paths_compute_the_plain_result(fast, clip, reference64):
+    # In float64 rounding is out of the way: the same function, forward and every gradient.
+    got = _run(_model(**fast).double(), clip.double())
+    assert len(got) == len(reference64)
+    for a, b in zip(got, reference64):
+        assert (a - b).norm().item() <= 1e-9 * b.norm().item() + 1e-12
+
+
+@pytest.mark.parametrize("fast", FAST_PATHS, ids=FAST_IDS)
+def test_exact_fast_paths_in_fp32_are_as_accurate_as_plain(fast, clip, reference64, plain32_error):
     got = _run(_model(**fast), clip)
-    assert len(got) == len(reference)
-    for a, b in zip(got, reference):
-        assert _close(a, b, 5e-4)  # fp32 rounding, accumulated through a train-mode BN network
+    assert len(got) == len(reference64)
+    for a, b, plain in zip(got, reference64, plain32_error):
+        assert _err(a, b) <= 1.1 * plain + 5e-4  # fp32 rounding through a train-mode BN network
 
 
 def test_channels_last_matches_plain(clip, reference_eval):

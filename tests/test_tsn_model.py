@@ -10,7 +10,8 @@ from ops.models import TSN
 from ops.non_local import NonLocalWrapper
 from ops.rnl import RNLBlock
 
-REFERENCE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference")
+# Key -> shape layouts of the published checkpoints (see tests/data/published_layouts/README.md).
+REFERENCE = os.path.join(os.path.dirname(__file__), "data", "published_layouts")
 
 
 def _layout(model: torch.nn.Module) -> list:
@@ -20,7 +21,7 @@ def _layout(model: torch.nn.Module) -> list:
 def _reference(name: str) -> list:
     path = os.path.join(REFERENCE, name)
     if not os.path.isfile(path):
-        pytest.fail(f"reference layout {path} is missing: shared/ must sit beside the repository")
+        pytest.fail(f"reference layout {path} is missing from the repository")
     with open(path) as f:
         return list(json.load(f).items())
 
