@@ -223,6 +223,21 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--amp", type=str, default="off", choices=["off", "fp16", "bf16"])
     g.add_argument("--channels_last", default=False, action="store_true")
     g.add_argument(
+        "--recompute",
+        default=True,
+        action=argparse.BooleanOptionalAction,
+        help="recompute BatchNorm/ReLU outputs, the temporal shift and the RNL blocks' theta and "
+        "region features in the backward instead of keeping them (default: on; same results, "
+        "about half the activation memory, a few %% more time)",
+    )
+    g.add_argument(
+        "--checkpoint_blocks",
+        default=False,
+        action="store_true",
+        help="recompute whole residual blocks in the backward (least memory, for long clips; "
+        "about one more forward of the backbone per step)",
+    )
+    g.add_argument(
         "--compile",
         default=False,
         action="store_true",

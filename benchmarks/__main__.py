@@ -12,7 +12,9 @@ Parts (each runs in processes of its own and writes JSON; this merges them):
 - ``data``: the data pipelines, frames and video files (benchmarks/bench_data.py)
 - ``test``: test-time throughput through ops/evaluation.py (benchmarks/bench_test.py)
 - ``growth``: a training step at 8/16/32 frames and 224/256/320 px (benchmarks/bench_growth.py;
-  the longest part, about 13 minutes on 2 cores)
+  the longest part, about 20 minutes on 2 cores)
+- ``saved``: what plain keeps for the backward against the published code, and the allocator's
+  peak per configuration (benchmarks/bench_saved.py)
 
 Every row carries its ratio against the "plain" row of its part (published computation).
 """
@@ -28,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 
-PARTS = ("step", "rnl", "data", "test", "growth")
+PARTS = ("step", "rnl", "data", "test", "growth", "saved")
 
 
 def _run(module: str, args: list[str]) -> dict:
@@ -64,6 +66,9 @@ def run_part(part: str, quick: bool) -> dict[str, dict]:
     elif part == "growth":
         for name, r in _run("benchmarks.bench_growth", q)["rows"].items():
             rows[f"growth {name}"] = r
+    elif part == "saved":
+        for name, r in _run("benchmarks.bench_saved", q)["rows"].items():
+            rows[f"saved {name}"] = r
     return rows
 
 
@@ -75,6 +80,7 @@ def _fmt(r: dict) -> str:
         ("clips_per_s", "{:.3f} clips/s"),
         ("videos_per_s", "{:.3f} videos/s"),
         ("seconds", "{:.3f} s"),
+        ("published_mib", "published {:.1f} MiB"),
         ("mem_ratio", "mem x{}"),
         ("time_ratio", "time x{}"),
         ("speedup", "speed x{}"),

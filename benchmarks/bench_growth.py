@@ -9,8 +9,9 @@ The non-local block at layer2 attends over P = frames x (size/8)^2 positions. Th
 computation materialises a P x P affinity per clip (and keeps it, and its softmax, for the
 backward), so its memory grows with P^2: 4x per doubling of frames, 2x from 224 to 320 px. The
 fused attention never holds it. Each cell is one training step (forward, loss, backward, SGD)
-measured in a fresh process by benchmarks/bench_step.py, plain and "fast fp32" (the defaults:
-fused attention, depthwise region conv, memory-saving shift; the same numbers as plain).
+measured in a fresh process by benchmarks/bench_step.py: plain, "fast fp32" (the defaults: fused
+attention, depthwise region conv, cheap activations recomputed in the backward; the same numbers
+as plain) and "fast fp32 checkpoint_blocks" (whole residual blocks recomputed, for long clips).
 
 Nothing is extrapolated: on CPU each process may allocate at most --mem_limit_gib (default: the
 memory available when the run starts, less 2 GiB), and a cell that needs more is reported as
@@ -26,7 +27,7 @@ import sys
 from benchmarks import bench_step
 from benchmarks.measure import available_gib, save_result
 
-CONFIGS = ("plain", "fast fp32")
+CONFIGS = ("plain", "fast fp32", "fast fp32 checkpoint_blocks")
 
 
 def cells(quick: bool) -> list[tuple[int, int]]:

@@ -7,7 +7,12 @@ computing ("plain") against our fast paths, each in a fresh process.
 
 A training step is forward + cross-entropy + backward + SGD (momentum 0.9) on random clips.
 "plain" reproduces the published implementation's computation: explicit P x P affinity, masked
-grouped region conv, shifted copies kept for the backward, fp32, contiguous tensors.
+grouped region conv, shifted copies kept for the backward, fp32, contiguous tensors, and each RNL
+block keeping its input and affinity until its next forward, as the published module does. It
+keeps for the backward exactly what the published code keeps (benchmarks/bench_saved.py counts
+both). "fast fp32" is the defaults: fused attention, depthwise region conv, and the cheap
+activations (BatchNorm/ReLU outputs, the shift, theta and the region features) recomputed in the
+backward (ops/recompute.py); "checkpoint_blocks" recomputes whole residual blocks.
 """
 
 from __future__ import annotations
@@ -20,30 +25,18 @@ import torch
 
 from benchmarks.measure import limit_address_space, measure, run_child, save_result
 
+PLAIN = dict(rnl_fused=False, region_impl="masked", shift_recompute=False, recompute=False)
+FAST = dict(rnl_fused=True, region_impl="depthwise", shift_recompute=True)  # + recompute: defaults
 # name: TSN fast-path keywords, autocast dtype, channels_last
 CONFIGS = {
-    "plain": (dict(rnl_fused=False, region_impl="masked", shift_recompute=False), None, False),
-    "fused+depthwise": (
-        dict(rnl_fused=True, region_impl="depthwise", shift_recompute=False),
-        None,
-        False,
-    ),
-    "fast fp32": (dict(rnl_fused=True, region_impl="depthwise", shift_recompute=True), None, False),
-    "fast fp32 channels_last": (
-        dict(rnl_fused=True, region_impl="depthwise", shift_recompute=True),
-        None,
-        True,
-    ),
-    "fast bf16": (
-        dict(rnl_fused=True, region_impl="depthwise", shift_recompute=True),
-        "bf16",
-        False,
-    ),
-    "fast bf16 channels_last": (
-        dict(rnl_fused=True, region_impl="depthwise", shift_recompute=True),
-        "bf16",
-        True,
-    ),
+    "plain": (PLAIN, None, False),
+    "fused+depthwise": ({**FAST, "shift_recompute": False, "recompute": False}, None, False),
+    "fast fp32 no recompute": ({**FAST, "recompute": False}, None, False),
+    "fast fp32": (FAST, None, False),
+    "fast fp32 checkpoint_blocks": ({**FAST, "checkpoint_blocks": True}, None, False),
+    "fast fp32 channels_last": (FAST, None, True),
+    "fast bf16": (FAST, "bf16", False),
+    "fast bf16 channels_last": (FAST, "bf16", True),
 }
 # torch.compile (inductor) of a configuration above: its first step, which compiles (minutes on a
 # CPU), is a warm-up outside the measurement. Run on request: --configs "fast fp32 compiled".
@@ -54,6 +47,7 @@ QUICK_CONFIGS = ("plain", "fast fp32", "fast bf16")
 
 
 def build(config: str, frames: int, device: str):
+    from benchmarks.published_memory import keep_like_published
     from ops.models import TSN
 
     fast, amp, channels_last = CONFIGS[config]
@@ -71,6 +65,8 @@ def build(config: str, frames: int, device: str):
         print_spec=False,
         **fast,
     ).to(device)
+    if config == "plain":
+        keep_like_published(model)
     if channels_last:
         model = model.to_channels_last()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)

@@ -112,3 +112,74 @@ def run_child(module: str, args: list[str], timeout: float = 900) -> dict:
     if out.returncode != 0:
         raise RuntimeError(f"benchmark child {' '.join(args)} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def saved_bytes_by_unit(
+    run: Callable[[], None],
+    units: dict[str, list[torch.nn.Module]],
+    exclude: list[torch.Tensor],
+    outside: str = "other",
+) -> dict[str, int]:
+    """Bytes autograd keeps for the backward while ``run()`` records a forward, by unit.
+
+    Each distinct storage counts once, for the unit (a name mapped to the modules that make it
+    up) whose forward was running when it was first saved, or ``outside``. The storages of
+    ``exclude`` (parameters, the step's inputs) are not counted. Tensors kept by activation
+    checkpointing are not seen: this counts what plain autograd keeps.
+    """
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
+    kept: dict[int, tuple[str, int]] = {}
+    stack = [outside]
+    hooks = []
+    for name, modules in units.items():
+        for m in modules:
+            hooks.append(
+                m.register_forward_pre_hook(lambda mod, args, name=name: stack.append(name))
+            )
+            hooks.append(m.register_forward_hook(lambda mod, args, out: stack.pop() and None))
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in skip and ptr not in kept:
+            kept[ptr] = (stack[-1], storage.nbytes())
+        return t
+
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            run()
+    finally:
+        for h in hooks:
+            h.remove()
+    totals = {name: 0 for name in units} | {outside: 0}
+    for name, nbytes in kept.values():
+        totals[name] += nbytes
+    return totals
+
+
+def allocated_peak_mib(work: Callable[[], None]) -> float:
+    """Peak growth of the bytes held by PyTorch's CPU allocator while ``work()`` runs, from the
+    profiler's allocation events (each carries the allocator's running total). Unlike resident
+    memory it does not depend on how the C library reuses freed memory or on other processes;
+    memory allocated outside PyTorch's allocator (oneDNN caches, the C library) is not in it."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        work()
+    totals = []
+
+    def walk(nodes) -> None:
+        for node in nodes:
+            if node.tag == _EventType.Allocation:
+                f = node.extra_fields
+                totals.append((node.start_time_ns, f.total_allocated, f.alloc_size))
+            walk(node.children)
+
+    walk(prof.profiler.kineto_results.experimental_event_tree())
+    if not totals:
+        return 0.0
+    totals.sort()
+    _, first_total, first_size = totals[0]
+    base = first_total - first_size  # held before the first allocation of the work
+    return round((max(t for _, t, _ in totals) - base) / 2**20, 1)

@@ -20,6 +20,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from archs import ARCHS, RESNETS, build_backbone
 from archs.mobilenet_v2 import InvertedResidual
 from ops.non_local import make_non_local
+from ops.recompute import make_recompute
 from ops.region_conv import RegionConv3d
 from ops.temporal_shift import TemporalShift, make_temporal_shift
 
@@ -43,7 +44,11 @@ class TSN(nn.Module):
     Our additions: nl_type / nl_where (which block to attach and where, see ops/non_local.py),
     rnl_fused (fused attention; False is the published explicit computation), region_impl
     ('depthwise' or the published 'masked'), shift_recompute (re-shift in the backward instead of
-    keeping the shifted copy; same results, less memory), rnl_options (dict: activation, sub_sample, use_norm)
+    keeping the shifted copy; same results, less memory), recompute (recompute BatchNorm/ReLU
+    outputs, the shift and the attached blocks' cheap parts in the backward instead of keeping
+    them; same results, less memory; see ops/recompute.py), checkpoint_blocks (recompute whole
+    residual blocks: least memory, about one more backbone forward of time), rnl_options (dict:
+    activation, sub_sample, use_norm)
     and input_size (crop size; 224 as published).
     """
 
@@ -73,6 +78,8 @@ class TSN(nn.Module):
         rnl_fused: bool = True,
         region_impl: str = "depthwise",
         shift_recompute: bool = True,
+        recompute: bool = True,
+        checkpoint_blocks: bool = False,
         rnl_options: dict | None = None,
         input_size: int = 224,
     ):
@@ -113,6 +120,8 @@ class TSN(nn.Module):
         self.rnl_fused = rnl_fused
         self.region_impl = region_impl
         self.shift_recompute = shift_recompute
+        self.recompute = recompute
+        self.checkpoint_blocks = checkpoint_blocks
         self.rnl_options = dict(rnl_options or {})
         self.input_size = input_size
         self.reshape = True
@@ -172,6 +181,8 @@ class TSN(nn.Module):
                     temporal_pool=self.is_shift and self.temporal_pool,
                     **options,
                 )
+            if self.recompute or self.checkpoint_blocks:
+                make_recompute(self.base_model, checkpoint_blocks=self.checkpoint_blocks)
         else:  # mobilenetv2: shift the first conv of residual inverted-residual blocks (TSM)
             self.base_model.last_layer_name = "classifier"
             if self.non_local:

@@ -96,6 +96,8 @@ def model_kwargs(args: argparse.Namespace, num_class: int, pretrain: str) -> dic
         nl_type=args.nl_type,
         nl_where=args.nl_where,
         input_size=args.input_size,
+        recompute=args.recompute,
+        checkpoint_blocks=args.checkpoint_blocks,
     )
 
 
@@ -196,7 +198,8 @@ def describe(args: argparse.Namespace, plan: du.LaunchPlan, data: dict, name: st
         f"batch: {cfg['batch_per_process']} clips per process x {plan.local_world_size} "
         f"processes per node x {plan.nodes} nodes x batch_multiplier {args.batch_multiplier} "
         f"= total batch {cfg['total_batch']}",
-        f"speed: amp {args.amp}, channels_last {args.channels_last}, compile {args.compile}",
+        f"speed: amp {args.amp}, channels_last {args.channels_last}, compile {args.compile}, "
+        f"recompute {args.recompute}, checkpoint_blocks {args.checkpoint_blocks}",
         f"outputs: {os.path.join(args.root_model, name)} and {os.path.join(args.root_log, name)}",
     ]
 

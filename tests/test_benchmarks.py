@@ -29,7 +29,11 @@ def test_quick_suite_writes_every_row_with_its_ratio(tmp_path):
            "data train: 8 seg, 224, mp4 short side 256"]
         + ["test plain (explicit attention, masked conv)", "test fast (fused, depthwise)"]
         + [f"growth {f} frames x {s} px: {c}" for f, s in ((4, 64), (8, 64), (4, 96))
-           for c in ("plain", "fast fp32")]
+           for c in ("plain", "fast fp32", "fast fp32 checkpoint_blocks")]
+        + [f"saved plain keeps: {g}" for g in ("RNL units (residual block + channel gate + RNL)",
+           "other residual blocks", "stem and head", "whole step")]
+        + [f"saved allocated peak: {c}" for c in ("plain", "fast fp32 no recompute", "fast fp32",
+           "fast fp32 checkpoint_blocks")]
     )  # fmt: skip
     missing = [r for r in expected if r not in rows]
     assert not missing, missing
@@ -45,6 +49,11 @@ def test_quick_suite_writes_every_row_with_its_ratio(tmp_path):
         plain = rows[f"growth {f} frames x {s} px: plain"]
         assert fast["speedup"] == pytest.approx(fast["clips_per_s"] / plain["clips_per_s"], rel=0.02)
     for name, r in rows.items():
+        if name.startswith("saved plain keeps:"):  # plain keeps what the published code keeps
+            assert r["plain_mib"] == pytest.approx(r["published_mib"], rel=1e-6), name
+        if name.startswith("saved allocated peak:"):
+            base = rows["saved allocated peak: plain"]["peak_mib"]
+            assert r["mem_ratio"] == pytest.approx(r["peak_mib"] / base, rel=0.02)
         assert any(k in r for k in ("speedup", "time_ratio", "mem_ratio")), name
         assert name in proc.stdout  # printed in the summary too
     assert suite["date"] and suite["machine"]

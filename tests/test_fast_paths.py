@@ -1,8 +1,11 @@
 """Every fast path of the model gives the results of the plain (published) computation.
 
-Plain: explicit affinity, masked grouped region conv, shifted copies kept, fp32, contiguous.
-Each fast path is switched on alone and the forward output and all parameter gradients are
-compared; tolerances are stated per path (exact paths: float rounding; bf16: its precision).
+Plain: explicit affinity, masked grouped region conv, shifted copies kept, nothing recomputed,
+fp32, contiguous. Each fast path is switched on alone and the forward output and all parameter
+gradients are compared; tolerances are stated per path (exact paths: float rounding; bf16: its
+precision). The recompute paths (ops/recompute.py) replay the same operations, so in float64
+they give the plain result to the last bit, in train mode (batch-statistics BatchNorm, whose
+running statistics must be updated once) and in eval mode.
 """
 
 import pytest
@@ -11,22 +14,22 @@ import torch
 from ops.models import TSN
 from ops.rnl import RNLBlock
 
-PLAIN = dict(rnl_fused=False, region_impl="masked", shift_recompute=False)
+PLAIN = dict(rnl_fused=False, region_impl="masked", shift_recompute=False, recompute=False)
 
 
-def _model(**fast) -> TSN:
+def _model(arch: str = "resnet18", partial_bn: bool = False, **fast) -> TSN:
     torch.manual_seed(0)
     cfg = {**PLAIN, **fast}
     model = TSN(
         6,
         4,
         "RGB",
-        base_model="resnet18",
+        base_model=arch,
         is_shift=True,
         non_local=True,
         dropout=0.0,
         pretrain="scratch",
-        partial_bn=False,
+        partial_bn=partial_bn,
         print_spec=False,
         **cfg,
     )
@@ -95,13 +98,25 @@ def reference_eval(clip):
     return _run(_model(), clip, train=False)
 
 
+DEFAULTS = dict(rnl_fused=True, region_impl="depthwise", shift_recompute=True, recompute=True)
 FAST_PATHS = [
     dict(rnl_fused=True),
     dict(region_impl="depthwise"),
     dict(shift_recompute=True),
-    dict(rnl_fused=True, region_impl="depthwise", shift_recompute=True),
+    dict(recompute=True),
+    dict(checkpoint_blocks=True),
+    DEFAULTS,
+    {**DEFAULTS, "checkpoint_blocks": True},
 ]
-FAST_IDS = ["fused-attention", "depthwise-region-conv", "shift-recompute", "all-exact-paths"]
+FAST_IDS = [
+    "fused-attention",
+    "depthwise-region-conv",
+    "shift-recompute",
+    "recompute",
+    "checkpoint-blocks",
+    "defaults",
+    "defaults-checkpoint-blocks",
+]
 
 
 @pytest.mark.parametrize("fast", FAST_PATHS, ids=FAST_IDS)
@@ -119,6 +134,42 @@ def test_exact_fast_paths_in_fp32_are_as_accurate_as_plain(fast, clip, reference
     assert len(got) == len(reference64)
     for a, b, plain in zip(got, reference64, plain32_error):
         assert _err(a, b) <= 1.1 * plain + 5e-4  # fp32 rounding through a train-mode BN network
+
+
+RECOMPUTE_PATHS = [dict(recompute=True), dict(checkpoint_blocks=True)]
+RECOMPUTE_IDS = ["recompute", "checkpoint-blocks"]
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("fast", RECOMPUTE_PATHS, ids=RECOMPUTE_IDS)
+def test_recompute_gives_the_plain_bits_and_updates_running_stats_once(fast, train, clip):
+    # The same operations on the same inputs: identical in float64, forward and every gradient,
+    # and the BatchNorm running statistics (and batch counters) after the step are the plain
+    # step's, i.e. updated once, not again by the replay in the backward.
+    plain, recomputed = _model().double(), _model(**fast).double()
+    got = _run(recomputed, clip.double(), train=train)
+    want = _run(plain, clip.double(), train=train)
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    for (name, a), (_, b) in zip(recomputed.named_buffers(), plain.named_buffers()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("fast", RECOMPUTE_PATHS, ids=RECOMPUTE_IDS)
+def test_recompute_with_partial_bn_and_resnet50_bottlenecks(fast, clip):
+    # Partial BN (frozen eval-mode BatchNorm inside a train-mode network, frozen affine
+    # parameters), Bottleneck blocks (whose cheap 1x1 convolutions are recomputed too) and the
+    # published ResNet-50 placement of the RNL blocks and the channel gate.
+    plain = _model("resnet50", partial_bn=True).double()
+    recomputed = _model("resnet50", partial_bn=True, **fast).double()
+    x = clip[:, :, :32, :32].double()
+    got, want = _run(recomputed, x), _run(plain, x)
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    for (name, a), (_, b) in zip(recomputed.named_buffers(), plain.named_buffers()):
+        assert torch.equal(a, b), name
 
 
 def test_channels_last_matches_plain(clip, reference_eval):

@@ -1,0 +1,164 @@
+"""Recomputing cheap activations in the backward instead of keeping them.
+
+A training step keeps, for the backward, the inputs of every operation whose gradient needs them.
+In a ResNet most of that memory is the output of BatchNorm and ReLU (the input of the next
+convolution) and, with TSM, the shifted copies; in an RNL block it is theta, the region features
+and their ``[N, P, C']`` copies for the attention. All of them are a few element-wise passes (or a
+1x1 convolution) away from a tensor that is kept anyway. With ``recompute`` each residual block, and
+each module attached after one (channel gate, RNL, ...), runs under activation checkpointing with
+a *selective* policy (``torch.utils.checkpoint`` with ``create_selective_checkpoint_contexts``):
+
+* in a residual block the outputs of the convolutions are kept (they are what BatchNorm's
+  backward needs, and recomputing them would cost most of the block's time); BatchNorm, ReLU, the
+  temporal shift and the residual sum are recomputed from them in the backward;
+* in an attached module only the attention's outputs are kept (the ``P x P`` products are the
+  expensive part); the 1x1 convolutions, the region convolution, the layout copies and the output
+  BatchNorm are recomputed from the module's input.
+
+``checkpoint_blocks`` keeps less: a residual block keeps only its input and everything in it,
+convolutions included, is recomputed (the attention's outputs are still kept). It costs about one
+more forward pass of the backbone and lets longer clips fit.
+
+The recomputation replays the same operations on the same inputs, so the results are the same as
+without it (the equivalence tests compare forward and every gradient). BatchNorm in train mode
+would update its running statistics a second time when replayed: they are put back after each
+recomputation. The state_dict and module names are unchanged (``checkpoint_forward`` replaces a
+module's ``forward`` on the instance, not the module). Under ``torch.compile`` the plain forward is
+traced (inductor chooses what to recompute itself).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.checkpoint import (
+    CheckpointPolicy,
+    checkpoint,
+    create_selective_checkpoint_contexts,
+)
+
+aten = torch.ops.aten
+
+# The attention kernels (fused, per device) and the explicit path's matrix products.
+ATTENTION_OPS = frozenset(
+    op
+    for name in (
+        "_scaled_dot_product_flash_attention_for_cpu",
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention",
+        "bmm",
+    )
+    if hasattr(aten, name)
+    for op in (getattr(aten, name).default,)
+)
+CONV_OPS = frozenset({aten.convolution.default})
+
+Policy = Callable[..., CheckpointPolicy]
+SAVE, RECOMPUTE = CheckpointPolicy.MUST_SAVE, CheckpointPolicy.PREFER_RECOMPUTE
+
+# A convolution with at most this many multiply-adds per output element is recomputed too: in
+# a ResNet-50 that is the 1x1 expansion (and projection) convolutions of layer1 and layer2,
+# whose outputs are the largest tensors of the network (4x the block's width) while costing
+# about 1.5% of a training step's arithmetic to recompute.
+CHEAP_CONV_MACS = 128
+
+
+def _conv_macs_per_output(args) -> int:
+    weight = args[1]  # aten.convolution(input, weight, ...): [out, in / groups, *kernel]
+    return math.prod(weight.shape[1:])
+
+
+def keep_block_outputs(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    """Residual blocks: keep attention outputs and the outputs of costly convolutions."""
+    if op in ATTENTION_OPS:
+        return SAVE
+    if op in CONV_OPS and _conv_macs_per_output(args) > CHEAP_CONV_MACS:
+        return SAVE
+    return RECOMPUTE
+
+
+def keep_attention(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    """Attached modules (and ``checkpoint_blocks``): keep only the attention outputs."""
+    return SAVE if op in ATTENTION_OPS else RECOMPUTE
+
+
+@contextlib.contextmanager
+def running_stats_kept(module: nn.Module) -> Iterator[None]:
+    """Put back the running statistics (and batch counters) of the train-mode BatchNorms in
+    ``module`` on exit, so that replaying a forward does not update them twice."""
+    saved = [
+        (bn, bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())
+        for bn in module.modules()
+        if isinstance(bn, _BatchNorm) and bn.training and bn.track_running_stats
+    ]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for bn, mean, var, count in saved:
+                bn.running_mean.copy_(mean)
+                bn.running_var.copy_(var)
+                bn.num_batches_tracked.copy_(count)
+
+
+@contextlib.contextmanager
+def _replaying(module: nn.Module, replay) -> Iterator[None]:
+    with running_stats_kept(module), replay:  # the statistics are put back after the replay
+        yield
+
+
+def _contexts(module: nn.Module, policy: Policy):
+    keep, replay = create_selective_checkpoint_contexts(policy)
+    return keep, _replaying(module, replay)
+
+
+def _checkpointed_forward(module: nn.Module, policy: Policy, *args, **kwargs):
+    forward = type(module).forward.__get__(module)
+    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return forward(*args, **kwargs)
+    return checkpoint(
+        forward,
+        *args,
+        use_reentrant=False,
+        preserve_rng_state=False,  # nothing random inside a block
+        context_fn=functools.partial(_contexts, module, policy),
+        **kwargs,
+    )
+
+
+def checkpoint_forward(module: nn.Module, policy: Policy) -> None:
+    """From now on run ``module``'s forward under selective activation checkpointing with
+    ``policy`` whenever gradients are being recorded. Names and state_dict stay as they are."""
+    module.forward = functools.partial(_checkpointed_forward, module, policy)
+
+
+def make_recompute(net: nn.Module, checkpoint_blocks: bool = False) -> None:
+    """Recompute cheap activations in every residual block of the ResNet ``net`` (layer1..4) and
+    in every module attached after one (``ops/non_local.py``); ``checkpoint_blocks`` recomputes
+    the residual blocks entirely. Call after the temporal shift and the non-local blocks are in."""
+    from ops.non_local import NonLocalWrapper  # noqa: PLC0415 (non_local imports the blocks)
+    from ops.temporal_shift import TemporalPool, TemporalShift  # noqa: PLC0415
+
+    block_policy = keep_attention if checkpoint_blocks else keep_block_outputs
+    for stage in range(1, 5):
+        layer = getattr(net, f"layer{stage}")
+        if isinstance(layer, TemporalPool):
+            layer = layer.net
+        for unit in layer:
+            block = unit.block if isinstance(unit, NonLocalWrapper) else unit
+            checkpoint_forward(block, block_policy)
+            for shift in block.modules():
+                # the block's recomputation re-shifts already; the shift+conv that re-shifts in
+                # its own backward would shift a third time
+                if isinstance(shift, TemporalShift):
+                    shift.recompute = False
+            if isinstance(unit, NonLocalWrapper):
+                for name in unit.part_names:
+                    checkpoint_forward(getattr(unit, name), keep_attention)
