@@ -28,6 +28,7 @@ from torch import nn
 
 from ops.channel_gate import ChannelGate
 from ops.nl import NonLocalBlock
+from ops.recompute import checkpointed, keep_attention
 from ops.rnl import RNLBlock
 from ops.temporal_shift import TemporalPool, TemporalShift
 
@@ -64,7 +65,11 @@ BLOCKS: dict[str, BuilderFn] = {
 
 
 class NonLocalWrapper(nn.Module):
-    """Residual block followed by spatio-temporal modules applied on ``[N, C, T, H, W]``."""
+    """Residual block followed by spatio-temporal modules applied on ``[N, C, T, H, W]``.
+
+    With ``recompute`` (set by ``ops.recompute.make_recompute``) the attached modules keep only
+    their attention outputs for the backward and recompute the rest there.
+    """
 
     def __init__(self, block: nn.Module, n_segment: int, parts: dict[str, nn.Module]):
         super().__init__()
@@ -73,13 +78,22 @@ class NonLocalWrapper(nn.Module):
         self.part_names = list(parts)
         for name, module in parts.items():
             self.add_module(name, module)
+        self.recompute = False
+
+    def attached(self, x: torch.Tensor) -> torch.Tensor:
+        for name in self.part_names:
+            x = getattr(self, name)(x)
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.block(x)  # (N*T, C, H, W)
         nt, c, h, w = x.shape
         x = x.view(nt // self.n_segment, self.n_segment, c, h, w).transpose(1, 2)  # (N, C, T, H, W)
-        for name in self.part_names:
-            x = getattr(self, name)(x)
+        if self.recompute:
+            parts = [getattr(self, name) for name in self.part_names]
+            x = checkpointed(self.attached, parts, keep_attention, x)
+        else:
+            x = self.attached(x)
         return x.transpose(1, 2).contiguous().view(nt, c, h, w)
 
 

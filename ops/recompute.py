@@ -22,9 +22,10 @@ more forward pass of the backbone and lets longer clips fit.
 The recomputation replays the same operations on the same inputs, so the results are the same as
 without it (the equivalence tests compare forward and every gradient). BatchNorm in train mode
 would update its running statistics a second time when replayed: they are put back after each
-recomputation. The state_dict and module names are unchanged (``checkpoint_forward`` replaces a
-module's ``forward`` on the instance, not the module). Under ``torch.compile`` the plain forward is
-traced (inductor chooses what to recompute itself).
+recomputation. The state_dict and module names are unchanged (a block becomes an instance of a
+subclass of its own class whose forward checkpoints the original one; the attached modules are
+checkpointed by their ``NonLocalWrapper``). Under ``torch.compile`` the plain forward is traced
+(inductor chooses what to recompute itself).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -42,6 +43,7 @@ from torch.utils.checkpoint import (
     checkpoint,
     create_selective_checkpoint_contexts,
 )
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 aten = torch.ops.aten
 
@@ -90,11 +92,12 @@ def keep_attention(ctx, op, *args, **kwargs) -> CheckpointPolicy:
 
 
 @contextlib.contextmanager
-def running_stats_kept(module: nn.Module) -> Iterator[None]:
+def running_stats_kept(modules: Iterable[nn.Module]) -> Iterator[None]:
     """Put back the running statistics (and batch counters) of the train-mode BatchNorms in
-    ``module`` on exit, so that replaying a forward does not update them twice."""
+    ``modules`` on exit, so that replaying a forward does not update them twice."""
     saved = [
         (bn, bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())
+        for module in modules
         for bn in module.modules()
         if isinstance(bn, _BatchNorm) and bn.training and bn.track_running_stats
     ]
@@ -109,56 +112,74 @@ def running_stats_kept(module: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _replaying(module: nn.Module, replay) -> Iterator[None]:
-    with running_stats_kept(module), replay:  # the statistics are put back after the replay
+def _replaying(modules: list[nn.Module], replay) -> Iterator[None]:
+    with running_stats_kept(modules), replay:  # the statistics are put back after the replay
         yield
 
 
-def _contexts(module: nn.Module, policy: Policy):
+def _contexts(modules: list[nn.Module], policy: Policy):
     keep, replay = create_selective_checkpoint_contexts(policy)
-    return keep, _replaying(module, replay)
+    return keep, _replaying(modules, replay)
 
 
-def _checkpointed_forward(module: nn.Module, policy: Policy, *args, **kwargs):
-    forward = type(module).forward.__get__(module)
+def checkpointed(fn: Callable, modules: list[nn.Module], policy: Policy, *args):
+    """``fn(*args)``, keeping for the backward only what ``policy`` keeps (and ``args``); the rest
+    is recomputed in the backward. ``modules`` are those ``fn`` runs (for their BatchNorms).
+    Without gradients, and while ``torch.compile`` traces (inductor picks what to recompute
+    itself), it is just ``fn(*args)``."""
     if not torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return forward(*args, **kwargs)
+        return fn(*args)
     return checkpoint(
-        forward,
+        fn,
         *args,
         use_reentrant=False,
-        preserve_rng_state=False,  # nothing random inside a block
-        context_fn=functools.partial(_contexts, module, policy),
-        **kwargs,
+        preserve_rng_state=False,  # nothing random in a residual block or an attached module
+        context_fn=functools.partial(_contexts, modules, policy),
     )
 
 
-def checkpoint_forward(module: nn.Module, policy: Policy) -> None:
-    """From now on run ``module``'s forward under selective activation checkpointing with
-    ``policy`` whenever gradients are being recorded. Names and state_dict stay as they are."""
-    module.forward = functools.partial(_checkpointed_forward, module, policy)
+class _Recomputed:
+    """A residual block whose forward runs under ``checkpointed`` with ``self.recompute_policy``."""
+
+    recompute_policy = staticmethod(keep_block_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return checkpointed(super().forward, [self], self.recompute_policy, x)
+
+
+class RecomputedBottleneck(_Recomputed, Bottleneck):
+    pass
+
+
+class RecomputedBasicBlock(_Recomputed, BasicBlock):
+    pass
+
+
+RECOMPUTED = {Bottleneck: RecomputedBottleneck, BasicBlock: RecomputedBasicBlock}
 
 
 def make_recompute(net: nn.Module, checkpoint_blocks: bool = False) -> None:
-    """Recompute cheap activations in every residual block of the ResNet ``net`` (layer1..4) and
-    in every module attached after one (``ops/non_local.py``); ``checkpoint_blocks`` recomputes
-    the residual blocks entirely. Call after the temporal shift and the non-local blocks are in."""
-    from ops.non_local import NonLocalWrapper  # noqa: PLC0415 (non_local imports the blocks)
+    """Recompute cheap activations in every residual block of the torchvision ResNet ``net``
+    (layer1..4) and in the modules attached after them (``NonLocalWrapper.recompute``);
+    ``checkpoint_blocks`` recomputes the residual blocks entirely. Call after the temporal shift
+    and the non-local blocks are in. Each block becomes the ``Recomputed`` subclass of its class
+    (same parameters and buffers, so the state_dict is unchanged)."""
+    from ops.non_local import NonLocalWrapper  # noqa: PLC0415 (non_local imports this module)
     from ops.temporal_shift import TemporalPool, TemporalShift  # noqa: PLC0415
 
-    block_policy = keep_attention if checkpoint_blocks else keep_block_outputs
     for stage in range(1, 5):
         layer = getattr(net, f"layer{stage}")
-        if isinstance(layer, TemporalPool):
-            layer = layer.net
-        for unit in layer:
-            block = unit.block if isinstance(unit, NonLocalWrapper) else unit
-            checkpoint_forward(block, block_policy)
+        for unit in layer.net if isinstance(layer, TemporalPool) else layer:
+            if isinstance(unit, NonLocalWrapper):
+                unit.recompute = True
+                unit = unit.block
+            block = unit.net if isinstance(unit, TemporalShift) else unit  # place='block'
+            if type(block) not in RECOMPUTED:
+                raise ValueError(f"recompute: unexpected residual block {type(block).__name__}")
+            block.__class__ = RECOMPUTED[type(block)]
+            block.recompute_policy = keep_attention if checkpoint_blocks else keep_block_outputs
             for shift in block.modules():
-                # the block's recomputation re-shifts already; the shift+conv that re-shifts in
-                # its own backward would shift a third time
+                # the block's replay re-shifts already; the shift+conv that re-shifts in its own
+                # backward would shift a third time
                 if isinstance(shift, TemporalShift):
                     shift.recompute = False
-            if isinstance(unit, NonLocalWrapper):
-                for name in unit.part_names:
-                    checkpoint_forward(getattr(unit, name), keep_attention)
