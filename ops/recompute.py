@@ -43,7 +43,7 @@ from torch.utils.checkpoint import (
     checkpoint,
     create_selective_checkpoint_contexts,
 )
-from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 aten = torch.ops.aten
 
@@ -158,15 +158,31 @@ class RecomputedBasicBlock(_Recomputed, BasicBlock):
 RECOMPUTED = {Bottleneck: RecomputedBottleneck, BasicBlock: RecomputedBasicBlock}
 
 
+class RecomputedResNet(ResNet):
+    """torchvision's ResNet whose stem keeps only the first convolution's output: its BatchNorm,
+    ReLU and max-pool (the ReLU output and the int64 pool indices, 1.5x the size of layer1's
+    input) are recomputed in the backward."""
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maxpool(self.relu(self.bn1(x)))
+
+    def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:  # torchvision's, with the stem above
+        x = checkpointed(self._stem, [self.bn1], keep_attention, self.conv1(x))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
 def make_recompute(net: nn.Module, checkpoint_blocks: bool = False) -> None:
-    """Recompute cheap activations in every residual block of the torchvision ResNet ``net``
-    (layer1..4) and in the modules attached after them (``NonLocalWrapper.recompute``);
+    """Recompute cheap activations in the stem and every residual block of the torchvision ResNet
+    ``net`` (layer1..4) and in the modules attached after them (``NonLocalWrapper.recompute``);
     ``checkpoint_blocks`` recomputes the residual blocks entirely. Call after the temporal shift
     and the non-local blocks are in. Each block becomes the ``Recomputed`` subclass of its class
     (same parameters and buffers, so the state_dict is unchanged)."""
     from ops.non_local import NonLocalWrapper  # noqa: PLC0415 (non_local imports this module)
     from ops.temporal_shift import TemporalPool, TemporalShift  # noqa: PLC0415
 
+    if type(net) is ResNet:
+        net.__class__ = RecomputedResNet
     for stage in range(1, 5):
         layer = getattr(net, f"layer{stage}")
         for unit in layer.net if isinstance(layer, TemporalPool) else layer:

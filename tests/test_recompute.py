@@ -9,7 +9,7 @@ from torch import nn
 
 from ops.models import TSN
 from ops.non_local import NonLocalWrapper
-from ops.recompute import RecomputedBottleneck, running_stats_kept
+from ops.recompute import RecomputedBottleneck, RecomputedResNet, running_stats_kept
 
 
 def _tsn(**kw) -> TSN:
@@ -24,6 +24,7 @@ def test_recompute_changes_no_name_parameter_or_buffer():
     for (a, x), (b, y) in zip(plain.state_dict().items(), recomputed.state_dict().items()):
         assert a == b and torch.equal(x, y)
     assert [n for n, _ in plain.named_modules()] == [n for n, _ in recomputed.named_modules()]
+    assert isinstance(recomputed.base_model, RecomputedResNet)  # the stem
     blocks = [m for m in recomputed.modules() if isinstance(m, RecomputedBottleneck)]
     assert len(blocks) == 16  # every residual block of ResNet-50
     wrappers = [m for m in recomputed.modules() if isinstance(m, NonLocalWrapper)]
