@@ -208,10 +208,13 @@ class VideoReader:
         ctx.thread_count = self.threads
         ctx.thread_type = "SLICE" if self.threads == 1 else "AUTO"
         ctx.copy_opaque = True  # each frame carries the `opaque` of the packet it came from
+        self._fresh = True  # nothing read since the file was opened
 
     def _reopen(self) -> None:
-        self.close()
-        self._open()
+        """Back to the start of the file (reopening it: robust whatever the demuxer)."""
+        if not self._fresh:
+            self.close()
+            self._open()
 
     def _grid_timing(self) -> _Grid | None:
         """The constant-frame-rate model when the header and the index agree with it, else None.
@@ -283,6 +286,7 @@ class VideoReader:
         """One pass over the packets (no decoding): frame numbers = ranks of their timestamps."""
         self._reopen()
         rows, problem = [], None  # (position, pts, seek timestamp, key frame, discarded)
+        self._fresh = False
         try:
             for p in self.container.demux(self.stream):
                 if p.size:
@@ -313,21 +317,22 @@ class VideoReader:
         comes out of it, and the key frames are the frames that decode as key frames."""
         self._reopen()
         rows, numbers, keys = [], {}, []  # rows: (position, seek timestamp) per packet
-        for k, frame in enumerate(self._decode(self._tagged(rows)), start=1):
+        count, tagged = 0, True  # tagged: every frame tells the packet it came from
+        for frame in self._decode(self._tagged(rows)):
+            count += 1
             i = (frame.opaque or (None,))[0]
-            if i is None or i in numbers:
-                numbers = None
-                break
-            numbers[i] = k
-            if frame.key_frame:
-                keys.append(i)
+            tagged = tagged and i is not None and i not in numbers
+            if tagged:
+                numbers[i] = count
+                if frame.key_frame:
+                    keys.append(i)
         self._reopen()
         positions = [r[0] for r in rows]
-        if numbers is None or not _distinct(positions):
-            return _Sequential(self._count_frames(), problem)
+        if not tagged or not _distinct(positions):
+            return _Sequential(count, problem)
         listed = [numbers.get(i) for i in range(len(rows))]
         seek_ts = [r[1] for r in rows]
-        return _Table("decoded", positions, listed, seek_ts, keys, len(numbers), problem)
+        return _Table("decoded", positions, listed, seek_ts, keys, count, problem)
 
     def _tagged(self, rows: list) -> Iterator[av.Packet]:
         """The packets from the start, each tagged with its decode index."""
@@ -335,12 +340,6 @@ class VideoReader:
             packet.opaque = (len(rows),)  # a new object: PyAV keys opaques by identity
             rows.append((packet.pos, _seek_ts(packet)))
             yield packet
-
-    def _count_frames(self) -> int:
-        self._reopen()
-        count = sum(1 for _ in self._decode(self._packets()))
-        self._reopen()
-        return count
 
     def _next_model(self, reason: str) -> None:
         logger.debug("%s: %s; numbering frames with the next model", self.path, reason)
@@ -478,7 +477,8 @@ class VideoReader:
     def _seek_grid(self, grid: _Grid, k: int) -> tuple[Iterator, int] | None:
         target = grid.pts(k)
         for _ in range(SEEK_RETRIES):
-            self._seek_container(target)
+            if not self._seek_container(target):
+                return None
             packets = self._packets()
             head = next((p for p in packets if p.is_keyframe), None)
             if head is None:
@@ -499,9 +499,8 @@ class VideoReader:
         earlier = [i for i in table.key_packets if i < key]
         for attempt in [key] + sorted(earlier, reverse=True)[: SEEK_RETRIES - 1]:
             target = table.seek_ts[attempt]
-            if target is None:
+            if target is None or not self._seek_container(target):
                 continue
-            self._seek_container(target)
             packets = self._packets()
             unknown = 0
             for packet in packets:  # demux (no decoding) up to the key frame's packet
@@ -516,13 +515,22 @@ class VideoReader:
                     break  # landed after the key frame: seek earlier
         return None
 
-    def _seek_container(self, target: int) -> None:
-        self.container.seek(target, stream=self.stream, backward=True, any_frame=False)
+    def _seek_container(self, target: int) -> bool:
+        """Seek to the key frame at or before `target`; False where the demuxer refuses (e.g.
+        a timestamp before its first one, or a damaged file): the caller tries elsewhere."""
+        self._fresh = False
+        try:
+            self.container.seek(target, stream=self.stream, backward=True, any_frame=False)
+        except av.FFmpegError as e:
+            logger.debug("%s: seeking to %d failed: %s", self.path, target, _one_line(e))
+            return False
         self.stream.codec_context.flush_buffers()
+        return True
 
     # -- decoding ----------------------------------------------------------------------------
     def _packets(self) -> Iterator[av.Packet]:
         """The stream's packets; a demuxing error ends them (the file is damaged there)."""
+        self._fresh = False
         packets = self.container.demux(self.stream)
         while True:
             try:
