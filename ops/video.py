@@ -69,6 +69,7 @@ _announced = False
 # Demuxers that load every sample's stored timestamps with the header (the grid model's O(1)
 # checks need them); AVI also has a complete index, but of decode times only.
 _GRID_FORMATS = {"mov,mp4,m4a,3gp,3g2,mj2"}
+_MAX_NVOP_SIZE = 19  # bytes: FFmpeg's bound for an MPEG-4 "not coded" frame (MAX_NVOP_SIZE)
 # Codecs whose reordering FFmpeg's guessed timestamps get right (the MPEG rule: B-frames are not
 # references and are shown before the anchor decoded just ahead of them). In containers that
 # store no presentation times (AVI, raw streams) any other codec with B-frames (H.264 and HEVC
@@ -119,6 +120,7 @@ class _Table:
     key_packets: list[int]  # decode indices of the key frames, in frame-number order
     count: int
     problem: str | None = None
+    guessed: bool = False  # numbers from timestamps that the demuxer guessed (AVI, raw streams)
     exact = True
 
     def __post_init__(self) -> None:
@@ -153,6 +155,14 @@ def _distinct(positions: list[int | None]) -> bool:
     without positions, and cuts them differently after a seek: those are read sequentially."""
     known = all(pos is not None and pos >= 0 for pos in positions)
     return known and len(set(positions)) == len(positions)
+
+
+def _may_skip_frames(codec: str, sizes: list[int]) -> bool:
+    """Whether some packets may decode to no frame: MPEG-4 part 2 "not coded" frames (what xvid
+    writes for dropped frames, and as the placeholders of DivX packed B-frames) are at most
+    MAX_NVOP_SIZE bytes to FFmpeg, which outputs nothing for them. Counting packets would then
+    number every later frame one too high; such files are numbered by decoding."""
+    return codec == "mpeg4" and bool(sizes) and min(sizes) <= _MAX_NVOP_SIZE
 
 
 def _seek_ts(packet: av.Packet) -> int | None:
@@ -231,6 +241,8 @@ class VideoReader:
         if step.denominator != 1 or s.duration != n * step or len(index) != n:
             return None
         step = int(step)
+        if _may_skip_frames(s.codec_context.name, [index[i].size for i in range(n)]):
+            return None
         first, last = index[0], index[n - 1]
         if last.timestamp - first.timestamp != (n - 1) * step:
             return None
@@ -271,10 +283,11 @@ class VideoReader:
 
     def _declared_problem(self, timing: _Table | _Sequential) -> str | None:
         # A header that declares more frames than the file holds means frames are missing,
-        # unless the index lists exactly the frames found (AVI at a variable frame rate
-        # declares its length in ticks of its time base, not in frames).
+        # unless the index lists exactly the packets found (AVI at a variable frame rate
+        # declares its length in ticks of its time base; not-coded frames are packets).
         index = self.stream.index_entries
-        complete = len(index) == timing.count and (
+        packets = len(timing.positions) if isinstance(timing, _Table) else timing.count
+        complete = len(index) == packets and (
             not len(index)
             or index[len(index) - 1].pos + index[len(index) - 1].size <= self.file_size
         )
@@ -285,12 +298,12 @@ class VideoReader:
     def _timestamp_table(self) -> _Table | _Sequential:
         """One pass over the packets (no decoding): frame numbers = ranks of their timestamps."""
         self._reopen()
-        rows, problem = [], None  # (position, pts, seek timestamp, key frame, discarded)
+        rows, problem = [], None  # (position, pts, seek timestamp, key frame, discarded, size)
         self._fresh = False
         try:
             for p in self.container.demux(self.stream):
                 if p.size:
-                    rows.append((p.pos, p.pts, _seek_ts(p), p.is_keyframe, p.is_discard))
+                    rows.append((p.pos, p.pts, _seek_ts(p), p.is_keyframe, p.is_discard, p.size))
         except av.FFmpegError as e:  # truncated or damaged: what was read so far counts
             problem = f"the packets stop early ({_one_line(e)})"
         self._reopen()
@@ -302,6 +315,8 @@ class VideoReader:
         )
         if guessed and ctx.has_b_frames and ctx.name not in _MPEG_REORDER:
             return self._decoded_table(problem)  # guessed timestamps, reordering they miss
+        if _may_skip_frames(ctx.name, [r[5] for r in rows]):
+            return self._decoded_table(problem)
         if None in stamps or len(set(stamps)) != len(stamps) or not _distinct(positions):
             logger.debug("%s: no usable timestamps, numbering frames by decoding", self.path)
             return self._decoded_table(problem)
@@ -310,7 +325,9 @@ class VideoReader:
         keys = [i for i, r in enumerate(rows) if r[3] and numbers[i] is not None]
         keys.sort(key=lambda i: numbers[i])
         seek_ts = [r[2] for r in rows]
-        return _Table("timestamps", positions, numbers, seek_ts, keys, len(stamps), problem)
+        return _Table(
+            "timestamps", positions, numbers, seek_ts, keys, len(stamps), problem, guessed
+        )
 
     def _decoded_table(self, problem: str | None = None) -> _Table | _Sequential:
         """Decode the file once from the start: each packet gets the number of the frame that
@@ -556,6 +573,10 @@ class VideoReader:
         sequential = isinstance(self._timing, _Sequential)
         if not sequential:
             packets = self._numbered(packets)
+        # Where the model rests on guessed timestamps, the key frame's own number is checked by
+        # the frame after it (a constant offset would pass every other check): held until then.
+        hold = not from_start and getattr(self._timing, "guessed", False)
+        held = None
         expect, errors = first, self._errors
         for count, frame in enumerate(self._decode(packets), start=1):
             n = count if sequential else (frame.opaque or (None,))[0]
@@ -570,7 +591,15 @@ class VideoReader:
             elif n == first and not from_start and not frame.key_frame:
                 raise _Inexact(f"frame {n} is indexed as a key frame but does not decode as one")
             expect, errors = n + 1, self._errors
+            if hold and n == first:
+                held = (n, frame)
+                continue
+            if held is not None:
+                yield held
+                held = None
             yield n, frame
+        if held is not None:
+            yield held
 
     def _decode(self, packets: Iterator[av.Packet]) -> Iterator[av.VideoFrame]:
         """Frames of the packets, then of the decoder's flush; packets that do not decode are

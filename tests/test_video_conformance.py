@@ -18,6 +18,7 @@ them are in the PyAV wheels' FFmpeg build this project installs.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import struct
 from dataclasses import dataclass, field
@@ -150,7 +151,8 @@ def encode(path: str, case: Case) -> None:
             stream.codec_context.time_base = MS
         t = case.start_ms
         for i in range(case.frames):
-            arr = texture[i : i + h, 2 * i : 2 * i + w] + np.uint8(2 * i)
+            y, x = i % 64, (2 * i) % 64  # every frame of a case (<= 40) differs
+            arr = texture[y : y + h, x : x + w] + np.uint8(2 * i % 256)
             arr[(3 * i) % h, :, 1] = 255  # a line that moves down
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
             if timed:
@@ -282,6 +284,80 @@ def test_reader_matches_plain_decode_loop(videos, case):
     for k in (1, n // 2 + 1, n):  # a fresh reader's first request
         with VideoReader(path, threads=case.threads) as reader:
             assert_frames(reader.read([k, k]), [k, k], expected, case.file)
+
+
+# ----------------------------------------------------------------- MPEG-4 as DivX and xvid
+VOP = b"\x00\x00\x01\xb6"  # start code of a video object plane (a coded frame)
+# A P-VOP that is not coded: modulo time base 0, time increment 0 in 5 bits (FFmpeg's encoder
+# at 25 fps: resolution 25), vop_coded 0, stuffing. FFmpeg outputs no frame for it.
+NOT_CODED = VOP + bytes([0b01010000, 0b01001111])
+DIVX_PACKED = b"\x00\x00\x01\xb2DivX503b1393p"  # user data: "p" = packed B-frames
+
+
+def rewrite_packets(src: str, dst: str, rewrite) -> None:
+    """Copy an AVI's video packets through `rewrite([(data, key), ...]) -> [(data, key), ...]`
+    into `dst` (AVI, or mp4 for streams without B-frames), timestamps = packet index."""
+    with av.open(src) as source:
+        stream = source.streams.video[0]
+        packets = [(bytes(p), p.is_keyframe) for p in source.demux(stream) if p.size]
+        with av.open(dst, "w") as out:
+            copy = out.add_stream_from_template(stream)
+            for i, (data, key) in enumerate(rewrite(packets)):
+                packet = av.Packet(data)
+                packet.stream, packet.time_base = copy, stream.time_base
+                packet.pts = packet.dts = i
+                packet.is_keyframe = key
+                out.mux(packet)
+
+
+def pack_bframes(packets: list) -> list:
+    """DivX 5 / xvid "packed bitstream": each B-frame travels in the chunk of the anchor decoded
+    before it, and a not-coded frame holds its place (so AVI needs no reordering)."""
+    data, key = packets[0]
+    at = data.index(VOP)
+    out, rest = [], [(data[:at] + DIVX_PACKED + data[at:], key)] + packets[1:]
+    i = 0
+    while i < len(rest):
+        following = rest[i + 1][0] if i + 1 < len(rest) else b""
+        if (
+            following[following.find(VOP) + 4 :][:1]
+            and following[following.find(VOP) + 4] >> 6 == 2
+        ):
+            out += [(rest[i][0] + following, rest[i][1]), (NOT_CODED, False)]  # B-VOP
+            i += 2
+        else:
+            out.append(rest[i])
+            i += 1
+    return out
+
+
+def drop_a_frame(packets: list) -> list:
+    """What xvid writes for a dropped frame: a not-coded frame (early, before key frames)."""
+    return packets[:3] + [(NOT_CODED, False)] + packets[3:]
+
+
+@pytest.mark.parametrize(
+    "kind, ext", [("packed_bframes", "avi"), ("not_coded_frame", "avi"), ("not_coded_frame", "mp4")]
+)
+def test_mpeg4_as_divx_and_xvid_write_it(tmp_path, kind, ext):
+    """Packets that decode to no frame (not-coded frames) and packets that hold two frames
+    (packed B-frames): counting packets would number every later frame one off, silently; the
+    reader notices the not-coded frames by size and numbers such files by decoding them once."""
+    base = next(c for c in CASES if c.file == "mpeg4_bframes.avi")
+    case = dataclasses.replace(base, bframes=1 if kind == "packed_bframes" else 0)
+    plain = str(tmp_path / "plain.avi")
+    encode(plain, case)
+    path = str(tmp_path / f"{kind}.{ext}")
+    rewrite_packets(plain, path, pack_bframes if kind == "packed_bframes" else drop_a_frame)
+    expected = plain_loop(path)
+    assert all(np.array_equal(a, b) for a, b in zip(expected, plain_loop(plain)))
+    assert len(expected) == case.frames  # the same frames, in order
+    chunks = packets(path)
+    if kind == "packed_bframes":
+        assert len(chunks) == case.frames and any(bytes(p).count(VOP) == 2 for p in chunks)
+    else:
+        assert len(chunks) == case.frames + 1
+    check_reads(path, expected, "decoded")
 
 
 # ----------------------------------------------------------------------------- bad files
