@@ -3,30 +3,36 @@
 Frame numbers are 1-based and mean what they mean for the frame folders of
 tools/extract_frames.py: frame k is the k-th frame that a plain decode loop outputs
 (`for frame in container.decode(video=0)`), converted by `frame.to_image()`. The reader finds
-frame k without decoding from the start, and proves as it goes that it numbers frames as that
-loop does:
+frame k without decoding from the start, and checks as it goes that it numbers frames as that
+loop does.
 
-- Every packet fed to the decoder carries, as its `opaque` (FFmpeg passes it on to the frame
-  decoded from that packet, through any reordering), the number of the frame it codes. So a
-  decoded frame's number never depends on the timestamps the decoder or the demuxer guess.
-- The number of the frame in a packet comes from one of three models, tried in this order:
-  1. Grid (mp4 / mov with a constant frame rate: their index gives every sample's stored
-     timestamp when the file opens): frame k has the timestamp `start + (k - 1) * step`. O(1).
-  2. Timestamp table (every other container, and mp4 files off the grid): one pass over the
-     packets (demuxing, no decoding) lists them in decode order; frame numbers are the ranks of
-     their presentation timestamps. Cached per process.
-  3. Decoded table, built once per file by decoding it from the start: where the timestamps
-     cannot be trusted. AVI stores none: FFmpeg guesses them from the decode order, which is
-     right for MPEG-4 part 2 B-frames but not for H.264 B-pyramids, and collides on variable
-     frame rates (two frames, one timestamp). Cached per process.
-  4. Sequential: decode from the start and count, the definition itself; the last resort.
-- Checks on every decoding run: after a seek the reader feeds the decoder from a key frame on;
-  frames shown before that key frame but decoded after it (open GOP "leading" frames, which
-  reference frames before the seek point and come out broken or not at all) are dropped; then
-  the first frame out must be the key frame itself and decode as a key frame (an index that
-  marks other frames as key frames fails here), and every next frame must be the next number.
-  A failed check moves the file to the next model and reads again, so a wrong number is never
-  returned silently.
+Every packet fed to the decoder carries, as its `opaque` (FFmpeg hands it on to the frame
+decoded from that packet, through any reordering), the number of the frame it codes; so a
+frame's number never depends on timestamps that the decoder guesses. That number comes from one
+of four models, tried in this order (`VideoReader.model`):
+
+1. "grid" (mp4 / mov at a constant frame rate, whose index gives every sample's stored
+   timestamp when the file opens): frame k has the timestamp `start + (k - 1) * step`. O(1).
+2. "timestamps" (other containers, and mp4 off the grid): one pass over the packets (demuxing,
+   no decoding) lists them in decode order; frame numbers are the ranks of their presentation
+   timestamps. Cached per process.
+3. "decoded": the file is decoded once from the start and each packet gets the number of the
+   frame that came out of it; key frames are the frames that decode as key frames. Used where
+   timestamps cannot be trusted: AVI and raw streams store none, and FFmpeg's guesses are right
+   for MPEG-style B-frames but not for H.264 / HEVC B-pyramids, and collide at variable frame
+   rates; MPEG-4 part 2 "not coded" frames (xvid's dropped frames, the placeholders of DivX
+   packed B-frames) decode to no frame at all. Cached per process.
+4. "sequential": decode from the start and count, the definition itself; the last resort (MPEG
+   program streams, whose frames have no byte positions to be recognised by after a seek).
+
+Checks on every decoding run: after a seek the decoder is fed from a key frame on; frames shown
+before that key frame but decoded after it (open-GOP leading frames, which reference frames
+before the seek point and come out broken or not at all) are dropped; the first frame out must
+be the key frame itself and decode as a key frame (an index that calls other frames key frames
+fails here); every next frame must be the next number; where the model rests on guessed
+timestamps, the key frame is handed out only once the frame after it has confirmed its number.
+A failed check moves the file to the next model and reads again: a frame is never returned
+under a number that the decoder contradicted.
 
 `VideoReader.read` takes the wanted frames in increasing order; before each it seeks to the
 latest key frame at or before it when that key frame lies ahead of the decoder, and decodes
@@ -39,6 +45,7 @@ Bad files: a missing file or one that does not open as a video raises `VideoErro
 a file shorter than its index (truncated) opens with `problem` set; frames that cannot be decoded
 are absent from `read`'s result, and `scan` decodes the whole file once to tell which frames do
 decode, so that the caller can use the nearest one (ops/dataset.py does, and counts it).
+tests/test_video_conformance.py lists the containers, codecs and stream structures checked.
 
 torchcodec is not used: version 0.17 installs from the registry but does not load here, as it
 needs FFmpeg's shared libraries on the system (PyAV ships its own FFmpeg), so there was nothing
@@ -364,7 +371,8 @@ class VideoReader:
 
     @property
     def num_frames(self) -> int:
-        """Frames of the video (the container's count, checked when the file was opened)."""
+        """Frames of the video: the container's count (grid), its frame packets (timestamps), or
+        the frames decoded (decoded, sequential)."""
         return self._timing.count
 
     @property
