@@ -153,6 +153,7 @@ class _Sequential:
 
     count: int
     problem: str | None = None
+    packets: int | None = None  # packets with data (None: not counted)
     exact = True
 
 
@@ -271,7 +272,7 @@ class VideoReader:
         """The next model after `after` (None: the first table), cached per file."""
         key = self._cache_key()
         cached = _tables.get(key)
-        if cached is not None and after is None or _later(cached, after):
+        if (cached is not None and after is None) or _later(cached, after):
             _tables.move_to_end(key)
             timing = cached
         else:
@@ -280,7 +281,7 @@ class VideoReader:
             elif after.source == "timestamps":
                 timing = self._decoded_table(after.problem)
             else:
-                timing = _Sequential(after.count, after.problem)
+                timing = _Sequential(after.count, after.problem, len(after.positions))
             _tables[key] = timing
             if len(_tables) > _CACHE_SIZE:
                 _tables.popitem(last=False)
@@ -293,7 +294,7 @@ class VideoReader:
         # unless the index lists exactly the packets found (AVI at a variable frame rate
         # declares its length in ticks of its time base; not-coded frames are packets).
         index = self.stream.index_entries
-        packets = len(timing.positions) if isinstance(timing, _Table) else timing.count
+        packets = len(timing.positions) if isinstance(timing, _Table) else timing.packets
         complete = len(index) == packets and (
             not len(index)
             or index[len(index) - 1].pos + index[len(index) - 1].size <= self.file_size
@@ -353,7 +354,7 @@ class VideoReader:
         self._reopen()
         positions = [r[0] for r in rows]
         if not tagged or not _distinct(positions):
-            return _Sequential(count, problem)
+            return _Sequential(count, problem, len(positions))
         listed = [numbers.get(i) for i in range(len(rows))]
         seek_ts = [r[1] for r in rows]
         return _Table("decoded", positions, listed, seek_ts, keys, count, problem)
