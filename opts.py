@@ -14,6 +14,7 @@ demo with three epochs and no temporal shift, i.e. a TSN baseline).
 from __future__ import annotations
 
 import argparse
+import json
 
 from ops.dataset_config import add_data_args
 
@@ -48,6 +49,17 @@ DEMO_DEFAULTS: dict[str, object] = {
     "print_freq": 10,
     "suffix": "demo",
 }
+
+
+def _json_object(text: str) -> dict:
+    """argparse type of --nl_options: a JSON object (a one-line error otherwise)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object {{...}}, got {text!r}")
+    return value
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -107,6 +119,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default=None,
         help="comma-separated residual blocks to attach it after, e.g. layer2.0,layer3.0 "
         "(default: the published placement)",
+    )
+    g.add_argument(
+        "--nl_options",
+        type=_json_object,
+        default=None,
+        metavar="JSON",
+        help="settings of the attached block, as a JSON object of its builder's keywords, e.g. "
+        '\'{"kernels": [[3,5,5],[3,5,5],[3,3,3],[3,3,3]]}\' for RNL region kernels per stage '
+        "(defaults: in the block's file; recorded in the checkpoint)",
     )
     g.add_argument(
         "--pretrain",

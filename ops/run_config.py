@@ -95,6 +95,7 @@ def model_kwargs(args: argparse.Namespace, num_class: int, pretrain: str) -> dic
         non_local=args.non_local,
         nl_type=args.nl_type,
         nl_where=args.nl_where,
+        nl_options=args.nl_options,
         input_size=args.input_size,
     )
 
@@ -184,7 +185,7 @@ def describe(args: argparse.Namespace, plan: du.LaunchPlan, data: dict, name: st
         f"  shift: {args.shift}, shift_div: {args.shift_div}, shift_place: {args.shift_place}, "
         f"temporal_pool: {args.temporal_pool}",
         f"  non_local: {args.non_local} ({args.nl_type} at "
-        f"{args.nl_where or 'the published places'})",
+        f"{args.nl_where or 'the published places'}, options {args.nl_options or 'default'})",
         f"optimizer: SGD lr {args.lr}, momentum {args.momentum}, weight decay {args.weight_decay}, "
         f"clip grad norm {args.clip_gradient}, fc lr x5 {cfg['fc_lr5']}",
         f"  lr_type: {args.lr_type}"

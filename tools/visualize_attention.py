@@ -37,9 +37,8 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from ops.checkpoint import CheckpointError  # noqa: E402
 from ops.dataset_config import REGISTRY, category_file, read_categories  # noqa: E402
-from ops.non_local import NonLocalWrapper  # noqa: E402
+from ops.non_local import attention_modules  # noqa: E402
 from ops.sampling import clip_frames  # noqa: E402
-from ops.temporal_shift import TemporalPool, TemporalShift  # noqa: E402
 from tools._common import (  # noqa: E402
     TOOL_ERRORS,
     count_frames,
@@ -139,24 +138,6 @@ def preprocess(frames: list[Image.Image], model) -> tuple[torch.Tensor, list[Ima
 # ---------------------------------------------------------------------------------------------
 # the attention
 # ---------------------------------------------------------------------------------------------
-def attention_blocks(model) -> dict[str, torch.nn.Module]:
-    """``layerX.Y`` -> the non-local block (with ``store_attention``) attached after it."""
-    blocks = {}
-    net = model.base_model
-    for stage in range(1, 5):
-        layer = getattr(net, f"layer{stage}", None)
-        while isinstance(layer, (TemporalShift, TemporalPool)):
-            layer = layer.net
-        if layer is None:
-            continue
-        for i, block in enumerate(layer):
-            if isinstance(block, NonLocalWrapper):
-                for part in block.part_names:
-                    if hasattr(getattr(block, part), "store_attention"):
-                        blocks[f"layer{stage}.{i}"] = getattr(block, part)
-    return blocks
-
-
 def run_with_attention(model, block, x: torch.Tensor):
     """Forward ``x`` keeping ``block``'s attention. Returns ``(logits [K], attention [Ps, P],
     target grid (T, H, W), source grid (T, Hs, Ws))``."""
@@ -276,7 +257,7 @@ def visualize(
 ) -> dict:
     """Write the PNG to ``out``; returns what was drawn (block, map, prediction)."""
     model, cfg = model_from_checkpoint(weights, num_segments=segments)
-    blocks = attention_blocks(model)
+    blocks = attention_modules(model)
     if not blocks:
         raise ValueError(f"{weights} has no RNL / non-local block: nothing to visualise")
     block_name = block_name or next(iter(blocks))
