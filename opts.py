@@ -126,7 +126,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default=None,
         metavar="JSON",
         help="settings of the attached block, as a JSON object of its builder's keywords, e.g. "
-        '\'{"kernels": [[3,5,5],[3,5,5],[3,3,3],[3,3,3]]}\' for RNL region kernels per stage '
+        "'{\"kernels\": [[3,5,5],[3,5,5],[3,3,3],[3,3,3]]}' for RNL region kernels per stage "
         "(defaults: in the block's file; recorded in the checkpoint)",
     )
     g.add_argument(

@@ -16,7 +16,7 @@ import main as train_main
 import test_models
 from ops.checkpoint import load_checkpoint
 from ops.non_local import BLOCKS
-from tools.make_synthetic import make_synthetic
+from ops.synthetic import make_synthetic
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
@@ -93,11 +93,9 @@ def test_readme_walkthrough_trains_and_tests_a_new_block(registered_block, tmp_p
     assert result["scores"].shape == (4, 2)
 
     # the model test_models.py rebuilt really holds the new block, with the trained weights
-    from ops.checkpoint import build_model_from_checkpoint, model_config_from_checkpoint
+    from ops.checkpoint import load_model
 
-    rebuilt = build_model_from_checkpoint(
-        load_checkpoint(renamed), model_config_from_checkpoint(load_checkpoint(renamed), renamed)
-    )
+    rebuilt, _ = load_model(renamed)
     blocks = [m for m in rebuilt.modules() if isinstance(m, block_cls)]
     assert len(blocks) == 2
     torch.testing.assert_close(blocks[0].fc.weight, gate)

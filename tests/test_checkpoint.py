@@ -9,9 +9,9 @@ import torch
 
 from ops.checkpoint import (
     CheckpointError,
+    checkpoint_info,
     load_checkpoint,
-    load_model_weights,
-    model_config_from_checkpoint,
+    load_weights,
     parse_published_name,
     save_checkpoint,
 )
@@ -146,17 +146,17 @@ def test_published_checkpoint_loads_strictly_and_wrong_keys_are_listed(tmp_path)
     path = tmp_path / KINETICS
     save_checkpoint(_published_checkpoint(src), path)
     ckpt = load_checkpoint(path)
-    cfg = model_config_from_checkpoint(ckpt, path)
-    assert (cfg["num_class"], cfg["non_local"], cfg["dataset"], cfg["dense_sample"]) == (
+    info = checkpoint_info(ckpt, path)
+    cfg = info["model_config"]
+    assert (cfg["num_class"], cfg["non_local"], info["dataset"], info["dense_sample"]) == (
         400,
         True,
         "kinetics",
         True,
     )
-    dst = TSN(
-        **{k: v for k, v in cfg.items() if k not in ("dataset", "dense_sample")}, pretrain="scratch"
-    )
-    load_model_weights(dst, ckpt["state_dict"])
+    assert info["published"] and (info["epoch"], info["best_prec1"]) == (100, 75.6)
+    dst = TSN(**cfg, pretrain="scratch")
+    load_weights(dst, ckpt["state_dict"])
     for (k, a), b in zip(src.state_dict().items(), dst.state_dict().values()):
         assert torch.equal(a, b), k
 
@@ -165,7 +165,7 @@ def test_published_checkpoint_loads_strictly_and_wrong_keys_are_listed(tmp_path)
     broken["module.base_model.layer9.weight"] = torch.zeros(1)
     broken["module.new_fc.weight"] = torch.zeros(174, 2048)
     with pytest.raises(CheckpointError) as err:
-        load_model_weights(dst, broken)
+        load_weights(dst, broken)
     msg = str(err.value)
     assert "\n" not in msg
     assert "1 missing: base_model.layer2.0.nl.theta.weight" in msg
@@ -181,7 +181,7 @@ def test_published_classifier_head_maps_to_new_fc():
         ("module." + k).replace("new_fc.", "base_model.classifier."): v.clone() + 1
         for k, v in model.state_dict().items()
     }
-    load_model_weights(model, sd)
+    load_weights(model, sd)
     torch.testing.assert_close(model.new_fc.bias, sd["module.base_model.classifier.bias"])
 
 
@@ -197,8 +197,9 @@ def test_own_checkpoint_config_wins_over_file_name(tmp_path):
         },
         path,
     )
-    cfg = model_config_from_checkpoint(load_checkpoint(path), path)
+    info = checkpoint_info(load_checkpoint(path), path)
+    cfg = info["model_config"]
     assert (
-        cfg["dataset"] == "synthetic" and cfg["base_model"] == "resnet18" and cfg["num_class"] == 3
+        info["dataset"] == "synthetic" and cfg["base_model"] == "resnet18" and cfg["num_class"] == 3
     )
-    assert cfg["dense_sample"] is True
+    assert info["dense_sample"] is True and not info["published"]

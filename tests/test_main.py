@@ -15,7 +15,7 @@ import torch
 
 import main as train_main
 from ops.checkpoint import load_checkpoint
-from tools.make_synthetic import make_synthetic
+from ops.synthetic import make_synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ops.seeding import EpochSampler, SeededDataset, rng_state, seed_all, set_rng_state
+from ops.checkpoint import rng_state, set_rng_state
+from ops.engine.seeding import EpochSampler, SeededDataset, seed_all
 
 
 class Draws(Dataset):

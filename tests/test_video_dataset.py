@@ -21,7 +21,8 @@ import torchvision
 
 import main
 import test_models
-from ops.dataset import DataError, TSNDataSet, collate
+from ops.data_problems import DataError
+from ops.dataset import TSNDataSet, collate
 from ops.dataset_config import VIDEO_TMPL, add_data_args, resolve_dataset
 from ops.transforms import (
     GroupMultiScaleCrop,

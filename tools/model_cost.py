@@ -42,9 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from ops.checkpoint import CheckpointError  # noqa: E402
+from ops.checkpoint import CheckpointError, checkpoint_info, load_checkpoint  # noqa: E402
 from ops.non_local import BLOCKS, attached_parts  # noqa: E402
-from tools._common import TOOL_ERRORS, fail, setup_tool_logging  # noqa: E402
+from ops.utils import setup_logging  # noqa: E402
+from tools._common import TOOL_ERRORS, fail  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -256,15 +257,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    setup_tool_logging(logging.WARNING)
+    setup_logging(level=logging.WARNING)
     try:
         if args.size < 32 or any(t < 1 for t in args.segments) or args.num_class < 1:
             raise ValueError("--size must be >= 32, --segments and --num_class >= 1")
         if args.weights:
-            from tools._common import model_config
-
-            cfg, _ = model_config(args.weights)
-            cfg = {k: v for k, v in cfg.items() if k not in ("dataset", "dense_sample")}
+            cfg = checkpoint_info(load_checkpoint(args.weights), args.weights)["model_config"]
             rows = [describe(Path(args.weights).name, cfg, args.size)]
         else:
             rows = cost_rows(args.arch, args.segments, args.size, args.num_class, args.models)

@@ -35,17 +35,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
-from ops.checkpoint import CheckpointError  # noqa: E402
+from ops.checkpoint import CheckpointError, load_model  # noqa: E402
 from ops.dataset_config import REGISTRY, category_file, read_categories  # noqa: E402
 from ops.non_local import attention_modules  # noqa: E402
 from ops.sampling import clip_frames  # noqa: E402
+from ops.utils import setup_logging  # noqa: E402
 from tools._common import (  # noqa: E402
     TOOL_ERRORS,
     count_frames,
     fail,
-    model_config,
-    model_from_checkpoint,
-    setup_tool_logging,
 )
 
 logger = logging.getLogger(__name__)
@@ -254,9 +252,14 @@ def visualize(
     segments: int | None = None,
     cell: int | None = None,
     class_names: list[str] | None = None,
+    data_root: str | None = None,
 ) -> dict:
-    """Write the PNG to ``out``; returns what was drawn (block, map, prediction)."""
-    model, cfg = model_from_checkpoint(weights, num_segments=segments)
+    """Write the PNG to ``out``; returns what was drawn (block, map, prediction). Without
+    ``class_names`` the names come from the category file of the checkpoint's dataset under
+    ``data_root``, when it is there."""
+    model, meta = load_model(weights, num_segments=segments)
+    if class_names is None:
+        class_names = _class_names(data_root, meta["dataset"])
     blocks = attention_modules(model)
     if not blocks:
         raise ValueError(f"{weights} has no RNL / non-local block: nothing to visualise")
@@ -305,7 +308,7 @@ def visualize(
         "map": amap,
         "prediction": pred,
         "label": label,
-        "dataset": cfg.get("dataset"),
+        "dataset": meta["dataset"],
     }
 
 
@@ -362,16 +365,13 @@ def _class_names(data_root: str | None, dataset: str | None) -> list[str] | None
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    setup_tool_logging()
+    setup_logging()
     try:
         if args.top < 1:
             raise ValueError(f"--top must be >= 1, got {args.top}")
         if args.cell is not None and args.cell < 16:
             raise ValueError(f"--cell must be >= 16 pixels, got {args.cell}")
-        if args.category_file:
-            names = read_categories(args.category_file)
-        else:
-            names = _class_names(args.data_root, model_config(args.weights)[0].get("dataset"))
+        names = read_categories(args.category_file) if args.category_file else None
         result = visualize(
             args.weights,
             args.video,
@@ -383,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
             segments=args.segments,
             cell=args.cell,
             class_names=names,
+            data_root=args.data_root,
         )
     except (*TOOL_ERRORS, CheckpointError) as exc:
         return fail(exc)

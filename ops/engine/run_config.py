@@ -1,8 +1,9 @@
 """What a main.py command line resolves to: run name, dataset entry, model keywords, the plan.
 
 Shared by the run itself and by `--dry_run`, which prints `describe(...)` and exits without
-reading data. The run name follows the TSM / RNL main.py concatenation, so
-`ops.checkpoint.parse_published_name` reads the settings back from it.
+reading data (only a `--tune_from` checkpoint, to tell its dataset). The run name follows the
+TSM / RNL main.py concatenation, so `ops.checkpoint.parse_published_name` reads the settings back
+from it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from archs import imagenet_weights_path, load_imagenet_state_dict
 from ops import distributed as du
+from ops.checkpoint import same_dataset
 from ops.dataset_config import NO_FLIP_DATASETS, category_file, default_data_root, resolve_dataset
 
 logger = logging.getLogger(__name__)
@@ -101,10 +103,15 @@ def model_kwargs(args: argparse.Namespace, num_class: int, pretrain: str) -> dic
 
 
 def resolve_fc_lr5(args: argparse.Namespace) -> bool:
-    """fc lr x5 / x10: --fc_lr5 if given, else on unless fine-tuning from the same dataset (SPEC 7)."""
+    """fc lr x5 / x10: --fc_lr5 if given, else on unless fine-tuning from a checkpoint of the same
+    dataset (SPEC 7), by the rule that also decides whether its classifier is loaded."""
     if args.fc_lr5 is not None:
         return bool(args.fc_lr5)
-    return not (args.tune_from and args.dataset in os.path.basename(args.tune_from))
+    if not args.tune_from:
+        return True
+    if not os.path.isfile(args.tune_from):
+        raise FileNotFoundError(f"--tune_from {args.tune_from} does not exist")
+    return not same_dataset(args.tune_from, args.dataset)
 
 
 def visible_gpus(args: argparse.Namespace) -> int:
