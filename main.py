@@ -44,7 +44,7 @@ from ops.checkpoint import (
     save_training_checkpoint,
     tune_from,
 )
-from ops.data_problems import DataError
+from ops.data_problems import DataError, data_error_message
 from ops.dataset import TSNDataSet, collate
 from ops.dataset_config import NO_FLIP_DATASETS, default_data_root
 from ops.engine.compile import maybe_compile
@@ -53,11 +53,11 @@ from ops.engine.run_config import (
     check_pretrained,
     describe,
     model_kwargs,
+    plan_launch,
     resolve_data,
     resolve_sync_bn,
     resolved_config,
     run_name,
-    visible_gpus,
 )
 from ops.engine.run_logger import RunLogger
 from ops.engine.seeding import EpochSampler, SeededDataset, seed_all, start_epoch
@@ -390,9 +390,10 @@ def worker(local_rank: int, plan: du.LaunchPlan, args: argparse.Namespace, name:
         if not ctx.distributed:
             raise
         if du.is_collective_failure(exc):
-            logger.error("lost contact with another rank (it died or hung): %s", _first_line(exc))
+            msg = data_error_message(exc)
+            logger.error("lost contact with another rank (it died or hung): %s", msg)
         elif isinstance(exc, USER_ERRORS):
-            logger.error("%s", exc)
+            logger.error("%s", data_error_message(exc))
         else:
             logger.exception("rank %d failed", ctx.rank)
         sys.stderr.flush()
@@ -407,11 +408,6 @@ def _spawn_entry(local_rank: int, plan: du.LaunchPlan, args: argparse.Namespace,
     worker(local_rank, plan, args, name)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def main(argv: list[str] | None = None) -> dict:
     """Parse `argv` and run; returns rank 0's summary. Errors exit with a one-line message."""
     args = parse_args(argv)
@@ -419,8 +415,9 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         return _run(args)
     except USER_ERRORS as exc:
-        logger.error("%s", exc)
-        raise SystemExit(f"main.py: error: {exc}") from None
+        msg = data_error_message(exc)
+        logger.error("%s", msg)
+        raise SystemExit(f"main.py: error: {msg}") from None
 
 
 def _run(args: argparse.Namespace) -> dict:
@@ -430,27 +427,7 @@ def _run(args: argparse.Namespace) -> dict:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.available_gpus  # before CUDA is initialised
     data = resolve_data(args, dry_run=args.dry_run)
     name = run_name(args)
-    plan = du.plan_launch(
-        multiprocessing_distributed=args.multiprocessing_distributed,
-        world_size=args.world_size,
-        rank=args.rank,
-        dist_url=args.dist_url,
-        dist_backend=args.dist_backend,
-        available_gpus=args.available_gpus,
-        cpu_procs=args.cpu_procs,
-        num_visible_gpus=visible_gpus(args),
-    )
-    if args.gpu is not None:
-        if plan.mode != "single":
-            raise ValueError(
-                "--gpu picks the device of a single-process run: drop it when distributed"
-            )
-        if not plan.use_cuda and not args.dry_run:
-            raise ValueError(
-                f"--gpu {args.gpu} given but no GPU is visible: drop --gpu to use the CPU"
-            )
-        plan.gpu = args.gpu
-
+    plan = plan_launch(args)
     if args.dry_run:
         lines = describe(args, plan, data, name) + [check_pretrained(args, dry_run=True)]
         model = TSN(**model_kwargs(args, data["num_class"], "scratch"), print_spec=False)

@@ -30,6 +30,7 @@ import torch.distributed as dist
 from ops import distributed as du
 from ops import evaluation
 from ops.checkpoint import CheckpointError, load_model
+from ops.data_problems import data_error_message
 from ops.dataset import TSNDataSet
 from ops.dataset_config import (
     REGISTRY,
@@ -79,16 +80,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--full_res",
-        default=False,
         action="store_true",
         help="crop the scale size (256) instead of the input size (224), as in non-local I3D",
     )
-    parser.add_argument(
-        "--dense_sample", default=False, action="store_true", help="10 dense clips (I3D style)"
-    )
-    parser.add_argument(
-        "--twice_sample", default=False, action="store_true", help="2 clips per video"
-    )
+    parser.add_argument("--dense_sample", action="store_true", help="10 dense clips (I3D style)")
+    parser.add_argument("--twice_sample", action="store_true", help="2 clips per video")
     parser.add_argument(
         "--batch_size", type=int, default=1, help="videos per forward pass (x clips x crops)"
     )
@@ -97,7 +93,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--softmax",
-        default=False,
         action="store_true",
         help="average softmax probabilities instead of logits",
     )
@@ -160,6 +155,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _per_weight(text: str, flag: str, kind: type, num_weights: int) -> list:
+    """The comma-separated numbers of ``flag``, one per weight (a one-line ValueError if not)."""
+    try:
+        values = [kind(v) for v in str(text).split(",") if v]
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated numbers, got {text!r}") from None
+    if len(values) != num_weights:
+        raise ValueError(
+            f"{num_weights} weights but {len(values)} {flag} values: give one per weight, "
+            "e.g. --weights=a.pth,b.pth --test_segments=8,16"
+        )
+    return values
+
+
 def split_list_args(args: argparse.Namespace) -> tuple[list, list, list, list]:
     """Weights, segments, coefficients and test lists, one per ensemble member.
 
@@ -168,32 +177,12 @@ def split_list_args(args: argparse.Namespace) -> tuple[list, list, list, list]:
     weights = [w for w in args.weights.split(",") if w]
     if not weights:
         raise ValueError("--weights is empty: give one checkpoint file or a comma-separated list")
-    try:
-        segments = [int(s) for s in str(args.test_segments).split(",") if s]
-    except ValueError:
-        raise ValueError(
-            f"--test_segments must be comma-separated integers, got {args.test_segments!r}"
-        ) from None
-    if len(segments) != len(weights):
-        raise ValueError(
-            f"{len(weights)} weights but {len(segments)} test segments: give one --test_segments "
-            "value per weight, e.g. --weights=a.pth,b.pth --test_segments=8,16"
-        )
+    segments = _per_weight(args.test_segments, "--test_segments", int, len(weights))
     if any(s <= 0 for s in segments):
         raise ValueError(f"--test_segments must be positive, got {args.test_segments!r}")
-    if args.coeff is None:
-        coeffs = [1.0] * len(weights)
-    else:
-        try:
-            coeffs = [float(c) for c in args.coeff.split(",") if c]
-        except ValueError:
-            raise ValueError(
-                f"--coeff must be comma-separated numbers, got {args.coeff!r}"
-            ) from None
-        if len(coeffs) != len(weights):
-            raise ValueError(
-                f"{len(weights)} weights but {len(coeffs)} --coeff values: give one per weight"
-            )
+    coeffs = [1.0] * len(weights)
+    if args.coeff is not None:
+        coeffs = _per_weight(args.coeff, "--coeff", float, len(weights))
     if args.test_list is None:
         test_lists = [None] * len(weights)
     else:
@@ -424,7 +413,7 @@ def cli(argv: list[str] | None = None) -> int:
     try:
         main(args)
     except (CheckpointError, du.DistributedSetupError, ValueError, FileNotFoundError) as exc:
-        print(f"test_models.py: error: {exc}", file=sys.stderr)
+        print(f"test_models.py: error: {data_error_message(exc)}", file=sys.stderr)
         return 2
     finally:
         if dist.is_initialized():

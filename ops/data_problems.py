@@ -43,8 +43,9 @@ class DataError(ValueError):
 
 
 def data_error_message(exc: BaseException) -> str:
-    """The one-line message of a DataError, also after a DataLoader worker re-raised it in the
-    main process (the worker wraps the message in the worker's traceback)."""
+    """The one-line message of an error: its first line, and for a DataError that a DataLoader
+    worker re-raised in the main process (wrapped in the worker's traceback) the DataError's own
+    line. main.py and test_models.py report user errors with it."""
     text = str(exc).strip()
     marker = f"{DataError.__module__}.{DataError.__qualname__}: "
     if marker in text:

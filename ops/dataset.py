@@ -72,8 +72,6 @@ class TSNDataSet(torch.utils.data.Dataset):
         return_index: bool = False,
         max_workers: int = 128,
     ) -> None:
-        if modality not in ("RGB", "Flow"):
-            raise ValueError(f"modality must be RGB or Flow, got {modality!r}")
         self.root_path = root_path
         self.list_file = list_file
         self.num_segments = num_segments
@@ -90,11 +88,17 @@ class TSNDataSet(torch.utils.data.Dataset):
         self.skip_bad_lines = skip_bad_lines
         self.strict_data = strict_data
         self.return_index = return_index
+        if modality not in ("RGB", "Flow"):
+            raise ValueError(f"modality must be RGB or Flow, got {modality!r}")
+        # The published loader keeps only videos of >= 3 frames for training (and with
+        # remove_missing); we do the same, but count and report it.
+        self.min_frames = MIN_TRAIN_FRAMES if (not test_mode or remove_missing) else 0
+        self.problems = DataProblems(list_file, strict=strict_data, max_workers=max_workers)
         self.is_video = image_tmpl == VIDEO_TMPL
         self.source = (
-            VideoFiles(root_path, modality)
+            VideoFiles(root_path, modality, self.problems, self.min_frames)
             if self.is_video
-            else FrameFolders(root_path, image_tmpl, modality)
+            else FrameFolders(root_path, image_tmpl, modality, self.problems)
         )
         records, problems = self.source.read_list(list_file, num_class)
         self.bad_lines = problems
@@ -108,10 +112,7 @@ class TSNDataSet(torch.utils.data.Dataset):
             if len(problems) > 20:
                 logger.warning("... and %d more bad lines in %s", len(problems) - 20, list_file)
 
-        # The published loader keeps only videos of >= 3 frames (as listed) for training (and with
-        # remove_missing); we do the same, but count and report it. Video lists without a count
-        # are checked when the file is opened (`videos_too_short`).
-        self.min_frames = MIN_TRAIN_FRAMES if (not test_mode or remove_missing) else 0
+        # Lists: counts as listed; video lists without a count are checked when the file is opened.
         self.short_videos = [r for r in records if 0 < r.num_frames < self.min_frames]
         records = [r for r in records if not 0 < r.num_frames < self.min_frames]
         if self.short_videos:
@@ -129,7 +130,6 @@ class TSNDataSet(torch.utils.data.Dataset):
             raise DataError(f"list file {list_file} has no usable video; check its content")
         self.video_list = records
         logger.info("%s: %d videos, %s", list_file, len(records), self.source.describe())
-        self.problems = DataProblems(list_file, strict=strict_data, max_workers=max_workers)
 
     @property
     def mode(self) -> str:
@@ -175,7 +175,7 @@ class TSNDataSet(torch.utils.data.Dataset):
         def sample(num_frames: int) -> list[int]:  # the source knows the count (a file's, say)
             return self.sample_frames(record, num_frames=num_frames)
 
-        return self.source.load(record, sample, self.problems, self.min_frames)
+        return self.source.load(record, sample)
 
     # ------------------------------------------------------------------ reporting
     def bad_data_counts(self) -> dict[str, int]:

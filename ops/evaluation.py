@@ -223,12 +223,10 @@ def make_test_loader(
     start, stop = shard_range(total, rank, world_size)
     return DataLoader(
         IndexedDataset(dataset, start, stop),
-        batch_size=batch_size,
-        shuffle=False,
+        batch_size=batch_size,  # in list order (no shuffle); workers restart for each loader
         num_workers=workers,
         pin_memory=pin_memory,
         collate_fn=collate_indexed,
-        persistent_workers=False,
     )
 
 

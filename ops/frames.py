@@ -20,6 +20,9 @@ from PIL import Image, UnidentifiedImageError
 from ops.data_problems import DataError, DataProblems
 from ops.lists import VideoRecord, parse_list_file
 
+# How a source asks the dataset which frames to read: frames in the video -> 1-based frame numbers.
+Sample = Callable[[int], list[int]]
+
 
 @functools.lru_cache(maxsize=64)
 def _template_fields(image_tmpl: str) -> int:
@@ -110,31 +113,31 @@ def read_frame(paths: list[str], modality: str) -> list[Image.Image]:
     return [r, g]
 
 
+def read_frame_list(list_file: str, num_class: int | None, image_tmpl: str, modality: str):
+    """Records (frame counts as listed) and malformed lines of a frame-folder list."""
+    numeric_ids = modality == "Flow" and flow_layout(image_tmpl) == "id_xy"
+    return parse_list_file(list_file, num_class, numeric_ids)
+
+
 class FrameFolders:
     """Videos stored as one folder of frame images each (TSM's layout)."""
 
-    def __init__(self, root_path: str, image_tmpl: str, modality: str) -> None:
+    def __init__(self, root_path: str, image_tmpl: str, modality: str, problems: DataProblems):
         check_template(image_tmpl, modality)
         self.root_path, self.image_tmpl, self.modality = root_path, image_tmpl, modality
+        self.problems = problems
 
     def describe(self) -> str:
         return f"frames under {self.root_path}"
 
     def read_list(self, list_file: str, num_class: int | None):
-        """Records (frame counts as listed) and malformed lines of a frame-folder list."""
-        numeric_ids = self.modality == "Flow" and flow_layout(self.image_tmpl) == "id_xy"
-        return parse_list_file(list_file, num_class, numeric_ids)
+        return read_frame_list(list_file, num_class, self.image_tmpl, self.modality)
 
-    def load(
-        self,
-        record: VideoRecord,
-        sample: Callable[[int], list[int]],
-        problems: DataProblems,
-        min_frames: int = 0,
-    ) -> list[Image.Image] | None:
+    def load(self, record: VideoRecord, sample: Sample) -> list[Image.Image] | None:
         """Decode the frames ``sample(record.num_frames)`` of ``record`` (each distinct frame once),
         replacing unreadable frames by the nearest readable one; None when the video has to be
-        skipped. (``min_frames``: lists already drop shorter videos.)"""
+        skipped."""
+        problems = self.problems
         frames = sample(record.num_frames)
         folder = video_dir(self.root_path, record.path, self.image_tmpl, self.modality)
         if not os.path.isdir(folder):

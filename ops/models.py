@@ -8,6 +8,7 @@ the published state_dict layout (``base_model.*``, ``new_fc.*``).
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 
@@ -26,6 +27,12 @@ from ops.temporal_shift import TemporalShift, make_temporal_shift
 logger = logging.getLogger(__name__)
 
 MODALITIES = ("RGB", "Flow")
+# TSN keywords that `model_config()` records (with `base_model`): what the weights were made for.
+MODEL_SETTINGS = (
+    "num_class", "num_segments", "modality", "new_length", "consensus_type", "before_softmax",
+    "dropout", "is_shift", "shift_div", "shift_place", "temporal_pool", "non_local", "nl_type",
+    "nl_where", "nl_options", "input_size",
+)  # fmt: skip
 CONSENSUS = ("avg", "identity")
 
 
@@ -160,15 +167,11 @@ class TSN(nn.Module):
                 )
             if self.non_local:
                 make_non_local(
-                    self.base_model,
-                    self.num_segments,
-                    nl_type=self.nl_type,
-                    where=self.nl_where,
+                    self.base_model, self.num_segments, nl_type=self.nl_type, where=self.nl_where,
                     temporal_pool=self.is_shift and self.temporal_pool,
-                    fused=self.rnl_fused,
-                    region_impl=self.region_impl,
-                    **self.nl_options,
-                )
+                    fused=self.rnl_fused, region_impl=self.region_impl,  # fast paths
+                    **self.nl_options,  # the block's settings
+                )  # fmt: skip
         else:  # mobilenetv2: shift the first conv of residual inverted-residual blocks (TSM)
             self.base_model.last_layer_name = "classifier"
             if self.non_local:
@@ -220,26 +223,12 @@ class TSN(nn.Module):
             self.base_model.features[0][0] = new
 
     def model_config(self) -> dict:
-        """Constructor keywords (plain types) that rebuild this network with ``TSN(**cfg)``."""
-        return dict(
-            num_class=self.num_class,
-            num_segments=self.num_segments,
-            modality=self.modality,
-            base_model=self.base_model_name,
-            new_length=self.new_length,
-            consensus_type=self.consensus_type,
-            before_softmax=self.before_softmax,
-            dropout=self.dropout,
-            is_shift=self.is_shift,
-            shift_div=self.shift_div,
-            shift_place=self.shift_place,
-            temporal_pool=self.temporal_pool,
-            non_local=self.non_local,
-            nl_type=self.nl_type,
-            nl_where=self.nl_where,
-            nl_options=dict(self.nl_options),
-            input_size=self.input_size,
-        )
+        """The model settings: the constructor keywords (plain types) that rebuild this network
+        with ``TSN(**cfg)``; checkpoints store them. Training-only switches (partial BN, fc lr x5)
+        and the fast paths, which never change the result, are not settings."""
+        cfg = {key: copy.deepcopy(getattr(self, key)) for key in MODEL_SETTINGS}
+        cfg["base_model"] = self.base_model_name
+        return cfg
 
     def to_channels_last(self) -> TSN:
         """Store the 2-D conv weights channels-last (``--channels_last``); ``Module.to(memory_format=

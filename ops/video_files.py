@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Callable
 
 from PIL import Image
 
 from ops.data_problems import DataError, DataProblems
+from ops.frames import Sample
 from ops.lists import VideoRecord, parse_video_list_file
 from ops.video import DECODER, VideoError, VideoReader
 
@@ -50,7 +50,10 @@ def nearest_in(sorted_numbers: list[int], k: int) -> int | None:
 class VideoFiles:
     """Videos stored as files under one or more roots."""
 
-    def __init__(self, root_path: str, modality: str) -> None:
+    def __init__(
+        self, root_path: str, modality: str, problems: DataProblems, min_frames: int = 0
+    ) -> None:
+        """``min_frames``: a file with fewer frames is skipped (training, as published)."""
         if modality == "Flow":
             raise DataError(
                 "video files hold RGB frames: --modality Flow needs extracted flow frames"
@@ -60,6 +63,7 @@ class VideoFiles:
             raise DataError(
                 f"video folder {root_path} does not exist: pass --video_root DIR (or --data_root)"
             )
+        self.problems, self.min_frames = problems, min_frames
 
     def describe(self) -> str:
         return f"video files under {os.pathsep.join(self.roots)}, decoded with {DECODER}"
@@ -68,16 +72,11 @@ class VideoFiles:
         """Records (``num_frames`` 0 where the line gives no count) and malformed lines."""
         return parse_video_list_file(list_file, num_class)
 
-    def load(
-        self,
-        record: VideoRecord,
-        sample: Callable[[int], list[int]],
-        problems: DataProblems,
-        min_frames: int = 0,
-    ) -> list[Image.Image] | None:
+    def load(self, record: VideoRecord, sample: Sample) -> list[Image.Image] | None:
         """Open the record's file, sample ``sample(frames in the file)``, decode the sampled frames
         (each distinct frame once), replacing frames that do not decode by the nearest frame that
         does; None when the video has to be skipped (also when it has fewer than ``min_frames``)."""
+        problems, min_frames = self.problems, self.min_frames
         path = find_video_file(self.roots, record.path)
         if path is None:
             where = os.pathsep.join(self.roots)

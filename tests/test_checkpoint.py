@@ -13,6 +13,7 @@ from ops.checkpoint import (
     load_checkpoint,
     load_weights,
     parse_published_name,
+    same_dataset,
     save_checkpoint,
 )
 from ops.models import TSN
@@ -203,3 +204,24 @@ def test_own_checkpoint_config_wins_over_file_name(tmp_path):
         info["dataset"] == "synthetic" and cfg["base_model"] == "resnet18" and cfg["num_class"] == 3
     )
     assert info["dense_sample"] is True and not info["published"]
+
+
+def test_same_dataset_reads_the_stored_dataset_else_the_published_name(tmp_path, caplog):
+    model = TSN(3, 4, "RGB", base_model="resnet18", dropout=0.5, pretrain="scratch")
+    own = tmp_path / "TSM_kinetics_RGB_resnet18_avg_segment4_e1.pth"  # a misleading name
+    save_checkpoint(
+        {
+            "state_dict": model.state_dict(),
+            "model_config": model.model_config(),
+            "dataset": "ucf101",
+        },
+        own,
+    )
+    assert same_dataset(own, "ucf101") and not same_dataset(own, "kinetics")
+    published = tmp_path / "TSM_something_RGB_resnet18_avg_segment4_e1.pth"
+    save_checkpoint({"state_dict": model.state_dict()}, published)
+    assert same_dataset(published, "something") and not same_dataset(published, "somethingv2")
+    renamed = tmp_path / "something_weights.pth"  # says nothing: another dataset, with a warning
+    save_checkpoint({"state_dict": model.state_dict()}, renamed)
+    assert not same_dataset(renamed, "something")
+    assert "does not say which dataset" in caplog.text

@@ -234,7 +234,7 @@ def test_frame_fallback_and_counts(tmp_path, caplog):
         str(frames), str(lst), num_segments=8, num_class=NUM_CLASS, skip_bad_lines=True,
         test_mode=True,
     )  # fmt: skip
-    with caplog.at_level(logging.WARNING, logger="ops.dataset"):
+    with caplog.at_level(logging.WARNING, logger="ops.data_problems"):
         items = load_all(ds)
     # test mode, F=8, S=8: frames 1..8
     assert ids(items["v_good"][0]) == [1, 2, 3, 4, 5, 6, 7, 8]

@@ -1,4 +1,5 @@
-"""Tests of ops/evaluation.py: view averaging, ensembles, metrics, writers, lockstep inference.
+"""ops/evaluation.py (view averaging, ensembles, lockstep inference), ops/metrics.py and
+ops/reports.py (metrics and writers).
 
 Expected values are computed by hand or by independent loops in the tests.
 """

@@ -122,3 +122,42 @@ def test_the_run_time_check_names_a_parameter_left_out_or_grouped_twice():
     normal["params"] += [dropped, dropped]
     with pytest.raises(ValueError, match=rf"^{name} is in two optimizer groups"):
         check_param_groups(model, groups)
+
+
+def test_the_probe_block_trains_in_one_short_main_run_with_npb(monkeypatch, data_root, tmp_path):
+    """Issue 15's probe, the way a researcher runs it: `--nl_type probe --npb`, one epoch."""
+    import main as train_main
+    from ops.checkpoint import load_checkpoint
+
+    initial = []
+
+    def build(channels, stage, first, **_):
+        block = ProbeBlock(channels)
+        initial.append({n: p.detach().clone() for n, p in block.named_parameters()})
+        return {"probe": block}
+
+    monkeypatch.setitem(BLOCKS, "probe", build)
+    run = train_main.main([
+        "--dataset", "synthetic", "--data_root", data_root, "--arch", "resnet18", "--pretrain", "scratch",
+        "--shift", "--non_local", "--nl_type", "probe", "--nl_where", "layer2.0", "--npb",
+        "--num_segments", "4", "--input_size", "32", "--batch_size", "2", "--epochs", "1", "--lr", "0.05",
+        "--workers", "0", "--root_model", str(tmp_path / "ckpt"), "--root_log", str(tmp_path / "log"),
+    ])  # fmt: skip
+    ckpt = load_checkpoint(tmp_path / "ckpt" / run["run_name"] / "ckpt.pth.tar")
+    [start] = initial
+    trained = {n: ckpt["state_dict"][f"base_model.layer2.0.probe.{n}"] for n in start}
+    # The optimizer stepped every parameter of the block: each has a momentum buffer. The
+    # optimizer state is indexed in group order, which the same grouping rebuilds.
+    model = TSN(**ckpt["model_config"], partial_bn=False, fc_lr5=True, pretrain="scratch")
+    names = {id(p): n for n, p in model.named_parameters()}
+    order = [names[id(p)] for g in model.get_optim_policies() for p in g["params"]]
+    for n in start:
+        index = order.index(f"base_model.layer2.0.probe.{n}")
+        assert "momentum_buffer" in ckpt["optimizer"]["state"][index], n
+    # ... and all of them moved, the zero-init gamma first (before it moves nothing else gets a
+    # gradient). proj.bias sits right before a BatchNorm in training mode, which subtracts the
+    # batch mean and so cancels its gradient up to rounding: being stepped is all it can show.
+    for n, value in start.items():
+        if n != "proj.bias":
+            assert not torch.equal(trained[n], value), f"probe.{n} never moved"
+    assert trained["gamma"].abs().item() > 1e-4

@@ -1,4 +1,5 @@
-"""ops/seeding.py: per-epoch sample order, per-sample random draws, RNG state round trips."""
+"""ops/engine/seeding.py: per-epoch sample order, per-sample random draws; the RNG state round
+trip of ops/checkpoint.py."""
 
 import io
 import random

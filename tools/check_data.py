@@ -28,7 +28,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ops.dataset_config import VIDEO_TMPL, add_data_args, resolve_dataset  # noqa: E402
-from ops.frames import FrameFolders, frame_files, frames_on_disk, read_frame, video_dir  # noqa: E402
+from ops.frames import (  # noqa: E402
+    check_template,
+    frame_files,
+    frames_on_disk,
+    read_frame,
+    read_frame_list,
+    video_dir,
+)
 from ops.lists import VideoRecord, parse_video_list_file  # noqa: E402
 from ops.utils import progress  # noqa: E402
 from ops.video import VideoError, VideoReader  # noqa: E402
@@ -191,15 +198,14 @@ def check(
     problems: list[str] = []
     jobs: list[ScanJob | VideoScanJob] = []
     is_video = image_tmpl == VIDEO_TMPL
-    # the loader's own list reading (and frame-template check) for this kind of data
-    read_list = (
-        parse_video_list_file
-        if is_video
-        else FrameFolders(root_path, image_tmpl, modality).read_list
-    )
+    if not is_video:
+        check_template(image_tmpl, modality)
     for list_file in list_files:
-        try:
-            records, bad = read_list(list_file, num_class)
+        try:  # the loader's own list reading
+            if is_video:
+                records, bad = parse_video_list_file(list_file, num_class)
+            else:
+                records, bad = read_frame_list(list_file, num_class, image_tmpl, modality)
         except FileNotFoundError:
             problems.append(f"{list_file}:0: [missing_list] list file does not exist")
             continue

@@ -140,6 +140,8 @@ def export(
 ) -> dict:
     """Export ``weights`` to ``out`` + suffix for each format; returns the description written
     to ``<out>.json`` (with a ``checks`` entry per format)."""
+    if batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {batch}")
     overrides = {"rnl_fused": False} if explicit_attention else {}
     model, meta = load_model(weights, num_segments=segments, input_size=input_size, **overrides)
     example = example_input(model, batch)
@@ -229,20 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     setup_logging()
     try:
-        if args.batch < 1:
-            raise ValueError(f"--batch must be >= 1, got {args.batch}")
-        info = export(
-            args.weights,
-            args.out,
-            formats=tuple(dict.fromkeys(args.format)),
-            batch=args.batch,
-            segments=args.segments,
-            input_size=args.input_size,
-            explicit_attention=args.explicit_attention,
-            opset=args.opset,
-            atol=args.atol,
-            rtol=args.rtol,
-        )
+        # the flags of the same names as export()'s keywords
+        same = ("batch", "segments", "input_size", "explicit_attention", "opset", "atol", "rtol")
+        options = {key: getattr(args, key) for key in same}
+        formats = tuple(dict.fromkeys(args.format))
+        info = export(args.weights, args.out, formats=formats, **options)
     except (*TOOL_ERRORS, CheckpointError, ExportError) as exc:
         return fail(exc)
     ok = True

@@ -257,6 +257,10 @@ def visualize(
     """Write the PNG to ``out``; returns what was drawn (block, map, prediction). Without
     ``class_names`` the names come from the category file of the checkpoint's dataset under
     ``data_root``, when it is there."""
+    if top < 1:
+        raise ValueError(f"--top must be >= 1, got {top}")
+    if cell is not None and cell < 16:
+        raise ValueError(f"--cell must be >= 16 pixels, got {cell}")
     model, meta = load_model(weights, num_segments=segments)
     if class_names is None:
         class_names = _class_names(data_root, meta["dataset"])
@@ -367,23 +371,12 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     setup_logging()
     try:
-        if args.top < 1:
-            raise ValueError(f"--top must be >= 1, got {args.top}")
-        if args.cell is not None and args.cell < 16:
-            raise ValueError(f"--cell must be >= 16 pixels, got {args.cell}")
         names = read_categories(args.category_file) if args.category_file else None
+        # the flags of the same names as visualize()'s keywords
+        same = ("query", "top", "image_tmpl", "segments", "cell", "data_root")
+        options = {key: getattr(args, key) for key in same}
         result = visualize(
-            args.weights,
-            args.video,
-            args.out,
-            block_name=args.block,
-            query=args.query,
-            top=args.top,
-            image_tmpl=args.image_tmpl,
-            segments=args.segments,
-            cell=args.cell,
-            class_names=names,
-            data_root=args.data_root,
+            args.weights, args.video, args.out, block_name=args.block, class_names=names, **options
         )
     except (*TOOL_ERRORS, CheckpointError) as exc:
         return fail(exc)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -34,16 +34,9 @@ class WarmupSchedule:
 
     @classmethod
     def from_args(cls, args) -> WarmupSchedule:
-        """The schedule of main.py's flags (--lr, --epochs, --lr_type, --lr_steps, warmup, --wd)."""
-        return cls(
-            lr=args.lr,
-            epochs=args.epochs,
-            lr_type=args.lr_type,
-            lr_steps=args.lr_steps,
-            use_warmup=args.use_warmup,
-            warmup_epochs=args.warmup_epochs,
-            weight_decay=args.weight_decay,
-        )
+        """The schedule of main.py's flags, which have the names of the fields (--lr, --epochs,
+        --lr_type, --lr_steps, --use_warmup, --warmup_epochs, --wd = weight_decay)."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
 
     def __post_init__(self) -> None:
         if self.lr_type not in ("step", "cos"):

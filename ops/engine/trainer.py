@@ -25,7 +25,7 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
@@ -58,14 +58,10 @@ class LoopSettings:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, min_batch: int = 1) -> LoopSettings:
-        return cls(
-            batch_multiplier=args.batch_multiplier,
-            clip_gradient=args.clip_gradient,
-            amp=args.amp,
-            channels_last=args.channels_last,
-            print_freq=args.print_freq,
-            min_batch=min_batch,
-        )
+        """The settings of main.py's flags, which have the names of the fields (--gd is
+        clip_gradient), and the model's `min_batch`."""
+        flags = [f.name for f in fields(cls) if f.name != "min_batch"]
+        return cls(**{name: getattr(args, name) for name in flags}, min_batch=min_batch)
 
 
 @dataclass
