@@ -250,14 +250,7 @@ def train(ctx: du.DistContext, plan: du.LaunchPlan, args: argparse.Namespace, na
     """Everything one process does: build, resume, then the epochs with their checkpoints."""
     data = resolve_data(args, dry_run=False)
     batch = du.per_process_batch(args.batch_size, plan.local_world_size)
-    model_dir = os.path.join(args.root_model, name)
-    run_log = RunLogger(os.path.join(args.root_log, name), enabled=ctx.is_main)
-    if ctx.is_main:
-        os.makedirs(model_dir, exist_ok=True)
-        for line in describe(args, plan, data, name):
-            logger.info(line)
-        run_log.write_config(vars(args))
-
+    model_dir, run_log = start_run(args, plan, data, name, ctx)
     model = build_model(args, data["num_class"], plan, ctx)
     optimizer, scaler = build_optimizer(model, args, ctx)
     state, resume_path = RunState(), find_resume(args.resume, model_dir)
@@ -271,17 +264,14 @@ def train(ctx: du.DistContext, plan: du.LaunchPlan, args: argparse.Namespace, na
     summary: dict = {"run_name": name, "model_dir": model_dir}
     if args.evaluate:
         val = validate(model, val_loader, criterion, settings, ctx)
-        logger.info(
-            "Testing Results: Prec@1 %.3f Prec@5 %.3f Loss %.5f", val.top1, val.top5, val.loss
-        )
+        logger.info("Testing Results: Prec@1 %.3f Prec@5 %.3f Loss %.5f", *val.metrics())
         run_log.close()
         return dict(summary, val_top1=val.top1, val_top5=val.top5, val_loss=val.loss)
 
     schedule, stop = WarmupSchedule.from_args(args), StopRequest().install()
     train_model = training_model(model, args, ctx)
-    parts = TrainParts(
-        train_model, criterion, optimizer, schedule, settings, ctx, scaler, stop, run_log
-    )
+    parts = TrainParts(train_model, criterion, optimizer, schedule, settings, ctx, scaler, stop)
+    parts.run_logger = run_log
     ckpt_path = os.path.join(model_dir, "ckpt.pth.tar")
     best_path = os.path.join(model_dir, "ckpt.best.pth.tar")
     saving = dict(args=args, model=model, optimizer=optimizer, scaler=scaler, ctx=ctx)
@@ -301,7 +291,7 @@ def train(ctx: du.DistContext, plan: du.LaunchPlan, args: argparse.Namespace, na
             if state.epoch % args.eval_freq == 0 or state.epoch == args.epochs:
                 val = validate(model, val_loader, criterion, settings, ctx)
                 summary.update(val_top1=val.top1, val_top5=val.top5)
-            is_best = val is not None and (
+            best = val is not None and (
                 val.top1 > state.best_prec1 or not os.path.isfile(best_path)
             )
             state.best_prec1 = max(state.best_prec1, val.top1 if val is not None else 0.0)
@@ -309,28 +299,42 @@ def train(ctx: du.DistContext, plan: du.LaunchPlan, args: argparse.Namespace, na
             run_log.epoch(
                 state.epoch, train=stats, val=val, best_top1=state.best_prec1, bad_data=bad
             )
-            save_training_checkpoint([ckpt_path] + [best_path] * is_best, state=state, **saving)
+            save_training_checkpoint([ckpt_path] + [best_path] * best, state=state, **saving)
             if du.all_reduce_sum(torch.tensor([float(stop.requested)]), ctx)[0] > 0:
                 stopped = f"after epoch {state.epoch}" if state.epoch < args.epochs else ""
                 break
     finally:
         stop.uninstall()
         run_log.close()
-    # compiled: True when every training step ran through torch.compile (False without --compile)
-    compiled = bool(getattr(train_model, "compiled", False))
-    summary.update(
-        stopped=state.epoch < args.epochs, best_prec1=state.best_prec1, compiled=compiled
-    )
     if stopped:
         by = stop.signal_name or "a signal to another rank"
         logger.warning(
-            "stopped by %s %s; saved %s (continue with --resume auto)", by, stopped, ckpt_path
+            "stopped by %s %s; saved %s (--resume auto continues)", by, stopped, ckpt_path
         )
-    elif summary["stopped"]:
+    elif state.epoch < args.epochs:
         logger.info("--stop_after_epochs %d reached: continue with --resume auto", state.epoch)
     if ctx.is_main:
         logger.info(train_set.bad_data_report())
-    return summary
+    # compiled: True when every training step ran through torch.compile (False without --compile)
+    compiled = bool(getattr(train_model, "compiled", False))
+    return dict(
+        summary, stopped=state.epoch < args.epochs, best_prec1=state.best_prec1, compiled=compiled
+    )
+
+
+def start_run(
+    args: argparse.Namespace, plan: du.LaunchPlan, data: dict, name: str, ctx: du.DistContext
+) -> tuple[str, RunLogger]:
+    """The run's checkpoint folder and its logs (rank 0 writes them), with the resolved
+    configuration logged and saved as args.txt."""
+    model_dir = os.path.join(args.root_model, name)
+    run_log = RunLogger(os.path.join(args.root_log, name), enabled=ctx.is_main)
+    if ctx.is_main:
+        os.makedirs(model_dir, exist_ok=True)
+        for line in describe(args, plan, data, name):
+            logger.info(line)
+        run_log.write_config(vars(args))
+    return model_dir, run_log
 
 
 # --------------------------------------------------------------------------------------------

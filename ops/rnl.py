@@ -59,6 +59,8 @@ class RNLBlock(nn.Module):
         region_impl: ``'depthwise'`` or ``'masked'`` (see ``RegionConv3d``).
     """
 
+    optim_groups = {"penta.weight": "nl_bias"}  # the published quirk (see above)
+
     def __init__(
         self,
         in_channels: int,
@@ -88,8 +90,6 @@ class RNLBlock(nn.Module):
         self.penta = RegionConv3d(inter, kernel_size, impl=region_impl) if has_region else None
         self.W = output_projection(inter, in_channels)
         self.reset_parameters()
-
-    optim_groups = {"penta.weight": "nl_bias"}
 
     def reset_parameters(self) -> None:
         nn.init.zeros_(self.W[1].weight)

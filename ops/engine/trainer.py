@@ -96,6 +96,10 @@ class EpochStats:
     def clips_per_s(self) -> float:
         return self.clips / self.seconds if self.seconds > 0 else 0.0
 
+    def metrics(self) -> tuple[float, float, float]:
+        """(top-1, top-5, loss), as the published logs print them."""
+        return self.top1, self.top5, self.loss
+
 
 def train_one_epoch(
     parts: TrainParts, loader: DataLoader, state: RunState, iters_per_epoch: int
