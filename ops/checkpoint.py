@@ -38,6 +38,8 @@ import torch
 from torch import nn
 
 from ops import distributed as du
+from ops.models import TSN
+from ops.non_local import block_settings
 
 logger = logging.getLogger(__name__)
 
@@ -209,8 +211,6 @@ def classifier_head(state_dict: dict) -> tuple[str, int] | None:
 
 def _stored_config(ckpt: dict) -> dict:
     """The model config stored in one of our checkpoints, in today's keywords."""
-    from ops.non_local import block_settings
-
     cfg = dict(ckpt["model_config"])
     if "rnl_options" in cfg:  # written before block settings were generalised
         cfg["nl_options"] = cfg.pop("rnl_options")
@@ -338,8 +338,6 @@ def load_model(path: str | os.PathLike, **overrides) -> tuple[nn.Module, dict]:
     backbone is built from scratch: every weight comes from the checkpoint, nothing is
     downloaded. ``meta['model_config']`` is the rebuilt model's, overrides included.
     """
-    from ops.models import TSN  # local: ops.models imports the blocks, which tools may not need
-
     ckpt = load_checkpoint(path)
     meta = checkpoint_info(ckpt, path)
     kwargs = dict(meta["model_config"])
