@@ -16,12 +16,20 @@ from torch import nn
 ACTIVATIONS = ("softmax", "relu")
 
 
-def output_projection(inter_channels: int, channels: int) -> nn.Sequential:
-    """The non-local blocks' output ``W``: ``Conv3d_1x1(C' -> C)`` then ``BN3d(C)`` (the blocks
-    zero the BN's scale and shift, so that a new block is the identity)."""
-    return nn.Sequential(
-        nn.Conv3d(inter_channels, channels, kernel_size=1), nn.BatchNorm3d(channels)
-    )
+class OutputProjection(nn.Sequential):
+    """The non-local blocks' output ``W``: ``Conv3d_1x1(C' -> C)`` then ``BN3d(C)``, whose scale
+    and shift start at zero so that a new block adds nothing to its input (the identity). The
+    parts are ``W.0`` and ``W.1``, as in the published checkpoints."""
+
+    def __init__(self, inter_channels: int, channels: int) -> None:
+        super().__init__(
+            nn.Conv3d(inter_channels, channels, kernel_size=1), nn.BatchNorm3d(channels)
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self[1].weight)
+        nn.init.zeros_(self[1].bias)
 
 
 def attention_macs(x_shape: torch.Size, inter_channels: int, sub_sample: bool) -> dict[str, int]:

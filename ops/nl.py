@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ops.attention import attention_macs, nonlocal_attention, output_projection
+from ops.attention import OutputProjection, attention_macs, nonlocal_attention
 
 
 class NonLocalBlock(nn.Module):
@@ -35,12 +35,7 @@ class NonLocalBlock(nn.Module):
         self.phi = nn.Conv3d(in_channels, inter, kernel_size=1)
         self.g = nn.Conv3d(in_channels, inter, kernel_size=1)
         self.pool = nn.MaxPool3d((1, 2, 2)) if sub_sample else nn.Identity()
-        self.W = output_projection(inter, in_channels)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        nn.init.zeros_(self.W[1].weight)
-        nn.init.zeros_(self.W[1].bias)
+        self.W = OutputProjection(inter, in_channels)  # zero-initialised: starts as identity
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, t, h, w = x.shape

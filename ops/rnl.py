@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ops.attention import ACTIVATIONS, attention_macs, nonlocal_attention, output_projection
+from ops.attention import ACTIVATIONS, OutputProjection, attention_macs, nonlocal_attention
 from ops.channel_gate import ChannelGate
 from ops.region_conv import RegionConv3d
 
@@ -88,12 +88,7 @@ class RNLBlock(nn.Module):
         self.theta = nn.Conv3d(in_channels, inter, kernel_size=1)
         has_region = any(int(k) > 1 for k in kernel_size)
         self.penta = RegionConv3d(inter, kernel_size, impl=region_impl) if has_region else None
-        self.W = output_projection(inter, in_channels)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        nn.init.zeros_(self.W[1].weight)
-        nn.init.zeros_(self.W[1].bias)
+        self.W = OutputProjection(inter, in_channels)  # zero-initialised: starts as identity
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, t, h, w = x.shape
