@@ -8,7 +8,7 @@ The published commands run as written, e.g.
 
 Checkpoints are published ones (settings parsed from the file name, SPEC.md section 6) or our
 own (settings stored inside as `model_config`; any file name), both loaded with
-`weights_only=True` through ops/checkpoint.py. Several comma-separated `--weights` (with as many
+`weights_only=True` by `ops.checkpoint.load_model`. Several comma-separated `--weights` (with as many
 `--test_segments`) form an ensemble whose video scores are averaged, e.g. the paper's
 "(8+16) x 2 clips". The semantics of crops, clips and scores are documented in ops/evaluation.py.
 
@@ -29,12 +29,8 @@ import torch.distributed as dist
 
 from ops import distributed as du
 from ops import evaluation
-from ops.checkpoint import (
-    CheckpointError,
-    build_model_from_checkpoint,
-    load_checkpoint,
-    model_config_from_checkpoint,
-)
+from ops.checkpoint import CheckpointError, load_model
+from ops.data_problems import data_error_message
 from ops.dataset import TSNDataSet
 from ops.dataset_config import (
     REGISTRY,
@@ -44,7 +40,9 @@ from ops.dataset_config import (
     read_categories,
     resolve_dataset,
 )
-from ops.utils import setup_logging
+from ops.metrics import summarize
+from ops.reports import save_scores, write_prediction_csv, write_report
+from ops.utils import AMP_CHOICES, setup_logging
 
 logger = logging.getLogger("test_models")
 
@@ -82,16 +80,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--full_res",
-        default=False,
         action="store_true",
         help="crop the scale size (256) instead of the input size (224), as in non-local I3D",
     )
-    parser.add_argument(
-        "--dense_sample", default=False, action="store_true", help="10 dense clips (I3D style)"
-    )
-    parser.add_argument(
-        "--twice_sample", default=False, action="store_true", help="2 clips per video"
-    )
+    parser.add_argument("--dense_sample", action="store_true", help="10 dense clips (I3D style)")
+    parser.add_argument("--twice_sample", action="store_true", help="2 clips per video")
     parser.add_argument(
         "--batch_size", type=int, default=1, help="videos per forward pass (x clips x crops)"
     )
@@ -100,7 +93,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--softmax",
-        default=False,
         action="store_true",
         help="average softmax probabilities instead of logits",
     )
@@ -142,7 +134,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--amp",
         type=str,
         default="off",
-        choices=evaluation.AMP_CHOICES,
+        choices=AMP_CHOICES,
         help="autocast precision for inference",
     )
     parser.add_argument(
@@ -163,6 +155,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _per_weight(text: str, flag: str, kind: type, num_weights: int) -> list:
+    """The comma-separated numbers of ``flag``, one per weight (a one-line ValueError if not)."""
+    try:
+        values = [kind(v) for v in str(text).split(",") if v]
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated numbers, got {text!r}") from None
+    if len(values) != num_weights:
+        raise ValueError(
+            f"{num_weights} weights but {len(values)} {flag} values: give one per weight, "
+            "e.g. --weights=a.pth,b.pth --test_segments=8,16"
+        )
+    return values
+
+
 def split_list_args(args: argparse.Namespace) -> tuple[list, list, list, list]:
     """Weights, segments, coefficients and test lists, one per ensemble member.
 
@@ -171,32 +177,12 @@ def split_list_args(args: argparse.Namespace) -> tuple[list, list, list, list]:
     weights = [w for w in args.weights.split(",") if w]
     if not weights:
         raise ValueError("--weights is empty: give one checkpoint file or a comma-separated list")
-    try:
-        segments = [int(s) for s in str(args.test_segments).split(",") if s]
-    except ValueError:
-        raise ValueError(
-            f"--test_segments must be comma-separated integers, got {args.test_segments!r}"
-        ) from None
-    if len(segments) != len(weights):
-        raise ValueError(
-            f"{len(weights)} weights but {len(segments)} test segments: give one --test_segments "
-            "value per weight, e.g. --weights=a.pth,b.pth --test_segments=8,16"
-        )
+    segments = _per_weight(args.test_segments, "--test_segments", int, len(weights))
     if any(s <= 0 for s in segments):
         raise ValueError(f"--test_segments must be positive, got {args.test_segments!r}")
-    if args.coeff is None:
-        coeffs = [1.0] * len(weights)
-    else:
-        try:
-            coeffs = [float(c) for c in args.coeff.split(",") if c]
-        except ValueError:
-            raise ValueError(
-                f"--coeff must be comma-separated numbers, got {args.coeff!r}"
-            ) from None
-        if len(coeffs) != len(weights):
-            raise ValueError(
-                f"{len(weights)} weights but {len(coeffs)} --coeff values: give one per weight"
-            )
+    coeffs = [1.0] * len(weights)
+    if args.coeff is not None:
+        coeffs = _per_weight(args.coeff, "--coeff", float, len(weights))
     if args.test_list is None:
         test_lists = [None] * len(weights)
     else:
@@ -236,61 +222,34 @@ def init_process(requested_device: str) -> du.DistContext:
     return du.init_worker(plan, local_rank=0, timeout_minutes=30.0)
 
 
-def _num_classes_in_state_dict(state_dict: dict) -> int | None:
-    """Rows of the classifier weight (`new_fc.weight`, else the backbone's fc/classifier)."""
-    for suffix in ("new_fc.weight", "base_model.fc.weight", "base_model.classifier.weight"):
-        for key, value in state_dict.items():
-            if key.endswith(suffix) and isinstance(value, torch.Tensor) and value.dim() == 2:
-                return int(value.shape[0])
-    return None
-
-
-def read_model_config(weights: str) -> tuple[dict, dict]:
-    """(checkpoint, TSN keywords + 'dataset'/'dense_sample' it was trained with) of a file.
-
-    Raises FileNotFoundError or CheckpointError (one line) for a missing, unreadable, unsafe or
-    non-checkpoint file, or a published checkpoint whose file name cannot be parsed.
-    """
+def build_model(
+    weights: str, num_segments: int, args: argparse.Namespace
+) -> tuple[torch.nn.Module, tuple]:
+    """The network of checkpoint ``weights`` tested on ``num_segments`` frames, with its weights,
+    and the dataset entry for its modality (``resolve_dataset``); ValueError when its classes do
+    not match the dataset's."""
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"checkpoint {weights} not found: check the --weights path")
-    ckpt = load_checkpoint(weights)
-    return ckpt, dict(model_config_from_checkpoint(ckpt, weights))
-
-
-def build_model(
-    ckpt: dict,
-    cfg: dict,
-    weights: str,
-    num_segments: int,
-    num_class: int,
-    dataset: str,
-    input_size: int | None,
-    dense_sample: bool = False,
-) -> torch.nn.Module:
-    """Rebuild the network a checkpoint was trained with (tested on `num_segments` frames) and
-    load its weights; ValueError when its classes do not match the dataset's."""
-    cfg = dict(cfg)
-    trained_on = cfg.pop("dataset", None)
-    trained_dense = cfg.pop("dense_sample", None)
-    state_dict = ckpt["state_dict"]
-    ckpt_classes = _num_classes_in_state_dict(state_dict) or cfg.get("num_class")
-    if ckpt_classes is not None and int(ckpt_classes) != num_class:
+    model, meta = load_model(weights, num_segments=num_segments, input_size=args.input_size)
+    entry = resolve_dataset(args, model.modality)
+    num_class = entry[0]
+    if model.num_class != num_class:
         raise ValueError(
-            f"{weights} was trained for {ckpt_classes} classes but dataset {dataset!r} has "
-            f"{num_class}: test it on the dataset it was trained on (or fix --num_class / "
+            f"{weights} was trained for {model.num_class} classes but dataset {args.dataset!r} "
+            f"has {num_class}: test it on the dataset it was trained on (or fix --num_class / "
             "--category_file)"
         )
-    if trained_on and trained_on != dataset:
-        logger.warning("%s was trained on %r, testing on %r", weights, trained_on, dataset)
-    if trained_dense and not dense_sample:
+    if meta["dataset"] and meta["dataset"] != args.dataset:
+        logger.warning(
+            "%s was trained on %r, testing on %r", weights, meta["dataset"], args.dataset
+        )
+    if meta["dense_sample"] and not args.dense_sample:
         logger.warning(
             "%s was trained with dense sampling; the published protocol tests it with "
             "--dense_sample",
             os.path.basename(weights),
         )
-    return build_model_from_checkpoint(
-        ckpt, cfg, num_class=num_class, num_segments=num_segments, input_size=input_size
-    )
+    return model, entry
 
 
 def class_names(args: argparse.Namespace, modality: str, num_class: int) -> list[str]:
@@ -322,13 +281,8 @@ def main(args: argparse.Namespace) -> dict | None:
     models, loaders, datasets = [], [], []
     names: list[str] = []
     for w, seg, test_list in zip(weights, segments, test_lists):
-        ckpt, cfg = read_model_config(w)
-        modality = cfg.get("modality", "RGB")
-        num_class, _, val_list, root_path, image_tmpl = resolve_dataset(args, modality)
-        model = build_model(
-            ckpt, cfg, w, seg, num_class, args.dataset, args.input_size, args.dense_sample
-        )
-        del ckpt
+        model, (num_class, _, val_list, root_path, image_tmpl) = build_model(w, seg, args)
+        modality = model.modality
         crop_size = model.scale_size if args.full_res else model.input_size
         dataset = TSNDataSet(
             root_path,
@@ -405,7 +359,7 @@ def main(args: argparse.Namespace) -> dict | None:
             f"no video of the test list could be evaluated ({result.num_skipped} skipped; data "
             f"problems: {result.extra}): check --data_root/--root_path and the frame files"
         )
-    metrics = evaluation.summarize(result.scores, result.labels)
+    metrics = summarize(result.scores, result.labels)
     video_names = [datasets[0].video_list[i].path for i in result.indices.tolist()]
     write_outputs(args, result, video_names, names)
     print_summary(metrics, result, num_models=len(models))
@@ -420,17 +374,15 @@ def write_outputs(
 ) -> None:
     """--save_scores, --csv_file and --report_dir (rank 0 only)."""
     if args.save_scores:
-        evaluation.save_scores(
-            args.save_scores, result.scores, result.labels, result.indices, video_names
-        )
+        save_scores(args.save_scores, result.scores, result.labels, result.indices, video_names)
         logger.info("scores written to %s", args.save_scores)
     if args.csv_file:
-        evaluation.write_prediction_csv(
+        write_prediction_csv(
             args.csv_file, video_names, result.scores, names, top5=args.dataset == "somethingv2"
         )
         logger.info("predictions written to %s", args.csv_file)
     if args.report_dir:
-        paths = evaluation.write_report(args.report_dir, result.scores, result.labels, names)
+        paths = write_report(args.report_dir, result.scores, result.labels, names)
         logger.info("report written to %s", ", ".join(paths.values()))
 
 
@@ -461,7 +413,7 @@ def cli(argv: list[str] | None = None) -> int:
     try:
         main(args)
     except (CheckpointError, du.DistributedSetupError, ValueError, FileNotFoundError) as exc:
-        print(f"test_models.py: error: {exc}", file=sys.stderr)
+        print(f"test_models.py: error: {data_error_message(exc)}", file=sys.stderr)
         return 2
     finally:
         if dist.is_initialized():

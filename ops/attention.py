@@ -11,8 +11,34 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 ACTIVATIONS = ("softmax", "relu")
+
+
+class OutputProjection(nn.Sequential):
+    """The non-local blocks' output ``W``: ``Conv3d_1x1(C' -> C)`` then ``BN3d(C)``, whose scale
+    and shift start at zero so that a new block adds nothing to its input (the identity). The
+    parts are ``W.0`` and ``W.1``, as in the published checkpoints."""
+
+    def __init__(self, inter_channels: int, channels: int) -> None:
+        super().__init__(
+            nn.Conv3d(inter_channels, channels, kernel_size=1), nn.BatchNorm3d(channels)
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self[1].weight)
+        nn.init.zeros_(self[1].bias)
+
+
+def attention_macs(x_shape: torch.Size, inter_channels: int, sub_sample: bool) -> dict[str, int]:
+    """Multiply-adds of a non-local block's attention on input ``[N, C, T, H, W]``: the affinity
+    ``[Ps, C'] x [C', P]`` and the aggregation ``[C', Ps] x [Ps, P]`` (``Ps = T*(H//2)*(W//2)``
+    with ``sub_sample``), counted by ``tools/model_cost.py``."""
+    n, _, t, h, w = x_shape
+    p_src = t * (h // 2) * (w // 2) if sub_sample else t * h * w
+    return {"attention": 2 * n * t * h * w * p_src * inter_channels}
 
 
 def _positions_last(t: torch.Tensor) -> torch.Tensor:

@@ -1,27 +1,47 @@
-"""Checkpoints: atomic saving, safe loading, and reading the published ones.
+"""Checkpoints: the one module that writes, reads and applies them (main.py, test_models.py and
+tools/ all come here).
 
-Loading never unpickles arbitrary objects: ``torch.load(weights_only=True)`` accepts tensors and
-plain Python containers/numbers/strings, plus numpy scalars and dtypes, which older checkpoints
-sometimes hold for ``best_prec1``. Anything else (a class, a function call such as ``os.system``)
-is refused with a one-line ``CheckpointError``.
-
-Published checkpoints (SPEC section 6) are ``{'epoch', 'arch', 'state_dict', 'optimizer',
-'best_prec1'}`` with ``module.``-prefixed keys and the model settings only in the file name,
-e.g. ``TSM_kinetics_RGB_resnet50_shift8_blockres_avg_segment8_e100_cos_dense_nl_lr0.02_wd2.0e-04.pth.tar``.
-Ours add ``model_config`` (the ``TSN`` keywords) and ``dataset``, so the file name does not matter.
+- Files: ``save_checkpoint`` writes atomically; ``load_checkpoint`` never unpickles arbitrary
+  objects: ``torch.load(weights_only=True)`` accepts tensors and plain Python containers / numbers
+  / strings, plus numpy scalars and dtypes, which older checkpoints sometimes hold for
+  ``best_prec1``. Anything else (a class, a call such as ``os.system``) is refused with a one-line
+  ``CheckpointError``.
+- What a checkpoint says about itself (``checkpoint_info``): its *model config*, which always
+  means the ``TSN`` constructor keywords that rebuild its network (``TSN.model_config()``), the
+  dataset it was trained on, whether with dense sampling, and where it stood (epoch, best top-1).
+  Published checkpoints (SPEC section 6) are ``{'epoch', 'arch', 'state_dict', 'optimizer',
+  'best_prec1'}`` with ``module.``-prefixed keys and the settings only in the file name, e.g.
+  ``TSM_kinetics_RGB_resnet50_shift8_blockres_avg_segment8_e100_cos_dense_nl_lr0.02_wd2.0e-04.pth.tar``;
+  ours store them inside, so their file name does not matter.
+- Models: ``load_model(path, **overrides) -> (model, meta)`` for evaluation and the tools;
+  ``load_weights`` (strict, with a one-line list of what does not fit).
+- Training: the contents of a run's checkpoint (``save_training_checkpoint``: weights, optimizer,
+  AMP scaler, schedule position, every rank's RNG state), ``resume`` from one, and ``tune_from``
+  one of another run. ``same_dataset`` is the one rule for "trained on this dataset", used both
+  to keep the classifier when fine-tuning and to switch off the classifier's lr x5.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import os
 import pickle
+import random
 import re
 import tempfile
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+
+from ops import distributed as du
+from ops.models import TSN
+from ops.non_local import block_settings
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointError(Exception):
@@ -88,9 +108,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise CheckpointError(
-            f"checkpoint {path} does not exist: check the path given to --weights/--resume"
-        )
+        raise CheckpointError(f"checkpoint {path} does not exist: check the path")
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -125,7 +143,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# published file names
+# what a checkpoint says about itself
 # ---------------------------------------------------------------------------------------------
 _DATASETS = ("something", "somethingv2", "kinetics", "ucf101", "hmdb51", "jester", "synthetic")
 
@@ -176,50 +194,103 @@ def strip_module_prefix(state_dict: dict) -> dict:
     return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state_dict.items()}
 
 
-def model_config_from_checkpoint(ckpt: dict, path: str | os.PathLike) -> dict:
-    """``TSN`` keywords (+ ``dataset``) for a checkpoint: stored ones, else parsed from the file name."""
+# Classifier weights of a TSN state_dict: new_fc (dropout > 0), the published MobileNetV2 head
+# (renamed to new_fc by load_weights), the backbone's own fc (dropout 0).
+_HEADS = ("new_fc", "base_model.classifier", "base_model.fc")
+
+
+def classifier_head(state_dict: dict) -> tuple[str, int] | None:
+    """``(module name, number of classes)`` of the classifier in a TSN state_dict, or None."""
+    sd = strip_module_prefix(state_dict)
+    for head in _HEADS:
+        weight = sd.get(f"{head}.weight")
+        if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+            return head, int(weight.shape[0])
+    return None
+
+
+def _stored_config(ckpt: dict) -> dict:
+    """The model config stored in one of our checkpoints, in today's keywords."""
+    cfg = dict(ckpt["model_config"])
+    if "rnl_options" in cfg:  # written before block settings were generalised
+        cfg["nl_options"] = cfg.pop("rnl_options")
+    if cfg.get("non_local"):  # fill in the defaults of settings the checkpoint predates
+        cfg["nl_options"] = block_settings(cfg.get("nl_type", "rnl"), cfg.get("nl_options"))
+    return cfg
+
+
+def checkpoint_info(ckpt: dict, path: str | os.PathLike) -> dict:
+    """What a loaded checkpoint says about itself.
+
+    Returns ``model_config`` (TSN keywords; for a published checkpoint parsed from the file name,
+    with the classes and head read from its weights), ``dataset`` (None when unknown),
+    ``dense_sample``, ``published`` (settings from the file name), ``epoch``, ``best_prec1`` and
+    ``path``. Raises ``CheckpointError`` for a file that says neither inside nor in its name.
+    """
+    info = {
+        "path": os.fspath(path),
+        "epoch": ckpt.get("epoch"),
+        "best_prec1": ckpt.get("best_prec1"),
+    }
     if isinstance(ckpt.get("model_config"), dict):
-        cfg = dict(ckpt["model_config"])
-        cfg["dataset"] = ckpt.get("dataset")
-        cfg["dense_sample"] = bool(ckpt.get("dense_sample", False))
-        return cfg
+        return dict(
+            info,
+            model_config=_stored_config(ckpt),
+            dataset=ckpt.get("dataset"),
+            dense_sample=bool(ckpt.get("dense_sample", False)),
+            published=False,
+        )
     parsed = parse_published_name(path)
-    sd = strip_module_prefix(ckpt["state_dict"])
-    head = next(
-        (
-            k
-            for k in ("new_fc.weight", "base_model.classifier.weight", "base_model.fc.weight")
-            if k in sd
-        ),
-        None,
-    )
+    head = classifier_head(ckpt["state_dict"])
     if head is None:
         raise CheckpointError(
             f"{path} has no classifier weights (new_fc / base_model.fc): is it a TSN checkpoint?"
         )
-    cfg = {
-        k: parsed[k]
-        for k in (
-            "modality",
-            "base_model",
-            "is_shift",
-            "shift_div",
-            "shift_place",
-            "temporal_pool",
-            "consensus_type",
-            "num_segments",
-            "non_local",
-        )
-    }
-    cfg.update(
-        num_class=int(sd[head].shape[0]), dropout=0.5 if head != "base_model.fc.weight" else 0.0
+    keys = ("modality", "base_model", "is_shift", "shift_div", "shift_place", "temporal_pool")
+    cfg = {k: parsed[k] for k in keys + ("consensus_type", "num_segments", "non_local")}
+    cfg.update(num_class=head[1], dropout=0.0 if head[0] == "base_model.fc" else 0.5)
+    return dict(
+        info,
+        model_config=cfg,
+        dataset=parsed["dataset"],
+        dense_sample=parsed["dense_sample"],
+        published=True,
     )
-    cfg["dataset"] = parsed["dataset"]
-    cfg["dense_sample"] = parsed["dense_sample"]
-    return cfg
 
 
-def load_model_weights(model: nn.Module, state_dict: dict) -> None:
+def checkpoint_dataset(ckpt: dict, path: str | os.PathLike) -> str | None:
+    """The dataset a checkpoint was trained on: stored in ours, in the file name of a published
+    one; None when neither says (e.g. a renamed published file or a bare state_dict)."""
+    if isinstance(ckpt.get("model_config"), dict) or ckpt.get("dataset"):
+        return ckpt.get("dataset")
+    try:
+        return parse_published_name(path)["dataset"]
+    except CheckpointError:
+        return None
+
+
+def same_dataset(path: str | os.PathLike, dataset: str, ckpt: dict | None = None) -> bool:
+    """Whether checkpoint ``path`` was trained on ``dataset``: the one rule for fine-tuning (keep
+    its classifier, and train the classifier at the base lr instead of x5, as published).
+
+    A checkpoint that does not say which dataset it was trained on counts as another dataset.
+    """
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt
+    trained_on = checkpoint_dataset(ckpt, path)
+    if trained_on is None:
+        logger.warning(
+            "%s does not say which dataset it was trained on (no stored dataset, no published "
+            "file name): treated as another dataset than %s",
+            path,
+            dataset,
+        )
+    return trained_on == dataset
+
+
+# ---------------------------------------------------------------------------------------------
+# models
+# ---------------------------------------------------------------------------------------------
+def load_weights(model: nn.Module, state_dict: dict) -> None:
     """Load a (published or own) state_dict into ``model``, strictly.
 
     Strips ``module.``, renames a published ``base_model.classifier`` head to ``new_fc`` (as the
@@ -259,21 +330,242 @@ def load_model_weights(model: nn.Module, state_dict: dict) -> None:
     model.load_state_dict(sd, strict=True)
 
 
-NON_MODEL_KEYS = ("dataset", "dense_sample")  # in a checkpoint's config, but not TSN keywords
+def load_model(path: str | os.PathLike, **overrides) -> tuple[nn.Module, dict]:
+    """The ``TSN`` a checkpoint holds, with its weights, in eval mode, and ``checkpoint_info``.
 
-
-def build_model_from_checkpoint(ckpt: dict, cfg: dict, **overrides) -> nn.Module:
-    """The ``TSN`` a checkpoint was trained as, with its weights, in eval mode.
-
-    ``cfg`` comes from ``model_config_from_checkpoint``; ``overrides`` change TSN keywords that the
-    weights do not depend on (``num_segments``, ``input_size``, fast-path switches, ...). The
-    backbone is built from scratch: every weight comes from the checkpoint, nothing is downloaded.
+    ``overrides`` change TSN keywords that the weights do not depend on (``num_segments``,
+    ``input_size``, fast-path switches such as ``rnl_fused``); None values are ignored. The
+    backbone is built from scratch: every weight comes from the checkpoint, nothing is
+    downloaded. ``meta['model_config']`` is the rebuilt model's, overrides included.
     """
-    from ops.models import TSN  # local: ops.models is heavy and does not need this module
-
-    kwargs = {k: v for k, v in cfg.items() if k not in NON_MODEL_KEYS}
+    ckpt = load_checkpoint(path)
+    meta = checkpoint_info(ckpt, path)
+    kwargs = dict(meta["model_config"])
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
-    kwargs.update(pretrain="scratch", print_spec=False)
-    model = TSN(**kwargs)
-    load_model_weights(model, ckpt["state_dict"])
-    return model.eval()
+    model = TSN(**kwargs, pretrain="scratch", print_spec=False)
+    load_weights(model, ckpt["state_dict"])
+    meta["model_config"] = model.model_config()
+    return model.eval(), meta
+
+
+# ---------------------------------------------------------------------------------------------
+# training runs: contents, saving on rank 0, resuming, fine-tuning
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class RunState:
+    """Where a training run stands: ``epoch`` completed epochs, ``iteration`` iterations of the
+    next epoch already trained (a mid-epoch stop), the best validation top-1 so far, and after a
+    mid-epoch resume this rank's RNG state to continue from (None: seed the epoch afresh)."""
+
+    epoch: int = 0
+    iteration: int = 0
+    best_prec1: float = 0.0
+    rng_state: dict | None = None
+
+
+def rng_state() -> dict:
+    """The global generators' states as tensors / plain types (loadable with weights_only)."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what ``rng_state`` returned (after a round trip through a checkpoint)."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(
+        (
+            n["kind"],
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def param_checksum(model: nn.Module) -> str:
+    """SHA-256 of all parameters' bytes: equal on two ranks iff their weights are bit-identical."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _plain(v) -> bool:
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return True
+    if isinstance(v, (list, tuple)):
+        return all(_plain(x) for x in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _plain(x) for k, x in v.items())
+    return False
+
+
+def save_training_checkpoint(
+    paths: list[str],
+    *,
+    args,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    state: RunState,
+    iters_per_epoch: int,
+    ctx: du.DistContext,
+) -> None:
+    """Save a run's checkpoint: every rank calls this, rank 0 writes it to each path atomically.
+
+    The checkpoint keeps the published keys (``epoch``, ``arch``, ``state_dict``, ``optimizer``,
+    ``best_prec1``) and adds what continuing exactly and evaluating without the command line
+    need: ``model_config``, ``dataset``, ``dense_sample``, ``args``, the position (``epoch``
+    completed epochs + ``iteration`` inside the next one) and the schedule's, the AMP scaler, every
+    rank's RNG state and weight checksum (equal unless DDP replicas diverged). Everything is
+    tensors or plain Python values, so ``torch.load(weights_only=True)`` reads it. If writing
+    fails, every rank raises ``CheckpointError`` (the previous file is intact), so that all stop
+    together instead of the others waiting for rank 0.
+    """
+    checksums = du.all_gather_objects(param_checksum(model), ctx)
+    if len(set(checksums)) > 1:
+        logger.error("the DDP replicas' weights differ (checksums %s)", checksums)
+    contents = {
+        "epoch": state.epoch,  # completed epochs (= the epoch to resume from), as TSM stored it
+        "iteration": state.iteration,
+        "arch": args.arch,
+        "state_dict": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "best_prec1": float(state.best_prec1),
+        "model_config": model.model_config(),
+        "dataset": args.dataset,
+        "dense_sample": bool(args.dense_sample),
+        "args": {k: v for k, v in vars(args).items() if _plain(v)},
+        "lr_scheduler": {
+            "epoch": state.epoch,
+            "iteration": state.iteration,
+            "iters_per_epoch": iters_per_epoch,
+            "position": state.epoch + state.iteration / max(iters_per_epoch, 1),
+        },
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng_states": du.all_gather_objects(rng_state(), ctx),
+        "world_size": ctx.world_size,
+        "replica_checksums": checksums,
+    }
+    error = None
+    if ctx.is_main:
+        try:
+            for path in paths:
+                save_checkpoint(contents, path)
+            logger.info("saved %s", ", ".join(paths))
+        except CheckpointError as exc:
+            error = str(exc)
+    error = du.broadcast_object(error, ctx)
+    if error:
+        raise CheckpointError(error)
+
+
+def find_resume(resume: str, run_dir: str) -> str | None:
+    """The checkpoint ``--resume`` names: a path, or 'auto' = ``run_dir/ckpt.pth.tar`` if present."""
+    if not resume:
+        return None
+    if resume == "auto":
+        path = os.path.join(run_dir, "ckpt.pth.tar")
+        if not os.path.isfile(path):
+            logger.info("--resume auto: no checkpoint in %s, starting from scratch", run_dir)
+            return None
+        return path
+    if not os.path.isfile(resume):
+        raise FileNotFoundError(
+            f"--resume {resume} does not exist: give a ckpt.pth.tar path or 'auto'"
+        )
+    return resume
+
+
+def resume(
+    path: str,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    scaler: torch.amp.GradScaler | None,
+    ctx: du.DistContext,
+) -> RunState:
+    """Load weights (and optimizer / scaler state when given) and return where the run stood.
+
+    Refuses, with one line, a checkpoint trained with other model settings (instead of a list of
+    keys that do not fit) or whose optimizer state does not fit this run's groups.
+    """
+    ckpt = load_checkpoint(path)
+    if isinstance(ckpt.get("model_config"), dict):  # ours; a published one is checked by its keys
+        saved, own = _stored_config(ckpt), model.model_config()
+        diff = [k for k in own if k in saved and saved[k] != own[k]]
+        if diff:
+            pairs = ", ".join(f"{k}: {saved[k]!r} in checkpoint vs {own[k]!r} now" for k in diff)
+            raise CheckpointError(
+                f"{path} was trained with other model settings ({pairs}): pass the same flags "
+                "to resume"
+            )
+    load_weights(model, ckpt["state_dict"])
+    if optimizer is not None and "optimizer" in ckpt:
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except ValueError as exc:
+            raise CheckpointError(
+                f"{path}: its optimizer state does not fit ({exc}); use --tune_from to start "
+                "a new run from its weights"
+            ) from None
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    state = RunState(
+        epoch=int(ckpt.get("epoch", 0)),
+        iteration=int(ckpt.get("iteration", 0)),
+        best_prec1=float(ckpt.get("best_prec1", 0.0)),
+    )
+    states = ckpt.get("rng_states") or []
+    if state.iteration:
+        if ckpt.get("world_size") == ctx.world_size and len(states) > ctx.rank:
+            state.rng_state = states[ctx.rank]
+        else:
+            logger.warning(
+                "%s stopped mid-epoch with another number of processes: the rest of that epoch "
+                "continues with fresh random draws (not bit-identical)",
+                path,
+            )
+    logger.info(
+        "resumed %s: epoch %d, iteration %d, best prec@1 %.3f",
+        path,
+        state.epoch,
+        state.iteration,
+        state.best_prec1,
+    )
+    return state
+
+
+def tune_from(model: nn.Module, path: str, dataset: str) -> None:
+    """Initialise ``model`` from another run's checkpoint; its classifier too only when it was
+    trained on the same ``dataset`` (``same_dataset``)."""
+    ckpt = load_checkpoint(path)
+    sd = strip_module_prefix(ckpt["state_dict"])
+    if not same_dataset(path, dataset, ckpt):
+        own = model.state_dict()
+        heads = tuple(f"{head}." for head in _HEADS)
+        sd = {k: v for k, v in sd.items() if not k.startswith(heads)}
+        sd.update({k: v for k, v in own.items() if k.startswith(heads)})  # keep the new classifier
+        logger.info("=> new dataset: classifier weights of %s not loaded", path)
+    load_weights(model, sd)
+    logger.info("=> fine-tuning from %s", path)

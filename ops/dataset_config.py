@@ -375,9 +375,3 @@ def _resolve_videos(args: argparse.Namespace, modality: str) -> tuple[int, str, 
     )
     logger.info("%s (videos): %d classes, video root %s", dataset, n, roots)
     return n, lists["train_list"], lists["val_list"], roots, VIDEO_TMPL
-
-
-def video_entry(dataset: str) -> dict | None:
-    """The registered video layout of a dataset (paths relative to the data root), or None."""
-    entry = VIDEO_REGISTRY.get(dataset)
-    return None if entry is None else dict(entry, video_root=list(entry["video_root"]))

@@ -326,11 +326,6 @@ def broadcast_object(obj: object, ctx: DistContext, src: int = 0) -> object:
     return box[0]
 
 
-def barrier(ctx: DistContext) -> None:
-    if ctx.distributed:
-        dist.barrier()
-
-
 def spawn(
     fn: Callable[..., None], nprocs: int, args: tuple, *, forward_signals: bool = True
 ) -> None:

@@ -80,5 +80,15 @@ class RegionConv3d(nn.Module):
             x, self.depthwise_weight().to(x.dtype), None, 1, self.padding, 1, self.channels
         )
 
+    def macs(self, x: torch.Tensor) -> dict[str, int]:
+        """Multiply-adds of the depthwise convolution it computes (``kt*kh*kw`` per output element),
+        not of the published masked grouped one (32x more)."""
+        return {"region_conv": x.numel() * math.prod(self.kernel_size)}
+
+    def live_params(self) -> int:
+        """Entries of the published layout that the convolution uses: one kernel per channel (the
+        rest of ``weight`` is dead and ``mask`` is fixed)."""
+        return self.channels * math.prod(self.kernel_size)
+
     def extra_repr(self) -> str:
         return f"{self.channels}, kernel_size={self.kernel_size}, impl={self.impl!r}"

@@ -1,4 +1,5 @@
-"""Tests of ops/evaluation.py: view averaging, ensembles, metrics, writers, lockstep inference.
+"""ops/evaluation.py (view averaging, ensembles, lockstep inference), ops/metrics.py and
+ops/reports.py (metrics and writers).
 
 Expected values are computed by hand or by independent loops in the tests.
 """
@@ -13,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ops import evaluation
+from ops import evaluation, metrics, reports
+from ops.utils import autocast
 
 
 # ---------------------------------------------------------------- views
@@ -82,7 +84,7 @@ def _toy_scores():
 
 def test_summarize_hand_values():
     scores, labels = _toy_scores()
-    m = evaluation.summarize(scores, labels)
+    m = metrics.summarize(scores, labels)
     assert m["num_videos"] == 6
     assert m["top1"] == pytest.approx(300 / 6)
     assert m["top5"] == pytest.approx(500 / 6)
@@ -92,15 +94,15 @@ def test_summarize_hand_values():
 
 def test_summarize_rejects_labels_out_of_range():
     with pytest.raises(ValueError, match="classes"):
-        evaluation.summarize(torch.zeros(2, 3), torch.tensor([0, 3]))
+        metrics.summarize(torch.zeros(2, 3), torch.tensor([0, 3]))
 
 
 def test_confusion_matrix_and_per_class_accuracy():
-    cm = evaluation.confusion_matrix(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 1]), 4)
+    cm = metrics.confusion_matrix(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 1]), 4)
     expected = np.zeros((4, 4), dtype=np.int64)
     expected[0, 0] = expected[0, 1] = expected[1, 1] = expected[2, 1] = 1
     assert (cm == expected).all()
-    acc = evaluation.per_class_accuracy(cm)
+    acc = metrics.per_class_accuracy(cm)
     assert acc[:3].tolist() == [50.0, 100.0, 0.0] and math.isnan(acc[3])
 
 
@@ -109,7 +111,7 @@ def test_save_scores_roundtrip(tmp_path):
     path = tmp_path / "sub" / "out.npz"
     scores, labels = _toy_scores()
     names = [f"video {i}" for i in range(6)]
-    evaluation.save_scores(str(path), scores, labels, torch.arange(6) * 2, videos=names)
+    reports.save_scores(str(path), scores, labels, torch.arange(6) * 2, videos=names)
     data = np.load(path)  # allow_pickle defaults to False: every array is plain
     assert data["videos"].tolist() == names
     assert data["scores"].dtype == np.float32 and np.allclose(data["scores"], scores.numpy())
@@ -122,16 +124,16 @@ def test_prediction_csv_top1_and_top5(tmp_path):
     names = [f"v{i}" for i in range(6)]
     classes = list("abcdef")
     p1 = tmp_path / "top1.csv"
-    evaluation.write_prediction_csv(str(p1), names, scores, classes)
+    reports.write_prediction_csv(str(p1), names, scores, classes)
     assert p1.read_text().splitlines() == ["v0;a", "v1;b", "v2;b", "v3;f", "v4;d", "v5;d"]
     p5 = tmp_path / "top5.csv"
-    evaluation.write_prediction_csv(str(p5), names, scores, classes, top5=True)
+    reports.write_prediction_csv(str(p5), names, scores, classes, top5=True)
     assert p5.read_text().splitlines()[3] == "v3;f;e;d;c;a"
 
 
 def test_write_report(tmp_path):
     scores, labels = _toy_scores()
-    paths = evaluation.write_report(str(tmp_path), scores, labels, list("abcdef"))
+    paths = reports.write_report(str(tmp_path), scores, labels, list("abcdef"))
     with open(paths["csv"]) as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["class_index", "class_name", "videos", "correct", "accuracy"]
@@ -256,4 +258,4 @@ def test_bf16_autocast_close_to_fp32():
     assert not torch.equal(low, ref)  # autocast did run the matmul in bf16
     assert torch.allclose(low, ref, atol=0.05, rtol=0.05)
     with pytest.raises(ValueError, match="amp"):
-        evaluation.autocast_context(torch.device("cpu"), "fp8")
+        autocast(torch.device("cpu"), "fp8")

@@ -18,8 +18,8 @@ import torch
 
 import main as train_main
 from ops.checkpoint import load_checkpoint
+from ops.synthetic import make_synthetic
 from tests.test_main import assert_same_state, tiny_args
-from tools.make_synthetic import make_synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,5 @@
-"""ops/seeding.py: per-epoch sample order, per-sample random draws, RNG state round trips."""
+"""ops/engine/seeding.py: per-epoch sample order, per-sample random draws; the RNG state round
+trip of ops/checkpoint.py."""
 
 import io
 import random
@@ -8,7 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ops.seeding import EpochSampler, SeededDataset, rng_state, seed_all, set_rng_state
+from ops.checkpoint import rng_state, set_rng_state
+from ops.engine.seeding import EpochSampler, SeededDataset, seed_all
 
 
 class Draws(Dataset):

@@ -214,7 +214,7 @@ def bad_run(workspace, capsys, weights: str, segments: str = "4") -> tuple[int, 
 def test_bad_input_weights_and_segments_differ(workspace, capsys):
     path = workspace["models"][4][0]
     code, err = bad_run(workspace, capsys, f"{path},{path}", segments="4")
-    assert_one_line_error(code, err, "2 weights but 1 test segments")
+    assert_one_line_error(code, err, "2 weights but 1 --test_segments values")
 
 
 def test_bad_input_unknown_published_name(workspace, tmp_path, capsys):

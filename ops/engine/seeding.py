@@ -7,7 +7,8 @@ Three rules make a run resumed from a checkpoint give bit-identical weights on C
 - The order of samples in an epoch is a permutation seeded by (seed, epoch) (`EpochSampler`),
   sharded over ranks like DistributedSampler, and can start part-way (mid-epoch resume).
 - The main process's generators (dropout) are re-seeded at the start of every epoch by
-  (seed, epoch, rank) (`seed_epoch`); mid-epoch checkpoints also store them (`rng_state`).
+  (seed, epoch, rank) (`seed_epoch`); mid-epoch checkpoints also store them
+  (`ops.checkpoint.rng_state`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
+
+from ops.checkpoint import RunState, set_rng_state
 
 
 def derive_seed(*keys: int) -> int:
@@ -38,44 +41,6 @@ def seed_epoch(seed: int, epoch: int, rank: int) -> None:
     seed_all(derive_seed(seed, epoch, rank, 1))
 
 
-def rng_state() -> dict:
-    """The global generators' states as tensors / plain types (loadable with weights_only)."""
-    np_state = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": {
-            "kind": np_state[0],
-            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore what `rng_state` returned (after a round trip through a checkpoint)."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    n = state["numpy"]
-    np.random.set_state(
-        (
-            n["kind"],
-            n["keys"].numpy().astype(np.uint32),
-            n["pos"],
-            n["has_gauss"],
-            n["cached_gaussian"],
-        )
-    )
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 class SeededDataset(Dataset):
     """Wraps a dataset so item `i` in epoch `e` always draws the same random numbers.
 
@@ -83,7 +48,8 @@ class SeededDataset(Dataset):
     (seed, epoch, i), and afterwards restored, so that loading in the main process (workers=0)
     does not disturb the training's own random stream. Call `set_epoch` before each epoch (before
     iterating the loader). The epoch lives in a one-element tensor in shared memory, so a loader's
-    persistent worker processes, started in an earlier epoch, read the new value too.
+    persistent worker processes, started in an earlier epoch, read the new value too. The wrapped
+    dataset is ``dataset`` (e.g. for its bad-data counters).
     """
 
     def __init__(self, dataset: Dataset, seed: int) -> None:
@@ -111,12 +77,6 @@ class SeededDataset(Dataset):
             random.setstate(saved_py)
             np.random.set_state(saved_np)
             torch.set_rng_state(saved_torch)
-
-    def __getattr__(self, name: str):
-        # Attributes of the wrapped dataset (e.g. bad-data counters) stay reachable.
-        if name == "dataset":
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
 
 
 class EpochSampler(Sampler[int]):
@@ -167,3 +127,18 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return max(len(self._indices()) - self.start, 0)
+
+
+def start_epoch(
+    state: RunState, sampler: EpochSampler, dataset: SeededDataset, batch: int, rank: int
+) -> None:
+    """Put the sampler, the augmentation draws and the main process's generators at the start of
+    epoch `state.epoch`, or where it stopped (`state.iteration` batches of `batch` clips in):
+    there the interrupted epoch's random stream continues from `state.rng_state` when the
+    checkpoint had this rank's, else the epoch is seeded afresh."""
+    sampler.set_epoch(state.epoch, start=state.iteration * batch)
+    dataset.set_epoch(state.epoch)
+    if state.iteration and state.rng_state is not None:
+        set_rng_state(state.rng_state)
+    else:
+        seed_epoch(dataset.seed, state.epoch, rank)
