@@ -44,7 +44,7 @@ late makes the reader seek earlier (from the start as a last resort).
 Bad files: a missing file or one that does not open as a video raises `VideoError` (one line);
 a file shorter than its index (truncated) opens with `problem` set; frames that cannot be decoded
 are absent from `read`'s result, and `scan` decodes the whole file once to tell which frames do
-decode, so that the caller can use the nearest one (ops/dataset.py does, and counts it).
+decode, so that the caller can use the nearest one (ops/video_files.py does, and counts it).
 tests/test_video_conformance.py lists the containers, codecs and stream structures checked.
 
 torchcodec is not used: version 0.17 installs from the registry but does not load here, as it
