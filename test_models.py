@@ -12,8 +12,10 @@ own (settings stored inside as `model_config`; any file name), both loaded with
 `--test_segments`) form an ensemble whose video scores are averaged, e.g. the paper's
 "(8+16) x 2 clips". The semantics of crops, clips and scores are documented in ops/evaluation.py.
 
-CUDA is used when present (all visible GPUs through DataParallel, or one GPU per process under
-torchrun), else the CPU. Under torchrun each rank evaluates a contiguous shard of the list and
+CUDA is used when present (the `--gpus` given, else all visible GPUs, through DataParallel, the
+first one holding the model; or one GPU per process under torchrun), else the CPU. `--amp` enters
+autocast inside the model's forward, so that every DataParallel replica runs in the dtype asked
+for. Under torchrun each rank evaluates a contiguous shard of the list and
 rank 0 gathers the scores in list order and writes every output.
 """
 
@@ -200,14 +202,36 @@ def split_list_args(args: argparse.Namespace) -> tuple[list, list, list, list]:
     return weights, segments, coeffs, test_lists
 
 
-def init_process(requested_device: str) -> du.DistContext:
+def cuda_devices(requested: list[int] | None, num_visible: int) -> list[int]:
+    """The GPUs of a single-process CUDA evaluation: ``--gpus`` in the order given, else every
+    visible GPU. The first one holds the model, is made the current device and gathers
+    DataParallel's outputs; a ValueError names an id that is not visible or is given twice."""
+    if not requested:
+        return list(range(num_visible))
+    given = " ".join(map(str, requested))
+    bad = [g for g in requested if not 0 <= g < num_visible]
+    if bad:
+        raise ValueError(
+            f"--gpus {given}: GPU {bad[0]} is not visible ({num_visible} visible, numbered from 0 "
+            "after CUDA_VISIBLE_DEVICES): give ids below the number of visible GPUs"
+        )
+    if len(set(requested)) != len(requested):
+        raise ValueError(f"--gpus {given} names a GPU twice: give each GPU once")
+    return list(requested)
+
+
+def init_process(
+    requested_device: str, gpus: list[int] | None = None
+) -> tuple[du.DistContext, list[int]]:
     """Join the torchrun/SLURM process group when launched by one, and pick the device.
 
     CUDA when present (this rank's GPU under torchrun, NCCL), else the CPU (gloo); `--device cpu`
-    forces the CPU even on a GPU machine.
+    forces the CPU even on a GPU machine. Returns the context and, for a single process on CUDA,
+    the GPUs DataParallel splits the batch over (``cuda_devices``; the context's device is the
+    first of them); an empty list otherwise.
     """
-    gpus = torch.cuda.device_count()
-    if requested_device == "cuda" and gpus == 0:
+    visible = torch.cuda.device_count()
+    if requested_device == "cuda" and visible == 0:
         raise ValueError("--device cuda was given but CUDA is not available: use --device cpu")
     plan = du.plan_launch(
         multiprocessing_distributed=False,
@@ -217,9 +241,15 @@ def init_process(requested_device: str) -> du.DistContext:
         dist_backend=None,
         available_gpus=None,
         cpu_procs=None,
-        num_visible_gpus=0 if requested_device == "cpu" else gpus,
+        num_visible_gpus=0 if requested_device == "cpu" else visible,
     )
-    return du.init_worker(plan, local_rank=0, timeout_minutes=30.0)
+    gpu_ids: list[int] = []
+    if plan.mode == "single" and plan.use_cuda:
+        gpu_ids = cuda_devices(gpus, visible)
+        plan.gpu = gpu_ids[0]  # init_worker makes it the current device
+    elif gpus and plan.mode != "single":
+        logger.warning("--gpus ignored: under torchrun / SLURM each rank uses its local GPU")
+    return du.init_worker(plan, local_rank=0, timeout_minutes=30.0), gpu_ids
 
 
 def build_model(
@@ -269,12 +299,8 @@ def class_names(args: argparse.Namespace, modality: str, num_class: int) -> list
 def main(args: argparse.Namespace) -> dict | None:
     """Evaluate the weights of `args`; returns the metrics on rank 0 (None on other ranks)."""
     weights, segments, coeffs, test_lists = split_list_args(args)
-    ctx = init_process(args.device)
+    ctx, gpu_ids = init_process(args.device, args.gpus)
     rank, world_size, device = ctx.rank, ctx.world_size, ctx.device
-    gpu_ids: list[int] = []
-    if device.type == "cuda" and world_size == 1:  # one process: all visible (or --gpus) GPUs
-        gpu_ids = args.gpus or list(range(torch.cuda.device_count()))
-        device = torch.device("cuda", gpu_ids[0])
     num_views = evaluation.views_per_video(args.test_crops, args.dense_sample, args.twice_sample)
     clips = evaluation.num_test_clips(args.dense_sample, args.twice_sample)
 
@@ -309,10 +335,8 @@ def main(args: argparse.Namespace) -> dict | None:
                 "the ensemble's test lists hold different videos: give every weight the same "
                 "list (or lists of the same videos in the same order)"
             )
-        model.to(device)
-        if len(gpu_ids) > 1:  # DataParallel splits the videos x views batch over the GPUs
-            model = torch.nn.DataParallel(model, device_ids=gpu_ids)
-        models.append(model)
+        # DataParallel (several GPUs) splits the videos x views batch; autocast runs inside it.
+        models.append(evaluation.inference_model(model, device, args.amp, gpu_ids))
         datasets.append(dataset)
         loaders.append(
             evaluation.make_test_loader(

@@ -37,6 +37,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 import torchvision
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ops import utils
@@ -256,15 +257,68 @@ class EvalResult:
         return self.num_views / self.seconds if self.seconds > 0 else 0.0
 
 
+class AutocastForward(nn.Module):
+    """Runs the wrapped model under ``--amp`` autocast, entered inside ``forward``.
+
+    Autocast state belongs to a thread, and DataParallel runs each replica in a thread of its own,
+    handing on only whether CUDA autocast is on, not its dtype: autocast entered around a
+    DataParallel call runs the replicas in float16 under ``--amp bf16`` (and a CPU-side autocast
+    not at all). Entered here, inside the module that DataParallel replicates, every replica
+    autocasts in the dtype asked for, on its own device.
+    """
+
+    def __init__(self, model: nn.Module, amp: str) -> None:
+        super().__init__()
+        autocast(torch.device("cpu"), amp)  # rejects an unknown --amp value here, not mid-run
+        self.model = model
+        self.amp = amp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with autocast(x.device, self.amp):
+            return self.model(x)
+
+    def extra_repr(self) -> str:
+        return f"amp={self.amp!r}"
+
+
+def inference_model(
+    model: nn.Module, device: torch.device, amp: str = "off", gpu_ids: Sequence[int] = ()
+) -> nn.Module:
+    """``model`` on ``device``, ready for ``evaluate_ensemble``: wrapped in ``AutocastForward``
+    when ``amp`` is on, then in DataParallel over ``gpu_ids`` when there are several (so that
+    the autocast runs inside every replica; ``device`` must be ``gpu_ids[0]``)."""
+    model = model.to(device)
+    if amp != "off":
+        model = AutocastForward(model, amp)
+    if len(gpu_ids) > 1:
+        model = nn.DataParallel(model, device_ids=list(gpu_ids))
+    return model
+
+
+def _autocast_inside(model: nn.Module, amp: str) -> nn.Module:
+    """``model`` with autocast entered in its forward (see ``AutocastForward``)."""
+    if amp == "off" or isinstance(model, AutocastForward):
+        return model
+    if isinstance(model, nn.DataParallel):
+        if isinstance(model.module, AutocastForward):
+            return model
+        raise ValueError(
+            f"--amp {amp} with a DataParallel model whose replicas would not autocast: build it "
+            "with ops.evaluation.inference_model(model, device, amp, gpu_ids)"
+        )
+    return AutocastForward(model, amp)
+
+
 def _forward_views(
     model: torch.nn.Module,
     data: torch.Tensor,
     num_views: int,
     device: torch.device,
-    amp: str,
     softmax: bool,
 ) -> torch.Tensor:
-    """One forward pass for a batch `[B, views*T*C, H, W]` -> video scores `[B, K]` on CPU."""
+    """One forward pass for a batch `[B, views*T*C, H, W]` -> video scores `[B, K]` on CPU.
+
+    ``model`` enters its own autocast (``_autocast_inside``)."""
     b, c, h, w = data.shape
     if c % num_views != 0:
         raise ValueError(
@@ -272,8 +326,7 @@ def _forward_views(
             "the test crops/clips settings do not match the data"
         )
     x = to_device(data, device).view(b * num_views, c // num_views, h, w)
-    with autocast(device, amp):
-        logits = model(x)  # [B*V, K]
+    logits = model(x)  # [B*V, K]
     return average_views(logits, num_views=num_views, softmax=softmax).cpu()
 
 
@@ -292,10 +345,13 @@ def evaluate_ensemble(
 
     The loaders must come from `make_test_loader` with the same list, batch size and shard, so
     batch i of every loader covers the same list positions; a video dropped by any loader is left
-    out. The bar shows the running top-1/top-5 of the ensembled scores.
+    out. The bar shows the running top-1/top-5 of the ensembled scores. With ``amp`` on, each
+    model runs under autocast entered inside its forward (``AutocastForward``); a DataParallel
+    model must come from ``inference_model`` for its replicas to autocast.
     """
     if not (len(models) == len(loaders) == len(num_views)):
         raise ValueError("evaluate_ensemble needs one loader and one view count per model")
+    models = [_autocast_inside(m, amp) for m in models]
     for m in models:
         m.eval()
     out_scores, out_labels, out_indices = [], [], []
@@ -311,7 +367,7 @@ def evaluate_ensemble(
         per_model = []
         requested: set[int] = set()
         for model, (indices, data, labels, asked), v in zip(models, batches, num_views):
-            scores = _forward_views(model, data, v, device, amp, softmax) if len(indices) else None
+            scores = _forward_views(model, data, v, device, softmax) if len(indices) else None
             views_run += len(indices) * v
             per_model.append((indices, scores, labels))
             requested.update(asked.tolist())
