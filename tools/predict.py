@@ -65,6 +65,7 @@ from tools._common import (  # noqa: E402
     TOOL_ERRORS,
     count_frames,
     fail,
+    frame_pattern,
     frame_template,
     model_class_names,
     write_atomically,
@@ -173,6 +174,8 @@ def build_predictor(args: argparse.Namespace) -> Predictor:
     )
     if args.topk < 1:
         raise ValueError(f"--topk must be >= 1, got {args.topk}")
+    if args.image_tmpl:
+        frame_pattern(args.image_tmpl)  # a bad template is a bad flag, not a bad input
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was given but CUDA is not available: use --device cpu")
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
