@@ -28,8 +28,8 @@ no category file in the registry: give ``--category_file`` for them.
 Output: per input, its top-5 (``--topk``) as ``probability  name`` lines on stdout, or with
 ``--json`` one JSON document for all inputs. ``--out FILE.mp4|FILE.gif`` writes the input with its
 top-1 class and probability drawn in the top-left corner (mp4: H.264 by PyAV at the video's frame
-rate, ``--fps`` for frame folders; gif: PIL; written to a temporary file and renamed when
-complete); with several inputs ``--out`` must contain ``{name}``, replaced by each input's name.
+rate, ``--fps`` for frame folders; gif: PIL, which stores identical consecutive frames once with
+their durations added; written to a temporary file and renamed when complete); with several inputs ``--out`` must contain ``{name}``, replaced by each input's name.
 An input that cannot be read gets one line on stderr (``error: <input>: <why>``) and the others
 still run; the exit status is then 1 (2 for a bad checkpoint or bad flags).
 """
@@ -444,10 +444,9 @@ def predict_one(path: str, predictor: Predictor, args: argparse.Namespace, sever
 
 def format_result(result: dict, views: Views) -> str:
     what = "frame folder" if result["kind"] == "frames" else "video"
-    lines = [
-        f"{result['input']} ({what}, {result['num_frames']} frames; {views.clips} clip(s) x "
-        f"{views.crops} crop(s))"
-    ]
+    clips = f"{views.clips} clip{'s' if views.clips > 1 else ''}"
+    crops = f"{views.crops} crop{'s' if views.crops > 1 else ''}"
+    lines = [f"{result['input']} ({what}, {result['num_frames']} frames; {clips} x {crops})"]
     lines += [f"  {t['probability']:.4f}  {t['name']}" for t in result["top"]]
     if "out" in result:
         lines.append(f"  -> {result['out']} ({result['frames_written']} frames)")
@@ -463,7 +462,7 @@ def run(args: argparse.Namespace) -> int:
         out_path(args.out, args.inputs[0], several)  # a bad --out fails before any work
     predictor = build_predictor(args)
     results, failed = [], 0
-    bar = progress(args.inputs, desc="predict", unit="input", enabled=several, off_tty=True)
+    bar = progress(args.inputs, desc="predict", unit="input", enabled=several)
     for path in bar:
         try:
             result = predict_one(path, predictor, args, several)
