@@ -319,3 +319,18 @@ def test_bad_flags_are_one_line_errors(ws, capsys, flags, needle):
     code, out, err = run_predict(["--weights", ws["own"], ws["frames"][0], *flags], capsys)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("error: ") and needle in err
+
+
+def test_stored_names_that_do_not_fit_the_classes_are_not_used(ws, tmp_path, capsys):
+    """A checkpoint whose class_names are not one per class falls back to its dataset's file."""
+    from ops.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(ws["own"])
+    ckpt["class_names"] = ["only", "two"]
+    path = str(tmp_path / "two_names.pth.tar")
+    save_checkpoint(ckpt, path)
+    argv = ["--weights", path, ws["frames"][0]]
+    unnamed = predicted([*argv, "--data_root", str(tmp_path)], capsys)[0]["top"]
+    assert sorted(t["name"] for t in unnamed) == ["class 0", "class 1", "class 2"]
+    named = predicted([*argv, "--data_root", ws["data_root"]], capsys)[0]["top"]
+    assert sorted(t["name"] for t in named) == sorted(H.CLASSES)
