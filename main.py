@@ -46,7 +46,7 @@ from ops.checkpoint import (
 )
 from ops.data_problems import DataError, data_error_message
 from ops.dataset import TSNDataSet, collate
-from ops.dataset_config import NO_FLIP_DATASETS, default_data_root
+from ops.dataset_config import NO_FLIP_DATASETS, dataset_class_names, default_data_root
 from ops.engine.compile import maybe_compile
 from ops.engine.lr_scheduler import WarmupSchedule
 from ops.engine.run_config import (
@@ -275,7 +275,10 @@ def train(ctx: du.DistContext, plan: du.LaunchPlan, args: argparse.Namespace, na
     ckpt_path = os.path.join(model_dir, "ckpt.pth.tar")
     best_path = os.path.join(model_dir, "ckpt.best.pth.tar")
     saving = dict(args=args, model=model, optimizer=optimizer, scaler=scaler, ctx=ctx)
-    saving.update(iters_per_epoch=iters_per_epoch)
+    names = dataset_class_names(
+        args.dataset, args.modality, args.data_root, args.category_file, data["num_class"]
+    )  # stored in the checkpoints, so that tools/predict.py can name its classes
+    saving.update(iters_per_epoch=iters_per_epoch, class_names=names)
     stopped = ""  # where a stop request (SIGTERM, Ctrl-C) ended the run early
     try:
         while state.epoch < min(args.epochs, args.stop_after_epochs or args.epochs):

@@ -139,7 +139,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--tune_from",
         type=str,
         default=None,
-        help="fine-tune from this checkpoint (fc not loaded when the dataset differs)",
+        help="fine-tune from this checkpoint, .pth.tar or .safetensors (fc not loaded when the dataset differs)",
     )
     g.add_argument(
         "--fc_lr5",

@@ -8,7 +8,8 @@ The published commands run as written, e.g.
 
 Checkpoints are published ones (settings parsed from the file name, SPEC.md section 6) or our
 own (settings stored inside as `model_config`; any file name), both loaded with
-`weights_only=True` by `ops.checkpoint.load_model`. Several comma-separated `--weights` (with as many
+`weights_only=True` by `ops.checkpoint.load_model`, or `.safetensors` files with their JSON
+sidecar (tools/export.py --format safetensors). Several comma-separated `--weights` (with as many
 `--test_segments`) form an ensemble whose video scores are averaged, e.g. the paper's
 "(8+16) x 2 clips". The semantics of crops, clips and scores are documented in ops/evaluation.py.
 
@@ -59,7 +60,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--weights",
         type=str,
         required=True,
-        help="checkpoint file, or comma-separated files for an ensemble",
+        help="checkpoint file (.pth.tar or .safetensors), or comma-separated files for an ensemble",
     )
     parser.add_argument(
         "--test_segments",

@@ -1,18 +1,23 @@
 """Checkpoints: the one module that writes, reads and applies them (main.py, test_models.py and
 tools/ all come here).
 
-- Files: ``save_checkpoint`` writes atomically; ``load_checkpoint`` never unpickles arbitrary
-  objects: ``torch.load(weights_only=True)`` accepts tensors and plain Python containers / numbers
-  / strings, plus numpy scalars and dtypes, which older checkpoints sometimes hold for
-  ``best_prec1``. Anything else (a class, a call such as ``os.system``) is refused with a one-line
-  ``CheckpointError``.
+- Files: ``save_checkpoint`` writes atomically; ``load_checkpoint`` is the one loading path and
+  dispatches on the file type. It never unpickles arbitrary objects: ``torch.load(weights_only=True)``
+  accepts tensors and plain Python containers / numbers / strings, plus numpy scalars and dtypes,
+  which older checkpoints sometimes hold for ``best_prec1``. Anything else (a class, a call such as
+  ``os.system``) is refused with a one-line ``CheckpointError``. A ``.safetensors`` file (weights
+  only, no pickle at all) is read with its JSON sidecar, ``<name>.json``, which holds what our
+  checkpoints store besides the weights (``SIDECAR_KEYS``) and the checksum of the weights it
+  was written with (``tools/export.py --format safetensors`` writes both).
 - What a checkpoint says about itself (``checkpoint_info``): its *model config*, which always
   means the ``TSN`` constructor keywords that rebuild its network (``TSN.model_config()``), the
   dataset it was trained on, whether with dense sampling, and where it stood (epoch, best top-1).
   Published checkpoints (SPEC section 6) are ``{'epoch', 'arch', 'state_dict', 'optimizer',
   'best_prec1'}`` with ``module.``-prefixed keys and the settings only in the file name, e.g.
   ``TSM_kinetics_RGB_resnet50_shift8_blockres_avg_segment8_e100_cos_dense_nl_lr0.02_wd2.0e-04.pth.tar``;
-  ours store them inside, so their file name does not matter.
+  ours store them inside (and the class names, ``class_names``), so their file name does not
+  matter; a converted published checkpoint carries the settings parsed from its name in its
+  sidecar (or in the converted ``.pth.tar``).
 - Models: ``load_model(path, **overrides) -> (model, meta)`` for evaluation and the tools;
   ``load_weights`` (strict, with a one-line list of what does not fit).
 - Training: the contents of a run's checkpoint (``save_training_checkpoint``: weights, optimizer,
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import pickle
@@ -102,13 +108,16 @@ def _numpy_safe_globals() -> list:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint file safely (``weights_only=True``) onto the CPU.
+    """Load a checkpoint file safely onto the CPU: a ``.safetensors`` file with its sidecar
+    (``load_safetensors``), anything else with ``torch.load(weights_only=True)``.
 
     A bare state_dict file is returned as ``{'state_dict': sd}``.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist: check the path")
+    if is_safetensors(path):
+        return load_safetensors(path)
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -139,6 +148,88 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(
             f"{path} is not a checkpoint: it has no 'state_dict' (keys: {sorted(ckpt)[:8]})"
         )
+    return ckpt
+
+
+# ---------------------------------------------------------------------------------------------
+# safetensors files: weights, and a JSON sidecar with the rest
+# ---------------------------------------------------------------------------------------------
+SAFETENSORS_SUFFIX = ".safetensors"
+# What the sidecar holds besides the link to its weights: what our .pth.tar checkpoints store
+# besides the weights and the training state, in the same keys.
+SIDECAR_KEYS = ("model_config", "dataset", "dense_sample", "class_names")
+
+
+def is_safetensors(path: str | os.PathLike) -> bool:
+    return os.fspath(path).endswith(SAFETENSORS_SUFFIX)
+
+
+def sidecar_path(path: str | os.PathLike) -> str:
+    """The JSON sidecar of ``x.safetensors``: ``x.json`` next to it."""
+    path = os.fspath(path)
+    return path[: -len(SAFETENSORS_SUFFIX)] + ".json"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (the sidecar records it to recognise its own weights)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_safetensors(path: str | os.PathLike) -> dict:
+    """A ``.safetensors`` file and its sidecar as a checkpoint dict: ``state_dict`` plus the
+    sidecar's ``SIDECAR_KEYS``, so everything downstream treats it as one of our checkpoints.
+
+    One-line ``CheckpointError`` for a missing or unreadable sidecar, one without
+    ``model_config``, a sidecar written for other weights (its recorded SHA-256 differs) and a
+    file that is not complete safetensors (truncated, or something else).
+    """
+    path = os.fspath(path)
+    side = sidecar_path(path)
+    if not os.path.isfile(side):
+        raise CheckpointError(
+            f"{path} has no sidecar {side}: a .safetensors file holds only weights, the model "
+            "settings are in the .json that tools/export.py wrote next to it; put it there under "
+            "that name (or export the original checkpoint again)"
+        )
+    try:
+        with open(side, encoding="utf-8") as f:
+            settings = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(
+            f"the sidecar {side} of {path} is not readable JSON ({exc}): export the checkpoint again"
+        ) from None
+    if not isinstance(settings, dict) or not isinstance(settings.get("model_config"), dict):
+        raise CheckpointError(
+            f"{side} is not the sidecar of {path}: it has no 'model_config' (the model settings); "
+            "use the .json that tools/export.py wrote with these weights"
+        )
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise CheckpointError(
+            f"reading {path} needs the safetensors package: pip install -r requirements.txt"
+        ) from None
+    try:
+        state_dict = load_file(path, device="cpu")
+    except Exception as exc:  # SafetensorError (a bad header or size), OSError
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"cannot read {path} as safetensors ({detail}): the file is incomplete (truncated) "
+            "or not a safetensors file; copy or export it again"
+        ) from None
+    recorded = (settings.get("safetensors") or {}).get("sha256")
+    if recorded and recorded != file_sha256(path):
+        raise CheckpointError(
+            f"the sidecar {side} was written for other weights than {path} (their SHA-256 "
+            "differs): use the .json exported together with these weights"
+        )
+    ckpt = {key: settings.get(key) for key in SIDECAR_KEYS}
+    ckpt["dense_sample"] = bool(ckpt["dense_sample"])
+    ckpt["state_dict"] = state_dict
     return ckpt
 
 
@@ -224,8 +315,10 @@ def checkpoint_info(ckpt: dict, path: str | os.PathLike) -> dict:
 
     Returns ``model_config`` (TSN keywords; for a published checkpoint parsed from the file name,
     with the classes and head read from its weights), ``dataset`` (None when unknown),
-    ``dense_sample``, ``published`` (settings from the file name), ``epoch``, ``best_prec1`` and
-    ``path``. Raises ``CheckpointError`` for a file that says neither inside nor in its name.
+    ``dense_sample``, ``class_names`` (one per class; None when the checkpoint stores none, as
+    published ones and ours from before they were stored), ``published`` (settings from the file
+    name), ``epoch``, ``best_prec1`` and ``path``. Raises ``CheckpointError`` for a file that says
+    neither inside nor in its name.
     """
     info = {
         "path": os.fspath(path),
@@ -233,11 +326,13 @@ def checkpoint_info(ckpt: dict, path: str | os.PathLike) -> dict:
         "best_prec1": ckpt.get("best_prec1"),
     }
     if isinstance(ckpt.get("model_config"), dict):
+        cfg = _stored_config(ckpt)
         return dict(
             info,
-            model_config=_stored_config(ckpt),
+            model_config=cfg,
             dataset=ckpt.get("dataset"),
             dense_sample=bool(ckpt.get("dense_sample", False)),
+            class_names=_stored_class_names(ckpt, cfg.get("num_class"), path),
             published=False,
         )
     parsed = parse_published_name(path)
@@ -254,8 +349,26 @@ def checkpoint_info(ckpt: dict, path: str | os.PathLike) -> dict:
         model_config=cfg,
         dataset=parsed["dataset"],
         dense_sample=parsed["dense_sample"],
+        class_names=None,
         published=True,
     )
+
+
+def _stored_class_names(ckpt: dict, num_class: int | None, path) -> list[str] | None:
+    """The checkpoint's class names when they are one string per class, else None (logged)."""
+    names = ckpt.get("class_names")
+    if names is None:
+        return None
+    if (
+        not isinstance(names, (list, tuple))
+        or not all(isinstance(n, str) for n in names)
+        or (num_class is not None and len(names) != num_class)
+    ):
+        logger.warning(
+            "%s: its class_names are not one name per class (%s classes): ignored", path, num_class
+        )
+        return None
+    return list(names)
 
 
 def checkpoint_dataset(ckpt: dict, path: str | os.PathLike) -> str | None:
@@ -342,8 +455,21 @@ def load_model(path: str | os.PathLike, **overrides) -> tuple[nn.Module, dict]:
     meta = checkpoint_info(ckpt, path)
     kwargs = dict(meta["model_config"])
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
-    model = TSN(**kwargs, pretrain="scratch", print_spec=False)
-    load_weights(model, ckpt["state_dict"])
+    # The settings of a .safetensors file come from its sidecar: a mismatch is the sidecar's.
+    where = f"the sidecar {sidecar_path(path)} of {path}" if is_safetensors(path) else str(path)
+    try:
+        model = TSN(**kwargs, pretrain="scratch", print_spec=False)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"the model settings of {where} do not build a model ({exc}): "
+            "export or save the checkpoint again"
+        ) from None
+    try:
+        load_weights(model, ckpt["state_dict"])
+    except CheckpointError as exc:
+        if not is_safetensors(path):
+            raise
+        raise CheckpointError(f"{where} does not match the weights: {exc}") from None
     meta["model_config"] = model.model_config()
     return model.eval(), meta
 
@@ -430,12 +556,14 @@ def save_training_checkpoint(
     state: RunState,
     iters_per_epoch: int,
     ctx: du.DistContext,
+    class_names: list[str] | None = None,
 ) -> None:
     """Save a run's checkpoint: every rank calls this, rank 0 writes it to each path atomically.
 
     The checkpoint keeps the published keys (``epoch``, ``arch``, ``state_dict``, ``optimizer``,
     ``best_prec1``) and adds what continuing exactly and evaluating without the command line
-    need: ``model_config``, ``dataset``, ``dense_sample``, ``args``, the position (``epoch``
+    need: ``model_config``, ``dataset``, ``dense_sample``, ``class_names`` (one per class, from
+    the dataset's category file; None when it has none), ``args``, the position (``epoch``
     completed epochs + ``iteration`` inside the next one) and the schedule's, the AMP scaler, every
     rank's RNG state and weight checksum (equal unless DDP replicas diverged). Everything is
     tensors or plain Python values, so ``torch.load(weights_only=True)`` reads it. If writing
@@ -455,6 +583,7 @@ def save_training_checkpoint(
         "model_config": model.model_config(),
         "dataset": args.dataset,
         "dense_sample": bool(args.dense_sample),
+        "class_names": list(class_names) if class_names else None,
         "args": {k: v for k, v in vars(args).items() if _plain(v)},
         "lr_scheduler": {
             "epoch": state.epoch,

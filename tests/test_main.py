@@ -84,6 +84,10 @@ def test_two_epochs_write_checkpoints_and_logs(data_root, tmp_path):
     assert ckpt["epoch"] == 2 and ckpt["iteration"] == 0 and ckpt["dataset"] == "synthetic"
     assert ckpt["model_config"]["is_shift"] and ckpt["model_config"]["non_local"]
     assert ckpt["model_config"]["num_class"] == 2 and ckpt["arch"] == "resnet18"
+    # the class names, line by line from the dataset's category file (for tools/predict.py)
+    categories = os.path.join(data_root, "synthetic", "category.txt")
+    with open(categories) as f:
+        assert ckpt["class_names"] == f.read().split() == ["moving_right", "moving_left"]
     assert ckpt["lr_scheduler"]["iters_per_epoch"] == 4  # 8 videos / batch 2
     assert isinstance(ckpt["rng_states"][0]["torch"], torch.Tensor)
     assert ckpt["args"]["lr"] == 0.01 and ckpt["world_size"] == 1

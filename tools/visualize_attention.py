@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from ops.checkpoint import CheckpointError, load_model  # noqa: E402
-from ops.dataset_config import REGISTRY, category_file, read_categories  # noqa: E402
+from ops.dataset_config import read_categories  # noqa: E402
 from ops.non_local import attention_modules  # noqa: E402
 from ops.sampling import clip_frames  # noqa: E402
 from ops.utils import setup_logging  # noqa: E402
@@ -44,6 +44,8 @@ from tools._common import (  # noqa: E402
     TOOL_ERRORS,
     count_frames,
     fail,
+    frame_template,
+    model_class_names,
 )
 
 logger = logging.getLogger(__name__)
@@ -67,28 +69,13 @@ _COLOURS = (
 # ---------------------------------------------------------------------------------------------
 # the clip
 # ---------------------------------------------------------------------------------------------
-def _frame_template(folder: str, image_tmpl: str | None) -> str:
-    """The given template, or the registry template that names the most files in ``folder``."""
-    if image_tmpl:
-        return image_tmpl
-    candidates = sorted({e["image_tmpl"] for d in REGISTRY.values() for e in d.values()})
-    best = max(
-        (t for t in candidates if t.count("{") == 1), key=lambda t: count_frames(folder, t)[0]
-    )
-    if count_frames(folder, best)[0] == 0:
-        raise FileNotFoundError(
-            f"no frames named like {', '.join(candidates)} in {folder}: pass --image_tmpl"
-        )
-    return best
-
-
 def load_clip(
     video: str, num_segments: int, image_tmpl: str | None = None
 ) -> tuple[list[Image.Image], list[int]]:
     """The ``num_segments`` frames of one validation clip (segment centres), and their 1-based
     numbers, from a frame folder or a video file."""
     if os.path.isdir(video):
-        tmpl = _frame_template(video, image_tmpl)
+        tmpl = frame_template(video, image_tmpl)
         total, found = count_frames(video, tmpl)
         if total < found:
             logger.warning(
@@ -255,15 +242,15 @@ def visualize(
     data_root: str | None = None,
 ) -> dict:
     """Write the PNG to ``out``; returns what was drawn (block, map, prediction). Without
-    ``class_names`` the names come from the category file of the checkpoint's dataset under
-    ``data_root``, when it is there."""
+    ``class_names`` the names are the checkpoint's, else those of the category file of its
+    dataset under ``data_root``, when it is there."""
     if top < 1:
         raise ValueError(f"--top must be >= 1, got {top}")
     if cell is not None and cell < 16:
         raise ValueError(f"--cell must be >= 16 pixels, got {cell}")
     model, meta = load_model(weights, num_segments=segments)
     if class_names is None:
-        class_names = _class_names(data_root, meta["dataset"])
+        class_names = model_class_names(meta, model.num_class, data_root=data_root)
     blocks = attention_modules(model)
     if not blocks:
         raise ValueError(f"{weights} has no RNL / non-local block: nothing to visualise")
@@ -356,15 +343,6 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--data_root", default=None, help="where to find the dataset's category file"
     )
     return parser
-
-
-def _class_names(data_root: str | None, dataset: str | None) -> list[str] | None:
-    """Class names from the registry's category file of ``dataset``, when it is there."""
-    path = category_file(dataset, "RGB", data_root) if dataset in REGISTRY else None
-    if path and os.path.isfile(path):
-        logger.info("class names from %s", path)
-        return read_categories(path)
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:
