@@ -155,3 +155,43 @@ def test_a_resumed_epoch_continues_the_schedule_at_the_fraction_done():
     state = RunState(epoch=1, iteration=2, samples_done=8, epoch_samples=30, world_size=2, batch=2)
     with pytest.raises(ValueError, match="restore that list"):
         start_epoch(state, sampler, SeededDataset(Draws(), seed=0), 2, 16, 0)
+
+
+class _FakeGenerator:
+    """Stands for one GPU's default generator (this machine has no GPU)."""
+
+    def __init__(self, index: int) -> None:
+        self.state = torch.full((16,), index, dtype=torch.uint8)
+
+    def get_state(self) -> torch.Tensor:
+        return self.state
+
+    def set_state(self, state: torch.Tensor) -> None:
+        self.state = state
+
+
+def _fake_gpus(monkeypatch, count: int, current: int) -> tuple:
+    gens = tuple(_FakeGenerator(i) for i in range(count))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "default_generators", gens)
+    for module in (torch.cuda, torch.cuda.random):
+        monkeypatch.setattr(module, "current_device", lambda: current)
+        monkeypatch.setattr(module, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda.random, "_lazy_init", lambda: None)
+    monkeypatch.setattr(torch.cuda.random, "_lazy_call", lambda cb, **kw: cb())
+    return gens
+
+
+def test_cuda_rng_state_is_the_ranks_own_and_restores_with_fewer_gpus(monkeypatch):
+    # The rank on cuda:2 of a 4-GPU node saves its own device's generator only ...
+    gens = _fake_gpus(monkeypatch, count=4, current=2)
+    saved = rng_state()
+    assert torch.equal(saved["cuda"], gens[2].state)
+    # ... and the run resumes on a machine with one GPU: the state goes to that one.
+    gens = _fake_gpus(monkeypatch, count=1, current=0)
+    set_rng_state(saved)
+    assert torch.equal(gens[0].state, torch.full((16,), 2, dtype=torch.uint8))
+    # Checkpoints written before held one state per visible GPU: the current device's is used.
+    set_rng_state(dict(saved, cuda=[torch.full((16,), d, dtype=torch.uint8) for d in range(4)]))
+    assert torch.equal(gens[0].state, torch.zeros(16, dtype=torch.uint8))
