@@ -243,26 +243,6 @@ def plan_launch(
     flags it overrides are named in `plan.warning`, which is logged by rank 0 only.
     """
     env = dict(os.environ) if env is None else env
-    plan = _plan(
-        multiprocessing_distributed, world_size, rank, dist_url, dist_backend, available_gpus,
-        cpu_procs, num_visible_gpus, env,
-    )  # fmt: skip
-    if plan.warning and env_rank(env) in (None, 0):
-        logger.warning("%s", plan.warning)  # once: rank 0's
-    return plan
-
-
-def _plan(
-    multiprocessing_distributed: bool,
-    world_size: int,
-    rank: int,
-    dist_url: str | None,
-    dist_backend: str | None,
-    available_gpus: str | None,
-    cpu_procs: int | None,
-    num_visible_gpus: int,
-    env: dict[str, str],
-) -> LaunchPlan:
     gpu_ids = None
     if available_gpus is not None:
         gpu_ids = [int(s) for s in available_gpus.split(",") if s.strip()]
@@ -283,10 +263,29 @@ def _plan(
         f"--cpu_procs {cpu_procs}": cpu_procs is not None,
     }
 
+    def one_rank_per_process(ws, local_ws, node_rank, url, warning, launcher) -> LaunchPlan:
+        return LaunchPlan(
+            mode="env",
+            nprocs=1,
+            nodes=max(ws // max(local_ws, 1), 1),
+            world_size=ws,
+            node_rank=node_rank,
+            backend=auto_backend(),
+            dist_url=url,
+            use_cuda=use_cuda,
+            local_world_size=local_ws,
+            gpu_ids=gpu_ids,
+            warning=warning,
+            launcher=launcher,
+        )
+
     def overridden(names: list[str], who: str, what: str) -> str | None:
         if not names:
             return None
-        return f"{who} overrides {', '.join(names)}: {what}"
+        warning = f"{who} overrides {', '.join(names)}: {what}"
+        if env_rank(env) in (None, 0):
+            logger.warning("%s", warning)  # once: rank 0's
+        return warning
 
     torchrun = all(k in env for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     slurm_tasks = None if torchrun else _env_int(env, "SLURM_NTASKS")
@@ -309,20 +308,7 @@ def _plan(
                 "single", **single, backend=None, dist_url=None, use_cuda=use_cuda,
                 gpu_ids=gpu_ids, warning=warning, launcher="torchrun",
             )  # fmt: skip
-        return LaunchPlan(
-            mode="env",
-            nprocs=1,
-            nodes=max(ws // max(local_ws, 1), 1),
-            world_size=ws,
-            node_rank=node_rank,
-            backend=auto_backend(),
-            dist_url="env://",
-            use_cuda=use_cuda,
-            local_world_size=local_ws,
-            gpu_ids=gpu_ids,
-            warning=warning,
-            launcher="torchrun",
-        )
+        return one_rank_per_process(ws, local_ws, node_rank, "env://", warning, "torchrun")
 
     if slurm:
         procid = _env_int(env, "SLURM_PROCID")
@@ -336,7 +322,9 @@ def _plan(
             names = [f"--world-size {world_size}"] if world_size not in (-1, nodes) else []
             names += [f"--rank {rank}"] if rank not in (-1, node_rank) else []
             names += [f"--dist-url {dist_url}"] if is_local_url(dist_url) else []
-            warning = overridden(names, "SLURM", f"its {nodes} tasks are the nodes, each spawning")
+            warning = overridden(
+                names, "SLURM", f"its {nodes} tasks are the nodes, each spawning its workers"
+            )
             url = _rendezvous_from_env(dist_url, env, f"spawning on {nodes} SLURM nodes")
             plan = _spawn_plan(nodes, node_rank, url, backend, gpu_ids, cpu_procs, num_visible_gpus)
             plan.warning, plan.launcher = warning, "slurm"
@@ -350,20 +338,7 @@ def _plan(
         if use_cuda:
             bound = "CUDA_VISIBLE_DEVICES" in env
             _check_gpus_per_node(local_ws, num_visible_gpus, bound_by_scheduler=bound)
-        return LaunchPlan(
-            mode="env",
-            nprocs=1,
-            nodes=max(ws // max(local_ws, 1), 1),
-            world_size=ws,
-            node_rank=node_rank,
-            backend=auto_backend(),
-            dist_url=url,
-            use_cuda=use_cuda,
-            local_world_size=local_ws,
-            gpu_ids=gpu_ids,
-            warning=warning,
-            launcher="slurm",
-        )
+        return one_rank_per_process(ws, local_ws, node_rank, url, warning, "slurm")
 
     if multiprocessing_distributed:
         if max(world_size, 1) > 1 and is_local_url(dist_url):

@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from argparse import Namespace
 
 import pytest
@@ -25,11 +24,18 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 import main as train_main
 from ops import distributed as du
-from ops.checkpoint import RunState, load_checkpoint, param_checksum
+from ops.checkpoint import (
+    RunState,
+    load_checkpoint,
+    param_checksum,
+    resume_checkpoint,
+    save_checkpoint,
+)
 from ops.engine.lr_scheduler import WarmupSchedule
 from ops.engine.seeding import EpochSampler
 from ops.engine.trainer import LoopSettings, TrainParts, train_one_epoch
 from ops.synthetic import make_synthetic
+from tests.test_faults import _wait_for
 from tests.test_main import assert_same_state, tiny_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,6 +47,15 @@ PUBLISHED = ["--dist-url", "tcp://localhost:6666", "--multiprocessing-distribute
 PUBLISHED += ["--world-size", "1", "--rank", "0", "--cpu_procs", "2"]
 TIMEOUT = 900  # per process run; starting processes that import torch is slow on a busy machine
 MID_EPOCH_2 = "Epoch: [2][2/8]"  # rank 0's progress line, iteration 2 of 8 of epoch 2
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread_per_process():
+    """torchrun gives its workers OMP_NUM_THREADS=1; every process of this module runs so, since
+    another thread count sums in another order (not bit-identical)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -95,16 +110,7 @@ def start(cmd, cwd, env=None, output=subprocess.PIPE, **kwargs) -> subprocess.Po
 
 def wait_for(proc: subprocess.Popen, needle: str) -> str:
     """Read `proc`'s output until a line has `needle` (no fixed sleeps: machines differ)."""
-    lines, deadline = [], time.time() + TIMEOUT
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if needle in line:
-            return "".join(lines)
-    proc.kill()
-    raise AssertionError(f"{needle!r} not seen; output:\n{''.join(lines)[-6000:]}")
+    return "".join(_wait_for(proc, needle, TIMEOUT))
 
 
 def finish(proc: subprocess.Popen) -> str:
@@ -359,12 +365,16 @@ def test_a_skipped_last_iteration_on_one_rank_keeps_the_replicas_identical(tmp_p
 # ---- --compile keeps DDP's no_sync -----------------------------------------------------------------
 
 
-def _count_all_reduces(local_rank: int, port: int, out_dir: str) -> None:
+def _gloo_pair(local_rank: int, port: int) -> du.DistContext:
     plan = du.LaunchPlan(
         mode="spawn", nprocs=2, nodes=1, world_size=2, node_rank=0, backend="gloo",
         dist_url=f"tcp://127.0.0.1:{port}", use_cuda=False, local_world_size=2,
     )  # fmt: skip
-    ctx = du.init_worker(plan, local_rank, timeout_minutes=5)
+    return du.init_worker(plan, local_rank, timeout_minutes=5)
+
+
+def _count_all_reduces(local_rank: int, port: int, out_dir: str) -> None:
+    ctx = _gloo_pair(local_rank, port)
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
@@ -407,3 +417,35 @@ def test_compiled_ddp_all_reduces_once_per_optimizer_step(tmp_path):
         assert r["compiled"] and r["per_sync"] >= 1
         assert r["training"] == 2 * r["per_sync"]  # 2 optimizer steps, one all-reduce each
     assert results[0]["checksum"] == results[1]["checksum"]
+
+
+# ---- resume decided once, without a shared filesystem ----------------------------------------------
+
+
+def _resume_in_own_folder(local_rank: int, port: int, nodes: list[str], out_dir: str) -> None:
+    ctx = _gloo_pair(local_rank, port)
+    os.chdir(nodes[ctx.rank])  # each rank's "node": its own disk, the same relative paths
+    path, ckpt = resume_checkpoint("auto", os.path.join("ckpt", "run"), ctx)
+    got = {"path": path, "epoch": ckpt["epoch"], "w": ckpt["state_dict"]["w"].tolist()}
+    with open(os.path.join(out_dir, f"rank{ctx.rank}.json"), "w") as f:
+        json.dump(got, f)
+    du.cleanup(ctx)
+
+
+def test_resume_auto_is_rank_0s_choice_and_its_file_reaches_ranks_without_it(tmp_path):
+    # Rank 0's disk has the run's checkpoint (epoch 3); rank 1's has an old copy at the same
+    # path (epoch 1), as when nodes do not share a filesystem. Both must resume from rank 0's.
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    for node, (epoch, w) in zip(nodes, [(3, [1.0, 2.0]), (1, [9.0])]):
+        state = {"epoch": epoch, "state_dict": {"w": torch.tensor(w)}}
+        save_checkpoint(state, node / "ckpt" / "run" / "ckpt.pth.tar")
+    du.spawn(
+        _resume_in_own_folder,
+        2,
+        (du.free_port(), [str(n) for n in nodes], str(tmp_path)),
+        forward_signals=False,
+    )
+    got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [(g["epoch"], g["w"]) for g in got] == [(3, [1.0, 2.0])] * 2
+    # the rank's view of its disk is untouched: it only read rank 0's bytes
+    assert torch.load(nodes[1] / "ckpt" / "run" / "ckpt.pth.tar")["epoch"] == 1
