@@ -25,6 +25,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -38,9 +39,9 @@ from ops import distributed as du
 from ops.checkpoint import (
     CheckpointError,
     RunState,
-    find_resume,
     load_model,
     resume,
+    resume_checkpoint,
     save_training_checkpoint,
     tune_from,
 )
@@ -60,9 +61,11 @@ from ops.engine.run_config import (
     run_name,
 )
 from ops.engine.run_logger import RunLogger
+from ops.engine.runtime_report import compile_status, runtime_report
 from ops.engine.seeding import EpochSampler, SeededDataset, seed_all, start_epoch
-from ops.engine.stop import StopRequest
+from ops.engine.stop import StopRequest, loader_worker_init, requeue_slurm_job
 from ops.engine.trainer import (
+    EpochStats,
     LoopSettings,
     NonFiniteLossError,
     TrainParts,
@@ -150,6 +153,8 @@ def build_loaders(
         # The loaders' own generator seeds their workers, so starting an epoch leaves the
         # global RNG (dropout) alone; augmentation draws come from SeededDataset.
         generator=torch.Generator().manual_seed(args.seed),
+        # Workers ignore SIGTERM / SIGINT / SIGUSR1: the training process decides to stop.
+        worker_init_fn=loader_worker_init(),
     )
     sampler = EpochSampler(
         len(train), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=args.seed
@@ -246,17 +251,20 @@ def build_optimizer(
 # --------------------------------------------------------------------------------------------
 
 
-def train(ctx: du.DistContext, plan: du.LaunchPlan, args: argparse.Namespace, name: str) -> dict:
+def train(
+    ctx: du.DistContext, plan: du.LaunchPlan, args: argparse.Namespace, name: str, stop: StopRequest
+) -> dict:
     """Everything one process does: build, resume, then the epochs with their checkpoints."""
     data = resolve_data(args, dry_run=False)
     batch = du.per_process_batch(args.batch_size, plan.local_world_size)
     model_dir, run_log = start_run(args, plan, data, name, ctx)
     model = build_model(args, data["num_class"], plan, ctx)
     optimizer, scaler = build_optimizer(model, args, ctx)
-    state, resume_path = RunState(), find_resume(args.resume, model_dir)
-    if resume_path:
+    state, found = RunState(), resume_checkpoint(args.resume, model_dir, ctx)
+    if found:
         optim = None if args.evaluate else optimizer
-        state = resume(resume_path, model=model, optimizer=optim, scaler=scaler, ctx=ctx)
+        path, ckpt = found
+        state = resume(path, model=model, optimizer=optim, scaler=scaler, ctx=ctx, ckpt=ckpt)
     train_set, val_set = build_datasets(args, model, data)
     train_loader, val_loader, iters_per_epoch = build_loaders(args, train_set, val_set, batch, ctx)
     settings = LoopSettings.from_args(args, min_batch=min_batch(model, batch))
@@ -268,8 +276,9 @@ def train(ctx: du.DistContext, plan: du.LaunchPlan, args: argparse.Namespace, na
         run_log.close()
         return dict(summary, val_top1=val.top1, val_top5=val.top5, val_loss=val.loss)
 
-    schedule, stop = WarmupSchedule.from_args(args), StopRequest().install()
+    schedule = WarmupSchedule.from_args(args)
     train_model = training_model(model, args, ctx)
+    runtime = runtime_report(model, train_model, args, plan, ctx)
     parts = TrainParts(train_model, criterion, optimizer, schedule, settings, ctx, scaler, stop)
     parts.run_logger = run_log
     ckpt_path = os.path.join(model_dir, "ckpt.pth.tar")
@@ -278,22 +287,46 @@ def train(ctx: du.DistContext, plan: du.LaunchPlan, args: argparse.Namespace, na
     names = dataset_class_names(
         args.dataset, args.modality, args.data_root, args.category_file, data["num_class"]
     )  # stored in the checkpoints, so that tools/predict.py can name its classes
-    saving.update(iters_per_epoch=iters_per_epoch, class_names=names)
-    stopped = ""  # where a stop request (SIGTERM, Ctrl-C) ended the run early
+    saving.update(iters_per_epoch=iters_per_epoch, class_names=names, runtime=runtime)
+
+    def save(paths: list[str]) -> None:
+        runtime["compile"] = compile_status(train_model, args)
+        save_training_checkpoint(paths, state=state, **saving)
+
+    stopped = ""  # where a stop request (SIGTERM, SIGUSR1, Ctrl-C) ended the run early
+    last_epoch = min(args.epochs, args.stop_after_epochs or args.epochs)
     try:
-        while state.epoch < min(args.epochs, args.stop_after_epochs or args.epochs):
-            start_epoch(state, train_loader.sampler, train_loader.dataset, batch, ctx.rank)
-            stats = train_one_epoch(parts, train_loader, state, iters_per_epoch)
-            if stats.stopped_at is not None:  # preempted: save the exact position and leave
-                state.iteration = stats.stopped_at
-                save_training_checkpoint([ckpt_path], state=state, **saving)
-                stopped = f"at epoch {state.epoch + 1}, iteration {state.iteration}"
-                break
-            state = RunState(state.epoch + 1, best_prec1=state.best_prec1)
+        while state.validation_pending or state.epoch < last_epoch:
+            if state.validation_pending:  # resumed after a stop during this epoch's validation
+                stats = EpochStats(**state.pending_train)
+            else:
+                start_epoch(
+                    state, train_loader.sampler, train_loader.dataset, batch, iters_per_epoch,
+                    ctx.rank,
+                )  # fmt: skip
+                stats = train_one_epoch(parts, train_loader, state, iters_per_epoch)
+                if stats.stopped_at is not None:  # preempted: save the exact position and leave
+                    drawn = (stats.stopped_at - state.iteration) * batch
+                    state.samples_done = train_loader.sampler.position(drawn)
+                    state.iteration = stats.stopped_at
+                    state.epoch_samples, state.world_size, state.batch = (
+                        len(train_set), ctx.world_size, batch,
+                    )  # fmt: skip
+                    save([ckpt_path])
+                    stopped = f"at epoch {state.epoch + 1}, iteration {state.iteration}"
+                    break
+                state = RunState(state.epoch + 1, best_prec1=state.best_prec1)
             val = None
             if state.epoch % args.eval_freq == 0 or state.epoch == args.epochs:
-                val = validate(model, val_loader, criterion, settings, ctx)
+                val = validate(model, val_loader, criterion, settings, ctx, stop=stop)
+                if val.stopped_at is not None:  # the epoch is trained: keep it, validate later
+                    state.validation_pending = True
+                    state.pending_train = dataclasses.asdict(stats)
+                    save([ckpt_path])
+                    stopped = f"while validating epoch {state.epoch} (validated on resume)"
+                    break
                 summary.update(val_top1=val.top1, val_top5=val.top5)
+            state.validation_pending, state.pending_train = False, None
             best = val is not None and (
                 val.top1 > state.best_prec1 or not os.path.isfile(best_path)
             )
@@ -302,12 +335,13 @@ def train(ctx: du.DistContext, plan: du.LaunchPlan, args: argparse.Namespace, na
             run_log.epoch(
                 state.epoch, train=stats, val=val, best_top1=state.best_prec1, bad_data=bad
             )
-            save_training_checkpoint([ckpt_path] + [best_path] * best, state=state, **saving)
+            save([ckpt_path] + [best_path] * best)
             if du.all_reduce_sum(torch.tensor([float(stop.requested)]), ctx)[0] > 0:
                 stopped = f"after epoch {state.epoch}" if state.epoch < args.epochs else ""
                 break
+        # SLURM's early warning (SIGUSR1) to any rank: rank 0 requeues the job once it is saved.
+        asked = du.all_reduce_sum(torch.tensor([float(stop.requeue)]), ctx)[0] if stopped else 0
     finally:
-        stop.uninstall()
         run_log.close()
     if stopped:
         by = stop.signal_name or "a signal to another rank"
@@ -316,6 +350,8 @@ def train(ctx: du.DistContext, plan: du.LaunchPlan, args: argparse.Namespace, na
         )
     elif state.epoch < args.epochs:
         logger.info("--stop_after_epochs %d reached: continue with --resume auto", state.epoch)
+    if asked > 0 and ctx.is_main:
+        requeue_slurm_job()
     if ctx.is_main:
         logger.info(train_set.bad_data_report())
     # compiled: True when every training step ran through torch.compile (False without --compile)
@@ -384,27 +420,35 @@ def demo_evaluation(args: argparse.Namespace, name: str) -> dict:
 def worker(local_rank: int, plan: du.LaunchPlan, args: argparse.Namespace, name: str) -> dict:
     """Train on one device: everything after the launch. Returns a summary (rank 0).
 
-    In a distributed run a failure ends this process with one log line and exit code 1 (without
-    the process-group teardown, which could wait on a dead peer); the launcher (spawn, torchrun)
-    then stops the other ranks, which also notice on their own through the collective timeout.
+    Stop requests (SIGTERM, SIGUSR1, Ctrl-C) are caught from the start, so that one arriving
+    during set-up still ends the run with a checkpoint. In a distributed run a failure ends this
+    process with one log line and exit code 1 (without the process-group teardown, which could
+    wait on a dead peer); the launcher (spawn, torchrun) then stops the other ranks, which also
+    notice on their own through the collective timeout.
     """
-    ctx = du.init_worker(plan, local_rank, args.dist_timeout)
-    if plan.mode != "single":
-        setup_logging(ctx.rank)
+    stop = StopRequest().install()
     try:
-        summary = train(ctx, plan, args, name)
-    except Exception as exc:
-        if not ctx.distributed:
-            raise
-        if du.is_collective_failure(exc):
-            msg = data_error_message(exc)
-            logger.error("lost contact with another rank (it died or hung): %s", msg)
-        elif isinstance(exc, USER_ERRORS):
-            logger.error("%s", data_error_message(exc))
-        else:
-            logger.exception("rank %d failed", ctx.rank)
-        sys.stderr.flush()
-        os._exit(1)
+        ctx = du.init_worker(plan, local_rank, args.dist_timeout)
+        # Per process: workers started by --multiprocessing-distributed do not inherit it.
+        torch.backends.cudnn.benchmark = True
+        if plan.mode != "single":
+            setup_logging(ctx.rank)
+        try:
+            summary = train(ctx, plan, args, name, stop)
+        except Exception as exc:
+            if not ctx.distributed:
+                raise
+            if du.is_collective_failure(exc):
+                msg = data_error_message(exc)
+                logger.error("lost contact with another rank (it died or hung): %s", msg)
+            elif isinstance(exc, USER_ERRORS):
+                logger.error("%s", data_error_message(exc))
+            else:
+                logger.exception("rank %d failed", ctx.rank)
+            sys.stderr.flush()
+            os._exit(1)
+    finally:
+        stop.uninstall()
     du.cleanup(ctx)
     return summary
 
@@ -430,8 +474,8 @@ def main(argv: list[str] | None = None) -> dict:
 def _run(args: argparse.Namespace) -> dict:
     if args.demo and not args.dry_run:
         prepare_demo_data(args)
-    if args.available_gpus is not None and not args.dry_run:
-        os.environ["CUDA_VISIBLE_DEVICES"] = args.available_gpus  # before CUDA is initialised
+    if not args.dry_run:  # before CUDA is initialised; a scheduler's own setting is kept
+        args.available_gpus = du.choose_gpus(args.available_gpus, os.environ)
     data = resolve_data(args, dry_run=args.dry_run)
     name = run_name(args)
     plan = plan_launch(args)
@@ -444,11 +488,10 @@ def _run(args: argparse.Namespace) -> dict:
         return {"resolved": resolved_config(args, plan, data, name), "lines": lines}
 
     logger.info(check_pretrained(args, dry_run=False))
-    torch.backends.cudnn.benchmark = True
     start = time.perf_counter()
     if plan.mode == "spawn":
-        if plan.dist_url is None:
-            plan.dist_url = f"tcp://127.0.0.1:{du.free_port()}"
+        if plan.nodes == 1:  # the published localhost port may be another run's: find a free one
+            plan.dist_url = du.local_rendezvous(plan.dist_url)
         du.spawn(_spawn_entry, plan.nprocs, (plan, args, name))
         summary = {"run_name": name, "model_dir": os.path.join(args.root_model, name)}
     else:

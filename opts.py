@@ -206,10 +206,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--available_gpus",
         type=str,
         default=None,
-        help="comma-separated GPU ids to use (sets CUDA_VISIBLE_DEVICES)",
+        help="comma-separated GPU ids to use (sets CUDA_VISIBLE_DEVICES, unless a scheduler "
+        "already set it: then its GPUs are used)",
     )
-    g.add_argument("--world-size", type=int, default=-1, help="number of nodes")
-    g.add_argument("--rank", type=int, default=-1, help="rank of this node")
+    g.add_argument(
+        "--world-size", type=int, default=-1, help="number of nodes (torchrun / SLURM tell)"
+    )
+    g.add_argument("--rank", type=int, default=-1, help="rank of this node (torchrun / SLURM tell)")
     g.add_argument(
         "--dist-url",
         type=str,

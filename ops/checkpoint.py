@@ -21,8 +21,10 @@ tools/ all come here).
 - Models: ``load_model(path, **overrides) -> (model, meta)`` for evaluation and the tools;
   ``load_weights`` (strict, with a one-line list of what does not fit).
 - Training: the contents of a run's checkpoint (``save_training_checkpoint``: weights, optimizer,
-  AMP scaler, schedule position, every rank's RNG state), ``resume`` from one, and ``tune_from``
-  one of another run. ``same_dataset`` is the one rule for "trained on this dataset", used both
+  AMP scaler, schedule position, every rank's RNG state, what ran), the choice of the checkpoint
+  to resume, made once by rank 0 for all ranks (``resume_checkpoint``, which also sends its
+  contents to ranks that cannot read the file), ``resume`` from one, and ``tune_from`` one of
+  another run. ``same_dataset`` is the one rule for "trained on this dataset", used both
   to keep the classifier when fine-tuning and to switch off the classifier's lr x5.
 """
 
@@ -481,16 +483,33 @@ def load_model(path: str | os.PathLike, **overrides) -> tuple[nn.Module, dict]:
 class RunState:
     """Where a training run stands: ``epoch`` completed epochs, ``iteration`` iterations of the
     next epoch already trained (a mid-epoch stop), the best validation top-1 so far, and after a
-    mid-epoch resume this rank's RNG state to continue from (None: seed the epoch afresh)."""
+    mid-epoch resume this rank's RNG state to continue from (None: seed the epoch afresh).
+
+    A mid-epoch position is kept as ``samples_done``, the global position in that epoch's sample
+    order (ops/engine/seeding.py), with the size of the order (``epoch_samples``) and the
+    ``world_size`` and per-process ``batch`` of the run that stopped, so that a run with another
+    number of processes or batch size continues at the same sample. ``validation_pending``: epoch
+    ``epoch`` was trained but a stop cut its validation short; ``pending_train`` holds that
+    epoch's training statistics for its log row, and the resumed run validates it first.
+    """
 
     epoch: int = 0
     iteration: int = 0
     best_prec1: float = 0.0
     rng_state: dict | None = None
+    samples_done: int = 0
+    epoch_samples: int | None = None
+    world_size: int | None = None
+    batch: int | None = None
+    validation_pending: bool = False
+    pending_train: dict | None = None
 
 
 def rng_state() -> dict:
-    """The global generators' states as tensors / plain types (loadable with weights_only)."""
+    """The global generators' states as tensors / plain types (loadable with weights_only).
+
+    On a GPU only this process's own device's generator is kept: that is the one its training
+    draws from, and a resumed process may see fewer devices than this one did."""
     np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
@@ -504,12 +523,14 @@ def rng_state() -> dict:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()  # the current device's
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    """Restore what ``rng_state`` returned (after a round trip through a checkpoint)."""
+    """Restore what ``rng_state`` returned (after a round trip through a checkpoint); the CUDA
+    state goes to this process's current device. Older checkpoints hold one state per device
+    the process could see: the current device's is used when there is one."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
@@ -523,8 +544,13 @@ def set_rng_state(state: dict) -> None:
         )
     )
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        if isinstance(cuda, (list, tuple)):
+            index = torch.cuda.current_device()
+            cuda = cuda[index] if index < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda)
 
 
 def param_checksum(model: nn.Module) -> str:
@@ -557,6 +583,7 @@ def save_training_checkpoint(
     iters_per_epoch: int,
     ctx: du.DistContext,
     class_names: list[str] | None = None,
+    runtime: dict | None = None,
 ) -> None:
     """Save a run's checkpoint: every rank calls this, rank 0 writes it to each path atomically.
 
@@ -564,8 +591,11 @@ def save_training_checkpoint(
     ``best_prec1``) and adds what continuing exactly and evaluating without the command line
     need: ``model_config``, ``dataset``, ``dense_sample``, ``class_names`` (one per class, from
     the dataset's category file; None when it has none), ``args``, the position (``epoch``
-    completed epochs + ``iteration`` inside the next one) and the schedule's, the AMP scaler, every
-    rank's RNG state and weight checksum (equal unless DDP replicas diverged). Everything is
+    completed epochs + ``iteration`` inside the next one, and the global ``samples_done`` of a
+    mid-epoch stop with ``world_size`` and ``batch_per_process``) and the schedule's, whether the
+    last epoch's validation is pending, the AMP scaler, every rank's RNG state and weight checksum
+    (equal unless DDP replicas diverged), and ``runtime``: what actually ran (backend, devices,
+    attention kernels, compile; ``ops/engine/runtime_report.py``). Everything is
     tensors or plain Python values, so ``torch.load(weights_only=True)`` reads it. If writing
     fails, every rank raises ``CheckpointError`` (the previous file is intact), so that all stop
     together instead of the others waiting for rank 0.
@@ -592,9 +622,15 @@ def save_training_checkpoint(
             "position": state.epoch + state.iteration / max(iters_per_epoch, 1),
         },
         "scaler": scaler.state_dict() if scaler is not None else None,
+        "samples_done": state.samples_done,
+        "epoch_samples": state.epoch_samples,
+        "batch_per_process": state.batch,
+        "validation_pending": state.validation_pending,
+        "pending_train": state.pending_train,
         "rng_states": du.all_gather_objects(rng_state(), ctx),
         "world_size": ctx.world_size,
         "replica_checksums": checksums,
+        "runtime": runtime,
     }
     error = None
     if ctx.is_main:
@@ -626,6 +662,63 @@ def find_resume(resume: str, run_dir: str) -> str | None:
     return resume
 
 
+def _file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resume_checkpoint(resume: str, run_dir: str, ctx: du.DistContext) -> tuple[str, dict] | None:
+    """The checkpoint to resume from, decided once for all ranks: ``(path, contents)`` or None.
+
+    Rank 0 alone resolves ``--resume`` (a path, or 'auto': ``run_dir/ckpt.pth.tar`` if it
+    exists) and tells the others, so that all ranks start from the same place even where their
+    view of the filesystem differs. A rank that cannot read the very same file (no shared
+    filesystem, or another copy at that path) receives its bytes from rank 0 and reads them
+    with the same ``weights_only`` loader. A missing ``--resume`` path stops every rank with the
+    same one-line error.
+    """
+    decision: dict = {}
+    if ctx.is_main:
+        try:
+            path = find_resume(resume, run_dir)
+            if path is not None:
+                decision = {"path": path, "size": os.path.getsize(path), "sha": _file_digest(path)}
+        except FileNotFoundError as exc:
+            decision = {"error": str(exc)}
+    decision = du.broadcast_object(decision, ctx)
+    if "error" in decision:
+        raise FileNotFoundError(decision["error"])
+    if not decision:
+        return None
+    path = decision["path"]
+    same = ctx.is_main or (
+        os.path.isfile(path)
+        and os.path.getsize(path) == decision["size"]
+        and _file_digest(path) == decision["sha"]
+    )
+    missing = du.all_reduce_sum(torch.tensor([float(not same)], dtype=torch.float64), ctx)
+    if missing[0] == 0:
+        return path, load_checkpoint(path)
+    if ctx.is_main:
+        logger.info("%d rank(s) cannot read %s: sending it to them", int(missing[0]), path)
+        with open(path, "rb") as f:
+            data = f.read()
+    else:
+        data = None
+    data = du.broadcast_bytes(data, ctx)
+    if same:
+        return path, load_checkpoint(path)
+    with tempfile.TemporaryDirectory(prefix="resume_") as folder:
+        copy = os.path.join(folder, os.path.basename(path))
+        with open(copy, "wb") as f:
+            f.write(data)
+        ckpt = load_checkpoint(copy)
+    return path, ckpt
+
+
 def resume(
     path: str,
     *,
@@ -633,13 +726,15 @@ def resume(
     optimizer: torch.optim.Optimizer | None,
     scaler: torch.amp.GradScaler | None,
     ctx: du.DistContext,
+    ckpt: dict | None = None,
 ) -> RunState:
     """Load weights (and optimizer / scaler state when given) and return where the run stood.
 
-    Refuses, with one line, a checkpoint trained with other model settings (instead of a list of
-    keys that do not fit) or whose optimizer state does not fit this run's groups.
+    ``ckpt``: the checkpoint's contents when already loaded (``resume_checkpoint``). Refuses,
+    with one line, a checkpoint trained with other model settings (instead of a list of keys
+    that do not fit) or whose optimizer state does not fit this run's groups.
     """
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt
     if isinstance(ckpt.get("model_config"), dict):  # ours; a published one is checked by its keys
         saved, own = _stored_config(ckpt), model.model_config()
         diff = [k for k in own if k in saved and saved[k] != own[k]]
@@ -660,21 +755,27 @@ def resume(
             ) from None
     if scaler is not None and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
+    iteration = int(ckpt.get("iteration", 0))
     state = RunState(
         epoch=int(ckpt.get("epoch", 0)),
-        iteration=int(ckpt.get("iteration", 0)),
+        iteration=iteration,
         best_prec1=float(ckpt.get("best_prec1", 0.0)),
+        samples_done=int(ckpt.get("samples_done") or 0),
+        epoch_samples=ckpt.get("epoch_samples"),
+        world_size=ckpt.get("world_size"),
+        batch=ckpt.get("batch_per_process"),
+        validation_pending=bool(ckpt.get("validation_pending", False)),
+        pending_train=ckpt.get("pending_train"),
     )
+    if iteration and not state.samples_done and state.world_size != ctx.world_size:
+        # Written before positions were global: only its own number of processes can place it.
+        raise CheckpointError(
+            f"{path} stopped in the middle of an epoch and predates resuming with another "
+            f"number of processes: resume it with {state.world_size} processes"
+        )
     states = ckpt.get("rng_states") or []
-    if state.iteration:
-        if ckpt.get("world_size") == ctx.world_size and len(states) > ctx.rank:
-            state.rng_state = states[ctx.rank]
-        else:
-            logger.warning(
-                "%s stopped mid-epoch with another number of processes: the rest of that epoch "
-                "continues with fresh random draws (not bit-identical)",
-                path,
-            )
+    if iteration and state.world_size == ctx.world_size and len(states) > ctx.rank:
+        state.rng_state = states[ctx.rank]
     logger.info(
         "resumed %s: epoch %d, iteration %d, best prec@1 %.3f",
         path,

@@ -189,7 +189,9 @@ def describe(args: argparse.Namespace, plan: du.LaunchPlan, data: dict, name: st
         )
         launch = f"spawn {plan.nprocs} processes per node on {devices}"
     elif plan.mode == "env":
-        launch = "one process of a torchrun / SLURM / manual launch"
+        launch = {"torchrun": "one process of a torchrun launch", "slurm": "one SLURM task"}.get(
+            plan.launcher, "one process of a manual launch (--world-size / --rank)"
+        )
     else:
         launch = "single process"
     return [

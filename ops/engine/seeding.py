@@ -5,7 +5,9 @@ Three rules make a run resumed from a checkpoint give bit-identical weights on C
   (seed, epoch, sample index) (`SeededDataset`), not from whatever state a loader worker has, so
   the number of workers and where a run was interrupted do not matter.
 - The order of samples in an epoch is a permutation seeded by (seed, epoch) (`EpochSampler`),
-  sharded over ranks like DistributedSampler, and can start part-way (mid-epoch resume).
+  sharded over ranks like DistributedSampler, and can start part-way (mid-epoch resume): at a
+  global position in that permutation, so that a run stopped with one number of processes or
+  batch size continues with another exactly where it was (`start_epoch`).
 - The main process's generators (dropout) are re-seeded at the start of every epoch by
   (seed, epoch, rank) (`seed_epoch`); mid-epoch checkpoints also store them
   (`ops.checkpoint.rng_state`).
@@ -13,6 +15,7 @@ Three rules make a run resumed from a checkpoint give bit-identical weights on C
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Iterator
@@ -22,6 +25,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ops.checkpoint import RunState, set_rng_state
+
+logger = logging.getLogger(__name__)
 
 
 def derive_seed(*keys: int) -> int:
@@ -84,9 +89,13 @@ class EpochSampler(Sampler[int]):
 
     Like DistributedSampler: the permutation of epoch `e` comes from a generator seeded by
     (seed, e); it is padded by repetition to a multiple of `num_replicas` (shuffle) and rank `r`
-    takes every `num_replicas`-th index from `r`. Without shuffle (validation) nothing is padded
-    and shards may differ in size by one. `set_epoch(e, start=k)` skips this rank's first `k`
-    indices (those already trained on before an interruption).
+    takes every `num_replicas`-th index from `r`, so after `k` batches of `b` on every rank the
+    ranks together have used the first `k * b * num_replicas` positions of the padded
+    permutation. Without shuffle (validation) nothing is padded and shards may differ in size by
+    one. `set_epoch(e, start=g)` skips the first `g` positions of the (padded) permutation, those
+    already trained on before an interruption, and shards the rest (padded again to a multiple
+    of `num_replicas`) the same way; with the world size of the interrupted run that is exactly
+    where each rank was.
     """
 
     def __init__(
@@ -109,36 +118,92 @@ class EpochSampler(Sampler[int]):
         self.start = 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Use epoch `epoch`'s order, from global position `start` (0: the whole epoch)."""
         self.epoch = epoch
         self.start = start
+
+    def position(self, drawn: int) -> int:
+        """The global position reached when each rank has drawn `drawn` indices of this epoch."""
+        return self.start + drawn * self.num_replicas
 
     def _indices(self) -> list[int]:
         if not self.shuffle:
             return list(range(self.rank, self.dataset_len, self.num_replicas))
         g = torch.Generator()
         g.manual_seed(derive_seed(self.seed, self.epoch, 3))
-        order = torch.randperm(self.dataset_len, generator=g).tolist()
-        total = math.ceil(self.dataset_len / self.num_replicas) * self.num_replicas
-        order = (order * math.ceil(total / max(len(order), 1)))[:total]
-        return order[self.rank : total : self.num_replicas]
+        order = _repeat(torch.randperm(self.dataset_len, generator=g).tolist(), self.num_replicas)
+        if self.start:
+            order = _repeat(order[self.start :], self.num_replicas)
+        return order[self.rank :: self.num_replicas]
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self._indices()[self.start :])
+        return iter(self._indices())
 
     def __len__(self) -> int:
-        return max(len(self._indices()) - self.start, 0)
+        return len(self._indices())
+
+
+def _repeat(order: list[int], multiple: int) -> list[int]:
+    """`order` padded by repeating it from the start to a multiple of `multiple` entries."""
+    total = math.ceil(len(order) / multiple) * multiple
+    return (order * math.ceil(total / max(len(order), 1)))[:total]
 
 
 def start_epoch(
-    state: RunState, sampler: EpochSampler, dataset: SeededDataset, batch: int, rank: int
+    state: RunState,
+    sampler: EpochSampler,
+    dataset: SeededDataset,
+    batch: int,
+    iters_per_epoch: int,
+    rank: int,
 ) -> None:
     """Put the sampler, the augmentation draws and the main process's generators at the start of
-    epoch `state.epoch`, or where it stopped (`state.iteration` batches of `batch` clips in):
-    there the interrupted epoch's random stream continues from `state.rng_state` when the
-    checkpoint had this rank's, else the epoch is seeded afresh."""
-    sampler.set_epoch(state.epoch, start=state.iteration * batch)
+    epoch `state.epoch`, or where it stopped: `state.samples_done` positions of its order in.
+
+    Then `state.iteration` becomes the first iteration to run with this run's `batch` and number
+    of processes: the remaining ones are the last of the epoch's `iters_per_epoch`, so the
+    learning-rate schedule continues at the fraction of the epoch already done. With the world
+    size and per-process batch of the interrupted run this is the very same iteration, and the
+    interrupted epoch's random stream continues from `state.rng_state`; otherwise the rest of the
+    epoch is the same samples in other batches, with fresh dropout draws (warned).
+    """
+    if state.iteration and not state.samples_done:
+        # A checkpoint from before global positions: written with these processes and batch.
+        state.samples_done = state.iteration * batch * sampler.num_replicas
+        state.world_size, state.batch = sampler.num_replicas, batch
+    sampler.set_epoch(state.epoch, start=state.samples_done)
     dataset.set_epoch(state.epoch)
-    if state.iteration and state.rng_state is not None:
-        set_rng_state(state.rng_state)
-    else:
+    if not state.samples_done:
+        state.iteration = 0
         seed_epoch(dataset.seed, state.epoch, rank)
+        return
+    if state.epoch_samples not in (None, sampler.dataset_len):
+        raise ValueError(
+            f"the training list has {sampler.dataset_len} videos but the checkpoint stopped in "
+            f"the middle of an epoch of {state.epoch_samples}: restore that list to resume "
+            "(or resume from the end-of-epoch checkpoint of a run that used this list)"
+        )
+    state.iteration = iters_per_epoch - len(sampler) // batch
+    if (state.world_size, state.batch) == (sampler.num_replicas, batch):
+        if state.rng_state is not None:
+            set_rng_state(state.rng_state)
+        else:  # a checkpoint without this rank's generators
+            seed_epoch(dataset.seed, state.epoch, rank)
+        return
+    seed_epoch(dataset.seed, state.epoch, rank)
+    if rank == 0:
+        logger.warning(
+            "resuming epoch %d at sample %d of %d with %d process(es) x %d clips (it stopped with "
+            "%s x %s): the same remaining samples, in other batches%s and with fresh dropout "
+            "draws, so not bit-identical to an uninterrupted run",
+            state.epoch + 1,
+            state.samples_done,
+            sampler.dataset_len,
+            sampler.num_replicas,
+            batch,
+            state.world_size,
+            state.batch,
+            ""
+            if (state.world_size or 0) * (state.batch or 0) == sampler.num_replicas * batch
+            else " of another size",
+        )

@@ -3,14 +3,19 @@
 Training follows the published recipe: gradients are accumulated over `batch_multiplier`
 iterations (DDP gradient sync only on the last one, via `no_sync`), each loss divided by the
 number of iterations in its group, the gradient norm clipped at `--gd`, and the LR set per
-iteration by the schedule at the position of the optimizer step.
+iteration by the schedule at the position of the optimizer step. A group whose last iteration
+was skipped (too few readable clips) has its gradients, accumulated under `no_sync`, averaged over
+the ranks by hand before the step, as DDP would have; a group whose iterations were all skipped
+makes no optimizer step at all (nor any GradScaler call: fp16's scaler has nothing to unscale).
 
 Every rank takes part in two tiny all-reduces per iteration, so all ranks always take the same
 decisions: before the forward, "has anyone been asked to stop (SIGTERM / Ctrl-C)?" and "is
 anyone's batch empty?"; after the backward, the summed loss / accuracy counts and "was any loss
 NaN or Inf?". A stop request ends the epoch at the next optimizer-step boundary (so a checkpoint
 written then is exactly resumable); a non-finite loss raises `NonFiniteLossError` before the
-optimizer step, so the weights are never updated with it.
+optimizer step, so the weights are never updated with it. Validation asks the same stop question
+before every batch (while every rank still has one), so a stop during validation is honoured
+within a batch.
 
 What the loop needs comes grouped: `LoopSettings` (how it steps, from the command line),
 `TrainParts` (what it acts on: model, loss, optimizer, schedule, ...) and the run's position
@@ -32,10 +37,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ops.checkpoint import RunState
-from ops.distributed import DistContext, all_reduce_sum
+from ops.distributed import DistContext, all_reduce_min, all_reduce_sum, average_gradients
 from ops.engine.lr_scheduler import WarmupSchedule
 from ops.engine.run_logger import RunLogger
-from ops.engine.stop import StopRequest
+from ops.engine.stop import StopRequest, stop_signals_blocked
 from ops.utils import autocast, progress, to_device, topk_correct
 
 logger = logging.getLogger(__name__)
@@ -90,7 +95,9 @@ class EpochStats:
     seconds: float = 0.0
     lr: float = 0.0
     skipped_batches: int = 0
-    stopped_at: int | None = None  # iteration to resume from when a stop request ended the epoch
+    # training: the iteration to resume from when a stop request ended the epoch;
+    # validation: the batch before which a stop request ended it (the result is then partial)
+    stopped_at: int | None = None
 
     @property
     def clips_per_s(self) -> float:
@@ -119,17 +126,22 @@ def train_one_epoch(
     loss_sum = correct1 = correct5 = 0.0
     clips = 0
     skipped = 0
-    lr = parts.schedule.lr_at(epoch + start_iter / n)
+    ran = 0  # iterations of the current gradient-accumulation group that ran forward + backward
+    lr: float = parts.schedule.lr_at(epoch + start_iter / n)
     stats = EpochStats()
     bar = progress(total=n, initial=start_iter, desc=f"epoch {epoch + 1}", enabled=ctx.is_main)
     start_time = time.perf_counter()
     parts.optimizer.zero_grad(set_to_none=True)
-    for i, batch in enumerate(loader, start=start_iter):
+    with stop_signals_blocked():  # loader workers start here (see ops/engine/stop.py)
+        batches = iter(loader)
+    for i, batch in enumerate(batches, start=start_iter):
         # The data layer's collate returns None when every clip of the batch was unreadable.
         data, target = batch if batch is not None else (torch.zeros(0), torch.zeros(0))
         group_start = (i // settings.batch_multiplier) * settings.batch_multiplier
-        group_size = min(settings.batch_multiplier, n - group_start)
-        last_in_group = i == group_start + group_size - 1
+        group_end = min(group_start + settings.batch_multiplier, n)
+        # After a resume with another world size or batch the first group may start part-way.
+        group_size = group_end - max(group_start, start_iter)
+        last_in_group = i == group_end - 1
 
         # Agree on stopping (only at a group boundary) and on empty batches.
         stop_requested = parts.stop is not None and parts.stop.requested
@@ -148,7 +160,8 @@ def train_one_epoch(
             # it together (DDP needs every rank in every step), counted.
             skipped += 1
             if last_in_group:
-                _optimizer_step(parts, params, epoch + i / n)
+                step_lr = _finish_group(parts, params, epoch + i / n, ran, distributed)
+                lr, ran = (lr if step_lr is None else step_lr), 0
             continue
 
         data = to_device(data, ctx.device, settings.channels_last)  # [B, T*C, H, W]
@@ -160,6 +173,7 @@ def train_one_epoch(
                 loss = parts.criterion(output, target)
             scaled = loss / group_size
             (parts.scaler.scale(scaled) if parts.scaler is not None else scaled).backward()
+        ran += 1
 
         b = target.size(0)
         c1, c5 = topk_correct(output.detach().float(), target)
@@ -184,7 +198,8 @@ def train_one_epoch(
         clips += int(totals[3])
 
         if last_in_group:
-            lr = _optimizer_step(parts, params, epoch + i / n)
+            # DDP has just all-reduced the whole group's gradients (this step ran in sync).
+            lr, ran = _finish_group(parts, params, epoch + i / n, ran, False), 0
 
         elapsed = time.perf_counter() - start_time
         avg_loss = loss_sum / max(clips, 1)
@@ -227,6 +242,22 @@ def train_one_epoch(
     return stats
 
 
+def _finish_group(
+    parts: TrainParts, params: list[torch.Tensor], epoch_float: float, ran: int, unsynced: bool
+) -> float | None:
+    """End a gradient-accumulation group: the optimizer step, unless none of its iterations ran
+    (then there are no gradients, and fp16's GradScaler would fail on a step without any).
+    `unsynced`: the gradients were accumulated under DDP's no_sync and never all-reduced (the
+    group's last iteration, which would have synchronised them, was skipped), so average them
+    over the ranks first. Returns the base LR of the step, None when there was none."""
+    if ran == 0:
+        parts.optimizer.zero_grad(set_to_none=True)
+        return None
+    if unsynced:
+        average_gradients(params, parts.ctx)
+    return _optimizer_step(parts, params, epoch_float)
+
+
 def _optimizer_step(parts: TrainParts, params: list[torch.Tensor], epoch_float: float) -> float:
     """Clip, set the LR for this position, step, zero the gradients; returns the base LR."""
     optimizer, scaler = parts.optimizer, parts.scaler
@@ -252,14 +283,29 @@ def validate(
     settings: LoopSettings,
     ctx: DistContext,
     desc: str = "val",
+    stop: StopRequest | None = None,
 ) -> EpochStats:
-    """Loss and top-1/top-5 of `model` (unwrapped, eval mode) over every rank's shard of `loader`."""
+    """Loss and top-1/top-5 of `model` (unwrapped, eval mode) over every rank's shard of `loader`.
+
+    With `stop`, the ranks agree before each batch whether a stop was requested (while every
+    rank still has batches: shards may differ by one) and end early together; the result then
+    has `stopped_at` set and covers only the batches before it.
+    """
     model.eval()
     loss_sum = correct1 = correct5 = 0.0
     clips = 0
+    stopped_at = None
+    polls = all_reduce_min(len(loader), ctx) if stop is not None else 0
     bar = progress(total=len(loader), desc=desc, enabled=ctx.is_main)
     start_time = time.perf_counter()
-    for batch in loader:
+    with stop_signals_blocked():  # loader workers start here (see ops/engine/stop.py)
+        batches = iter(loader)
+    for index, batch in enumerate(batches):
+        if index < polls:
+            asked = torch.tensor([float(stop.requested)], dtype=torch.float64)
+            if all_reduce_sum(asked, ctx)[0] > 0:
+                stopped_at = index
+                break
         if batch is None:  # every clip of the batch was unreadable (counted by the data layer)
             bar.update(1)
             continue
@@ -286,4 +332,5 @@ def validate(
         top5=100.0 * float(totals[2]) / n,
         clips=int(totals[3]),
         seconds=time.perf_counter() - start_time,
+        stopped_at=stopped_at,
     )
