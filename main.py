@@ -25,6 +25,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -37,42 +38,47 @@ from torch.utils.data import DataLoader
 from ops import distributed as du
 from ops.checkpoint import (
     CheckpointError,
-    build_model_from_checkpoint,
-    load_checkpoint,
-    model_config_from_checkpoint,
+    RunState,
+    load_model,
+    resume,
+    resume_checkpoint,
+    save_training_checkpoint,
+    tune_from,
 )
-from ops.compile import maybe_compile
-from ops.dataset import DataError, TSNDataSet, collate
-from ops.dataset_config import NO_FLIP_DATASETS, default_data_root
-from ops.evaluation import build_test_transform, evaluate_model, summarize
-from ops.lr_scheduler import WarmupSchedule
-from ops.models import TSN
-from ops.run_config import (
+from ops.data_problems import DataError, data_error_message
+from ops.dataset import TSNDataSet, collate
+from ops.dataset_config import NO_FLIP_DATASETS, dataset_class_names, default_data_root
+from ops.engine.compile import maybe_compile
+from ops.engine.lr_scheduler import WarmupSchedule
+from ops.engine.run_config import (
     check_pretrained,
     describe,
     model_kwargs,
+    plan_launch,
     resolve_data,
     resolve_sync_bn,
     resolved_config,
     run_name,
-    visible_gpus,
 )
-from ops.run_logger import RunLogger
-from ops.seeding import EpochSampler, SeededDataset, rng_state, seed_all, seed_epoch, set_rng_state
-from ops.train_state import (
-    ResumePoint,
-    checkpoint_state,
-    find_resume,
-    param_checksum,
-    resume_from,
-    save_on_master,
-    tune_from,
+from ops.engine.run_logger import RunLogger
+from ops.engine.runtime_report import compile_status, runtime_report
+from ops.engine.seeding import EpochSampler, SeededDataset, seed_all, start_epoch
+from ops.engine.stop import StopRequest, loader_worker_init, requeue_slurm_job
+from ops.engine.trainer import (
+    EpochStats,
+    LoopSettings,
+    NonFiniteLossError,
+    TrainParts,
+    train_one_epoch,
+    validate,
 )
-from ops.trainer import NonFiniteLossError, StopRequest, train_one_epoch, validate
+from ops.evaluation import build_test_transform, evaluate_model
+from ops.metrics import summarize
+from ops.models import TSN
+from ops.synthetic import make_synthetic
 from ops.transforms import GroupCenterCrop, GroupNormalize, GroupScale, Stack, ToTorchFormatTensor
 from ops.utils import setup_logging
 from opts import parse_args
-from tools.make_synthetic import make_synthetic
 
 logger = logging.getLogger("main")
 
@@ -131,111 +137,12 @@ def build_datasets(args: argparse.Namespace, model: TSN, data: dict):
     return train, val
 
 
-# --------------------------------------------------------------------------------------------
-# Worker
-# --------------------------------------------------------------------------------------------
-
-
-def worker(local_rank: int, plan: du.LaunchPlan, args: argparse.Namespace, name: str) -> dict:
-    """Train on one device: everything after the launch. Returns a summary (rank 0).
-
-    In a distributed run a failure ends this process with one log line and exit code 1 (without
-    the process-group teardown, which could wait on a dead peer); the launcher (spawn, torchrun)
-    then stops the other ranks, which also notice on their own through the collective timeout.
-    """
-    ctx = du.init_worker(plan, local_rank, args.dist_timeout)
-    if plan.mode != "single":
-        setup_logging(ctx.rank)
-    try:
-        summary = _train(ctx, plan, args, name)
-    except Exception as exc:
-        if not ctx.distributed:
-            raise
-        if du.is_collective_failure(exc):
-            logger.error("lost contact with another rank (it died or hung): %s", _first_line(exc))
-        elif isinstance(exc, USER_ERRORS):
-            logger.error("%s", exc)
-        else:
-            logger.exception("rank %d failed", ctx.rank)
-        sys.stderr.flush()
-        os._exit(1)
-    du.cleanup(ctx)
-    return summary
-
-
-def _spawn_entry(local_rank: int, plan: du.LaunchPlan, args: argparse.Namespace, name: str):
-    """Entry point of a worker spawned by --multiprocessing-distributed."""
-    setup_logging(rank=plan.node_rank * plan.nprocs + local_rank)
-    worker(local_rank, plan, args, name)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _train(ctx: du.DistContext, plan: du.LaunchPlan, args: argparse.Namespace, name: str) -> dict:
-    data = resolve_data(args, dry_run=False)
-    batch = du.per_process_batch(args.batch_size, plan.local_world_size)
-    model_dir = os.path.join(args.root_model, name)
-    run_log = RunLogger(os.path.join(args.root_log, name), enabled=ctx.is_main)
-    if ctx.is_main:
-        os.makedirs(model_dir, exist_ok=True)
-        for line in describe(args, plan, data, name):
-            logger.info(line)
-        run_log.write_config(vars(args))
-
-    # ---- model ----------------------------------------------------------------------------
-    seed_all(args.seed)  # identical initial weights on every rank
-    model = TSN(**model_kwargs(args, data["num_class"], args.pretrain), print_spec=ctx.is_main)
-    if args.tune_from:
-        tune_from(model, args.tune_from, args.dataset)
-    policies = model.get_optim_policies()
-    # The RNL channel gate has a BatchNorm1d over clips, which needs 2 clips to train.
-    min_batch = 2 if any(isinstance(m, nn.BatchNorm1d) for m in model.modules()) else 1
-    if resolve_sync_bn(args, plan):
-        if not plan.use_cuda:
-            logger.warning("--sync_bn ignored: SyncBatchNorm needs GPUs, keeping BatchNorm on CPU")
-        elif ctx.distributed:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same Parameter objects
-    model.to(ctx.device)
-    if args.channels_last:
-        model.to_channels_last()  # 2-D conv weights only (the RNL parts are 5-D)
-    model.partialBN(not args.no_partialbn)
-    model.train()  # partial BN freezes its parameters before DDP records which ones train
-    optimizer = torch.optim.SGD(
-        policies, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
-    )
-    if args.amp == "fp16" and ctx.device.type != "cuda":
-        raise ValueError("--amp fp16 needs a GPU: use --amp bf16 on CPU, or --amp off")
-    scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
-
-    resume = find_resume(args.resume, model_dir)
-    start = ResumePoint()
-    if resume:
-        start = resume_from(
-            resume,
-            model=model,
-            optimizer=None if args.evaluate else optimizer,
-            scaler=scaler,
-            ctx=ctx,
-        )
-    train_model: nn.Module = model
-    if ctx.distributed:
-        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    # Lazy: a compilation failure shows at the first step, where the wrapper falls back to eager.
-    train_model = maybe_compile(train_model, args.compile, backend=args.compile_backend)
-
-    # ---- data ---------------------------------------------------------------------------------
-    train_set, val_set = build_datasets(args, model, data)
-    train_set = SeededDataset(train_set, seed=args.seed)
-    train_sampler = EpochSampler(
-        len(train_set), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=args.seed
-    )
-    val_sampler = EpochSampler(
-        len(val_set), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False
-    )
+def build_loaders(
+    args: argparse.Namespace, train: TSNDataSet, val: TSNDataSet, batch: int, ctx: du.DistContext
+) -> tuple[DataLoader, DataLoader, int]:
+    """This rank's loaders, training batches in a seeded order per epoch (resumable mid-epoch)
+    with per-clip seeded augmentation, validation batches in list order; and the number of
+    training iterations per epoch."""
     loader_kw = dict(
         batch_size=batch,
         num_workers=args.workers,
@@ -246,158 +153,227 @@ def _train(ctx: du.DistContext, plan: du.LaunchPlan, args: argparse.Namespace, n
         # The loaders' own generator seeds their workers, so starting an epoch leaves the
         # global RNG (dropout) alone; augmentation draws come from SeededDataset.
         generator=torch.Generator().manual_seed(args.seed),
+        # Workers ignore SIGTERM / SIGINT / SIGUSR1: the training process decides to stop.
+        worker_init_fn=loader_worker_init(),
     )
-    train_loader = DataLoader(train_set, sampler=train_sampler, drop_last=True, **loader_kw)
-    val_loader = DataLoader(val_set, sampler=val_sampler, **loader_kw)
-    iters_per_epoch = len(train_sampler) // batch
-    if iters_per_epoch == 0:
+    sampler = EpochSampler(
+        len(train), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=args.seed
+    )
+    if len(sampler) < batch:
         raise ValueError(
-            f"{data['train_list']} has {len(train_set)} videos, fewer than one batch of {batch} "
+            f"{train.list_file} has {len(train)} videos, fewer than one batch of {batch} "
             "per process: lower --batch_size or add videos"
         )
-    criterion = nn.CrossEntropyLoss().to(ctx.device)
-    schedule = WarmupSchedule(
-        lr=args.lr,
-        epochs=args.epochs,
-        lr_type=args.lr_type,
-        lr_steps=args.lr_steps,
-        use_warmup=args.use_warmup,
-        warmup_epochs=args.warmup_epochs,
-        weight_decay=args.weight_decay,
+    train_loader = DataLoader(
+        SeededDataset(train, seed=args.seed), sampler=sampler, drop_last=True, **loader_kw
     )
-    if batch < min_batch:
-        raise ValueError(
-            f"{batch} clip per process is too few: the non-local channel gate's BatchNorm1d "
-            f"needs {min_batch}; raise --batch_size (it is per node, split over its processes)"
-        )
-    eval_kw = dict(criterion=criterion, ctx=ctx, amp=args.amp, channels_last=args.channels_last)
-
-    if args.evaluate:
-        val = validate(model=model, loader=val_loader, **eval_kw)
-        logger.info(
-            "Testing Results: Prec@1 %.3f Prec@5 %.3f Loss %.5f", val.top1, val.top5, val.loss
-        )
-        run_log.close()
-        return {"run_name": name, "val_top1": val.top1, "val_top5": val.top5, "val_loss": val.loss}
-
-    # ---- epochs -------------------------------------------------------------------------------
-    ckpt_path = os.path.join(model_dir, "ckpt.pth.tar")
-    best_path = os.path.join(model_dir, "ckpt.best.pth.tar")
-    best_prec1 = start.best_prec1
-    end_epoch = min(args.epochs, args.stop_after_epochs or args.epochs)
-    summary: dict = {"run_name": name, "model_dir": model_dir, "stopped": False}
-
-    def save(epoch: int, iteration: int, paths: list[str]) -> None:
-        # Every rank calls this: all ranks' RNG states and weight checksums go into it.
-        checksums = du.all_gather_objects(param_checksum(model), ctx)
-        if len(set(checksums)) > 1:
-            logger.error("the DDP replicas' weights differ (checksums %s)", checksums)
-        state = checkpoint_state(
-            args=args,
-            model=model,
-            optimizer=optimizer,
-            scaler=scaler,
-            epoch=epoch,
-            iteration=iteration,
-            iters_per_epoch=iters_per_epoch,
-            best_prec1=best_prec1,
-            rng_states=du.all_gather_objects(rng_state(), ctx),
-            world_size=ctx.world_size,
-            replica_checksums=checksums,
-        )
-        save_on_master(state, paths, ctx, run_log)
-
-    stop = StopRequest().install()
-    try:
-        epoch, start_iter = start.epoch, start.iteration
-        while epoch < end_epoch:
-            train_sampler.set_epoch(epoch, start=start_iter * batch)
-            train_set.set_epoch(epoch)
-            if start_iter and start.rng_state is not None:
-                set_rng_state(start.rng_state)  # continue the interrupted epoch's random stream
-            else:
-                seed_epoch(args.seed, epoch, ctx.rank)
-            train = train_one_epoch(
-                model=train_model,
-                loader=train_loader,
-                criterion=criterion,
-                optimizer=optimizer,
-                schedule=schedule,
-                epoch=epoch,
-                iters_per_epoch=iters_per_epoch,
-                start_iter=start_iter,
-                batch_multiplier=args.batch_multiplier,
-                clip_gradient=args.clip_gradient,
-                ctx=ctx,
-                stop=stop,
-                amp=args.amp,
-                scaler=scaler,
-                channels_last=args.channels_last,
-                run_logger=run_log,
-                print_freq=args.print_freq,
-                min_batch=min_batch,
-            )
-            if train.stopped_at is not None:  # preempted: save the exact position and leave
-                save(epoch, train.stopped_at, [ckpt_path])
-                logger.warning(
-                    "stopped by %s at epoch %d, iteration %d/%d; saved %s (continue with --resume auto)",
-                    stop.signal_name or "a signal to another rank",
-                    epoch + 1,
-                    train.stopped_at,
-                    iters_per_epoch,
-                    ckpt_path,
-                )
-                summary["stopped"] = True
-                break
-            start_iter = 0
-
-            val = None
-            if (epoch + 1) % args.eval_freq == 0 or epoch + 1 == args.epochs:
-                val = validate(model=model, loader=val_loader, **eval_kw)
-                summary.update(val_top1=val.top1, val_top5=val.top5)
-            is_best = val is not None and (val.top1 > best_prec1 or not os.path.isfile(best_path))
-            if val is not None:
-                best_prec1 = max(best_prec1, val.top1)
-            bad = _bad_data_counts(train_set, val_set, ctx)
-            run_log.epoch(epoch + 1, train=train, val=val, best_top1=best_prec1, bad_data=bad)
-            save(epoch + 1, 0, [ckpt_path] + ([best_path] if is_best else []))
-            epoch += 1
-
-            if du.all_reduce_sum(torch.tensor([float(stop.requested)]), ctx)[0] > 0:
-                if epoch < args.epochs:
-                    logger.warning(
-                        "stopped by a signal after epoch %d; saved %s (continue with --resume auto)",
-                        epoch,
-                        ckpt_path,
-                    )
-                    summary["stopped"] = True
-                break
-        if not summary["stopped"] and epoch < args.epochs:
-            logger.info("--stop_after_epochs %d reached: continue with --resume auto", epoch)
-            summary["stopped"] = True
-    finally:
-        stop.uninstall()
-        run_log.close()
-    summary["best_prec1"] = best_prec1
-    # True when every training step ran through torch.compile (False without --compile).
-    summary["compiled"] = bool(getattr(train_model, "compiled", False))
-    if ctx.is_main:
-        logger.info(train_set.bad_data_report())
-    return summary
+    val_sampler = EpochSampler(len(val), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False)
+    return train_loader, DataLoader(val, sampler=val_sampler, **loader_kw), len(sampler) // batch
 
 
-def _bad_data_counts(train_set, val_set, ctx: du.DistContext) -> dict[str, int]:
+def bad_data_counts(datasets: list[TSNDataSet], ctx: du.DistContext) -> dict[str, int]:
     """Videos skipped and frames replaced so far, over all ranks and loader workers."""
     keys = ("videos_skipped", "frames_missing", "frames_unreadable")
     local = [0.0] * len(keys)
-    for ds in (train_set, val_set):
+    for ds in datasets:
         counts = ds.bad_data_counts()
         local = [a + counts.get(k, 0) for a, k in zip(local, keys)]
     total = du.all_reduce_sum(torch.tensor(local, dtype=torch.float64), ctx).tolist()
-    return {
-        "videos_skipped": int(total[0]),
-        "frames_replaced": int(total[1] + total[2]),
-    }
+    return {"videos_skipped": int(total[0]), "frames_replaced": int(total[1] + total[2])}
+
+
+# --------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------
+
+
+def build_model(
+    args: argparse.Namespace, num_class: int, plan: du.LaunchPlan, ctx: du.DistContext
+) -> TSN:
+    """The TSN of the command line on this rank's device: identical initial weights on every
+    rank, --tune_from weights, SyncBatchNorm where it applies, in train mode."""
+    seed_all(args.seed)
+    model = TSN(**model_kwargs(args, num_class, args.pretrain), print_spec=ctx.is_main)
+    if args.tune_from:
+        tune_from(model, args.tune_from, args.dataset)
+    if resolve_sync_bn(args, plan):
+        if not plan.use_cuda:
+            logger.warning("--sync_bn ignored: SyncBatchNorm needs GPUs, keeping BatchNorm on CPU")
+        elif ctx.distributed:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same Parameter objects
+    model.to(ctx.device)
+    if args.channels_last:
+        model.to_channels_last()  # 2-D conv weights only (the RNL parts are 5-D)
+    return model.train()
+
+
+def training_model(model: TSN, args: argparse.Namespace, ctx: du.DistContext) -> nn.Module:
+    """The module the training loop calls: DDP around the model when distributed, and
+    torch.compile around that with --compile (lazy: a failure shows at the first step, where the
+    wrapper falls back to eager mode)."""
+    wrapped: nn.Module = model
+    if ctx.distributed:
+        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    return maybe_compile(wrapped, args.compile, backend=args.compile_backend)
+
+
+def min_batch(model: nn.Module, batch: int) -> int:
+    """Clips a training batch needs: 2 with the RNL channel gate, whose BatchNorm1d normalises
+    over clips; an error when a process gets fewer."""
+    needed = 2 if any(isinstance(m, nn.BatchNorm1d) for m in model.modules()) else 1
+    if batch < needed:
+        raise ValueError(
+            f"{batch} clip per process is too few: the non-local channel gate's BatchNorm1d "
+            f"needs {needed}; raise --batch_size (it is per node, split over its processes)"
+        )
+    return needed
+
+
+def build_optimizer(
+    model: TSN, args: argparse.Namespace, ctx: du.DistContext
+) -> tuple[torch.optim.Optimizer, torch.amp.GradScaler | None]:
+    """SGD over the model's parameter groups (ops/param_groups.py), and the gradient scaler of
+    --amp fp16."""
+    optimizer = torch.optim.SGD(
+        model.get_optim_policies(),
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+    )
+    if args.amp == "fp16" and ctx.device.type != "cuda":
+        raise ValueError("--amp fp16 needs a GPU: use --amp bf16 on CPU, or --amp off")
+    return optimizer, torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
+
+
+# --------------------------------------------------------------------------------------------
+# Training (one process)
+# --------------------------------------------------------------------------------------------
+
+
+def train(
+    ctx: du.DistContext, plan: du.LaunchPlan, args: argparse.Namespace, name: str, stop: StopRequest
+) -> dict:
+    """Everything one process does: build, resume, then the epochs with their checkpoints."""
+    data = resolve_data(args, dry_run=False)
+    batch = du.per_process_batch(args.batch_size, plan.local_world_size)
+    model_dir, run_log = start_run(args, plan, data, name, ctx)
+    model = build_model(args, data["num_class"], plan, ctx)
+    optimizer, scaler = build_optimizer(model, args, ctx)
+    state, found = RunState(), resume_checkpoint(args.resume, model_dir, ctx)
+    if found:
+        optim = None if args.evaluate else optimizer
+        path, ckpt = found
+        state = resume(path, model=model, optimizer=optim, scaler=scaler, ctx=ctx, ckpt=ckpt)
+    train_set, val_set = build_datasets(args, model, data)
+    train_loader, val_loader, iters_per_epoch = build_loaders(args, train_set, val_set, batch, ctx)
+    settings = LoopSettings.from_args(args, min_batch=min_batch(model, batch))
+    criterion = nn.CrossEntropyLoss().to(ctx.device)
+    summary: dict = {"run_name": name, "model_dir": model_dir}
+    if args.evaluate:
+        val = validate(model, val_loader, criterion, settings, ctx)
+        logger.info("Testing Results: Prec@1 %.3f Prec@5 %.3f Loss %.5f", *val.metrics())
+        run_log.close()
+        return dict(summary, val_top1=val.top1, val_top5=val.top5, val_loss=val.loss)
+
+    schedule = WarmupSchedule.from_args(args)
+    train_model = training_model(model, args, ctx)
+    runtime = runtime_report(model, train_model, args, plan, ctx)
+    parts = TrainParts(train_model, criterion, optimizer, schedule, settings, ctx, scaler, stop)
+    parts.run_logger = run_log
+    ckpt_path = os.path.join(model_dir, "ckpt.pth.tar")
+    best_path = os.path.join(model_dir, "ckpt.best.pth.tar")
+    saving = dict(args=args, model=model, optimizer=optimizer, scaler=scaler, ctx=ctx)
+    names = dataset_class_names(
+        args.dataset, args.modality, args.data_root, args.category_file, data["num_class"]
+    )  # stored in the checkpoints, so that tools/predict.py can name its classes
+    saving.update(iters_per_epoch=iters_per_epoch, class_names=names, runtime=runtime)
+
+    def save(paths: list[str]) -> None:
+        runtime["compile"] = compile_status(train_model, args)
+        save_training_checkpoint(paths, state=state, **saving)
+
+    stopped = ""  # where a stop request (SIGTERM, SIGUSR1, Ctrl-C) ended the run early
+    last_epoch = min(args.epochs, args.stop_after_epochs or args.epochs)
+    try:
+        while state.validation_pending or state.epoch < last_epoch:
+            if state.validation_pending:  # resumed after a stop during this epoch's validation
+                stats = EpochStats(**state.pending_train)
+            else:
+                start_epoch(
+                    state, train_loader.sampler, train_loader.dataset, batch, iters_per_epoch,
+                    ctx.rank,
+                )  # fmt: skip
+                stats = train_one_epoch(parts, train_loader, state, iters_per_epoch)
+                if stats.stopped_at is not None:  # preempted: save the exact position and leave
+                    drawn = (stats.stopped_at - state.iteration) * batch
+                    state.samples_done = train_loader.sampler.position(drawn)
+                    state.iteration = stats.stopped_at
+                    state.epoch_samples, state.world_size, state.batch = (
+                        len(train_set), ctx.world_size, batch,
+                    )  # fmt: skip
+                    save([ckpt_path])
+                    stopped = f"at epoch {state.epoch + 1}, iteration {state.iteration}"
+                    break
+                state = RunState(state.epoch + 1, best_prec1=state.best_prec1)
+            val = None
+            if state.epoch % args.eval_freq == 0 or state.epoch == args.epochs:
+                val = validate(model, val_loader, criterion, settings, ctx, stop=stop)
+                if val.stopped_at is not None:  # the epoch is trained: keep it, validate later
+                    state.validation_pending = True
+                    state.pending_train = dataclasses.asdict(stats)
+                    save([ckpt_path])
+                    stopped = f"while validating epoch {state.epoch} (validated on resume)"
+                    break
+                summary.update(val_top1=val.top1, val_top5=val.top5)
+            state.validation_pending, state.pending_train = False, None
+            best = val is not None and (
+                val.top1 > state.best_prec1 or not os.path.isfile(best_path)
+            )
+            state.best_prec1 = max(state.best_prec1, val.top1 if val is not None else 0.0)
+            bad = bad_data_counts([train_set, val_set], ctx)
+            run_log.epoch(
+                state.epoch, train=stats, val=val, best_top1=state.best_prec1, bad_data=bad
+            )
+            save([ckpt_path] + [best_path] * best)
+            if du.all_reduce_sum(torch.tensor([float(stop.requested)]), ctx)[0] > 0:
+                stopped = f"after epoch {state.epoch}" if state.epoch < args.epochs else ""
+                break
+        # SLURM's early warning (SIGUSR1) to any rank: rank 0 requeues the job once it is saved.
+        asked = du.all_reduce_sum(torch.tensor([float(stop.requeue)]), ctx)[0] if stopped else 0
+    finally:
+        run_log.close()
+    if stopped:
+        by = stop.signal_name or "a signal to another rank"
+        logger.warning(
+            "stopped by %s %s; saved %s (--resume auto continues)", by, stopped, ckpt_path
+        )
+    elif state.epoch < args.epochs:
+        logger.info("--stop_after_epochs %d reached: continue with --resume auto", state.epoch)
+    if asked > 0 and ctx.is_main:
+        requeue_slurm_job()
+    if ctx.is_main:
+        logger.info(train_set.bad_data_report())
+    # compiled: True when every training step ran through torch.compile (False without --compile)
+    compiled = bool(getattr(train_model, "compiled", False))
+    return dict(
+        summary, stopped=state.epoch < args.epochs, best_prec1=state.best_prec1, compiled=compiled
+    )
+
+
+def start_run(
+    args: argparse.Namespace, plan: du.LaunchPlan, data: dict, name: str, ctx: du.DistContext
+) -> tuple[str, RunLogger]:
+    """The run's checkpoint folder and its logs (rank 0 writes them), with the resolved
+    configuration logged and saved as args.txt."""
+    model_dir = os.path.join(args.root_model, name)
+    run_log = RunLogger(os.path.join(args.root_log, name), enabled=ctx.is_main)
+    if ctx.is_main:
+        os.makedirs(model_dir, exist_ok=True)
+        for line in describe(args, plan, data, name):
+            logger.info(line)
+        run_log.write_config(vars(args))
+    return model_dir, run_log
 
 
 # --------------------------------------------------------------------------------------------
@@ -415,9 +391,7 @@ def prepare_demo_data(args: argparse.Namespace) -> None:
 def demo_evaluation(args: argparse.Namespace, name: str) -> dict:
     """Score the demo's best checkpoint on the validation videos with the evaluation code."""
     data = resolve_data(args, dry_run=False)
-    path = os.path.join(args.root_model, name, "ckpt.best.pth.tar")
-    ckpt = load_checkpoint(path)
-    model = build_model_from_checkpoint(ckpt, model_config_from_checkpoint(ckpt, path))
+    model, _ = load_model(os.path.join(args.root_model, name, "ckpt.best.pth.tar"))
     transform = build_test_transform(
         1, model.scale_size, model.crop_size, model.input_mean, model.input_std
     )
@@ -439,8 +413,50 @@ def demo_evaluation(args: argparse.Namespace, name: str) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# Entry point
+# Processes and entry point
 # --------------------------------------------------------------------------------------------
+
+
+def worker(local_rank: int, plan: du.LaunchPlan, args: argparse.Namespace, name: str) -> dict:
+    """Train on one device: everything after the launch. Returns a summary (rank 0).
+
+    Stop requests (SIGTERM, SIGUSR1, Ctrl-C) are caught from the start, so that one arriving
+    during set-up still ends the run with a checkpoint. In a distributed run a failure ends this
+    process with one log line and exit code 1 (without the process-group teardown, which could
+    wait on a dead peer); the launcher (spawn, torchrun) then stops the other ranks, which also
+    notice on their own through the collective timeout.
+    """
+    stop = StopRequest().install()
+    try:
+        ctx = du.init_worker(plan, local_rank, args.dist_timeout)
+        # Per process: workers started by --multiprocessing-distributed do not inherit it.
+        torch.backends.cudnn.benchmark = True
+        if plan.mode != "single":
+            setup_logging(ctx.rank)
+        try:
+            summary = train(ctx, plan, args, name, stop)
+        except Exception as exc:
+            if not ctx.distributed:
+                raise
+            if du.is_collective_failure(exc):
+                msg = data_error_message(exc)
+                logger.error("lost contact with another rank (it died or hung): %s", msg)
+            elif isinstance(exc, USER_ERRORS):
+                logger.error("%s", data_error_message(exc))
+            else:
+                logger.exception("rank %d failed", ctx.rank)
+            sys.stderr.flush()
+            os._exit(1)
+    finally:
+        stop.uninstall()
+    du.cleanup(ctx)
+    return summary
+
+
+def _spawn_entry(local_rank: int, plan: du.LaunchPlan, args: argparse.Namespace, name: str):
+    """Entry point of a worker spawned by --multiprocessing-distributed."""
+    setup_logging(rank=plan.node_rank * plan.nprocs + local_rank)
+    worker(local_rank, plan, args, name)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -450,38 +466,19 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         return _run(args)
     except USER_ERRORS as exc:
-        logger.error("%s", exc)
-        raise SystemExit(f"main.py: error: {exc}") from None
+        msg = data_error_message(exc)
+        logger.error("%s", msg)
+        raise SystemExit(f"main.py: error: {msg}") from None
 
 
 def _run(args: argparse.Namespace) -> dict:
     if args.demo and not args.dry_run:
         prepare_demo_data(args)
-    if args.available_gpus is not None and not args.dry_run:
-        os.environ["CUDA_VISIBLE_DEVICES"] = args.available_gpus  # before CUDA is initialised
+    if not args.dry_run:  # before CUDA is initialised; a scheduler's own setting is kept
+        args.available_gpus = du.choose_gpus(args.available_gpus, os.environ)
     data = resolve_data(args, dry_run=args.dry_run)
     name = run_name(args)
-    plan = du.plan_launch(
-        multiprocessing_distributed=args.multiprocessing_distributed,
-        world_size=args.world_size,
-        rank=args.rank,
-        dist_url=args.dist_url,
-        dist_backend=args.dist_backend,
-        available_gpus=args.available_gpus,
-        cpu_procs=args.cpu_procs,
-        num_visible_gpus=visible_gpus(args),
-    )
-    if args.gpu is not None:
-        if plan.mode != "single":
-            raise ValueError(
-                "--gpu picks the device of a single-process run: drop it when distributed"
-            )
-        if not plan.use_cuda and not args.dry_run:
-            raise ValueError(
-                f"--gpu {args.gpu} given but no GPU is visible: drop --gpu to use the CPU"
-            )
-        plan.gpu = args.gpu
-
+    plan = plan_launch(args)
     if args.dry_run:
         lines = describe(args, plan, data, name) + [check_pretrained(args, dry_run=True)]
         model = TSN(**model_kwargs(args, data["num_class"], "scratch"), print_spec=False)
@@ -491,11 +488,10 @@ def _run(args: argparse.Namespace) -> dict:
         return {"resolved": resolved_config(args, plan, data, name), "lines": lines}
 
     logger.info(check_pretrained(args, dry_run=False))
-    torch.backends.cudnn.benchmark = True
     start = time.perf_counter()
     if plan.mode == "spawn":
-        if plan.dist_url is None:
-            plan.dist_url = f"tcp://127.0.0.1:{du.free_port()}"
+        if plan.nodes == 1:  # the published localhost port may be another run's: find a free one
+            plan.dist_url = du.local_rendezvous(plan.dist_url)
         du.spawn(_spawn_entry, plan.nprocs, (plan, args, name))
         summary = {"run_name": name, "model_dir": os.path.join(args.root_model, name)}
     else:

@@ -14,6 +14,7 @@ demo with three epochs and no temporal shift, i.e. a TSN baseline).
 from __future__ import annotations
 
 import argparse
+import json
 
 from ops.dataset_config import add_data_args
 
@@ -50,6 +51,17 @@ DEMO_DEFAULTS: dict[str, object] = {
 }
 
 
+def _json_object(text: str) -> dict:
+    """argparse type of --nl_options: a JSON object (a one-line error otherwise)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object {{...}}, got {text!r}")
+    return value
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """The parser of main.py (TSM / RNL flag names, spellings and aliases kept)."""
     parser = argparse.ArgumentParser(
@@ -68,7 +80,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--modality", type=str, default="RGB", choices=["RGB", "Flow"])
     g.add_argument(
         "--dense_sample",
-        default=False,
         action="store_true",
         help="I3D-style dense sampling (64-frame window) as for Kinetics",
     )
@@ -88,7 +99,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     g.add_argument("--shift_div", type=int, default=8, help="shift 1/shift_div of the channels")
     g.add_argument("--shift_place", type=str, default="blockres", choices=["blockres", "block"])
-    g.add_argument("--temporal_pool", default=False, action="store_true")
+    g.add_argument("--temporal_pool", action="store_true")
     g.add_argument(
         "--non_local",
         default=False,
@@ -99,6 +110,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--nl_type",
         type=str,
         default="rnl",
+        metavar="TYPE",
         help="block attached by --non_local: a name in ops/non_local.py BLOCKS (rnl, nl, ...)",
     )
     g.add_argument(
@@ -107,6 +119,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default=None,
         help="comma-separated residual blocks to attach it after, e.g. layer2.0,layer3.0 "
         "(default: the published placement)",
+    )
+    g.add_argument(
+        "--nl_options",
+        type=_json_object,
+        default=None,
+        metavar="JSON",
+        help="settings of the attached block, as a JSON object of its builder's keywords, e.g. "
+        "'{\"kernels\": [[3,5,5],[3,5,5],[3,3,3],[3,3,3]]}' for RNL region kernels per stage "
+        "(defaults: in the block's file; recorded in the checkpoint)",
     )
     g.add_argument(
         "--pretrain",
@@ -118,7 +139,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--tune_from",
         type=str,
         default=None,
-        help="fine-tune from this checkpoint (fc not loaded when the dataset differs)",
+        help="fine-tune from this checkpoint, .pth.tar or .safetensors (fc not loaded when the dataset differs)",
     )
     g.add_argument(
         "--fc_lr5",
@@ -133,7 +154,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument(
         "--no_partialbn",
         "--npb",
-        default=False,
         action="store_true",
         help="train every BatchNorm (the published recipes pass --npb)",
     )
@@ -163,7 +183,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default=[20.0, 40.0],
         help="epochs after which the step schedule multiplies the LR by 0.1",
     )
-    g.add_argument("--use_warmup", default=False, action="store_true")
+    g.add_argument("--use_warmup", action="store_true")
     g.add_argument("--warmup_epochs", type=int, default=1)
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--wd", "--weight-decay", type=float, default=5e-4, dest="weight_decay")
@@ -179,7 +199,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g = parser.add_argument_group("distributed")
     g.add_argument(
         "--multiprocessing-distributed",
-        default=False,
         action="store_true",
         help="spawn one process per GPU in --available_gpus (one per --cpu_procs on CPU)",
     )
@@ -187,14 +206,18 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--available_gpus",
         type=str,
         default=None,
-        help="comma-separated GPU ids to use (sets CUDA_VISIBLE_DEVICES)",
+        help="comma-separated GPU ids to use (sets CUDA_VISIBLE_DEVICES, unless a scheduler "
+        "already set it: then its GPUs are used)",
     )
-    g.add_argument("--world-size", type=int, default=-1, help="number of nodes")
-    g.add_argument("--rank", type=int, default=-1, help="rank of this node")
+    g.add_argument(
+        "--world-size", type=int, default=-1, help="number of nodes (torchrun / SLURM tell)"
+    )
+    g.add_argument("--rank", type=int, default=-1, help="rank of this node (torchrun / SLURM tell)")
     g.add_argument(
         "--dist-url",
         type=str,
         default=None,
+        metavar="URL",
         help="rendezvous URL (default: env:// under torchrun/SLURM, a free local port otherwise)",
     )
     g.add_argument("--dist-backend", type=str, default=None, help="nccl | gloo (default: auto)")
@@ -221,7 +244,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
     g = parser.add_argument_group("speed")
     g.add_argument("--amp", type=str, default="off", choices=["off", "fp16", "bf16"])
-    g.add_argument("--channels_last", default=False, action="store_true")
+    g.add_argument("--channels_last", action="store_true")
     g.add_argument(
         "--recompute",
         default=True,
@@ -239,7 +262,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--compile",
-        default=False,
         action="store_true",
         help="torch.compile the training model (falls back to eager mode with a warning where "
         "compilation fails; validation runs eager)",
@@ -262,9 +284,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         metavar="PATH",
         help="checkpoint to continue from, or 'auto' for this run's ckpt.pth.tar if it exists",
     )
-    g.add_argument(
-        "--evaluate", "-e", default=False, action="store_true", help="only validate and exit"
-    )
+    g.add_argument("--evaluate", "-e", action="store_true", help="only validate and exit")
     g.add_argument("--eval-freq", "-ef", type=int, default=1, dest="eval_freq")
     g.add_argument("--print-freq", "-p", type=int, default=20, dest="print_freq")
     g.add_argument("--workers", "-j", type=int, default=8, help="data loading workers per process")
@@ -284,13 +304,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--dry_run",
-        default=False,
         action="store_true",
         help="resolve the configuration, build the model, print the plan and exit (no data read)",
     )
     g.add_argument(
         "--no_demo_eval",
-        default=False,
         action="store_true",
         help="demo only: skip the final multi-clip evaluation",
     )
@@ -321,23 +339,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Reject inconsistent values with argparse's one-line error (exit code 2)."""
-    if args.batch_size < 1:
-        parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
-    if args.batch_multiplier < 1:
-        parser.error(f"--batch_multiplier must be >= 1, got {args.batch_multiplier}")
-    if args.epochs < 1:
-        parser.error(f"--epochs must be >= 1, got {args.epochs}")
+    counts = {"--batch_size": args.batch_size, "--batch_multiplier": args.batch_multiplier}
+    counts.update({"--epochs": args.epochs, "--num_segments": args.num_segments})
+    counts.update({"--eval-freq": args.eval_freq, "--print-freq": args.print_freq})
+    for flag, value in counts.items():
+        if value < 1:
+            parser.error(f"{flag} must be >= 1, got {value}")
     if args.use_warmup and not 0 <= args.warmup_epochs < args.epochs:
         parser.error(
             f"--warmup_epochs {args.warmup_epochs} must be in [0, --epochs {args.epochs}): "
             "lower it or raise --epochs"
         )
-    if args.num_segments < 1:
-        parser.error(f"--num_segments must be >= 1, got {args.num_segments}")
-    if args.eval_freq < 1:
-        parser.error(f"--eval-freq must be >= 1, got {args.eval_freq}")
-    if args.print_freq < 1:
-        parser.error(f"--print-freq must be >= 1, got {args.print_freq}")
     if args.workers < 0:
         parser.error(f"--workers must be >= 0, got {args.workers}")
     if args.dist_timeout <= 0:

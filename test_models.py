@@ -8,12 +8,15 @@ The published commands run as written, e.g.
 
 Checkpoints are published ones (settings parsed from the file name, SPEC.md section 6) or our
 own (settings stored inside as `model_config`; any file name), both loaded with
-`weights_only=True` through ops/checkpoint.py. Several comma-separated `--weights` (with as many
+`weights_only=True` by `ops.checkpoint.load_model`, or `.safetensors` files with their JSON
+sidecar (tools/export.py --format safetensors). Several comma-separated `--weights` (with as many
 `--test_segments`) form an ensemble whose video scores are averaged, e.g. the paper's
 "(8+16) x 2 clips". The semantics of crops, clips and scores are documented in ops/evaluation.py.
 
-CUDA is used when present (all visible GPUs through DataParallel, or one GPU per process under
-torchrun), else the CPU. Under torchrun each rank evaluates a contiguous shard of the list and
+CUDA is used when present (the `--gpus` given, else all visible GPUs, through DataParallel, the
+first one holding the model; or one GPU per process under torchrun), else the CPU. `--amp` enters
+autocast inside the model's forward, so that every DataParallel replica runs in the dtype asked
+for. Under torchrun each rank evaluates a contiguous shard of the list and
 rank 0 gathers the scores in list order and writes every output.
 """
 
@@ -29,12 +32,8 @@ import torch.distributed as dist
 
 from ops import distributed as du
 from ops import evaluation
-from ops.checkpoint import (
-    CheckpointError,
-    build_model_from_checkpoint,
-    load_checkpoint,
-    model_config_from_checkpoint,
-)
+from ops.checkpoint import CheckpointError, load_model
+from ops.data_problems import data_error_message
 from ops.dataset import TSNDataSet
 from ops.dataset_config import (
     REGISTRY,
@@ -44,7 +43,9 @@ from ops.dataset_config import (
     read_categories,
     resolve_dataset,
 )
-from ops.utils import setup_logging
+from ops.metrics import summarize
+from ops.reports import save_scores, write_prediction_csv, write_report
+from ops.utils import AMP_CHOICES, setup_logging
 
 logger = logging.getLogger("test_models")
 
@@ -59,7 +60,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--weights",
         type=str,
         required=True,
-        help="checkpoint file, or comma-separated files for an ensemble",
+        help="checkpoint file (.pth.tar or .safetensors), or comma-separated files for an ensemble",
     )
     parser.add_argument(
         "--test_segments",
@@ -82,16 +83,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--full_res",
-        default=False,
         action="store_true",
         help="crop the scale size (256) instead of the input size (224), as in non-local I3D",
     )
-    parser.add_argument(
-        "--dense_sample", default=False, action="store_true", help="10 dense clips (I3D style)"
-    )
-    parser.add_argument(
-        "--twice_sample", default=False, action="store_true", help="2 clips per video"
-    )
+    parser.add_argument("--dense_sample", action="store_true", help="10 dense clips (I3D style)")
+    parser.add_argument("--twice_sample", action="store_true", help="2 clips per video")
     parser.add_argument(
         "--batch_size", type=int, default=1, help="videos per forward pass (x clips x crops)"
     )
@@ -100,7 +96,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--softmax",
-        default=False,
         action="store_true",
         help="average softmax probabilities instead of logits",
     )
@@ -142,7 +137,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--amp",
         type=str,
         default="off",
-        choices=evaluation.AMP_CHOICES,
+        choices=AMP_CHOICES,
         help="autocast precision for inference",
     )
     parser.add_argument(
@@ -163,6 +158,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _per_weight(text: str, flag: str, kind: type, num_weights: int) -> list:
+    """The comma-separated numbers of ``flag``, one per weight (a one-line ValueError if not)."""
+    try:
+        values = [kind(v) for v in str(text).split(",") if v]
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated numbers, got {text!r}") from None
+    if len(values) != num_weights:
+        raise ValueError(
+            f"{num_weights} weights but {len(values)} {flag} values: give one per weight, "
+            "e.g. --weights=a.pth,b.pth --test_segments=8,16"
+        )
+    return values
+
+
 def split_list_args(args: argparse.Namespace) -> tuple[list, list, list, list]:
     """Weights, segments, coefficients and test lists, one per ensemble member.
 
@@ -171,32 +180,12 @@ def split_list_args(args: argparse.Namespace) -> tuple[list, list, list, list]:
     weights = [w for w in args.weights.split(",") if w]
     if not weights:
         raise ValueError("--weights is empty: give one checkpoint file or a comma-separated list")
-    try:
-        segments = [int(s) for s in str(args.test_segments).split(",") if s]
-    except ValueError:
-        raise ValueError(
-            f"--test_segments must be comma-separated integers, got {args.test_segments!r}"
-        ) from None
-    if len(segments) != len(weights):
-        raise ValueError(
-            f"{len(weights)} weights but {len(segments)} test segments: give one --test_segments "
-            "value per weight, e.g. --weights=a.pth,b.pth --test_segments=8,16"
-        )
+    segments = _per_weight(args.test_segments, "--test_segments", int, len(weights))
     if any(s <= 0 for s in segments):
         raise ValueError(f"--test_segments must be positive, got {args.test_segments!r}")
-    if args.coeff is None:
-        coeffs = [1.0] * len(weights)
-    else:
-        try:
-            coeffs = [float(c) for c in args.coeff.split(",") if c]
-        except ValueError:
-            raise ValueError(
-                f"--coeff must be comma-separated numbers, got {args.coeff!r}"
-            ) from None
-        if len(coeffs) != len(weights):
-            raise ValueError(
-                f"{len(weights)} weights but {len(coeffs)} --coeff values: give one per weight"
-            )
+    coeffs = [1.0] * len(weights)
+    if args.coeff is not None:
+        coeffs = _per_weight(args.coeff, "--coeff", float, len(weights))
     if args.test_list is None:
         test_lists = [None] * len(weights)
     else:
@@ -214,14 +203,36 @@ def split_list_args(args: argparse.Namespace) -> tuple[list, list, list, list]:
     return weights, segments, coeffs, test_lists
 
 
-def init_process(requested_device: str) -> du.DistContext:
+def cuda_devices(requested: list[int] | None, num_visible: int) -> list[int]:
+    """The GPUs of a single-process CUDA evaluation: ``--gpus`` in the order given, else every
+    visible GPU. The first one holds the model, is made the current device and gathers
+    DataParallel's outputs; a ValueError names an id that is not visible or is given twice."""
+    if not requested:
+        return list(range(num_visible))
+    given = " ".join(map(str, requested))
+    bad = [g for g in requested if not 0 <= g < num_visible]
+    if bad:
+        raise ValueError(
+            f"--gpus {given}: GPU {bad[0]} is not visible ({num_visible} visible, numbered from 0 "
+            "after CUDA_VISIBLE_DEVICES): give ids below the number of visible GPUs"
+        )
+    if len(set(requested)) != len(requested):
+        raise ValueError(f"--gpus {given} names a GPU twice: give each GPU once")
+    return list(requested)
+
+
+def init_process(
+    requested_device: str, gpus: list[int] | None = None
+) -> tuple[du.DistContext, list[int]]:
     """Join the torchrun/SLURM process group when launched by one, and pick the device.
 
     CUDA when present (this rank's GPU under torchrun, NCCL), else the CPU (gloo); `--device cpu`
-    forces the CPU even on a GPU machine.
+    forces the CPU even on a GPU machine. Returns the context and, for a single process on CUDA,
+    the GPUs DataParallel splits the batch over (``cuda_devices``; the context's device is the
+    first of them); an empty list otherwise.
     """
-    gpus = torch.cuda.device_count()
-    if requested_device == "cuda" and gpus == 0:
+    visible = torch.cuda.device_count()
+    if requested_device == "cuda" and visible == 0:
         raise ValueError("--device cuda was given but CUDA is not available: use --device cpu")
     plan = du.plan_launch(
         multiprocessing_distributed=False,
@@ -231,66 +242,45 @@ def init_process(requested_device: str) -> du.DistContext:
         dist_backend=None,
         available_gpus=None,
         cpu_procs=None,
-        num_visible_gpus=0 if requested_device == "cpu" else gpus,
+        num_visible_gpus=0 if requested_device == "cpu" else visible,
     )
-    return du.init_worker(plan, local_rank=0, timeout_minutes=30.0)
-
-
-def _num_classes_in_state_dict(state_dict: dict) -> int | None:
-    """Rows of the classifier weight (`new_fc.weight`, else the backbone's fc/classifier)."""
-    for suffix in ("new_fc.weight", "base_model.fc.weight", "base_model.classifier.weight"):
-        for key, value in state_dict.items():
-            if key.endswith(suffix) and isinstance(value, torch.Tensor) and value.dim() == 2:
-                return int(value.shape[0])
-    return None
-
-
-def read_model_config(weights: str) -> tuple[dict, dict]:
-    """(checkpoint, TSN keywords + 'dataset'/'dense_sample' it was trained with) of a file.
-
-    Raises FileNotFoundError or CheckpointError (one line) for a missing, unreadable, unsafe or
-    non-checkpoint file, or a published checkpoint whose file name cannot be parsed.
-    """
-    if not os.path.isfile(weights):
-        raise FileNotFoundError(f"checkpoint {weights} not found: check the --weights path")
-    ckpt = load_checkpoint(weights)
-    return ckpt, dict(model_config_from_checkpoint(ckpt, weights))
+    gpu_ids: list[int] = []
+    if plan.mode == "single" and plan.use_cuda:
+        gpu_ids = cuda_devices(gpus, visible)
+        plan.gpu = gpu_ids[0]  # init_worker makes it the current device
+    elif gpus and plan.mode != "single":
+        logger.warning("--gpus ignored: under torchrun / SLURM each rank uses its local GPU")
+    return du.init_worker(plan, local_rank=0, timeout_minutes=30.0), gpu_ids
 
 
 def build_model(
-    ckpt: dict,
-    cfg: dict,
-    weights: str,
-    num_segments: int,
-    num_class: int,
-    dataset: str,
-    input_size: int | None,
-    dense_sample: bool = False,
-) -> torch.nn.Module:
-    """Rebuild the network a checkpoint was trained with (tested on `num_segments` frames) and
-    load its weights; ValueError when its classes do not match the dataset's."""
-    cfg = dict(cfg)
-    trained_on = cfg.pop("dataset", None)
-    trained_dense = cfg.pop("dense_sample", None)
-    state_dict = ckpt["state_dict"]
-    ckpt_classes = _num_classes_in_state_dict(state_dict) or cfg.get("num_class")
-    if ckpt_classes is not None and int(ckpt_classes) != num_class:
+    weights: str, num_segments: int, args: argparse.Namespace
+) -> tuple[torch.nn.Module, tuple]:
+    """The network of checkpoint ``weights`` tested on ``num_segments`` frames, with its weights,
+    and the dataset entry for its modality (``resolve_dataset``); ValueError when its classes do
+    not match the dataset's."""
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"checkpoint {weights} not found: check the --weights path")
+    model, meta = load_model(weights, num_segments=num_segments, input_size=args.input_size)
+    entry = resolve_dataset(args, model.modality)
+    num_class = entry[0]
+    if model.num_class != num_class:
         raise ValueError(
-            f"{weights} was trained for {ckpt_classes} classes but dataset {dataset!r} has "
-            f"{num_class}: test it on the dataset it was trained on (or fix --num_class / "
+            f"{weights} was trained for {model.num_class} classes but dataset {args.dataset!r} "
+            f"has {num_class}: test it on the dataset it was trained on (or fix --num_class / "
             "--category_file)"
         )
-    if trained_on and trained_on != dataset:
-        logger.warning("%s was trained on %r, testing on %r", weights, trained_on, dataset)
-    if trained_dense and not dense_sample:
+    if meta["dataset"] and meta["dataset"] != args.dataset:
+        logger.warning(
+            "%s was trained on %r, testing on %r", weights, meta["dataset"], args.dataset
+        )
+    if meta["dense_sample"] and not args.dense_sample:
         logger.warning(
             "%s was trained with dense sampling; the published protocol tests it with "
             "--dense_sample",
             os.path.basename(weights),
         )
-    return build_model_from_checkpoint(
-        ckpt, cfg, num_class=num_class, num_segments=num_segments, input_size=input_size
-    )
+    return model, entry
 
 
 def class_names(args: argparse.Namespace, modality: str, num_class: int) -> list[str]:
@@ -310,25 +300,16 @@ def class_names(args: argparse.Namespace, modality: str, num_class: int) -> list
 def main(args: argparse.Namespace) -> dict | None:
     """Evaluate the weights of `args`; returns the metrics on rank 0 (None on other ranks)."""
     weights, segments, coeffs, test_lists = split_list_args(args)
-    ctx = init_process(args.device)
+    ctx, gpu_ids = init_process(args.device, args.gpus)
     rank, world_size, device = ctx.rank, ctx.world_size, ctx.device
-    gpu_ids: list[int] = []
-    if device.type == "cuda" and world_size == 1:  # one process: all visible (or --gpus) GPUs
-        gpu_ids = args.gpus or list(range(torch.cuda.device_count()))
-        device = torch.device("cuda", gpu_ids[0])
     num_views = evaluation.views_per_video(args.test_crops, args.dense_sample, args.twice_sample)
     clips = evaluation.num_test_clips(args.dense_sample, args.twice_sample)
 
     models, loaders, datasets = [], [], []
     names: list[str] = []
     for w, seg, test_list in zip(weights, segments, test_lists):
-        ckpt, cfg = read_model_config(w)
-        modality = cfg.get("modality", "RGB")
-        num_class, _, val_list, root_path, image_tmpl = resolve_dataset(args, modality)
-        model = build_model(
-            ckpt, cfg, w, seg, num_class, args.dataset, args.input_size, args.dense_sample
-        )
-        del ckpt
+        model, (num_class, _, val_list, root_path, image_tmpl) = build_model(w, seg, args)
+        modality = model.modality
         crop_size = model.scale_size if args.full_res else model.input_size
         dataset = TSNDataSet(
             root_path,
@@ -355,10 +336,8 @@ def main(args: argparse.Namespace) -> dict | None:
                 "the ensemble's test lists hold different videos: give every weight the same "
                 "list (or lists of the same videos in the same order)"
             )
-        model.to(device)
-        if len(gpu_ids) > 1:  # DataParallel splits the videos x views batch over the GPUs
-            model = torch.nn.DataParallel(model, device_ids=gpu_ids)
-        models.append(model)
+        # DataParallel (several GPUs) splits the videos x views batch; autocast runs inside it.
+        models.append(evaluation.inference_model(model, device, args.amp, gpu_ids))
         datasets.append(dataset)
         loaders.append(
             evaluation.make_test_loader(
@@ -405,7 +384,7 @@ def main(args: argparse.Namespace) -> dict | None:
             f"no video of the test list could be evaluated ({result.num_skipped} skipped; data "
             f"problems: {result.extra}): check --data_root/--root_path and the frame files"
         )
-    metrics = evaluation.summarize(result.scores, result.labels)
+    metrics = summarize(result.scores, result.labels)
     video_names = [datasets[0].video_list[i].path for i in result.indices.tolist()]
     write_outputs(args, result, video_names, names)
     print_summary(metrics, result, num_models=len(models))
@@ -420,17 +399,15 @@ def write_outputs(
 ) -> None:
     """--save_scores, --csv_file and --report_dir (rank 0 only)."""
     if args.save_scores:
-        evaluation.save_scores(
-            args.save_scores, result.scores, result.labels, result.indices, video_names
-        )
+        save_scores(args.save_scores, result.scores, result.labels, result.indices, video_names)
         logger.info("scores written to %s", args.save_scores)
     if args.csv_file:
-        evaluation.write_prediction_csv(
+        write_prediction_csv(
             args.csv_file, video_names, result.scores, names, top5=args.dataset == "somethingv2"
         )
         logger.info("predictions written to %s", args.csv_file)
     if args.report_dir:
-        paths = evaluation.write_report(args.report_dir, result.scores, result.labels, names)
+        paths = write_report(args.report_dir, result.scores, result.labels, names)
         logger.info("report written to %s", ", ".join(paths.values()))
 
 
@@ -461,7 +438,7 @@ def cli(argv: list[str] | None = None) -> int:
     try:
         main(args)
     except (CheckpointError, du.DistributedSetupError, ValueError, FileNotFoundError) as exc:
-        print(f"test_models.py: error: {exc}", file=sys.stderr)
+        print(f"test_models.py: error: {data_error_message(exc)}", file=sys.stderr)
         return 2
     finally:
         if dist.is_initialized():

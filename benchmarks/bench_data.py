@@ -198,9 +198,7 @@ def ours(root, list_file, num_segments, mode, dense, crop, flip, image_tmpl=TMPL
 
     def decode_and_crop(i):
         record = ds.video_list[i]
-        if ds.is_video:
-            return geometric(ds.load_video(record))
-        return geometric(ds.load_images(record, ds.sample_frames(record)))
+        return geometric(ds.load(record))
 
     return (lambda i: ds[i]), decode_and_crop
 

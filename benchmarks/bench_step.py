@@ -111,7 +111,7 @@ def _measure_child(args: argparse.Namespace) -> None:
 
     work = train_step if args.mode == "train" else infer
     if args.config.endswith("compiled"):
-        from ops.compile import CompiledWithFallback
+        from ops.engine.compile import CompiledWithFallback
 
         model = CompiledWithFallback(model)
         work()  # compiles, for these shapes and this mode

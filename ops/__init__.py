@@ -1,0 +1,32 @@
+"""What lives where in ops/ (one idea per file).
+
+The model, the files a researcher opens to try a new module:
+    models.py          TSN: the 2-D backbone, temporal shift, attached blocks, head, partial BN
+    temporal_shift.py  the temporal shift (TSM) and temporal pooling
+    non_local.py       attaching blocks after residual blocks; the block registry BLOCKS
+    rnl.py             the region-based non-local block (+ its registry builder and defaults)
+    region_conv.py     RNL's depthwise region convolution in the published weight layout
+    attention.py       the (fused) attention core of the non-local blocks
+    channel_gate.py    the global-context channel gate before the first RNL block
+    nl.py              the classic embedded-Gaussian non-local block
+    param_groups.py    optimizer groups (lr / weight-decay multipliers) from named_parameters()
+The data:
+    dataset.py         TSNDataSet: list -> sampled frames -> transforms -> clip tensor
+    lists.py           list files (records, malformed lines)
+    frames.py          frame folders: names, decoding, the frame-folder source
+    video_files.py     video files as a source (decoded with video.py's reader)
+    video.py           the PyAV video reader
+    data_problems.py   bad data: counted, logged once per video, reported
+    sampling.py        which frames make a clip (train / val / test, dense, twice)
+    transforms.py      group transforms (crops, flips, normalisation)
+    dataset_config.py  where each dataset's lists and frames live (--data_root)
+    synthetic.py       the synthetic dataset of the demo and the tests
+Checkpoints, evaluation, shared helpers:
+    checkpoint.py      save / load (.pth.tar, .safetensors) / resume / fine-tune, load_model(path)
+    evaluation.py      test-time views, loaders, multi-view inference, ensembles, gathering
+    metrics.py         accuracies and confusion matrix of video scores
+    reports.py         score files, prediction CSV, confusion-matrix report
+    distributed.py     launch plans and process groups (torchrun, SLURM, spawn)
+    utils.py           logging, autocast, moving a batch to the device, top-k, progress bars
+engine/                the training engine, used only by main.py (see engine/__init__.py)
+"""

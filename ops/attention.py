@@ -5,14 +5,51 @@
 with ``scale=1`` unless the caller wants the affinity matrix back: the fused kernel never
 materialises the ``P x P_source`` matrix. Its inputs are made contiguous in ``[N, P, C]`` first,
 because strided inputs silently send the CPU kernel down the math path (PERF_NOTES).
+
+Which kernel really runs depends on the device, dtype and head dimension (the RNL-R50 blocks
+have C' = 256 and 512; CUDA's flash kernel takes at most 256, and if the memory-efficient one is
+refused too, PyTorch silently falls back to the math path, which materialises ``P x P``):
+``sdpa_kernel_used`` asks, and ``record_attention_shapes`` collects a model's attention shapes
+from one forward pass, for main.py's start-up report.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 ACTIVATIONS = ("softmax", "relu")
+
+_recording: list | None = None  # shapes of the fused calls, inside record_attention_shapes()
+
+
+class OutputProjection(nn.Sequential):
+    """The non-local blocks' output ``W``: ``Conv3d_1x1(C' -> C)`` then ``BN3d(C)``, whose scale
+    and shift start at zero so that a new block adds nothing to its input (the identity). The
+    parts are ``W.0`` and ``W.1``, as in the published checkpoints."""
+
+    def __init__(self, inter_channels: int, channels: int) -> None:
+        super().__init__(
+            nn.Conv3d(inter_channels, channels, kernel_size=1), nn.BatchNorm3d(channels)
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self[1].weight)
+        nn.init.zeros_(self[1].bias)
+
+
+def attention_macs(x_shape: torch.Size, inter_channels: int, sub_sample: bool) -> dict[str, int]:
+    """Multiply-adds of a non-local block's attention on input ``[N, C, T, H, W]``: the affinity
+    ``[Ps, C'] x [C', P]`` and the aggregation ``[C', Ps] x [Ps, P]`` (``Ps = T*(H//2)*(W//2)``
+    with ``sub_sample``), counted by ``tools/model_cost.py``."""
+    n, _, t, h, w = x_shape
+    p_src = t * (h // 2) * (w // 2) if sub_sample else t * h * w
+    return {"attention": 2 * n * t * h * w * p_src * inter_channels}
 
 
 def _positions_last(t: torch.Tensor) -> torch.Tensor:
@@ -44,10 +81,89 @@ def nonlocal_attention(
             f"unknown attention activation {activation!r}: choose one of {ACTIVATIONS}"
         )
     if fused and activation == "softmax" and not return_attention:
-        y = F.scaled_dot_product_attention(
-            _positions_last(q), _positions_last(k), _positions_last(v), scale=1.0
-        )
+        q4, k4, v4 = _positions_last(q), _positions_last(k), _positions_last(v)
+        if _recording is not None:
+            _recording.append((tuple(q4.shape), tuple(k4.shape), tuple(v4.shape)))
+        y = F.scaled_dot_product_attention(q4, k4, v4, scale=1.0)
         return y.squeeze(1).transpose(1, 2), None  # (N, Cv, P)
     a = torch.bmm(k.transpose(1, 2), q)  # (N, Ps, P): source m, target n
     a = F.softmax(a, dim=1) if activation == "softmax" else F.relu(a) / a.shape[1]
     return torch.bmm(v, a), (a.detach() if return_attention else None)
+
+
+@contextlib.contextmanager
+def record_attention_shapes() -> Iterator[list[tuple]]:
+    """Collect ``(q, k, v)`` shapes ``[N, 1, P, C]`` of every fused attention call made inside
+    (e.g. one forward pass of a model on the meta device, which computes nothing)."""
+    global _recording
+    previous, _recording = _recording, []
+    try:
+        yield _recording
+    finally:
+        _recording = previous
+
+
+# The fused kernels in the order PyTorch prefers them, by the names the report uses.
+SDPA_KERNELS = ("flash", "efficient", "cudnn", "math")
+
+
+def _backend(name: str):
+    from torch.nn.attention import SDPBackend
+
+    return {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "math": SDPBackend.MATH,
+    }[name]
+
+
+def _runs(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether kernel `name` alone computes the attention forward and backward here."""
+    from torch.nn.attention import sdpa_kernel
+
+    try:
+        with sdpa_kernel([_backend(name)]):
+            y = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+            if q.requires_grad:
+                y.sum().backward()
+    except RuntimeError:
+        return False
+    return True
+
+
+def sdpa_kernel_used(
+    q_shape: tuple,
+    k_shape: tuple,
+    v_shape: tuple,
+    dtype: torch.dtype,
+    device: torch.device | str,
+    training: bool = True,
+) -> str:
+    """The kernel ``F.scaled_dot_product_attention`` runs for contiguous inputs of these shapes:
+    'flash', 'efficient', 'cudnn' or 'math' (the ``P x P`` matrix is materialised).
+
+    Asks PyTorch's own dispatcher (``torch._fused_sdp_choice``, what a call would pick) and
+    checks that the kernel it names runs forward and backward at these sizes; where that private
+    function is missing or its choice fails, tries the kernels in PyTorch's order of preference
+    and reports the first that runs. The probe uses batch 1 of the given positions and zeros, so
+    it draws no random numbers. On CPU 'flash' is PyTorch's CPU flash kernel.
+    """
+
+    def tensor(shape: tuple) -> torch.Tensor:
+        return torch.zeros((1, *shape[1:]), dtype=dtype, device=device, requires_grad=training)
+
+    q, k, v = tensor(q_shape), tensor(k_shape), tensor(v_shape)
+    chooser = getattr(torch, "_fused_sdp_choice", None)
+    if chooser is not None:
+        try:
+            index = int(chooser(q, k, v, scale=1.0))
+        except RuntimeError:
+            index = -1
+        choice = next((n for n in SDPA_KERNELS if int(_backend(n)) == index), None)
+        if choice is not None and _runs(choice, q, k, v):
+            return choice
+    for name in SDPA_KERNELS:
+        if _runs(name, q, k, v):
+            return name
+    return "none"

@@ -15,7 +15,24 @@ from torch import nn
 
 
 class ChannelGate(nn.Module):
-    """Args: channels ``C``; reduction ``r`` of the bottleneck (2 in the published model)."""
+    """Args: channels ``C``; reduction ``r`` of the bottleneck (2 in the published model).
+
+    Optimizer groups (``ops/param_groups.py``): the published code put only the ``.nl`` part of
+    an attached block in the non-local groups, so the gate (attached as ``.cg``) trained like the
+    backbone's layers: convolution and linear weights in ``normal_weight``, their biases in
+    ``normal_bias``, the BN in ``bn``. ``optim_groups`` keeps that recipe.
+    """
+
+    optim_groups = {
+        "W_k.weight": "normal_weight",
+        "W_k.bias": "normal_bias",
+        "W_v1.weight": "normal_weight",
+        "W_v1.bias": "normal_bias",
+        "bn1.weight": "bn",
+        "bn1.bias": "bn",
+        "W_v2.weight": "normal_weight",
+        "W_v2.bias": "normal_bias",
+    }
 
     def __init__(self, channels: int, reduction: int = 2):
         super().__init__()
@@ -36,3 +53,13 @@ class ChannelGate(nn.Module):
         context = torch.bmm(x.reshape(n, c, -1), w.transpose(1, 2)).view(n, c)  # (N, C)
         g = self.W_v2(F.relu(self.bn1(self.W_v1(context))))  # (N, C)
         return x + g.view(n, c, 1, 1, 1)
+
+    def macs(self, x: torch.Tensor) -> dict[str, int]:
+        """Multiply-adds of the context ``sum_p w_p x_p`` for input ``x``: ``C`` per position (the
+        score conv and the linear layers count themselves)."""
+        return {"gate": x.numel()}
+
+
+def attach(channels: int, stage: int, first: bool, **_) -> dict[str, nn.Module]:
+    """Registry builder (``ops/non_local.py``, ``gc``): the channel gate alone, as ``.cg``."""
+    return {"cg": ChannelGate(channels, reduction=2)}

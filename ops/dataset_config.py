@@ -236,6 +236,30 @@ def category_file(dataset: str, modality: str, data_root: str | None = None) -> 
     return os.path.join(root, classes)
 
 
+def dataset_class_names(
+    dataset: str | None,
+    modality: str = "RGB",
+    data_root: str | None = None,
+    category_path: str | None = None,
+    num_class: int | None = None,
+) -> list[str] | None:
+    """Class names (line i is class i) from ``category_path``, else from the registered category
+    file of ``dataset`` under ``data_root``; None when there is no such file (Kinetics and HMDB51
+    register only a count) or when its length is not ``num_class``, which is logged."""
+    path = category_path
+    if path is None and dataset in REGISTRY and modality in REGISTRY[dataset]:
+        path = category_file(dataset, modality, data_root)
+    if path is None or (category_path is None and not os.path.isfile(path)):
+        return None
+    names = read_categories(path)  # a category file given must be there
+    if num_class is not None and len(names) != num_class:
+        logger.warning(
+            "%s names %d classes, not %d: class names not used", path, len(names), num_class
+        )
+        return None
+    return names
+
+
 def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the data flags shared by main.py, test_models.py and tools/check_data.py."""
     g = parser.add_argument_group("data")
@@ -375,9 +399,3 @@ def _resolve_videos(args: argparse.Namespace, modality: str) -> tuple[int, str, 
     )
     logger.info("%s (videos): %d classes, video root %s", dataset, n, roots)
     return n, lists["train_list"], lists["val_list"], roots, VIDEO_TMPL
-
-
-def video_entry(dataset: str) -> dict | None:
-    """The registered video layout of a dataset (paths relative to the data root), or None."""
-    entry = VIDEO_REGISTRY.get(dataset)
-    return None if entry is None else dict(entry, video_root=list(entry["video_root"]))

@@ -1,4 +1,4 @@
-"""Test-time evaluation of video classifiers: multi-view inference, ensembles, metrics and reports.
+"""Test-time evaluation of video classifiers: multi-view inference, ensembles, sharding, gathering.
 
 A *view* is one network input: `num_segments` frames of one temporal clip under one spatial crop.
 At test time every video is seen through `clips x crops` views (SPEC.md sections 4-5):
@@ -22,30 +22,25 @@ from the scores and the metrics (never replaced by another video), the remaining
 list order, and the number excluded is returned for the caller to report. In an ensemble a video
 is scored only if every model could read it.
 
-Used by test_models.py and by main.py's end-of-training evaluation (`evaluate_model`).
+Used by test_models.py and by main.py's end-of-training evaluation (`evaluate_model`); the metrics
+of the scores are in ops/metrics.py, the files test_models.py writes in ops/reports.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import logging
-import math
-import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 import torchvision
-from PIL import Image, ImageDraw
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
+from ops import utils
 from ops.sampling import num_clips
 from ops.transforms import (
     GroupCenterCrop,
@@ -56,12 +51,11 @@ from ops.transforms import (
     Stack,
     ToTorchFormatTensor,
 )
-from ops.utils import accuracy
+from ops.utils import autocast, to_device, topk_correct
 
 logger = logging.getLogger(__name__)
 
 TEST_CROP_CHOICES = (1, 3, 5, 10)
-AMP_CHOICES = ("off", "fp16", "bf16")
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,170 +156,6 @@ def ensemble_scores(
 
 
 # --------------------------------------------------------------------------------------------
-# Metrics
-# --------------------------------------------------------------------------------------------
-
-
-def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
-    """`cm[i, j]` = number of videos of class i predicted as class j; int64 `[K, K]`."""
-    labels = np.asarray(labels, dtype=np.int64)
-    preds = np.asarray(preds, dtype=np.int64)
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(cm, (labels, preds), 1)
-    return cm
-
-
-def per_class_accuracy(cm: np.ndarray) -> np.ndarray:
-    """Accuracy in percent per true class; NaN for classes with no video in the evaluated set."""
-    counts = cm.sum(axis=1).astype(np.float64)
-    hits = np.diag(cm).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, hits / np.maximum(counts, 1) * 100.0, np.nan)
-
-
-def summarize(scores: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> dict:
-    """Top-1 / top-5 accuracy and mean class accuracy (all in percent) of video scores `[N, K]`.
-
-    Mean class accuracy averages the per-class accuracies over the classes that have at least one
-    evaluated video (the published script divided by zero for absent classes).
-    """
-    scores = torch.as_tensor(np.asarray(scores), dtype=torch.float32)
-    labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
-    if scores.dim() != 2 or labels.dim() != 1 or scores.size(0) != labels.size(0):
-        raise ValueError(
-            f"summarize expects scores [N, K] and labels [N], got {tuple(scores.shape)} and "
-            f"{tuple(labels.shape)}"
-        )
-    n, k = scores.shape
-    if n == 0:
-        return {"top1": 0.0, "top5": 0.0, "mean_class_acc": 0.0, "num_videos": 0}
-    if int(labels.min()) < 0 or int(labels.max()) >= k:
-        raise ValueError(
-            f"labels range {int(labels.min())}..{int(labels.max())} does not fit {k} classes; "
-            "check the list file against the model's number of classes"
-        )
-    top1, top5 = accuracy(scores, labels, topk=(1, 5))
-    cm = confusion_matrix(labels.numpy(), scores.argmax(dim=1).numpy(), num_classes=k)
-    return {
-        "top1": top1,
-        "top5": top5,
-        "mean_class_acc": float(np.nanmean(per_class_accuracy(cm))),
-        "num_videos": int(n),
-    }
-
-
-# --------------------------------------------------------------------------------------------
-# Writers: scores, CSV, report
-# --------------------------------------------------------------------------------------------
-
-
-def save_scores(
-    path: str,
-    scores: torch.Tensor,
-    labels: torch.Tensor,
-    indices: torch.Tensor,
-    videos: Sequence[str] | None = None,
-) -> None:
-    """Write an .npz with `scores` [N, K] float32 (list order), `labels` [N], `indices` [N] and,
-    when given, `videos` [N] (the list's folder names, a unicode array: loads without pickle).
-
-    `indices` are the videos' positions among the usable entries of the test list; they differ
-    from 0..N-1 only when videos were skipped or --max_num cut the list.
-    """
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    arrays = {
-        "scores": np.asarray(scores, dtype=np.float32),
-        "labels": np.asarray(labels, dtype=np.int64),
-        "indices": np.asarray(indices, dtype=np.int64),
-    }
-    if videos is not None:
-        arrays["videos"] = np.asarray(list(videos), dtype=np.str_)
-    np.savez(path, **arrays)
-
-
-def write_prediction_csv(
-    path: str,
-    video_names: Sequence[str],
-    scores: torch.Tensor,
-    class_names: Sequence[str],
-    top5: bool = False,
-) -> None:
-    """The published script's submission file: `name;class` per video, or `name;c1;...;c5`.
-
-    Lines are `;`-separated without a header, as the published script wrote them; the top-5
-    variant (used for Something-Something V2) lists class names best first.
-    """
-    scores = torch.as_tensor(np.asarray(scores))
-    if len(video_names) != scores.size(0):
-        raise ValueError(f"{len(video_names)} video names for {scores.size(0)} score rows")
-    k = min(5, scores.size(1)) if top5 else 1
-    best = scores.topk(k, dim=1).indices.tolist()  # [N, k]
-    with open(path, "w", newline="") as f:
-        for name, row in zip(video_names, best):
-            f.write(";".join([name] + [class_names[c] for c in row]) + "\n")
-
-
-def confusion_matrix_image(cm: np.ndarray, max_side: int = 1024) -> Image.Image:
-    """Render a confusion matrix as a heat map (rows: true class, columns: prediction).
-
-    Each row is normalised by its count, so the colour is the fraction of that class's videos;
-    white is 0, dark blue is 1. Cells are at least 1 px and at most 32 px.
-    """
-    k = cm.shape[0]
-    cell = max(1, min(32, max_side // max(k, 1)))
-    margin = 4
-    counts = cm.sum(axis=1, keepdims=True).astype(np.float64)
-    frac = np.divide(cm, np.maximum(counts, 1.0))  # [K, K] in [0, 1]
-    # white (255,255,255) -> dark blue (8,48,107)
-    dark = np.array([8, 48, 107], dtype=np.float64)
-    rgb = 255.0 - frac[..., None] * (255.0 - dark)  # [K, K, 3]
-    pixels = np.repeat(np.repeat(rgb.round().astype(np.uint8), cell, axis=0), cell, axis=1)
-    side = k * cell + 2 * margin
-    image = Image.new("RGB", (side, side), (255, 255, 255))
-    image.paste(Image.fromarray(pixels, mode="RGB"), (margin, margin))
-    ImageDraw.Draw(image).rectangle(
-        [margin - 1, margin - 1, margin + k * cell, margin + k * cell], outline=(0, 0, 0)
-    )
-    return image
-
-
-def write_report(
-    report_dir: str,
-    scores: torch.Tensor,
-    labels: torch.Tensor,
-    class_names: Sequence[str],
-) -> dict:
-    """Write `confusion_matrix.png`, `confusion_matrix.npy` and `per_class_accuracy.csv`.
-
-    The CSV has one row per class: index, name, videos, correct, accuracy (percent, empty for a
-    class with no video). Returns the paths written.
-    """
-    scores = torch.as_tensor(np.asarray(scores))
-    labels_np = np.asarray(labels, dtype=np.int64)
-    k = scores.size(1)
-    if len(class_names) != k:
-        raise ValueError(f"{len(class_names)} class names for {k} score columns")
-    os.makedirs(report_dir, exist_ok=True)
-    cm = confusion_matrix(labels_np, scores.argmax(dim=1).numpy(), num_classes=k)
-    acc = per_class_accuracy(cm)
-    paths = {
-        "png": os.path.join(report_dir, "confusion_matrix.png"),
-        "npy": os.path.join(report_dir, "confusion_matrix.npy"),
-        "csv": os.path.join(report_dir, "per_class_accuracy.csv"),
-    }
-    confusion_matrix_image(cm).save(paths["png"])
-    np.save(paths["npy"], cm)
-    with open(paths["csv"], "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["class_index", "class_name", "videos", "correct", "accuracy"])
-        for i in range(k):
-            a = "" if math.isnan(acc[i]) else f"{acc[i]:.4f}"
-            writer.writerow([i, class_names[i], int(cm[i].sum()), int(cm[i, i]), a])
-    return paths
-
-
-# --------------------------------------------------------------------------------------------
 # Loading: list positions travel with the samples
 # --------------------------------------------------------------------------------------------
 
@@ -394,28 +224,16 @@ def make_test_loader(
     start, stop = shard_range(total, rank, world_size)
     return DataLoader(
         IndexedDataset(dataset, start, stop),
-        batch_size=batch_size,
-        shuffle=False,
+        batch_size=batch_size,  # in list order (no shuffle); workers restart for each loader
         num_workers=workers,
         pin_memory=pin_memory,
         collate_fn=collate_indexed,
-        persistent_workers=False,
     )
 
 
 # --------------------------------------------------------------------------------------------
 # Inference
 # --------------------------------------------------------------------------------------------
-
-
-def autocast_context(device: torch.device, amp: str = "off"):
-    """Autocast for inference: 'off', 'fp16' or 'bf16' (fp16 on CPU needs a recent PyTorch)."""
-    if amp not in AMP_CHOICES:
-        raise ValueError(f"--amp must be one of {AMP_CHOICES}, got {amp!r}")
-    if amp == "off":
-        return contextlib.nullcontext()
-    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @dataclass
@@ -439,30 +257,77 @@ class EvalResult:
         return self.num_views / self.seconds if self.seconds > 0 else 0.0
 
 
+class AutocastForward(nn.Module):
+    """Runs the wrapped model under ``--amp`` autocast, entered inside ``forward``.
+
+    Autocast state belongs to a thread, and DataParallel runs each replica in a thread of its own,
+    handing on only whether CUDA autocast is on, not its dtype: autocast entered around a
+    DataParallel call runs the replicas in float16 under ``--amp bf16`` (and a CPU-side autocast
+    not at all). Entered here, inside the module that DataParallel replicates, every replica
+    autocasts in the dtype asked for, on its own device.
+    """
+
+    def __init__(self, model: nn.Module, amp: str) -> None:
+        super().__init__()
+        autocast(torch.device("cpu"), amp)  # rejects an unknown --amp value here, not mid-run
+        self.model = model
+        self.amp = amp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with autocast(x.device, self.amp):
+            return self.model(x)
+
+    def extra_repr(self) -> str:
+        return f"amp={self.amp!r}"
+
+
+def inference_model(
+    model: nn.Module, device: torch.device, amp: str = "off", gpu_ids: Sequence[int] = ()
+) -> nn.Module:
+    """``model`` on ``device``, ready for ``evaluate_ensemble``: wrapped in ``AutocastForward``
+    when ``amp`` is on, then in DataParallel over ``gpu_ids`` when there are several (so that
+    the autocast runs inside every replica; ``device`` must be ``gpu_ids[0]``)."""
+    model = model.to(device)
+    if amp != "off":
+        model = AutocastForward(model, amp)
+    if len(gpu_ids) > 1:
+        model = nn.DataParallel(model, device_ids=list(gpu_ids))
+    return model
+
+
+def _autocast_inside(model: nn.Module, amp: str) -> nn.Module:
+    """``model`` with autocast entered in its forward (see ``AutocastForward``)."""
+    if amp == "off" or isinstance(model, AutocastForward):
+        return model
+    if isinstance(model, nn.DataParallel):
+        if isinstance(model.module, AutocastForward):
+            return model
+        raise ValueError(
+            f"--amp {amp} with a DataParallel model whose replicas would not autocast: build it "
+            "with ops.evaluation.inference_model(model, device, amp, gpu_ids)"
+        )
+    return AutocastForward(model, amp)
+
+
 def _forward_views(
     model: torch.nn.Module,
     data: torch.Tensor,
     num_views: int,
     device: torch.device,
-    amp: str,
     softmax: bool,
 ) -> torch.Tensor:
-    """One forward pass for a batch `[B, views*T*C, H, W]` -> video scores `[B, K]` on CPU."""
+    """One forward pass for a batch `[B, views*T*C, H, W]` -> video scores `[B, K]` on CPU.
+
+    ``model`` enters its own autocast (``_autocast_inside``)."""
     b, c, h, w = data.shape
     if c % num_views != 0:
         raise ValueError(
             f"a video tensor has {c} channels, not a multiple of {num_views} views; "
             "the test crops/clips settings do not match the data"
         )
-    x = data.to(device, non_blocking=True).view(b * num_views, c // num_views, h, w)
-    with autocast_context(device, amp):
-        logits = model(x)  # [B*V, K]
+    x = to_device(data, device).view(b * num_views, c // num_views, h, w)
+    logits = model(x)  # [B*V, K]
     return average_views(logits, num_views=num_views, softmax=softmax).cpu()
-
-
-def _progress(total: int, enabled: bool, desc: str):
-    """tqdm bar on a terminal; on a pipe, no bar (the caller logs plain lines)."""
-    return tqdm(total=total, desc=desc, unit="batch", disable=not (enabled and sys.stderr.isatty()))
 
 
 @torch.no_grad()
@@ -480,10 +345,13 @@ def evaluate_ensemble(
 
     The loaders must come from `make_test_loader` with the same list, batch size and shard, so
     batch i of every loader covers the same list positions; a video dropped by any loader is left
-    out. The bar shows the running top-1/top-5 of the ensembled scores.
+    out. The bar shows the running top-1/top-5 of the ensembled scores. With ``amp`` on, each
+    model runs under autocast entered inside its forward (``AutocastForward``); a DataParallel
+    model must come from ``inference_model`` for its replicas to autocast.
     """
     if not (len(models) == len(loaders) == len(num_views)):
         raise ValueError("evaluate_ensemble needs one loader and one view count per model")
+    models = [_autocast_inside(m, amp) for m in models]
     for m in models:
         m.eval()
     out_scores, out_labels, out_indices = [], [], []
@@ -492,14 +360,14 @@ def evaluate_ensemble(
     correct1 = correct5 = 0.0
     seen = 0
     total_batches = len(loaders[0])
-    bar = _progress(total_batches, progress, desc="test")
+    bar = utils.progress(total=total_batches, desc="test", unit="batch", enabled=progress)
     log_every = max(1, total_batches // 10)
     start = time.perf_counter()
     for step, batches in enumerate(zip(*loaders)):
         per_model = []
         requested: set[int] = set()
         for model, (indices, data, labels, asked), v in zip(models, batches, num_views):
-            scores = _forward_views(model, data, v, device, amp, softmax) if len(indices) else None
+            scores = _forward_views(model, data, v, device, softmax) if len(indices) else None
             views_run += len(indices) * v
             per_model.append((indices, scores, labels))
             requested.update(asked.tolist())
@@ -519,9 +387,9 @@ def evaluate_ensemble(
             out_labels.append(labels)
             out_indices.append(torch.tensor(common, dtype=torch.int64))
             n = len(common)
-            top1, top5 = accuracy(video_scores, labels, topk=(1, 5))
-            correct1 += top1 * n / 100.0
-            correct5 += top5 * n / 100.0
+            c1, c5 = topk_correct(video_scores, labels, (1, 5))
+            correct1 += c1
+            correct5 += c5
             seen += n
         bar.update(1)
         run1 = 100.0 * correct1 / max(seen, 1)

@@ -8,6 +8,7 @@ the published state_dict layout (``base_model.*``, ``new_fc.*``).
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 
@@ -19,14 +20,20 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from archs import ARCHS, RESNETS, build_backbone
 from archs.mobilenet_v2 import InvertedResidual
-from ops.non_local import make_non_local
+from ops.non_local import attached_parts, block_settings, make_non_local
+from ops.param_groups import check_param_groups, param_groups
 from ops.recompute import make_recompute
-from ops.region_conv import RegionConv3d
 from ops.temporal_shift import TemporalShift, make_temporal_shift
 
 logger = logging.getLogger(__name__)
 
 MODALITIES = ("RGB", "Flow")
+# TSN keywords that `model_config()` records (with `base_model`): what the weights were made for.
+MODEL_SETTINGS = (
+    "num_class", "num_segments", "modality", "new_length", "consensus_type", "before_softmax",
+    "dropout", "is_shift", "shift_div", "shift_place", "temporal_pool", "non_local", "nl_type",
+    "nl_where", "nl_options", "input_size",
+)  # fmt: skip
 CONSENSUS = ("avg", "identity")
 
 
@@ -41,15 +48,15 @@ class TSN(nn.Module):
     pretrain ('imagenet', 'scratch' or a backbone state_dict path), is_shift, shift_div,
     shift_place ('blockres' or 'block'), fc_lr5, temporal_pool, non_local.
 
-    Our additions: nl_type / nl_where (which block to attach and where, see ops/non_local.py),
-    rnl_fused (fused attention; False is the published explicit computation), region_impl
-    ('depthwise' or the published 'masked'), shift_recompute (re-shift in the backward instead of
-    keeping the shifted copy; same results, less memory), recompute (recompute BatchNorm/ReLU
+    Our additions: nl_type / nl_where / nl_options (which block to attach, where, and its
+    settings, e.g. the RNL region kernels; see ops/non_local.py), rnl_fused (fused attention; False
+    is the published explicit computation), region_impl ('depthwise' or the published 'masked'),
+    shift_recompute (re-shift in the backward instead of keeping the shifted copy; same results,
+    less memory), recompute (recompute BatchNorm/ReLU
     outputs, the shift and the attached blocks' cheap parts in the backward instead of keeping
     them; same results, less memory; see ops/recompute.py), checkpoint_blocks (recompute whole
-    residual blocks: least memory, about one more backbone forward of time), rnl_options (dict:
-    activation, sub_sample, use_norm)
-    and input_size (crop size; 224 as published).
+    residual blocks: least memory, about one more backbone forward of time) and input_size (crop size; 224 as published). The fast-path switches (rnl_fused,
+    region_impl, shift_recompute, recompute, checkpoint_blocks) never change the result, so ``model_config()`` leaves them out.
     """
 
     def __init__(
@@ -80,7 +87,7 @@ class TSN(nn.Module):
         shift_recompute: bool = True,
         recompute: bool = True,
         checkpoint_blocks: bool = False,
-        rnl_options: dict | None = None,
+        nl_options: dict | None = None,
         input_size: int = 224,
     ):
         super().__init__()
@@ -122,9 +129,10 @@ class TSN(nn.Module):
         self.shift_recompute = shift_recompute
         self.recompute = recompute
         self.checkpoint_blocks = checkpoint_blocks
-        self.rnl_options = dict(rnl_options or {})
+        # The block's settings, its defaults filled in: a checkpoint rebuilds the same block even
+        # after a default changes in the block's file.
+        self.nl_options = block_settings(nl_type, nl_options) if non_local else {}
         self.input_size = input_size
-        self.reshape = True
         self.input_mean = [0.485, 0.456, 0.406]
         self.input_std = [0.229, 0.224, 0.225]
         if modality == "Flow":
@@ -135,7 +143,7 @@ class TSN(nn.Module):
         self._prepare_tsn()
         if modality == "Flow":
             self._make_flow_input()
-        self._enable_pbn = partial_bn
+        self.partialBN(partial_bn)
         if print_spec:
             logger.info(
                 "TSN: base %s, %s, %d segments x %d frames, consensus %s, dropout %s, shift %s, non-local %s",
@@ -166,21 +174,12 @@ class TSN(nn.Module):
                     recompute=self.shift_recompute,
                 )
             if self.non_local:
-                # block options: rnl_options (user-chosen variants, stored in checkpoints) plus the
-                # fast-path switches for the blocks that have them
-                options = dict(self.rnl_options)
-                if self.nl_type == "rnl":
-                    options.update(fused=self.rnl_fused, region_impl=self.region_impl)
-                elif self.nl_type == "nl":
-                    options.update(fused=self.rnl_fused)
                 make_non_local(
-                    self.base_model,
-                    self.num_segments,
-                    nl_type=self.nl_type,
-                    where=self.nl_where,
+                    self.base_model, self.num_segments, nl_type=self.nl_type, where=self.nl_where,
                     temporal_pool=self.is_shift and self.temporal_pool,
-                    **options,
-                )
+                    fused=self.rnl_fused, region_impl=self.region_impl,  # fast paths
+                    **self.nl_options,  # the block's settings
+                )  # fmt: skip
             if self.recompute or self.checkpoint_blocks:
                 make_recompute(self.base_model, checkpoint_blocks=self.checkpoint_blocks)
         else:  # mobilenetv2: shift the first conv of residual inverted-residual blocks (TSM)
@@ -234,26 +233,12 @@ class TSN(nn.Module):
             self.base_model.features[0][0] = new
 
     def model_config(self) -> dict:
-        """Constructor keywords (plain types) that rebuild this network with ``TSN(**cfg)``."""
-        return dict(
-            num_class=self.num_class,
-            num_segments=self.num_segments,
-            modality=self.modality,
-            base_model=self.base_model_name,
-            new_length=self.new_length,
-            consensus_type=self.consensus_type,
-            before_softmax=self.before_softmax,
-            dropout=self.dropout,
-            is_shift=self.is_shift,
-            shift_div=self.shift_div,
-            shift_place=self.shift_place,
-            temporal_pool=self.temporal_pool,
-            non_local=self.non_local,
-            nl_type=self.nl_type,
-            nl_where=self.nl_where,
-            rnl_options=dict(self.rnl_options),
-            input_size=self.input_size,
-        )
+        """The model settings: the constructor keywords (plain types) that rebuild this network
+        with ``TSN(**cfg)``; checkpoints store them. Training-only switches (partial BN, fc lr x5)
+        and the fast paths, which never change the result, are not settings."""
+        cfg = {key: copy.deepcopy(getattr(self, key)) for key in MODEL_SETTINGS}
+        cfg["base_model"] = self.base_model_name
+        return cfg
 
     def to_channels_last(self) -> TSN:
         """Store the 2-D conv weights channels-last (``--channels_last``); ``Module.to(memory_format=
@@ -285,134 +270,53 @@ class TSN(nn.Module):
 
     # ---- partial BN and optimiser groups ----------------------------------------------------
     def partialBN(self, enable: bool) -> None:  # noqa: N802 (TSM's name)
+        """Partial BN (TSN): every BN of the backbone but the first keeps its ImageNet statistics
+        (eval mode in training) and its affine parameters stay frozen (``requires_grad=False``,
+        so they are in no optimizer group). BNs of the attached blocks always train."""
         self._enable_pbn = enable
+        for bn in self._backbone_bns()[1:]:
+            for p in bn.parameters():
+                p.requires_grad_(not enable)
 
     def _backbone_bns(self) -> list[_BatchNorm]:
-        """BN layers of the backbone proper (not inside non-local parts), in module order."""
-        return [
-            m
-            for name, m in self.base_model.named_modules()
-            if isinstance(m, _BatchNorm) and not _in_nonlocal_part(name)
-        ]
+        """BN layers of the backbone proper (not inside attached blocks), in module order."""
+        parts = set()
+        for part in attached_parts(self).values():
+            parts.update(id(m) for m in part.modules())
+        return [m for m in self.modules() if isinstance(m, _BatchNorm) and id(m) not in parts]
 
     def train(self, mode: bool = True) -> TSN:
-        """Partial BN (TSN): in train mode all backbone BNs but the first stay in eval mode with frozen
-        affine parameters. BNs inside the non-local parts keep training."""
+        """Train mode; with partial BN the frozen backbone BNs stay in eval mode."""
         super().train(mode)
         if self._enable_pbn and mode:
             for bn in self._backbone_bns()[1:]:
                 bn.eval()
-                bn.weight.requires_grad_(False)
-                bn.bias.requires_grad_(False)
         return self
 
     def get_optim_policies(self) -> list[dict]:
-        """Parameter groups with ``lr_mult`` / ``decay_mult`` as the published code built them.
-
-        Quirk kept on purpose: the published region conv registered its fixed mask before its weight
-        and the grouping took "the first parameter is the weight, the second the bias", so the region
-        conv *weight* lands in ``nl_bias`` (lr x2, no weight decay). Likewise the BN3d of each
-        non-local block puts its weight in ``nl_weight`` (decay 1). The frozen mask itself is left
-        out (it never has a gradient).
-        """
-        groups: dict[str, list[nn.Parameter]] = {
-            k: []
-            for k in (
-                "first_conv_weight",
-                "first_conv_bias",
-                "normal_weight",
-                "normal_bias",
-                "bn",
-                "custom_ops",
-                "nl_weight",
-                "nl_bias",
-                "lr5_weight",
-                "lr10_bias",
-            )
-        }
-        conv_count = 0
-        bn_count = 0
-        for name, m in self.named_modules():
-            if _in_nonlocal_part(name, part="nl"):
-                if isinstance(m, RegionConv3d):
-                    groups["nl_bias"].append(m.weight)
-                elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, _BatchNorm, nn.Linear)):
-                    _split(m, groups["nl_weight"], groups["nl_bias"])
-                elif not m._modules and any(True for _ in m.parameters(recurse=False)):
-                    _split(m, groups["nl_weight"], groups["nl_bias"])
-            elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-                conv_count += 1
-                if conv_count == 1:
-                    _split(m, groups["first_conv_weight"], groups["first_conv_bias"])
-                else:
-                    _split(m, groups["normal_weight"], groups["normal_bias"])
-            elif isinstance(m, nn.Linear):
-                is_fc = name in ("new_fc", f"base_model.{self.base_model.last_layer_name}")
-                if is_fc and self.fc_lr5:
-                    _split(m, groups["lr5_weight"], groups["lr10_bias"])
-                else:
-                    _split(m, groups["normal_weight"], groups["normal_bias"])
-            elif isinstance(m, _BatchNorm):
-                backbone_bn = not _in_nonlocal_part(name)
-                bn_count += backbone_bn
-                # partial BN: frozen backbone BNs are not optimised; non-local-part BNs always are
-                if not self._enable_pbn or not backbone_bn or bn_count == 1:
-                    groups["bn"].extend(m.parameters())
-            elif not m._modules and any(True for _ in m.parameters(recurse=False)):
-                raise ValueError(
-                    f"new atomic module type {type(m).__name__} at {name}: give it a learning policy"
-                )
-        flow = self.modality == "Flow"
-        mults = {
-            "first_conv_weight": (5 if flow else 1, 1),
-            "first_conv_bias": (10 if flow else 2, 0),
-            "normal_weight": (1, 1),
-            "normal_bias": (2, 0),
-            "bn": (1, 0),
-            "custom_ops": (1, 1),
-            "nl_weight": (1, 1),
-            "nl_bias": (2, 0),
-            "lr5_weight": (5, 1),
-            "lr10_bias": (10, 0),
-        }
-        return [
-            {"params": groups[k], "lr_mult": mults[k][0], "decay_mult": mults[k][1], "name": k}
-            for k in groups
-        ]
+        """Optimizer parameter groups (TSM's name), each with ``lr_mult`` and ``decay_mult``:
+        the rules of ``ops/param_groups.py``, checked to hold every trainable parameter once."""
+        classifier = (
+            self.new_fc
+            if self.new_fc is not None
+            else getattr(self.base_model, self.base_model.last_layer_name)
+        )
+        groups = param_groups(self, classifier, self.fc_lr5, flow=self.modality == "Flow")
+        check_param_groups(self, groups)
+        return groups
 
     # ---- forward --------------------------------------------------------------------------
-    def forward(self, input: torch.Tensor, no_reshape: bool = False) -> torch.Tensor:
-        if no_reshape:
-            base_out = self.base_model(input)
-        else:
-            channels = (3 if self.modality == "RGB" else 2) * self.new_length
-            base_out = self.base_model(
-                input.reshape((-1, channels) + input.shape[-2:])
-            )  # (N*T, C, H, W)
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        channels = (3 if self.modality == "RGB" else 2) * self.new_length
+        base_out = self.base_model(
+            input.reshape((-1, channels) + input.shape[-2:])
+        )  # (N*T, C, H, W)
         if self.new_fc is not None:
             base_out = self.new_fc(base_out)  # (N*T, K)
         if not self.before_softmax:
             base_out = base_out.softmax(dim=1)
-        if not self.reshape:
-            return base_out
         t = self.num_segments // 2 if (self.is_shift and self.temporal_pool) else self.num_segments
         base_out = base_out.view((-1, t) + base_out.shape[1:])  # (N, T, K)
         if self.consensus_type == "identity":
             return base_out
         return base_out.mean(dim=1)  # (N, K)
-
-
-def _in_nonlocal_part(name: str, part: str | None = None) -> bool:
-    """Whether module ``name`` lies inside an attached part (``.nl``/``.cg``/... of a NonLocalWrapper)."""
-    pieces = name.split(".")
-    if part is not None:
-        return part in pieces
-    return any(p in ("nl", "cg") for p in pieces)
-
-
-def _split(m: nn.Module, weights: list, biases: list) -> None:
-    ps = [p for p in m.parameters(recurse=False)]
-    if ps:
-        weights.append(ps[0])
-    if len(ps) > 1:
-        biases.append(ps[1])

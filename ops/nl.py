@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ops.attention import nonlocal_attention
+from ops.attention import OutputProjection, attention_macs, nonlocal_attention
 
 
 class NonLocalBlock(nn.Module):
@@ -29,20 +29,13 @@ class NonLocalBlock(nn.Module):
         inter = in_channels // reduction
         self.in_channels, self.inter_channels = in_channels, inter
         self.sub_sample, self.fused = sub_sample, fused
+        self.store_attention = False
+        self.attention: torch.Tensor | None = None
         self.theta = nn.Conv3d(in_channels, inter, kernel_size=1)
         self.phi = nn.Conv3d(in_channels, inter, kernel_size=1)
         self.g = nn.Conv3d(in_channels, inter, kernel_size=1)
         self.pool = nn.MaxPool3d((1, 2, 2)) if sub_sample else nn.Identity()
-        self.W = nn.Sequential(
-            nn.Conv3d(inter, in_channels, kernel_size=1), nn.BatchNorm3d(in_channels)
-        )
-        self.store_attention = False
-        self.attention: torch.Tensor | None = None
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        nn.init.zeros_(self.W[1].weight)
-        nn.init.zeros_(self.W[1].bias)
+        self.W = OutputProjection(inter, in_channels)  # zero-initialised: starts as identity
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, t, h, w = x.shape
@@ -52,5 +45,17 @@ class NonLocalBlock(nn.Module):
         y, self.attention = nonlocal_attention(q, k, v, "softmax", self.fused, self.store_attention)
         return self.W(y.reshape(n, self.inter_channels, t, h, w)) + x
 
+    def macs(self, x: torch.Tensor) -> dict[str, int]:
+        """Multiply-adds of the attention for input ``x`` (its convolutions count themselves)."""
+        return attention_macs(x.shape, self.inter_channels, self.sub_sample)
+
     def extra_repr(self) -> str:
         return f"{self.in_channels} -> {self.inter_channels}, sub_sample={self.sub_sample}, fused={self.fused}"
+
+
+def attach(
+    channels: int, stage: int, first: bool, *, sub_sample: bool = True, fused: bool = True, **_
+) -> dict[str, nn.Module]:
+    """Registry builder (``ops/non_local.py``, ``nl``): one classic non-local block as ``.nl``
+    after every chosen residual block (the same at every stage)."""
+    return {"nl": NonLocalBlock(channels, reduction=2, sub_sample=sub_sample, fused=fused)}

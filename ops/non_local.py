@@ -7,9 +7,14 @@ channel gate, ``.nl`` for the non-local operation), so ``layer2.0.block.conv1.ne
 ``layer2.0.nl.theta.weight`` are exactly the published checkpoint keys.
 
 ``BLOCKS`` is the registry of what can be attached: a name mapped to a builder
-``builder(channels, stage, first) -> {attribute name: module}`` where ``stage`` is the ResNet stage
-(1..4) of the residual block and ``first`` tells whether it is the first placement. To add a block,
-write its class in a file of its own in ``ops/`` and add one line here.
+``builder(channels, stage, first, **options) -> {attribute name: module}``, where ``stage`` is the
+ResNet stage (1..4) of the residual block and ``first`` tells whether it is the first placement.
+Builders live in their block's file. Every builder receives the same options: the block settings
+of the run (``--nl_options``) and the fast-path switches (``FAST_PATHS``); it takes what it uses
+as keyword-only arguments (their defaults are the block's defaults) and ignores the rest
+(``**_``). ``block_settings`` resolves a run's settings against those defaults; ``TSN`` records
+the result in its model settings, so a checkpoint rebuilds the block it was trained with. To add
+a block, write its class and builder in a file of its own in ``ops/`` and add one line here.
 
 Placement (``where``): residual block names such as ``layer2.0``. The published placement for
 ResNet-50 is ``DEFAULT_WHERE`` (every other block of res3 and res4, five in all) with the channel
@@ -20,48 +25,62 @@ two blocks per stage, so only ``layer2.0`` and ``layer3.0`` remain).
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from ops.channel_gate import ChannelGate
-from ops.nl import NonLocalBlock
+from ops import channel_gate, nl, rnl
 from ops.recompute import checkpointed, keep_attention
-from ops.rnl import RNLBlock
 from ops.temporal_shift import TemporalPool, TemporalShift
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_WHERE = ("layer2.0", "layer2.2", "layer3.0", "layer3.2", "layer3.4")
-# Region conv kernel per ResNet stage: published for res3 (layer2) and res4 (layer3); layer1 and
-# layer4 take their neighbour's.
-RNL_KERNELS = {1: (3, 7, 7), 2: (3, 7, 7), 3: (3, 3, 3), 4: (3, 3, 3)}
-
-
-def _rnl(channels: int, stage: int, first: bool, **options) -> dict[str, nn.Module]:
-    parts: dict[str, nn.Module] = {}
-    if first:
-        parts["cg"] = ChannelGate(channels, reduction=2)
-    parts["nl"] = RNLBlock(channels, reduction=2, kernel_size=RNL_KERNELS[stage], **options)
-    return parts
-
-
-def _nl(channels: int, stage: int, first: bool, **options) -> dict[str, nn.Module]:
-    return {"nl": NonLocalBlock(channels, reduction=2, **options)}
-
-
-def _gc(channels: int, stage: int, first: bool, **options) -> dict[str, nn.Module]:
-    return {"cg": ChannelGate(channels, reduction=2)}
-
+# Options that change speed or memory but never the result: every builder receives them, and
+# they are not part of a block's recorded settings.
+FAST_PATHS = ("fused", "region_impl")
 
 BuilderFn = Callable[..., dict]
 BLOCKS: dict[str, BuilderFn] = {
-    "rnl": _rnl,  # what --non_local means: the published RNL model
-    "nl": _nl,  # classic embedded-Gaussian non-local block (Wang et al. 2018), the paper's baseline
-    "gc": _gc,  # the global-context channel gate alone (ablation)
+    "rnl": rnl.attach,  # what --non_local means: the published RNL model (channel gate + RNL)
+    "nl": nl.attach,  # classic embedded-Gaussian non-local block (Wang et al. 2018), the baseline
+    "gc": channel_gate.attach,  # the global-context channel gate alone (ablation)
 }
+
+
+def block_settings(nl_type: str, options: dict | None = None) -> dict:
+    """The settings of block type ``nl_type``: its builder's keyword-only defaults (fast paths
+    excepted), updated with ``options``, as plain JSON values (tuples become lists).
+
+    An option the builder does not take is an error, so a typo does not train the default block.
+    """
+    builder = _builder(nl_type)
+    params = inspect.signature(builder).parameters.values()
+    defaults = {
+        p.name: p.default
+        for p in params
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in FAST_PATHS
+    }
+    unknown = sorted(set(options or {}) - set(defaults))
+    if unknown:
+        takes = ", ".join(defaults) if defaults else "no options"
+        raise ValueError(
+            f"unknown option(s) {', '.join(unknown)} for block type {nl_type!r} "
+            f"(--nl_options): it takes {takes}"
+        )
+    return json.loads(json.dumps({**defaults, **(options or {})}))
+
+
+def _builder(nl_type: str) -> BuilderFn:
+    if nl_type not in BLOCKS:
+        raise ValueError(
+            f"unknown non-local block type {nl_type!r}: choose one of {sorted(BLOCKS)}"
+        )
+    return BLOCKS[nl_type]
 
 
 class NonLocalWrapper(nn.Module):
@@ -71,10 +90,13 @@ class NonLocalWrapper(nn.Module):
     their attention outputs for the backward and recompute the rest there.
     """
 
-    def __init__(self, block: nn.Module, n_segment: int, parts: dict[str, nn.Module]):
+    def __init__(
+        self, block: nn.Module, n_segment: int, parts: dict[str, nn.Module], where: str = ""
+    ):
         super().__init__()
         self.block = block
         self.n_segment = n_segment
+        self.where = where  # the residual block's name, e.g. "layer2.0"
         self.part_names = list(parts)
         for name, module in parts.items():
             self.add_module(name, module)
@@ -95,6 +117,29 @@ class NonLocalWrapper(nn.Module):
         else:
             x = self.attached(x)
         return x.transpose(1, 2).contiguous().view(nt, c, h, w)
+
+
+def attached_parts(model: nn.Module) -> dict[str, nn.Module]:
+    """Qualified name -> module of every part attached by a ``NonLocalWrapper`` in ``model``
+    (e.g. ``base_model.layer2.0.nl``), in module order. Everything else is the backbone."""
+    return {
+        f"{name}.{part}": getattr(m, part)
+        for name, m in model.named_modules()
+        if isinstance(m, NonLocalWrapper)
+        for part in m.part_names
+    }
+
+
+def attention_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Residual block name (``layer2.0``) -> the attached module that can keep its attention map
+    (``store_attention``), for ``tools/visualize_attention.py``."""
+    return {
+        m.where: getattr(m, part)
+        for m in model.modules()
+        if isinstance(m, NonLocalWrapper)
+        for part in m.part_names
+        if hasattr(getattr(m, part), "store_attention")
+    }
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
@@ -134,13 +179,10 @@ def make_non_local(
 
     ``where=None`` is the published placement (``DEFAULT_WHERE``, restricted to the blocks the
     network has). ``temporal_pool`` must match the one given to ``make_temporal_shift``: stages
-    after layer1 then see ``n_segment // 2`` frames. ``options`` go to the block builder (for RNL:
-    ``activation``, ``sub_sample``, ``use_norm``, ``fused``, ``region_impl``).
+    after layer1 then see ``n_segment // 2`` frames. ``options`` (block settings and fast-path
+    switches) go to the builder, which takes what it uses.
     """
-    if nl_type not in BLOCKS:
-        raise ValueError(
-            f"unknown non-local block type {nl_type!r}: choose one of {sorted(BLOCKS)}"
-        )
+    builder = _builder(nl_type)
     if not all(hasattr(net, f"layer{i}") for i in range(1, 5)):
         raise ValueError(
             f"non-local blocks need a ResNet with layer1..layer4, got {type(net).__name__}"
@@ -160,11 +202,10 @@ def make_non_local(
             raise ValueError(
                 f"unknown residual block(s) {','.join(bad)} in --nl_where: valid are {','.join(valid)}"
             )
-    builder = BLOCKS[nl_type]
     for i, name in enumerate(sorted(set(where), key=valid.index)):
         stage, index = int(name[5]), int(name.split(".")[1])
         segments = n_segment // 2 if (temporal_pool and stage > 1) else n_segment
         layer = _unwrap(getattr(net, f"layer{stage}"))
         block = layer[index]
         parts = builder(_out_channels(block), stage, i == 0, **options)
-        layer[index] = NonLocalWrapper(block, segments, parts)
+        layer[index] = NonLocalWrapper(block, segments, parts, where=name)

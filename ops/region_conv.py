@@ -113,5 +113,15 @@ class RegionConv3d(nn.Module):
         ):  # runs in x's dtype (bf16 under autocast)
             return DepthwiseConv3d.apply(x, self.depthwise_weight().to(x.dtype), self.padding)
 
+    def macs(self, x: torch.Tensor) -> dict[str, int]:
+        """Multiply-adds of the depthwise convolution it computes (``kt*kh*kw`` per output element),
+        not of the published masked grouped one (32x more)."""
+        return {"region_conv": x.numel() * math.prod(self.kernel_size)}
+
+    def live_params(self) -> int:
+        """Entries of the published layout that the convolution uses: one kernel per channel (the
+        rest of ``weight`` is dead and ``mask`` is fixed)."""
+        return self.channels * math.prod(self.kernel_size)
+
     def extra_repr(self) -> str:
         return f"{self.channels}, kernel_size={self.kernel_size}, impl={self.impl!r}"

@@ -27,12 +27,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ops.attention import ACTIVATIONS, nonlocal_attention
+from ops.attention import ACTIVATIONS, OutputProjection, attention_macs, nonlocal_attention
+from ops.channel_gate import ChannelGate
 from ops.region_conv import RegionConv3d
+
+# Region conv kernel per ResNet stage (layer1..layer4) of the residual block the RNL block follows:
+# published for res3 (layer2) and res4 (layer3); layer1 and layer4 take their neighbour's. This is
+# the default of `attach` below; a run can choose others with
+# --nl_options '{"kernels": [[3,5,5], [3,5,5], [3,3,3], [3,3,3]]}', and the kernels used are
+# recorded in the checkpoint's model settings.
+STAGE_KERNELS = ((3, 7, 7), (3, 7, 7), (3, 3, 3), (3, 3, 3))
 
 
 class RNLBlock(nn.Module):
     """Region-based non-local operation; attribute names follow the published checkpoints.
+
+    Optimizer groups (``ops/param_groups.py``): as any attached block, biases in ``nl_bias`` and
+    the other parameters in ``nl_weight``, except for the published quirk declared in
+    ``optim_groups``: the released code registered the region conv's fixed mask before its weight
+    and took "first parameter = weight, second = bias", so the region kernel trained as a bias
+    (lr x2, no weight decay).
 
     Args:
         in_channels: ``C`` of the block output.
@@ -44,6 +58,8 @@ class RNLBlock(nn.Module):
         fused: run softmax attention through ``scaled_dot_product_attention``.
         region_impl: ``'depthwise'`` or ``'masked'`` (see ``RegionConv3d``).
     """
+
+    optim_groups = {"penta.weight": "nl_bias"}  # the published quirk (see above)
 
     def __init__(
         self,
@@ -67,19 +83,12 @@ class RNLBlock(nn.Module):
             use_norm,
             fused,
         )
+        self.store_attention = False
+        self.attention: torch.Tensor | None = None
         self.theta = nn.Conv3d(in_channels, inter, kernel_size=1)
         has_region = any(int(k) > 1 for k in kernel_size)
         self.penta = RegionConv3d(inter, kernel_size, impl=region_impl) if has_region else None
-        self.W = nn.Sequential(
-            nn.Conv3d(inter, in_channels, kernel_size=1), nn.BatchNorm3d(in_channels)
-        )
-        self.store_attention = False
-        self.attention: torch.Tensor | None = None
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        nn.init.zeros_(self.W[1].weight)
-        nn.init.zeros_(self.W[1].bias)
+        self.W = OutputProjection(inter, in_channels)  # zero-initialised: starts as identity
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, t, h, w = x.shape
@@ -104,8 +113,46 @@ class RNLBlock(nn.Module):
         y = y.reshape(n, self.inter_channels, t, h, w)
         return self.W(y) + x
 
+    def macs(self, x: torch.Tensor) -> dict[str, int]:
+        """Multiply-adds of the attention for input ``x`` (its convolutions count themselves)."""
+        return attention_macs(x.shape, self.inter_channels, self.sub_sample)
+
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels} -> {self.inter_channels}, activation={self.activation!r}, "
             f"sub_sample={self.sub_sample}, use_norm={self.use_norm}, fused={self.fused}"
         )
+
+
+def attach(
+    channels: int,
+    stage: int,
+    first: bool,
+    *,
+    kernels=STAGE_KERNELS,
+    activation: str = "softmax",
+    sub_sample: bool = False,
+    use_norm: bool = False,
+    fused: bool = True,
+    region_impl: str = "depthwise",
+    **_,
+) -> dict[str, nn.Module]:
+    """Registry builder (``ops/non_local.py``, ``rnl``): the published RNL parts after the residual
+    block of ResNet ``stage`` with ``channels`` outputs: the channel gate before the first RNL
+    block (``first``), then the RNL operation with that stage's region kernel. Keyword-only
+    arguments are the block's settings (``--nl_options``) and fast-path switches; options meant
+    for other block types are ignored."""
+    parts: dict[str, nn.Module] = {}
+    if first:
+        parts["cg"] = ChannelGate(channels, reduction=2)
+    parts["nl"] = RNLBlock(
+        channels,
+        reduction=2,
+        kernel_size=kernels[stage - 1],
+        activation=activation,
+        sub_sample=sub_sample,
+        use_norm=use_norm,
+        fused=fused,
+        region_impl=region_impl,
+    )
+    return parts

@@ -126,29 +126,14 @@ def snippet_frames(starts: list[int], new_length: int, num_frames: int) -> list[
     return frames
 
 
-def clip_frames(
-    num_frames: int,
-    num_segments: int,
-    new_length: int = 1,
-    mode: str = "train",
-    dense_sample: bool = False,
-    twice_sample: bool = False,
-    rng: np.random.RandomState | None = None,
-) -> list[int]:
+def clip_frames(num_frames: int, num_segments: int, new_length: int = 1, **sampling) -> list[int]:
     """All 1-based frame numbers an item reads, clip after clip (`sample_clips` + `snippet_frames`).
 
+    `sampling`: the other keywords of `sample_clips` (mode, dense_sample, twice_sample, rng).
     Length: clips * num_segments * new_length. A frame may appear several times (short videos,
     overlapping dense clips); readers should decode each distinct frame once.
     """
-    clips = sample_clips(
-        num_frames,
-        num_segments,
-        new_length=new_length,
-        mode=mode,
-        dense_sample=dense_sample,
-        twice_sample=twice_sample,
-        rng=rng,
-    )
+    clips = sample_clips(num_frames, num_segments, new_length=new_length, **sampling)
     frames = []
     for starts in clips:
         frames.extend(snippet_frames(starts, new_length=new_length, num_frames=num_frames))

@@ -45,49 +45,6 @@ def temporal_shift(x: torch.Tensor, n_segment: int, fold_div: int = 8) -> torch.
     return out.view(nt, c, h, w)
 
 
-def _shift_inplace_(x5: torch.Tensor, fold: int, forward: bool) -> None:
-    """Shift ``x5`` ``[N, T, C, H, W]`` in place. ``forward=False`` applies the adjoint (the
-    backward of the shift): the first fold moves t -> t+1 and the second t -> t-1."""
-    a, b = (
-        (slice(0, fold), slice(fold, 2 * fold))
-        if forward
-        else (slice(fold, 2 * fold), slice(0, fold))
-    )
-    # channels in `a`: value at t comes from t+1 (copying left to right is safe in place)
-    x5[:, :-1, a] = x5[:, 1:, a].clone()
-    x5[:, -1, a] = 0
-    # channels in `b`: value at t comes from t-1
-    x5[:, 1:, b] = x5[:, :-1, b].clone()
-    x5[:, 0, b] = 0
-
-
-class InplaceShift(torch.autograd.Function):
-    """Temporal shift that overwrites its input (saves one activation-sized copy).
-
-    Only safe where nothing else needs the unshifted input, e.g. a freshly computed tensor that no
-    other autograd node saved. It is NOT used by ``make_temporal_shift``: in a residual block the
-    input is also the identity path (and saved by the previous ReLU). The gradient is the adjoint
-    shift applied in place to the incoming gradient. Forward and backward equal ``temporal_shift``.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, n_segment: int, fold_div: int) -> torch.Tensor:
-        nt, c, h, w = x.shape
-        ctx.n_segment, ctx.fold = n_segment, c // fold_div
-        _shift_inplace_(x.view(nt // n_segment, n_segment, c, h, w), ctx.fold, forward=True)
-        ctx.mark_dirty(x)
-        return x
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        grad = grad.clone() if not grad.is_contiguous() else grad
-        nt, c, h, w = grad.shape
-        _shift_inplace_(
-            grad.view(nt // ctx.n_segment, ctx.n_segment, c, h, w), ctx.fold, forward=False
-        )
-        return grad, None, None
-
-
 class _ShiftConv2d(torch.autograd.Function):
     """``conv2d(temporal_shift(x))`` that keeps ``x`` for the backward instead of the shifted copy.
 
@@ -166,14 +123,12 @@ class TemporalShift(nn.Module):
         net: nn.Module,
         n_segment: int = 8,
         n_div: int = 8,
-        inplace: bool = False,
         recompute: bool = False,
     ):
         super().__init__()
         self.net = net
         self.n_segment = n_segment
         self.fold_div = n_div
-        self.inplace = inplace
         self.recompute = recompute
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -195,14 +150,10 @@ class TemporalShift(nn.Module):
                 conv.dilation,
                 conv.groups,
             )
-        if self.inplace:
-            x = InplaceShift.apply(x, self.n_segment, self.fold_div)
-        else:
-            x = temporal_shift(x, self.n_segment, self.fold_div)
-        return conv(x)
+        return conv(temporal_shift(x, self.n_segment, self.fold_div))
 
     def extra_repr(self) -> str:
-        return f"n_segment={self.n_segment}, fold_div={self.fold_div}, inplace={self.inplace}, recompute={self.recompute}"
+        return f"n_segment={self.n_segment}, fold_div={self.fold_div}, recompute={self.recompute}"
 
 
 class TemporalPool(nn.Module):

@@ -201,24 +201,34 @@ def _multi_view(
     return out
 
 
-class GroupOverSample:
-    """5 views (4 corners + centre) or 10 with their mirrors, after an optional GroupScale."""
+class _TestViews:
+    """Several fixed crops of every frame (test time), after an optional GroupScale; each view's
+    mirror right after it with ``flip``. Subclasses say where the crops are (``offsets``)."""
 
     def __init__(self, crop_size, scale_size=None, flip: bool = True) -> None:
         self.crop_size = _pair(crop_size)  # (w, h), as the published code reads it
         self.scale_worker = GroupScale(scale_size) if scale_size is not None else None
         self.flip = flip
 
+    def offsets(self, image_w: int, image_h: int, crop_w: int, crop_h: int) -> list:
+        raise NotImplementedError
+
     def __call__(self, img_group: Sequence[Image.Image]) -> list[Image.Image]:
         if self.scale_worker is not None:
             img_group = self.scale_worker(img_group)
-        image_w, image_h = img_group[0].size
         crop_w, crop_h = self.crop_size
-        offsets = GroupMultiScaleCrop.fill_fix_offset(False, image_w, image_h, crop_w, crop_h)
+        offsets = self.offsets(*img_group[0].size, crop_w, crop_h)
         return _multi_view(img_group, offsets, crop_w, crop_h, self.flip)
 
 
-class GroupFullResSample:
+class GroupOverSample(_TestViews):
+    """5 views (4 corners + centre) or 10 with their mirrors, after an optional GroupScale."""
+
+    def offsets(self, image_w: int, image_h: int, crop_w: int, crop_h: int) -> list:
+        return GroupMultiScaleCrop.fill_fix_offset(False, image_w, image_h, crop_w, crop_h)
+
+
+class GroupFullResSample(_TestViews):
     """3 views along the longer side (left, right, centre), after an optional GroupScale.
 
     Portrait frames give top, bottom, centre; landscape and square ones left, right, centre.
@@ -227,25 +237,14 @@ class GroupFullResSample:
     `flip=True` adds each view's mirror right after it.
     """
 
-    def __init__(self, crop_size, scale_size=None, flip: bool = True) -> None:
-        self.crop_size = _pair(crop_size)  # (w, h)
-        self.scale_worker = GroupScale(scale_size) if scale_size is not None else None
-        self.flip = flip
-
-    def __call__(self, img_group: Sequence[Image.Image]) -> list[Image.Image]:
-        if self.scale_worker is not None:
-            img_group = self.scale_worker(img_group)
-        image_w, image_h = img_group[0].size
-        crop_w, crop_h = self.crop_size
+    def offsets(self, image_w: int, image_h: int, crop_w: int, crop_h: int) -> list:
         w_step = (image_w - crop_w) // 4
         h_step = (image_h - crop_h) // 4
         if image_h > image_w:
             # Portrait frames: top, bottom, centre. (The published code always stepped along x,
             # which gives three identical centre crops here; SPEC.md asks for the longer side.)
-            offsets = [(2 * w_step, 0), (2 * w_step, 4 * h_step), (2 * w_step, 2 * h_step)]
-        else:
-            offsets = [(0, 2 * h_step), (4 * w_step, 2 * h_step), (2 * w_step, 2 * h_step)]
-        return _multi_view(img_group, offsets, crop_w, crop_h, self.flip)
+            return [(2 * w_step, 0), (2 * w_step, 4 * h_step), (2 * w_step, 2 * h_step)]
+        return [(0, 2 * h_step), (4 * w_step, 2 * h_step), (2 * w_step, 2 * h_step)]
 
 
 class GroupMultiScaleCrop:

@@ -1,45 +1,84 @@
-"""Small helpers shared by training and evaluation: running averages, top-k accuracy, logging."""
+"""Small helpers shared by training (main.py), evaluation (test_models.py) and the tools: logging
+set-up, the AMP choices and their autocast, moving a batch of clips to the device, top-k counts and
+progress bars. Each exists once, here."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterable, Sequence
 
 import torch
+from tqdm import tqdm
+
+AMP_CHOICES = ("off", "fp16", "bf16")
 
 
-class AverageMeter:
-    """Running sum/count/average of a scalar (loss, accuracy, time per batch)."""
+def autocast(device: torch.device, amp: str = "off"):
+    """The autocast context of ``--amp off|fp16|bf16`` on ``device`` (training and evaluation).
 
-    def __init__(self) -> None:
-        self.reset()
+    Training refuses fp16 on a CPU before it gets here (its gradient scaler needs CUDA).
+    """
+    if amp not in AMP_CHOICES:
+        raise ValueError(f"--amp must be one of {AMP_CHOICES}, got {amp!r}")
+    if amp == "off":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
-    def reset(self) -> None:
-        self.val = 0.0
-        self.sum = 0.0
-        self.count = 0
-        self.avg = 0.0
 
-    def update(self, val: float, n: int = 1) -> None:
-        self.val = float(val)
-        self.sum += float(val) * n
-        self.count += n
-        self.avg = self.sum / self.count if self.count else 0.0
+def to_device(
+    data: torch.Tensor, device: torch.device, channels_last: bool = False
+) -> torch.Tensor:
+    """Move a batch of clips ``[B, T*C, H, W]`` to ``device`` (asynchronously from pinned memory),
+    channels-last with ``--channels_last``: the one place where the training loop, validation and
+    test-time evaluation hand their data to the model."""
+    data = data.to(device, non_blocking=True)
+    if channels_last:
+        data = data.contiguous(memory_format=torch.channels_last)
+    return data
 
 
 @torch.no_grad()
-def accuracy(output: torch.Tensor, target: torch.Tensor, topk=(1,)) -> list[float]:
-    """Top-k accuracy in percent of `output` [N, K] against integer labels `target` [N].
-
-    k larger than the number of classes is clipped to it (so top-5 on a 3-class toy set is 100%).
-    """
+def topk_correct(
+    output: torch.Tensor, target: torch.Tensor, ks: Sequence[int] = (1, 5)
+) -> list[int]:
+    """For each k, how many rows of ``output`` ``[N, K]`` have their label ``target`` ``[N]``
+    among the k highest scores (k larger than K counts as K, so top-5 of 3 classes is every row)."""
     if output.numel() == 0:
-        return [0.0 for _ in topk]
-    maxk = min(max(topk), output.size(1))
-    pred = output.topk(maxk, dim=1, largest=True, sorted=True).indices  # [N, maxk]
-    correct = pred.eq(target.view(-1, 1))  # [N, maxk]
-    n = target.size(0)
-    return [correct[:, : min(k, maxk)].any(dim=1).float().sum().item() * 100.0 / n for k in topk]
+        return [0 for _ in ks]
+    maxk = min(max(ks), output.size(1))
+    hit = output.topk(maxk, dim=1).indices.eq(target.view(-1, 1))  # [N, maxk]
+    return [int(hit[:, : min(k, maxk)].any(dim=1).sum()) for k in ks]
+
+
+def progress(
+    iterable: Iterable | None = None,
+    *,
+    total: int | None = None,
+    desc: str = "",
+    unit: str = "it",
+    initial: int = 0,
+    enabled: bool = True,
+    off_tty: bool = False,
+):
+    """A tqdm bar on stderr (rank 0: ``enabled``). When stderr is not a terminal (logs, CI) the
+    bar is off, unless ``off_tty``: then it prints a plain line every 30 s (the data tools, which
+    have no log lines of their own)."""
+    tty = sys.stderr.isatty()
+    return tqdm(
+        iterable,
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit=unit,
+        file=sys.stderr,
+        dynamic_ncols=tty,
+        mininterval=0.1 if tty else 30.0,
+        ascii=not tty,
+        disable=not enabled or not (tty or off_tty),
+    )
 
 
 class StderrHandler(logging.StreamHandler):

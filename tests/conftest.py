@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from tools.make_synthetic import make_synthetic
+from ops.synthetic import make_synthetic
 
 
 @pytest.fixture(autouse=True)

@@ -5,8 +5,9 @@ from collections import Counter
 
 import pytest
 
+from ops.lists import LIST_PROBLEM_KINDS
 from tests._data_helpers import BAD_LIST, NUM_CLASS, build_bad_dataset, write_grey_video
-from tools.check_data import check, main
+from tools.check_data import VIDEO_PROBLEM_KINDS, check, main
 
 LINE = re.compile(r"^(?P<list>.+):(?P<line>\d+): \[(?P<kind>\w+)\] ")
 
@@ -16,6 +17,7 @@ def found(lines):
     for line in lines:
         m = LINE.match(line)
         assert m, f"unexpected report line: {line}"
+        assert m["kind"] in LIST_PROBLEM_KINDS + VIDEO_PROBLEM_KINDS, line  # documented kinds
         out[(int(m["line"]), m["kind"])] += 1
     return out
 

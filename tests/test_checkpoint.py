@@ -9,10 +9,11 @@ import torch
 
 from ops.checkpoint import (
     CheckpointError,
+    checkpoint_info,
     load_checkpoint,
-    load_model_weights,
-    model_config_from_checkpoint,
+    load_weights,
     parse_published_name,
+    same_dataset,
     save_checkpoint,
 )
 from ops.models import TSN
@@ -146,17 +147,17 @@ def test_published_checkpoint_loads_strictly_and_wrong_keys_are_listed(tmp_path)
     path = tmp_path / KINETICS
     save_checkpoint(_published_checkpoint(src), path)
     ckpt = load_checkpoint(path)
-    cfg = model_config_from_checkpoint(ckpt, path)
-    assert (cfg["num_class"], cfg["non_local"], cfg["dataset"], cfg["dense_sample"]) == (
+    info = checkpoint_info(ckpt, path)
+    cfg = info["model_config"]
+    assert (cfg["num_class"], cfg["non_local"], info["dataset"], info["dense_sample"]) == (
         400,
         True,
         "kinetics",
         True,
     )
-    dst = TSN(
-        **{k: v for k, v in cfg.items() if k not in ("dataset", "dense_sample")}, pretrain="scratch"
-    )
-    load_model_weights(dst, ckpt["state_dict"])
+    assert info["published"] and (info["epoch"], info["best_prec1"]) == (100, 75.6)
+    dst = TSN(**cfg, pretrain="scratch")
+    load_weights(dst, ckpt["state_dict"])
     for (k, a), b in zip(src.state_dict().items(), dst.state_dict().values()):
         assert torch.equal(a, b), k
 
@@ -165,7 +166,7 @@ def test_published_checkpoint_loads_strictly_and_wrong_keys_are_listed(tmp_path)
     broken["module.base_model.layer9.weight"] = torch.zeros(1)
     broken["module.new_fc.weight"] = torch.zeros(174, 2048)
     with pytest.raises(CheckpointError) as err:
-        load_model_weights(dst, broken)
+        load_weights(dst, broken)
     msg = str(err.value)
     assert "\n" not in msg
     assert "1 missing: base_model.layer2.0.nl.theta.weight" in msg
@@ -181,7 +182,7 @@ def test_published_classifier_head_maps_to_new_fc():
         ("module." + k).replace("new_fc.", "base_model.classifier."): v.clone() + 1
         for k, v in model.state_dict().items()
     }
-    load_model_weights(model, sd)
+    load_weights(model, sd)
     torch.testing.assert_close(model.new_fc.bias, sd["module.base_model.classifier.bias"])
 
 
@@ -197,8 +198,30 @@ def test_own_checkpoint_config_wins_over_file_name(tmp_path):
         },
         path,
     )
-    cfg = model_config_from_checkpoint(load_checkpoint(path), path)
+    info = checkpoint_info(load_checkpoint(path), path)
+    cfg = info["model_config"]
     assert (
-        cfg["dataset"] == "synthetic" and cfg["base_model"] == "resnet18" and cfg["num_class"] == 3
+        info["dataset"] == "synthetic" and cfg["base_model"] == "resnet18" and cfg["num_class"] == 3
     )
-    assert cfg["dense_sample"] is True
+    assert info["dense_sample"] is True and not info["published"]
+
+
+def test_same_dataset_reads_the_stored_dataset_else_the_published_name(tmp_path, caplog):
+    model = TSN(3, 4, "RGB", base_model="resnet18", dropout=0.5, pretrain="scratch")
+    own = tmp_path / "TSM_kinetics_RGB_resnet18_avg_segment4_e1.pth"  # a misleading name
+    save_checkpoint(
+        {
+            "state_dict": model.state_dict(),
+            "model_config": model.model_config(),
+            "dataset": "ucf101",
+        },
+        own,
+    )
+    assert same_dataset(own, "ucf101") and not same_dataset(own, "kinetics")
+    published = tmp_path / "TSM_something_RGB_resnet18_avg_segment4_e1.pth"
+    save_checkpoint({"state_dict": model.state_dict()}, published)
+    assert same_dataset(published, "something") and not same_dataset(published, "somethingv2")
+    renamed = tmp_path / "something_weights.pth"  # says nothing: another dataset, with a warning
+    save_checkpoint({"state_dict": model.state_dict()}, renamed)
+    assert not same_dataset(renamed, "something")
+    assert "does not say which dataset" in caplog.text

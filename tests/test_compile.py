@@ -1,4 +1,4 @@
-"""--compile (ops/compile.py): the compiled model computes what the eager one does, and a failed
+"""--compile (ops/engine/compile.py): the compiled model computes what the eager one does, and a failed
 compilation falls back to eager mode with one warning and without side effects."""
 
 import logging
@@ -7,7 +7,7 @@ import shutil
 import torch
 from torch import nn
 
-from ops.compile import CompiledWithFallback
+from ops.engine.compile import CompiledWithFallback
 from tests.test_fast_paths import _close, _model, _run
 
 FAST = dict(rnl_fused=True, region_impl="depthwise", shift_recompute=True)
@@ -19,7 +19,7 @@ def _clip():
 
 
 def _warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "ops.compile"]
+    return [r.getMessage() for r in caplog.records if r.name == "ops.engine.compile"]
 
 
 def _compare_compiled(backend: str, caplog, train: bool) -> CompiledWithFallback:
@@ -27,7 +27,7 @@ def _compare_compiled(backend: str, caplog, train: bool) -> CompiledWithFallback
     eager = _run(_model(**FAST), clip, train=train)
     model = _model(**FAST)
     wrapped = CompiledWithFallback(model, backend=backend)
-    with caplog.at_level(logging.WARNING, logger="ops.compile"):
+    with caplog.at_level(logging.WARNING, logger="ops.engine.compile"):
         got = _run(wrapped, clip, train=train)
     assert len(got) == len(eager)
     for a, b in zip(got, eager):
@@ -70,7 +70,7 @@ def test_failed_compilation_warns_once_and_runs_eager(caplog):
     clip = _clip()
     eager = _run(_model(**FAST), clip)
     wrapped = CompiledWithFallback(_model(**FAST), backend=_failing_backend)
-    with caplog.at_level(logging.WARNING, logger="ops.compile"):
+    with caplog.at_level(logging.WARNING, logger="ops.engine.compile"):
         first = _run(wrapped, clip)
         second = _run(wrapped, clip)
     assert not wrapped.compiled

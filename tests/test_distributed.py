@@ -1,6 +1,8 @@
 """ops/distributed.py: launch planning from flags and environment, batch split, dead ranks."""
 
+import logging
 import os
+import socket
 import time
 
 import pytest
@@ -163,7 +165,7 @@ def _fail_in_worker(local_rank, how):
         if how == "raise":
             raise ValueError("bad setting on worker 1")
         os._exit(1)
-    time.sleep(20)  # terminated by spawn when worker 1 fails
+    time.sleep(600)  # terminated by spawn when worker 1 fails (else the test would take 10 min)
 
 
 @pytest.mark.parametrize(
@@ -178,4 +180,160 @@ def test_spawn_stops_the_others_and_reports_a_failed_worker_in_one_line(how, mes
     with pytest.raises(du.RankFailureError, match=message) as exc:
         du.spawn(_fail_in_worker, 2, (how,), forward_signals=False)
     assert "\n" not in str(exc.value)
-    assert time.perf_counter() - start < 18  # worker 0 was stopped, not waited for
+    # worker 0 was stopped, not waited for (generous bound: starting two processes that import
+    # torch takes tens of seconds on a loaded 2-core machine)
+    assert time.perf_counter() - start < 300
+
+
+# ---- the environment wins over the published spawn flags; contradictions refused --------------
+
+PUBLISHED = dict(
+    multiprocessing_distributed=True,
+    world_size=1,
+    rank=0,
+    dist_url="tcp://localhost:6666",
+    dist_backend="nccl",
+    available_gpus="0,1,2,3",
+)
+
+
+def _torchrun_env(rank, world=8, local=4):
+    return {
+        "RANK": str(rank),
+        "WORLD_SIZE": str(world),
+        "LOCAL_RANK": str(rank % local),
+        "LOCAL_WORLD_SIZE": str(local),
+        "MASTER_ADDR": "node0",
+        "MASTER_PORT": "29500",
+    }
+
+
+def _slurm_env(procid, ntasks=2, per_node=2, nodes=1, **extra):
+    env = {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_PROCID": str(procid),
+        "SLURM_NTASKS": str(ntasks),
+        "SLURM_LOCALID": str(procid % per_node),
+        "SLURM_NODEID": str(procid // per_node),
+        "SLURM_NNODES": str(nodes),
+        "SLURM_TASKS_PER_NODE": f"{per_node}(x{nodes})" if nodes > 1 else str(per_node),
+    }
+    env.update(extra)
+    return env
+
+
+def test_torchrun_with_the_published_spawn_flags_is_one_rank_per_process(caplog):
+    # torchrun --nproc_per_node 4 --nnodes 2 main.py <published flags>: the processes must not
+    # spawn 4 workers each, nor use the published localhost URL across nodes.
+    plans = []
+    with caplog.at_level(logging.WARNING, logger="ops.distributed"):
+        for rank in range(8):
+            plans.append(plan(env=_torchrun_env(rank), num_visible_gpus=4, **PUBLISHED))
+    assert {(p.mode, p.world_size, p.nprocs, p.dist_url) for p in plans} == {
+        ("env", 8, 1, "env://")
+    }
+    assert [p.node_rank for p in plans] == [0, 0, 0, 0, 1, 1, 1, 1]
+    # One warning (rank 0's), naming every overridden flag, on one line.
+    warnings = [r.getMessage() for r in caplog.records if "overrides" in r.getMessage()]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    for flag in ("--multiprocessing-distributed", "--world-size 1", "--rank 0", "localhost:6666"):
+        assert flag in warnings[0]
+    assert all(p.warning == plans[0].warning for p in plans)
+
+
+def test_slurm_tasks_read_from_the_environment_and_the_spawn_flags_overridden(caplog):
+    # srun --ntasks-per-node 2 on 2 nodes (4 tasks), with and without the published flags.
+    for flags in (PUBLISHED, {}):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ops.distributed"):
+            plans = [
+                plan(env=_slurm_env(r, 4, 2, 2, MASTER_ADDR="n0", MASTER_PORT="1"),
+                     num_visible_gpus=2, **flags)
+                for r in range(4)
+            ]  # fmt: skip
+        assert [(p.mode, p.world_size, p.local_world_size, p.nodes) for p in plans] == [
+            ("env", 4, 2, 2)
+        ] * 4
+        assert [p.node_rank for p in plans] == [0, 0, 1, 1]
+        assert {(p.launcher, p.dist_url, p.backend) for p in plans} == {("slurm", "env://", "nccl")}
+        overrides = [r for r in caplog.records if "overrides" in r.getMessage()]
+        assert len(overrides) == (1 if flags else 0)
+
+
+def test_one_slurm_task_per_node_spawns_its_gpus_and_slurm_gives_the_node_rank():
+    # srun -N2 --ntasks-per-node=1 python main.py <published flags>: --world-size 1 --rank 0 on
+    # both nodes would be two independent runs writing the same checkpoint.
+    env = lambda r: _slurm_env(r, 2, 1, 2, MASTER_ADDR="n0", MASTER_PORT="29500")  # noqa: E731
+    plans = [plan(env=env(r), num_visible_gpus=4, **PUBLISHED) for r in range(2)]
+    assert [(p.mode, p.nodes, p.node_rank, p.world_size) for p in plans] == [
+        ("spawn", 2, 0, 8),
+        ("spawn", 2, 1, 8),
+    ]
+    assert plans[0].dist_url == "env://"  # not the published localhost URL
+    assert "--world-size 1" in plans[1].warning and "--rank 0" in plans[1].warning
+
+
+@pytest.mark.parametrize(
+    "case, kwargs, env, fix",
+    [
+        (
+            "spawn over 2 nodes with a localhost URL",
+            dict(PUBLISHED, world_size=2, rank=1),
+            {},
+            "--dist-url tcp://<host of node 0>",
+        ),
+        (
+            "SLURM on 2 nodes without a rendezvous address",
+            PUBLISHED,
+            _slurm_env(3, 4, 2, 2),
+            "MASTER_ADDR",
+        ),
+        (
+            "4 torchrun processes per node on 2 GPUs",
+            {},
+            _torchrun_env(1, 4, 4),
+            "--nproc_per_node 2",
+        ),
+        (
+            "4 SLURM tasks per node sharing 2 GPUs",
+            {},
+            _slurm_env(0, 4, 4, 1, MASTER_ADDR="n0", MASTER_PORT="1"),
+            "--ntasks-per-node 2",
+        ),
+    ],
+)
+def test_contradictions_are_refused_in_one_line(case, kwargs, env, fix):
+    with pytest.raises(du.DistributedSetupError) as exc:
+        plan(env=env, num_visible_gpus=2, **kwargs)
+    assert "\n" not in str(exc.value) and fix in str(exc.value), case
+
+
+def test_one_gpu_per_slurm_task_bound_by_the_scheduler_is_not_a_contradiction():
+    # --gpus-per-task 1: each task sees one GPU (its own) under CUDA_VISIBLE_DEVICES.
+    env = _slurm_env(3, 4, 4, 1, MASTER_ADDR="n0", MASTER_PORT="1", CUDA_VISIBLE_DEVICES="3")
+    assert plan(env=env, num_visible_gpus=1).world_size == 4
+
+
+def test_available_gpus_keeps_the_schedulers_cuda_visible_devices(caplog):
+    env = {}
+    assert du.choose_gpus("0,1", env) == "0,1" and env["CUDA_VISIBLE_DEVICES"] == "0,1"
+    env = {"CUDA_VISIBLE_DEVICES": "4,5,6,7"}
+    with caplog.at_level(logging.WARNING, logger="ops.distributed"):
+        assert du.choose_gpus("0,1,2,3", env) is None  # all visible GPUs are used
+    assert env["CUDA_VISIBLE_DEVICES"] == "4,5,6,7"
+    assert "--available_gpus 0,1,2,3 ignored" in caplog.text
+    with pytest.raises(du.DistributedSetupError, match="makes 2 visible") as exc:
+        du.choose_gpus("0,1,2,3", {"CUDA_VISIBLE_DEVICES": "2,3"})
+    assert "\n" not in str(exc.value)
+
+
+def test_a_busy_published_port_is_replaced_on_a_single_node():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        url = du.local_rendezvous(f"tcp://localhost:{port}")
+        assert url.startswith("tcp://127.0.0.1:") and not url.endswith(f":{port}")
+    free = du.free_port()
+    assert du.local_rendezvous(f"tcp://localhost:{free}") == f"tcp://localhost:{free}"
+    assert du.local_rendezvous("tcp://node0:6666") == "tcp://node0:6666"  # not ours to change

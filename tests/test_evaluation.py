@@ -1,4 +1,5 @@
-"""Tests of ops/evaluation.py: view averaging, ensembles, metrics, writers, lockstep inference.
+"""ops/evaluation.py (view averaging, ensembles, lockstep inference), ops/metrics.py and
+ops/reports.py (metrics and writers).
 
 Expected values are computed by hand or by independent loops in the tests.
 """
@@ -7,13 +8,15 @@ from __future__ import annotations
 
 import csv
 import math
+import threading
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from ops import evaluation
+from ops import evaluation, metrics, reports
+from ops.utils import autocast
 
 
 # ---------------------------------------------------------------- views
@@ -82,7 +85,7 @@ def _toy_scores():
 
 def test_summarize_hand_values():
     scores, labels = _toy_scores()
-    m = evaluation.summarize(scores, labels)
+    m = metrics.summarize(scores, labels)
     assert m["num_videos"] == 6
     assert m["top1"] == pytest.approx(300 / 6)
     assert m["top5"] == pytest.approx(500 / 6)
@@ -92,15 +95,15 @@ def test_summarize_hand_values():
 
 def test_summarize_rejects_labels_out_of_range():
     with pytest.raises(ValueError, match="classes"):
-        evaluation.summarize(torch.zeros(2, 3), torch.tensor([0, 3]))
+        metrics.summarize(torch.zeros(2, 3), torch.tensor([0, 3]))
 
 
 def test_confusion_matrix_and_per_class_accuracy():
-    cm = evaluation.confusion_matrix(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 1]), 4)
+    cm = metrics.confusion_matrix(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 1]), 4)
     expected = np.zeros((4, 4), dtype=np.int64)
     expected[0, 0] = expected[0, 1] = expected[1, 1] = expected[2, 1] = 1
     assert (cm == expected).all()
-    acc = evaluation.per_class_accuracy(cm)
+    acc = metrics.per_class_accuracy(cm)
     assert acc[:3].tolist() == [50.0, 100.0, 0.0] and math.isnan(acc[3])
 
 
@@ -109,7 +112,7 @@ def test_save_scores_roundtrip(tmp_path):
     path = tmp_path / "sub" / "out.npz"
     scores, labels = _toy_scores()
     names = [f"video {i}" for i in range(6)]
-    evaluation.save_scores(str(path), scores, labels, torch.arange(6) * 2, videos=names)
+    reports.save_scores(str(path), scores, labels, torch.arange(6) * 2, videos=names)
     data = np.load(path)  # allow_pickle defaults to False: every array is plain
     assert data["videos"].tolist() == names
     assert data["scores"].dtype == np.float32 and np.allclose(data["scores"], scores.numpy())
@@ -122,16 +125,16 @@ def test_prediction_csv_top1_and_top5(tmp_path):
     names = [f"v{i}" for i in range(6)]
     classes = list("abcdef")
     p1 = tmp_path / "top1.csv"
-    evaluation.write_prediction_csv(str(p1), names, scores, classes)
+    reports.write_prediction_csv(str(p1), names, scores, classes)
     assert p1.read_text().splitlines() == ["v0;a", "v1;b", "v2;b", "v3;f", "v4;d", "v5;d"]
     p5 = tmp_path / "top5.csv"
-    evaluation.write_prediction_csv(str(p5), names, scores, classes, top5=True)
+    reports.write_prediction_csv(str(p5), names, scores, classes, top5=True)
     assert p5.read_text().splitlines()[3] == "v3;f;e;d;c;a"
 
 
 def test_write_report(tmp_path):
     scores, labels = _toy_scores()
-    paths = evaluation.write_report(str(tmp_path), scores, labels, list("abcdef"))
+    paths = reports.write_report(str(tmp_path), scores, labels, list("abcdef"))
     with open(paths["csv"]) as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["class_index", "class_name", "videos", "correct", "accuracy"]
@@ -256,4 +259,95 @@ def test_bf16_autocast_close_to_fp32():
     assert not torch.equal(low, ref)  # autocast did run the matmul in bf16
     assert torch.allclose(low, ref, atol=0.05, rtol=0.05)
     with pytest.raises(ValueError, match="amp"):
-        evaluation.autocast_context(torch.device("cpu"), "fp8")
+        autocast(torch.device("cpu"), "fp8")
+
+
+# ---------------------------------------------------------------- autocast in replica threads
+class _DtypeProbe(torch.nn.Module):
+    """A linear map of the per-channel means that records, per call, the thread it ran in and the
+    dtype its linear layer computed in (what autocast decided in that thread)."""
+
+    def __init__(self, channels=6, classes=3):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.fc = torch.nn.Linear(channels, classes)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.randn(classes, channels, generator=g))
+        self.seen = []
+
+    def forward(self, x):
+        y = self.fc(x.mean(dim=(2, 3)))
+        self.seen.append((threading.current_thread().name, y.dtype))
+        return y
+
+
+def _in_thread(module, x):
+    """module(x) in a new thread, as DataParallel runs each replica (torch's parallel_apply)."""
+    out = {}
+    thread = threading.Thread(target=lambda: out.update(y=module(x)), name="replica")
+    thread.start()
+    thread.join()
+    return out["y"]
+
+
+class _ThreadedReplicas(torch.nn.Module):
+    """DataParallel's shape on CPU: the batch split in two, each half run in a thread of its own."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        return torch.cat([_in_thread(self.module, half) for half in x.chunk(2)])
+
+
+@pytest.mark.parametrize("amp, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_autocast_reaches_a_forward_run_in_another_thread(amp, dtype):
+    x = torch.randn(4, 6, 3, 3)
+    probe = _DtypeProbe()
+    # The premise: autocast entered in the calling thread does not reach a replica's thread.
+    with autocast(torch.device("cpu"), amp):
+        _in_thread(probe, x)
+    assert probe.seen == [("replica", torch.float32)]
+
+    probe.seen.clear()
+    wrapped = evaluation.inference_model(probe, torch.device("cpu"), amp)
+    y = _in_thread(wrapped, x)
+    assert probe.seen == [("replica", dtype)]
+    assert y.dtype == dtype
+    assert evaluation.inference_model(probe, torch.device("cpu"), "off") is probe
+
+
+def test_evaluation_with_threaded_replicas_runs_them_in_bf16():
+    ds = _ToyVideos(n=4, views=2)
+    probe = _DtypeProbe()
+    replicas = _ThreadedReplicas(evaluation.inference_model(probe, torch.device("cpu"), "bf16"))
+    loader = evaluation.make_test_loader(ds, batch_size=2)
+    result = evaluation.evaluate_ensemble(
+        [replicas], [loader], [2], torch.device("cpu"), amp="bf16", progress=False
+    )
+    assert [name for name, _ in probe.seen] == ["replica"] * 4  # 2 batches x 2 halves
+    assert {dtype for _, dtype in probe.seen} == {torch.bfloat16}
+
+    def per_view(i, low):  # independent loop over the views, in the main thread
+        video = ds.video(i).view(2, 6, 4, 4)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=low):
+            return probe.fc(video.mean(dim=(2, 3))).float().mean(0)
+
+    low = torch.stack([per_view(i, True) for i in range(4)])
+    full = torch.stack([per_view(i, False) for i in range(4)])
+    assert not torch.equal(low, full)  # bf16 and fp32 scores differ: the dtype shows in them
+    assert torch.allclose(result.scores, low, atol=1e-6)
+
+
+def test_data_parallel_without_the_autocast_wrapper_is_refused_under_amp():
+    plain = torch.nn.DataParallel(_DtypeProbe())  # no GPU: DataParallel just holds the module
+    ds = _ToyVideos(n=1, views=1)
+    loader = evaluation.make_test_loader(ds)
+    with pytest.raises(ValueError, match="inference_model"):
+        evaluation.evaluate_ensemble([plain], [loader], [1], torch.device("cpu"), amp="bf16")
+    wrapped = torch.nn.DataParallel(evaluation.AutocastForward(_DtypeProbe(), "bf16"))
+    result = evaluation.evaluate_ensemble(
+        [wrapped], [loader], [1], torch.device("cpu"), amp="bf16", progress=False
+    )
+    assert result.scores.shape == (1, 3)

@@ -5,6 +5,7 @@ good checkpoint exists, then provokes the fault and checks that the good checkpo
 that the message says what happened.
 """
 
+import csv
 import errno
 import hashlib
 import os
@@ -18,8 +19,8 @@ import torch
 
 import main as train_main
 from ops.checkpoint import load_checkpoint
+from ops.synthetic import make_synthetic
 from tests.test_main import assert_same_state, tiny_args
-from tools.make_synthetic import make_synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -187,3 +188,48 @@ def test_killed_rank_makes_the_run_exit_with_a_clear_error(data_root, tmp_path):
     # The survivor's own "lost contact with another rank" line is raced by the parent terminating
     # it; tests/test_distributed.py checks that a survivor on its own fails instead of waiting.
     assert "Traceback" not in out
+
+
+def test_a_stop_during_validation_keeps_the_epoch_and_validates_it_on_resume(
+    data_root, tmp_path, monkeypatch
+):
+    # SIGTERM arrives as epoch 1's validation starts. That validation must stop within a batch
+    # (not overrun the launcher's grace period), the checkpoint must keep the trained epoch
+    # marked "validation pending", and the resumed run must validate epoch 1 first: the logs
+    # and the weights end as those of an uninterrupted run.
+    real_validate = train_main.validate
+    calls = []
+
+    def preempted_validate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled by the run's StopRequest
+        return real_validate(*args, **kwargs)
+
+    extra = ["--epochs", "2"]
+    monkeypatch.setattr(train_main, "validate", preempted_validate)
+    stopped = train_main.main(tiny_args(data_root, str(tmp_path / "parts"), *extra))
+    monkeypatch.setattr(train_main, "validate", real_validate)
+    run_dir = tmp_path / "parts" / "ckpt" / stopped["run_name"]
+    ckpt = load_checkpoint(run_dir / "ckpt.pth.tar")
+    assert (ckpt["epoch"], ckpt["iteration"], ckpt["validation_pending"]) == (1, 0, True)
+    assert not (run_dir / "ckpt.best.pth.tar").exists()  # nothing validated yet
+    log = tmp_path / "parts" / "log" / stopped["run_name"] / "log.csv"
+    assert log.read_text().count("\n") == 1  # the header only: epoch 1's row comes on resume
+
+    resumed = train_main.main(
+        tiny_args(data_root, str(tmp_path / "parts"), *extra, "--resume", "auto")
+    )
+    full = train_main.main(tiny_args(data_root, str(tmp_path / "full"), *extra))
+    assert resumed["best_prec1"] == full["best_prec1"]
+    a = load_checkpoint(run_dir / "ckpt.pth.tar")
+    b = load_checkpoint(tmp_path / "full" / "ckpt" / full["run_name"] / "ckpt.pth.tar")
+    assert_same_state(a["state_dict"], b["state_dict"])
+    for name in ("ckpt.pth.tar", "ckpt.best.pth.tar"):
+        assert (run_dir / name).exists()
+    with open(log) as f:
+        rows = list(csv.DictReader(f))
+    with open(tmp_path / "full" / "log" / full["run_name"] / "log.csv") as f:
+        expected = list(csv.DictReader(f))
+    same = ("epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "best_top1")
+    assert [[r[k] for k in same] for r in rows] == [[r[k] for k in same] for r in expected]

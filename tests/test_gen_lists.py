@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ops.dataset import parse_list_file, parse_video_list_file
+from ops.lists import parse_list_file, parse_video_list_file
 from tools import gen_lists
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ops.lr_scheduler import WarmupSchedule
+from ops.engine.lr_scheduler import WarmupSchedule
 
 
 def kinetics_recipe() -> WarmupSchedule:

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 import main as train_main
-from ops.checkpoint import load_checkpoint
-from tools.make_synthetic import make_synthetic
+from ops.checkpoint import load_checkpoint, save_checkpoint
+from ops.models import TSN
+from ops.synthetic import make_synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -83,6 +84,10 @@ def test_two_epochs_write_checkpoints_and_logs(data_root, tmp_path):
     assert ckpt["epoch"] == 2 and ckpt["iteration"] == 0 and ckpt["dataset"] == "synthetic"
     assert ckpt["model_config"]["is_shift"] and ckpt["model_config"]["non_local"]
     assert ckpt["model_config"]["num_class"] == 2 and ckpt["arch"] == "resnet18"
+    # the class names, line by line from the dataset's category file (for tools/predict.py)
+    categories = os.path.join(data_root, "synthetic", "category.txt")
+    with open(categories) as f:
+        assert ckpt["class_names"] == f.read().split() == ["moving_right", "moving_left"]
     assert ckpt["lr_scheduler"]["iters_per_epoch"] == 4  # 8 videos / batch 2
     assert isinstance(ckpt["rng_states"][0]["torch"], torch.Tensor)
     assert ckpt["args"]["lr"] == 0.01 and ckpt["world_size"] == 1
@@ -254,6 +259,43 @@ def test_evaluate_and_tune_from_load_a_finished_run(data_root, tmp_path):
     for k in a:
         if "running_" not in k and "num_batches" not in k:  # BN statistics keep updating
             assert torch.equal(a[k], t[k]), k
+
+
+def test_tune_from_turns_the_classifier_lr_x5_on_for_another_dataset_whatever_the_file_names(
+    data_root, tmp_path
+):
+    # An own checkpoint of the synthetic dataset, named like a published Kinetics one ...
+    first = train_main.main(tiny_args(data_root, str(tmp_path / "a"), "--epochs", "1"))
+    same = tmp_path / "TSM_kinetics_RGB_resnet18_shift8_blockres_avg_segment4_e1.pth.tar"
+    os.rename(tmp_path / "a" / "ckpt" / first["run_name"] / "ckpt.pth.tar", same)
+    # ... and an own checkpoint of Kinetics (400 classes), named after the synthetic dataset.
+    other = tmp_path / "synthetic_finetuned.pth.tar"
+    kinetics = TSN(
+        400, 4, "RGB", base_model="resnet18", is_shift=True, non_local=True, dropout=0.5,
+        pretrain="scratch", input_size=32, print_spec=False,
+    )  # fmt: skip
+    save_checkpoint(
+        {
+            "state_dict": kinetics.state_dict(),
+            "model_config": kinetics.model_config(),
+            "dataset": "kinetics",
+        },
+        other,
+    )
+    sizes = {}
+    for path, lr5 in ((same, False), (other, True)):
+        out = str(tmp_path / path.stem)
+        dry = train_main.main(tiny_args(data_root, out, "--tune_from", str(path), "--dry_run"))
+        assert dry["resolved"]["fc_lr5"] is lr5
+        run = train_main.main(tiny_args(data_root, out, "--epochs", "1", "--tune_from", str(path)))
+        saved = load_checkpoint(os.path.join(out, "ckpt", run["run_name"], "ckpt.pth.tar"))
+        groups = {g["name"]: g for g in saved["optimizer"]["param_groups"]}
+        assert (len(groups["lr5_weight"]["params"]), groups["lr5_weight"]["lr_mult"]) == (lr5, 5)
+        assert (len(groups["lr10_bias"]["params"]), groups["lr10_bias"]["lr_mult"]) == (lr5, 10)
+        sizes[lr5] = {name: len(g["params"]) for name, g in groups.items()}
+    # without lr x5 the classifier's weight and bias train with the other weights and biases
+    assert sizes[False]["normal_weight"] == sizes[True]["normal_weight"] + 1
+    assert sizes[False]["normal_bias"] == sizes[True]["normal_bias"] + 1
 
 
 @pytest.mark.slow

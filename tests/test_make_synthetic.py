@@ -10,7 +10,7 @@ from PIL import Image
 
 from ops.dataset import TSNDataSet
 from ops.dataset_config import return_dataset
-from tools.make_synthetic import CLASSES, make_synthetic
+from ops.synthetic import CLASSES, make_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(num_videos_per_class=2, num_val_per_class=1, num_frames=(6, 9), size=(40, 32))

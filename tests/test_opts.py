@@ -141,3 +141,22 @@ def test_bad_values_exit_with_a_message(argv, needle, capsys):
         parse_args(["--dataset", "kinetics"] + argv)
     assert exc.value.code == 2
     assert needle in capsys.readouterr().err
+
+
+def test_nl_options_reach_the_model_and_bad_ones_are_one_line_errors(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    kernels = '{"kernels": [[1,3,3],[1,5,5],[3,5,5],[3,3,3]]}'
+    train_main.main(shlex.split(KINETICS) + ["--nl_options", kernels, "--dry_run"])
+    assert (
+        "non_local: True (rnl at the published places, options {'kernels'"
+        in capsys.readouterr().out
+    )
+    with pytest.raises(SystemExit) as exc:
+        train_main.main(
+            shlex.split(KINETICS) + ["--nl_options", '{"kernel": [3,3,3]}', "--dry_run"]
+        )
+    message = str(exc.value.code)
+    assert "unknown option(s) kernel for block type 'rnl'" in message and "\n" not in message
+    with pytest.raises(SystemExit):
+        parse_args(["--nl_options", "kernels=3"])  # not JSON: argparse's one-line error
+    assert "--nl_options: not JSON" in capsys.readouterr().err

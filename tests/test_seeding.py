@@ -1,4 +1,5 @@
-"""ops/seeding.py: per-epoch sample order, per-sample random draws, RNG state round trips."""
+"""ops/engine/seeding.py: per-epoch sample order, per-sample random draws; the RNG state round
+trip of ops/checkpoint.py."""
 
 import io
 import random
@@ -8,7 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ops.seeding import EpochSampler, SeededDataset, rng_state, seed_all, set_rng_state
+from ops.checkpoint import RunState, rng_state, set_rng_state
+from ops.engine.seeding import EpochSampler, SeededDataset, seed_all, start_epoch
 
 
 class Draws(Dataset):
@@ -101,3 +103,95 @@ def test_rng_state_survives_a_weights_only_checkpoint():
     seed_all(99)
     set_rng_state(loaded)
     assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == expected
+
+
+def _interleaved(shards: list[list[int]]) -> list[int]:
+    """The global order the ranks' shards were dealt from (position p is rank p % W's)."""
+    w = len(shards)
+    return [shards[p % w][p // w] for p in range(sum(len(s) for s in shards))]
+
+
+@pytest.mark.parametrize(
+    "before, after",
+    [((2, 2), (2, 2)), ((2, 2), (1, 2)), ((1, 2), (2, 2)), ((2, 2), (1, 4)), ((2, 3), (3, 1))],
+)
+def test_resume_with_other_processes_or_batch_continues_at_the_same_sample(before, after):
+    # (processes, clips per process) of the interrupted run and of the resumed one.
+    (w, b), (w2, b2) = before, after
+    n, epoch, done = 31, 4, 3  # 31 videos, stopped after 3 iterations of epoch 4
+    shards = []
+    for r in range(w):
+        s = EpochSampler(n, num_replicas=w, rank=r, seed=9)
+        s.set_epoch(epoch)
+        shards.append(list(s))
+    order = _interleaved(shards)  # the uninterrupted epoch, as the interrupted run dealt it
+    consumed = done * b * w  # every rank drew `done` batches of `b`
+
+    samplers = [EpochSampler(n, num_replicas=w2, rank=r, seed=9) for r in range(w2)]
+    for s in samplers:
+        s.set_epoch(epoch, start=consumed)
+    rest = [list(s) for s in samplers]
+    assert len({len(r) for r in rest}) == 1  # every rank has as many batches (none waits)
+    # The resumed ranks together continue the very same order, from the first unused sample.
+    assert _interleaved(rest)[: n - consumed] == order[consumed:n]
+    if (w2, b2) == (w, b):  # the same launch: each rank exactly where it was, padding included
+        assert rest == [s[done * b :] for s in shards]
+    if w2 * b2 == w * b:  # the same global batch: the same samples in every later step
+        steps = [sorted(order[i : i + w * b]) for i in range(consumed, n - w * b + 1, w * b)]
+        resumed = _interleaved(rest)
+        assert steps == [
+            sorted(resumed[i : i + w * b]) for i in range(0, len(steps) * w * b, w * b)
+        ]
+
+
+def test_a_resumed_epoch_continues_the_schedule_at_the_fraction_done():
+    # 32 videos: stopped by 2 processes x 2 clips after 2 iterations (8 samples, a quarter of the
+    # epoch); resumed by 1 process x 2 clips, whose epoch has 16 iterations: it starts at 4.
+    state = RunState(epoch=1, iteration=2, samples_done=8, epoch_samples=32, world_size=2, batch=2)
+    sampler = EpochSampler(32, num_replicas=1, rank=0, seed=0)
+    start_epoch(state, sampler, SeededDataset(Draws(), seed=0), batch=2, iters_per_epoch=16, rank=0)
+    assert state.iteration == 4 and len(sampler) == 24  # the remaining 24 samples, 12 batches
+    # Another training list: the position means nothing any more.
+    state = RunState(epoch=1, iteration=2, samples_done=8, epoch_samples=30, world_size=2, batch=2)
+    with pytest.raises(ValueError, match="restore that list"):
+        start_epoch(state, sampler, SeededDataset(Draws(), seed=0), 2, 16, 0)
+
+
+class _FakeGenerator:
+    """Stands for one GPU's default generator (this machine has no GPU)."""
+
+    def __init__(self, index: int) -> None:
+        self.state = torch.full((16,), index, dtype=torch.uint8)
+
+    def get_state(self) -> torch.Tensor:
+        return self.state
+
+    def set_state(self, state: torch.Tensor) -> None:
+        self.state = state
+
+
+def _fake_gpus(monkeypatch, count: int, current: int) -> tuple:
+    gens = tuple(_FakeGenerator(i) for i in range(count))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "default_generators", gens)
+    for module in (torch.cuda, torch.cuda.random):
+        monkeypatch.setattr(module, "current_device", lambda: current)
+        monkeypatch.setattr(module, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda.random, "_lazy_init", lambda: None)
+    monkeypatch.setattr(torch.cuda.random, "_lazy_call", lambda cb, **kw: cb())
+    return gens
+
+
+def test_cuda_rng_state_is_the_ranks_own_and_restores_with_fewer_gpus(monkeypatch):
+    # The rank on cuda:2 of a 4-GPU node saves its own device's generator only ...
+    gens = _fake_gpus(monkeypatch, count=4, current=2)
+    saved = rng_state()
+    assert torch.equal(saved["cuda"], gens[2].state)
+    # ... and the run resumes on a machine with one GPU: the state goes to that one.
+    gens = _fake_gpus(monkeypatch, count=1, current=0)
+    set_rng_state(saved)
+    assert torch.equal(gens[0].state, torch.full((16,), 2, dtype=torch.uint8))
+    # Checkpoints written before held one state per visible GPU: the current device's is used.
+    set_rng_state(dict(saved, cuda=[torch.full((16,), d, dtype=torch.uint8) for d in range(4)]))
+    assert torch.equal(gens[0].state, torch.zeros(16, dtype=torch.uint8))

@@ -66,6 +66,35 @@ def scores_of(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return data["scores"], data["labels"], data["indices"]
 
 
+# --------------------------------------------------------------------------- devices
+def test_cuda_devices_are_the_gpus_given_in_order_else_all_visible():
+    assert test_models.cuda_devices([2, 3], num_visible=4) == [2, 3]
+    assert test_models.cuda_devices([3, 1], num_visible=4) == [3, 1]
+    assert test_models.cuda_devices(None, num_visible=3) == [0, 1, 2]
+    with pytest.raises(ValueError, match="GPU 4 is not visible"):
+        test_models.cuda_devices([1, 4], num_visible=4)
+    with pytest.raises(ValueError, match="twice"):
+        test_models.cuda_devices([1, 1], num_visible=4)
+
+
+def test_single_process_makes_the_first_of_gpus_the_current_device(monkeypatch):
+    # No GPU here: CUDA's device count and set_device are stood in for; the rest is the real path.
+    current = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: current.append(torch.device(d)))
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(key, raising=False)
+    ctx, gpu_ids = test_models.init_process("auto", [2, 3])
+    assert current == [torch.device("cuda", 2)]
+    assert ctx.device == torch.device("cuda", 2) and gpu_ids == [2, 3]
+    current.clear()
+    ctx, gpu_ids = test_models.init_process("auto", None)
+    assert current == [torch.device("cuda", 0)] and gpu_ids == [0, 1, 2, 3]
+    current.clear()
+    ctx, gpu_ids = test_models.init_process("cpu", [2, 3])
+    assert current == [] and ctx.device == torch.device("cpu") and gpu_ids == []
+
+
 # --------------------------------------------------------------------------- parsing
 @pytest.mark.parametrize("command", PUBLISHED_COMMANDS)
 def test_published_commands_parse_verbatim(command):
@@ -214,7 +243,7 @@ def bad_run(workspace, capsys, weights: str, segments: str = "4") -> tuple[int, 
 def test_bad_input_weights_and_segments_differ(workspace, capsys):
     path = workspace["models"][4][0]
     code, err = bad_run(workspace, capsys, f"{path},{path}", segments="4")
-    assert_one_line_error(code, err, "2 weights but 1 test segments")
+    assert_one_line_error(code, err, "2 weights but 1 --test_segments values")
 
 
 def test_bad_input_unknown_published_name(workspace, tmp_path, capsys):

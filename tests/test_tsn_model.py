@@ -327,3 +327,80 @@ def test_unknown_block_type_lists_the_choices():
         ValueError, match=r"unknown non-local block type 'foo': choose one of \['gc', 'nl', 'rnl'\]"
     ):
         TSN(4, 4, "RGB", base_model="resnet18", non_local=True, nl_type="foo", pretrain="scratch")
+
+
+def test_region_kernels_default_from_the_block_file_and_are_recorded_in_the_settings():
+    from ops import rnl
+
+    model = TSN(5, 4, "RGB", base_model="resnet18", non_local=True, pretrain="scratch")
+    recorded = model.model_config()["nl_options"]
+    assert recorded["kernels"] == [list(k) for k in rnl.STAGE_KERNELS]
+    assert recorded["kernels"][1:3] == [[3, 7, 7], [3, 3, 3]]  # published: layer2, layer3
+    assert (recorded["activation"], recorded["sub_sample"], recorded["use_norm"]) == (
+        "softmax",
+        False,
+        False,
+    )
+    json.dumps(model.model_config())  # plain types, as a checkpoint stores them
+
+    kernels = [[1, 3, 3], [1, 5, 5], [3, 1, 1], [1, 1, 1]]
+    model = TSN(
+        5, 4, "RGB", base_model="resnet18", non_local=True, nl_options={"kernels": kernels},
+        nl_where="layer1.0,layer2.0,layer3.0,layer4.0", pretrain="scratch",
+    )  # fmt: skip
+    blocks = {
+        name[len("base_model.") :]: m
+        for name, m in model.named_modules()
+        if isinstance(m, RNLBlock)
+    }
+    sizes = {
+        name: m.penta.kernel_size if m.penta is not None else None for name, m in blocks.items()
+    }
+    # all-ones kernel: no region conv (r = theta)
+    assert sizes == {
+        "layer1.0.nl": (1, 3, 3),
+        "layer2.0.nl": (1, 5, 5),
+        "layer3.0.nl": (3, 1, 1),
+        "layer4.0.nl": None,
+    }
+    rebuilt = TSN(**model.model_config(), pretrain="scratch")  # as a checkpoint rebuilds it
+    assert _layout(rebuilt) == _layout(model)
+
+
+def test_block_options_are_checked_against_the_block_and_fast_paths_are_not_settings():
+    with pytest.raises(
+        ValueError,
+        match=r"unknown option\(s\) kernel for block type 'rnl'.*takes kernels, activation",
+    ):
+        TSN(
+            4,
+            4,
+            "RGB",
+            base_model="resnet18",
+            non_local=True,
+            nl_options={"kernel": [3, 3, 3]},
+            pretrain="scratch",
+        )
+    with pytest.raises(ValueError, match="block type 'gc' .* it takes no options"):
+        TSN(
+            4,
+            4,
+            "RGB",
+            base_model="resnet18",
+            non_local=True,
+            nl_type="gc",
+            nl_options={"sub_sample": True},
+            pretrain="scratch",
+        )
+    nl = TSN(
+        4,
+        4,
+        "RGB",
+        base_model="resnet18",
+        non_local=True,
+        nl_type="nl",
+        rnl_fused=False,
+        pretrain="scratch",
+    )
+    assert nl.model_config()["nl_options"] == {"sub_sample": True}  # no 'fused'
+    assert not nl.base_model.layer2[0].nl.fused  # but the fast-path switch reached the block

@@ -21,7 +21,8 @@ import torchvision
 
 import main
 import test_models
-from ops.dataset import DataError, TSNDataSet, collate
+from ops.data_problems import DataError
+from ops.dataset import TSNDataSet, collate
 from ops.dataset_config import VIDEO_TMPL, add_data_args, resolve_dataset
 from ops.transforms import (
     GroupMultiScaleCrop,
@@ -189,7 +190,7 @@ def test_video_lists_space_csv_and_frame_count_column(data, tmp_path, caplog):
     ds = TSNDataSet(
         data["videos"], str(wrong), image_tmpl=VIDEO_TMPL, num_segments=2, test_mode=True
     )
-    with caplog.at_level(logging.WARNING, logger="ops.dataset"):
+    with caplog.at_level(logging.WARNING, logger="ops.data_problems"):
         images, _ = ds[0]
     np.testing.assert_array_equal(np.asarray(images[1]), data["decoded"]["bikes.mp4"][188 - 1])
     assert ds.bad_data_counts()["frame_count_mismatch"] == 1
@@ -252,7 +253,7 @@ def test_bad_videos_are_counted_logged_and_replaced(data, tmp_path, caplog):
     lst.write_text("cut_bikes.mp4 0\ncut_fast.mp4 1\nmissing.mp4 0\n")
 
     ds = TSNDataSet(str(videos), str(lst), image_tmpl=VIDEO_TMPL, num_segments=4, test_mode=True)
-    with caplog.at_level(logging.WARNING, logger="ops.dataset"):
+    with caplog.at_level(logging.WARNING, logger="ops.data_problems"):
         assert ds[0] is None and ds[2] is None
         images, _ = ds[1]
         images_again, _ = ds[1]

@@ -15,6 +15,7 @@ from PIL import Image
 
 from ops.checkpoint import save_checkpoint
 from ops.models import TSN
+from ops.non_local import attention_modules
 from tools import visualize_attention as va
 from tools._common import sample_videos_dir
 
@@ -114,7 +115,7 @@ def checkpoint(tmp_path_factory):
 
 def explicit_attention(model, block_name: str, x: torch.Tensor) -> torch.Tensor:
     """softmax_m(r_m . r_n) of the block, recomputed here from its input: (P_source, P)."""
-    block = va.attention_blocks(model)[block_name]
+    block = attention_modules(model)[block_name]
     seen = {}
     handle = block.register_forward_pre_hook(lambda mod, args: seen.setdefault("x", args[0]))
     with torch.no_grad():

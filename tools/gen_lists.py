@@ -54,14 +54,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ops.dataset_config import REGISTRY, VIDEO_REGISTRY  # noqa: E402
+from ops.utils import progress, setup_logging  # noqa: E402
 from tools._common import (  # noqa: E402
     TOOL_ERRORS,
     VIDEO_EXTENSIONS,
     count_frame_names,
     fail,
     frame_pattern,
-    progress,
-    setup_tool_logging,
 )
 
 logger = logging.getLogger(__name__)
@@ -385,7 +384,7 @@ def index_frame_folders(root: str, image_tmpl: str) -> dict[str, list[tuple[str,
     searched further."""
     frame_pattern(image_tmpl)  # validate before walking a large tree
     index: dict[str, list[tuple[str, int, int]]] = {}
-    walker = progress(os.walk(root), desc="scan frames", unit="dir")
+    walker = progress(os.walk(root), desc="scan frames", unit="dir", off_tty=True)
     for folder, dirs, files in walker:
         usable, found = count_frame_names(files, image_tmpl)
         if found:
@@ -616,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     from ops.dataset_config import default_data_root
 
     args = get_args_parser().parse_args(argv)
-    setup_tool_logging()
+    setup_logging()
     try:
         data_root = args.data_root or default_data_root()
         given = {"labels": args.labels, "train": args.train, "val": args.val}

@@ -9,6 +9,8 @@ Convention (the TSM paper's): FLOPs are multiply-adds of one clip (one view: ``T
 
 - convolutions and linear layers: ``output elements x (in_channels / groups) x kernel volume``
   (``in_features`` for a linear layer); biases are not counted;
+- every other module that computes something counts itself through a ``macs(input)`` method
+  (a new block without one is reported as counted only in part). The published blocks count:
 - the RNL region convolution as the depthwise convolution it is: ``C' x kt*kh*kw x P`` per clip,
   not as the masked grouped convolution the published code ran (32x the arithmetic);
 - the attention of the RNL and classic non-local blocks: the affinity (RNL: ``r^T r``) and the
@@ -20,7 +22,8 @@ Not counted (as in the papers): batch norm, activations, the softmax, pooling, a
 temporal shift (a memory move). The counts come from shapes only: the network is built on the
 ``meta`` device (no memory, no arithmetic), so a ResNet-101 costs a fraction of a second.
 
-Parameters: learnable ones; the region conv counts its live depthwise kernels ``C' x k^3``. The
+Parameters: learnable ones; the region conv counts its live depthwise kernels ``C' x k^3``
+(its ``live_params()``). The
 published layout also stores the dead entries of the masked kernel and the fixed 0/1 mask, which
 the ``stored`` column includes (the state_dict size).
 """
@@ -39,13 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from ops.channel_gate import ChannelGate  # noqa: E402
-from ops.checkpoint import CheckpointError  # noqa: E402
-from ops.nl import NonLocalBlock  # noqa: E402
-from ops.non_local import BLOCKS, NonLocalWrapper  # noqa: E402
-from ops.region_conv import RegionConv3d  # noqa: E402
-from ops.rnl import RNLBlock  # noqa: E402
-from tools._common import TOOL_ERRORS, fail, setup_tool_logging  # noqa: E402
+from ops.checkpoint import CheckpointError, checkpoint_info, load_checkpoint  # noqa: E402
+from ops.non_local import BLOCKS, attached_parts  # noqa: E402
+from ops.utils import setup_logging  # noqa: E402
+from tools._common import TOOL_ERRORS, fail  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -62,35 +62,6 @@ def conv_macs(module: nn.modules.conv._ConvNd, out: torch.Tensor) -> int:
 
 def linear_macs(module: nn.Linear, out: torch.Tensor) -> int:
     return out.numel() * module.in_features
-
-
-def region_conv_macs(module: RegionConv3d, out: torch.Tensor) -> int:
-    """Depthwise: each output element sums ``kt*kh*kw`` products of its own channel."""
-    return out.numel() * math.prod(module.kernel_size)
-
-
-def attention_macs(block: RNLBlock | NonLocalBlock, x: torch.Tensor) -> int:
-    """Affinity ``[Ps, C'] x [C', P]`` plus aggregation ``[C', Ps] x [Ps, P]`` (RNL: keys and
-    queries are the region features r, values theta; classic NL: phi, theta and g)."""
-    n, _, t, h, w = x.shape
-    p = t * h * w
-    p_src = t * (h // 2) * (w // 2) if block.sub_sample else p
-    return 2 * n * p * p_src * block.inter_channels
-
-
-def channel_gate_macs(gate: ChannelGate, x: torch.Tensor) -> int:
-    """The context ``sum_p w_p x_p``: ``C`` products per position (the 1x1x1 score conv and the
-    linear layers are counted as conv/linear)."""
-    n, c = x.shape[:2]
-    return n * c * math.prod(x.shape[2:])
-
-
-# Modules whose own computation (beyond their conv/linear children) is counted, by kind.
-PART_COUNTERS = {
-    RNLBlock: ("attention", attention_macs),
-    NonLocalBlock: ("attention", attention_macs),
-    ChannelGate: ("gate", channel_gate_macs),
-}
 
 
 @dataclass
@@ -111,16 +82,19 @@ class Cost:
 
 
 def count_macs(model: nn.Module, inputs: torch.Tensor) -> Cost:
-    """Run ``model(inputs)`` (no grad) with forward hooks that add up the multiply-adds."""
+    """Run ``model(inputs)`` (no grad) with forward hooks that add up the multiply-adds.
+
+    Convolutions and linear layers are counted from their shapes; any other module counts its own
+    computation through a ``macs(input) -> {kind: multiply-adds}`` method (the region conv, the
+    attention of the non-local blocks, the channel gate's weighted sum). An attached block with no
+    such method anywhere inside is listed in ``uncounted``: only its convolutions count.
+    """
     cost = Cost()
     in_part: set[int] = set()
-    for name, module in model.named_modules():
-        if isinstance(module, NonLocalWrapper):
-            for part in module.part_names:
-                part_module = getattr(module, part)
-                in_part.update(id(m) for m in part_module.modules())
-                if type(part_module) not in PART_COUNTERS:
-                    cost.uncounted.append(f"{name}.{part} ({type(part_module).__name__})")
+    for name, part in attached_parts(model).items():
+        in_part.update(id(m) for m in part.modules())
+        if not any(hasattr(m, "macs") for m in part.modules()):
+            cost.uncounted.append(f"{name} ({type(part).__name__})")
 
     def add(module: nn.Module, kind: str, macs: int) -> None:
         cost.macs += macs
@@ -133,14 +107,16 @@ def count_macs(model: nn.Module, inputs: torch.Tensor) -> Cost:
             add(module, "conv", conv_macs(module, out))
         elif isinstance(module, nn.Linear):
             add(module, "linear", linear_macs(module, out))
-        elif isinstance(module, RegionConv3d):
-            add(module, "region_conv", region_conv_macs(module, out))
-        elif type(module) in PART_COUNTERS:
-            kind, counter = PART_COUNTERS[type(module)]
-            add(module, kind, counter(module, args[0]))
+        else:
+            for kind, macs in module.macs(args[0]).items():
+                add(module, kind, macs)
 
-    counted = (nn.modules.conv._ConvNd, nn.Linear, RegionConv3d, *PART_COUNTERS)
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, counted)]
+    counted = [
+        m
+        for m in model.modules()
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) or hasattr(m, "macs")
+    ]
+    handles = [m.register_forward_hook(hook) for m in counted]
     try:
         with torch.no_grad():
             model(inputs)
@@ -149,23 +125,23 @@ def count_macs(model: nn.Module, inputs: torch.Tensor) -> Cost:
             h.remove()
     for item in cost.uncounted:
         logger.warning(
-            "no FLOP counter for %s: only its convolutions/linear layers are counted", item
+            "no FLOP counter (a macs method) in %s: only its convolutions/linear layers are counted",
+            item,
         )
     return cost
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
-    """(learnable live parameters, all stored parameter entries incl. masks and dead entries)."""
+    """(learnable live parameters, all stored parameter entries incl. masks and dead entries).
+
+    A module that stores more than it uses says how much it uses through ``live_params()`` (the
+    region conv's published layout); every other parameter counts in full.
+    """
     stored = sum(p.numel() for p in model.parameters())
     live = 0
     for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if not p.requires_grad:
-                continue  # e.g. the region conv's fixed mask
-            if isinstance(module, RegionConv3d) and name == "weight":
-                live += module.channels * math.prod(module.kernel_size)  # the depthwise kernels
-            else:
-                live += p.numel()
+        own = sum(p.numel() for p in module.parameters(recurse=False))
+        live += module.live_params() if hasattr(module, "live_params") and own else own
     return live, stored
 
 
@@ -173,7 +149,8 @@ def model_cost(cfg: dict, size: int) -> Cost:
     """Cost of one clip of ``TSN(**cfg)`` at ``size x size``, computed on the meta device."""
     from ops.models import TSN
 
-    cfg = dict(cfg, pretrain="scratch", print_spec=False, input_size=size)
+    # partial_bn off: every parameter counts as learnable (partial BN freezes some for training)
+    cfg = dict(cfg, pretrain="scratch", print_spec=False, input_size=size, partial_bn=False)
     with torch.device("meta"):
         model = TSN(**cfg)
     model.eval()
@@ -280,15 +257,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    setup_tool_logging(logging.WARNING)
+    setup_logging(level=logging.WARNING)
     try:
         if args.size < 32 or any(t < 1 for t in args.segments) or args.num_class < 1:
             raise ValueError("--size must be >= 32, --segments and --num_class >= 1")
         if args.weights:
-            from tools._common import model_config
-
-            cfg, _ = model_config(args.weights)
-            cfg = {k: v for k, v in cfg.items() if k not in ("dataset", "dense_sample")}
+            cfg = checkpoint_info(load_checkpoint(args.weights), args.weights)["model_config"]
             rows = [describe(Path(args.weights).name, cfg, args.size)]
         else:
             rows = cost_rows(args.arch, args.segments, args.size, args.num_class, args.models)

@@ -35,18 +35,17 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
-from ops.checkpoint import CheckpointError  # noqa: E402
-from ops.dataset_config import REGISTRY, category_file, read_categories  # noqa: E402
-from ops.non_local import NonLocalWrapper  # noqa: E402
+from ops.checkpoint import CheckpointError, load_model  # noqa: E402
+from ops.dataset_config import read_categories  # noqa: E402
+from ops.non_local import attention_modules  # noqa: E402
 from ops.sampling import clip_frames  # noqa: E402
-from ops.temporal_shift import TemporalPool, TemporalShift  # noqa: E402
+from ops.utils import setup_logging  # noqa: E402
 from tools._common import (  # noqa: E402
     TOOL_ERRORS,
     count_frames,
     fail,
-    model_config,
-    model_from_checkpoint,
-    setup_tool_logging,
+    frame_template,
+    model_class_names,
 )
 
 logger = logging.getLogger(__name__)
@@ -70,28 +69,13 @@ _COLOURS = (
 # ---------------------------------------------------------------------------------------------
 # the clip
 # ---------------------------------------------------------------------------------------------
-def _frame_template(folder: str, image_tmpl: str | None) -> str:
-    """The given template, or the registry template that names the most files in ``folder``."""
-    if image_tmpl:
-        return image_tmpl
-    candidates = sorted({e["image_tmpl"] for d in REGISTRY.values() for e in d.values()})
-    best = max(
-        (t for t in candidates if t.count("{") == 1), key=lambda t: count_frames(folder, t)[0]
-    )
-    if count_frames(folder, best)[0] == 0:
-        raise FileNotFoundError(
-            f"no frames named like {', '.join(candidates)} in {folder}: pass --image_tmpl"
-        )
-    return best
-
-
 def load_clip(
     video: str, num_segments: int, image_tmpl: str | None = None
 ) -> tuple[list[Image.Image], list[int]]:
     """The ``num_segments`` frames of one validation clip (segment centres), and their 1-based
     numbers, from a frame folder or a video file."""
     if os.path.isdir(video):
-        tmpl = _frame_template(video, image_tmpl)
+        tmpl = frame_template(video, image_tmpl)
         total, found = count_frames(video, tmpl)
         if total < found:
             logger.warning(
@@ -139,24 +123,6 @@ def preprocess(frames: list[Image.Image], model) -> tuple[torch.Tensor, list[Ima
 # ---------------------------------------------------------------------------------------------
 # the attention
 # ---------------------------------------------------------------------------------------------
-def attention_blocks(model) -> dict[str, torch.nn.Module]:
-    """``layerX.Y`` -> the non-local block (with ``store_attention``) attached after it."""
-    blocks = {}
-    net = model.base_model
-    for stage in range(1, 5):
-        layer = getattr(net, f"layer{stage}", None)
-        while isinstance(layer, (TemporalShift, TemporalPool)):
-            layer = layer.net
-        if layer is None:
-            continue
-        for i, block in enumerate(layer):
-            if isinstance(block, NonLocalWrapper):
-                for part in block.part_names:
-                    if hasattr(getattr(block, part), "store_attention"):
-                        blocks[f"layer{stage}.{i}"] = getattr(block, part)
-    return blocks
-
-
 def run_with_attention(model, block, x: torch.Tensor):
     """Forward ``x`` keeping ``block``'s attention. Returns ``(logits [K], attention [Ps, P],
     target grid (T, H, W), source grid (T, Hs, Ws))``."""
@@ -273,10 +239,19 @@ def visualize(
     segments: int | None = None,
     cell: int | None = None,
     class_names: list[str] | None = None,
+    data_root: str | None = None,
 ) -> dict:
-    """Write the PNG to ``out``; returns what was drawn (block, map, prediction)."""
-    model, cfg = model_from_checkpoint(weights, num_segments=segments)
-    blocks = attention_blocks(model)
+    """Write the PNG to ``out``; returns what was drawn (block, map, prediction). Without
+    ``class_names`` the names are the checkpoint's, else those of the category file of its
+    dataset under ``data_root``, when it is there."""
+    if top < 1:
+        raise ValueError(f"--top must be >= 1, got {top}")
+    if cell is not None and cell < 16:
+        raise ValueError(f"--cell must be >= 16 pixels, got {cell}")
+    model, meta = load_model(weights, num_segments=segments)
+    if class_names is None:
+        class_names = model_class_names(meta, model.num_class, data_root=data_root)
+    blocks = attention_modules(model)
     if not blocks:
         raise ValueError(f"{weights} has no RNL / non-local block: nothing to visualise")
     block_name = block_name or next(iter(blocks))
@@ -324,7 +299,7 @@ def visualize(
         "map": amap,
         "prediction": pred,
         "label": label,
-        "dataset": cfg.get("dataset"),
+        "dataset": meta["dataset"],
     }
 
 
@@ -370,38 +345,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _class_names(data_root: str | None, dataset: str | None) -> list[str] | None:
-    """Class names from the registry's category file of ``dataset``, when it is there."""
-    path = category_file(dataset, "RGB", data_root) if dataset in REGISTRY else None
-    if path and os.path.isfile(path):
-        logger.info("class names from %s", path)
-        return read_categories(path)
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    setup_tool_logging()
+    setup_logging()
     try:
-        if args.top < 1:
-            raise ValueError(f"--top must be >= 1, got {args.top}")
-        if args.cell is not None and args.cell < 16:
-            raise ValueError(f"--cell must be >= 16 pixels, got {args.cell}")
-        if args.category_file:
-            names = read_categories(args.category_file)
-        else:
-            names = _class_names(args.data_root, model_config(args.weights)[0].get("dataset"))
+        names = read_categories(args.category_file) if args.category_file else None
+        # the flags of the same names as visualize()'s keywords
+        same = ("query", "top", "image_tmpl", "segments", "cell", "data_root")
+        options = {key: getattr(args, key) for key in same}
         result = visualize(
-            args.weights,
-            args.video,
-            args.out,
-            block_name=args.block,
-            query=args.query,
-            top=args.top,
-            image_tmpl=args.image_tmpl,
-            segments=args.segments,
-            cell=args.cell,
-            class_names=names,
+            args.weights, args.video, args.out, block_name=args.block, class_names=names, **options
         )
     except (*TOOL_ERRORS, CheckpointError) as exc:
         return fail(exc)

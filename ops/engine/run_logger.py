@@ -91,7 +91,7 @@ class RunLogger:
     def epoch(self, epoch: int, *, train, val, best_top1: float, bad_data: dict) -> None:
         """Record a finished epoch (1-based): scalars, a CSV row and the validation line.
 
-        `train` / `val` are `ops.trainer.EpochStats` (val None when not validated this epoch);
+        `train` / `val` are `ops.engine.trainer.EpochStats` (val None when not validated this epoch);
         `bad_data` has `videos_skipped` and `frames_replaced` (totals so far).
         """
         row = {

@@ -5,7 +5,7 @@ The epoch is a float (`epoch + iteration / iterations_per_epoch`, epochs counted
 - then `cos`: `0.5 * lr * (1 + cos(pi * (e - w) / (E - w)))` with `w = warmup_epochs` (0 without
   warmup), or `step`: `lr * 0.1 ** (number of lr_steps <= e)`.
 Every parameter group gets `lr * lr_mult` and `weight_decay * decay_mult` (the groups come from
-`TSN.get_optim_policies()`).
+`TSN.get_optim_policies()`, ops/param_groups.py).
 
 The schedule is a pure function of the position, so a checkpoint only needs the position
 (epoch, iteration) to continue it exactly.
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -31,6 +31,12 @@ class WarmupSchedule:
     use_warmup: bool = False
     warmup_epochs: float = 0.0
     weight_decay: float = 0.0
+
+    @classmethod
+    def from_args(cls, args) -> WarmupSchedule:
+        """The schedule of main.py's flags, which have the names of the fields (--lr, --epochs,
+        --lr_type, --lr_steps, --use_warmup, --warmup_epochs, --wd = weight_decay)."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
 
     def __post_init__(self) -> None:
         if self.lr_type not in ("step", "cos"):

@@ -14,12 +14,15 @@ puts it back if that call fails.
 
 The wrapper holds the eager module as `module` (its only child), so its parameters are the
 model's own; main.py saves the unwrapped model, so checkpoints never carry the wrapper's prefix.
+It passes on what the training loop needs from the module it wraps: DDP's `no_sync` (gradient
+accumulation without an all-reduce per iteration; the compiled module calls the same DDP).
 The compiled module is kept outside the module tree (not registered), so `state_dict()`,
 `parameters()` and `.to()` see each weight once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -60,6 +63,11 @@ class CompiledWithFallback(nn.Module):
     def compiled(self) -> bool:
         """True while calls still go through the compiled module."""
         return self.failure is None
+
+    def no_sync(self):
+        """The wrapped DDP module's `no_sync()` context (a no-op for a module without one)."""
+        inner = getattr(self.module, "no_sync", None)
+        return inner() if inner is not None else contextlib.nullcontext()
 
     def _give_up(self, exc: BaseException) -> None:
         self.failure = _one_line(exc)

@@ -1,8 +1,9 @@
 """What a main.py command line resolves to: run name, dataset entry, model keywords, the plan.
 
 Shared by the run itself and by `--dry_run`, which prints `describe(...)` and exits without
-reading data. The run name follows the TSM / RNL main.py concatenation, so
-`ops.checkpoint.parse_published_name` reads the settings back from it.
+reading data (only a `--tune_from` checkpoint, to tell its dataset). The run name follows the
+TSM / RNL main.py concatenation, so `ops.checkpoint.parse_published_name` reads the settings back
+from it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from archs import imagenet_weights_path, load_imagenet_state_dict
 from ops import distributed as du
+from ops.checkpoint import same_dataset
 from ops.dataset_config import NO_FLIP_DATASETS, category_file, default_data_root, resolve_dataset
 
 logger = logging.getLogger(__name__)
@@ -65,47 +67,65 @@ def resolve_data(args: argparse.Namespace, dry_run: bool) -> dict:
         num_class, train_list, val_list, root_path, tmpl = resolve_dataset(args_copy, args.modality)
         note = f" (category file {category_file(args.dataset, args.modality, root)} not found: published count)"
         logger.debug("dry run without category file: %s", exc)
-    return dict(
-        num_class=num_class,
-        train_list=train_list,
-        val_list=val_list,
-        root_path=root_path,
-        image_tmpl=tmpl,
-        note=note,
-    )
+    return {
+        "num_class": num_class,
+        "train_list": train_list,
+        "val_list": val_list,
+        "root_path": root_path,
+        "image_tmpl": tmpl,
+        "note": note,
+    }
+
+
+# TSN keywords that main.py's flags give under the same name (TSM's main.py mapping).
+SAME_NAME = (
+    "num_segments", "modality", "consensus_type", "dropout", "img_feature_dim", "shift_div",
+    "shift_place", "temporal_pool", "non_local", "nl_type", "nl_where", "nl_options", "input_size",
+    "recompute", "checkpoint_blocks",
+)  # fmt: skip
+# Keywords of distributed.plan_launch that are main.py's flags of the same name.
+LAUNCH_FLAGS = (
+    "multiprocessing_distributed", "world_size", "rank", "dist_url", "dist_backend",
+    "available_gpus", "cpu_procs",
+)  # fmt: skip
 
 
 def model_kwargs(args: argparse.Namespace, num_class: int, pretrain: str) -> dict:
-    """TSN constructor keywords from the command line (TSM's main.py mapping)."""
-    return dict(
-        num_class=num_class,
-        num_segments=args.num_segments,
-        modality=args.modality,
-        base_model=args.arch,
-        consensus_type=args.consensus_type,
-        dropout=args.dropout,
-        img_feature_dim=args.img_feature_dim,
-        partial_bn=not args.no_partialbn,
-        pretrain=pretrain,
-        is_shift=args.shift,
-        shift_div=args.shift_div,
-        shift_place=args.shift_place,
-        fc_lr5=resolve_fc_lr5(args),
-        temporal_pool=args.temporal_pool,
-        non_local=args.non_local,
-        nl_type=args.nl_type,
-        nl_where=args.nl_where,
-        input_size=args.input_size,
-        recompute=args.recompute,
-        checkpoint_blocks=args.checkpoint_blocks,
-    )
+    """TSN constructor keywords from the command line."""
+    kwargs = {key: getattr(args, key) for key in SAME_NAME}
+    kwargs.update(num_class=num_class, pretrain=pretrain, base_model=args.arch, is_shift=args.shift)
+    kwargs.update(partial_bn=not args.no_partialbn, fc_lr5=resolve_fc_lr5(args))
+    return kwargs
+
+
+def plan_launch(args: argparse.Namespace) -> du.LaunchPlan:
+    """How this command runs (spawn / torchrun / SLURM / single process, on which devices),
+    decided before any process starts (``ops.distributed.plan_launch``), with ``--gpu``."""
+    launch = {key: getattr(args, key) for key in LAUNCH_FLAGS}
+    plan = du.plan_launch(**launch, num_visible_gpus=visible_gpus(args))
+    if args.gpu is not None:
+        if plan.mode != "single":
+            raise ValueError(
+                "--gpu picks the device of a single-process run: drop it when distributed"
+            )
+        if not plan.use_cuda and not args.dry_run:
+            raise ValueError(
+                f"--gpu {args.gpu} given but no GPU is visible: drop --gpu to use the CPU"
+            )
+        plan.gpu = args.gpu
+    return plan
 
 
 def resolve_fc_lr5(args: argparse.Namespace) -> bool:
-    """fc lr x5 / x10: --fc_lr5 if given, else on unless fine-tuning from the same dataset (SPEC 7)."""
+    """fc lr x5 / x10: --fc_lr5 if given, else on unless fine-tuning from a checkpoint of the same
+    dataset (SPEC 7), by the rule that also decides whether its classifier is loaded."""
     if args.fc_lr5 is not None:
         return bool(args.fc_lr5)
-    return not (args.tune_from and args.dataset in os.path.basename(args.tune_from))
+    if not args.tune_from:
+        return True
+    if not os.path.isfile(args.tune_from):
+        raise FileNotFoundError(f"--tune_from {args.tune_from} does not exist")
+    return not same_dataset(args.tune_from, args.dataset)
 
 
 def visible_gpus(args: argparse.Namespace) -> int:
@@ -170,7 +190,9 @@ def describe(args: argparse.Namespace, plan: du.LaunchPlan, data: dict, name: st
         )
         launch = f"spawn {plan.nprocs} processes per node on {devices}"
     elif plan.mode == "env":
-        launch = "one process of a torchrun / SLURM / manual launch"
+        launch = {"torchrun": "one process of a torchrun launch", "slurm": "one SLURM task"}.get(
+            plan.launcher, "one process of a manual launch (--world-size / --rank)"
+        )
     else:
         launch = "single process"
     return [
@@ -186,7 +208,7 @@ def describe(args: argparse.Namespace, plan: du.LaunchPlan, data: dict, name: st
         f"  shift: {args.shift}, shift_div: {args.shift_div}, shift_place: {args.shift_place}, "
         f"temporal_pool: {args.temporal_pool}",
         f"  non_local: {args.non_local} ({args.nl_type} at "
-        f"{args.nl_where or 'the published places'})",
+        f"{args.nl_where or 'the published places'}, options {args.nl_options or 'default'})",
         f"optimizer: SGD lr {args.lr}, momentum {args.momentum}, weight decay {args.weight_decay}, "
         f"clip grad norm {args.clip_gradient}, fc lr x5 {cfg['fc_lr5']}",
         f"  lr_type: {args.lr_type}"

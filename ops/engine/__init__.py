@@ -1,0 +1,14 @@
+"""The training engine behind main.py (nothing else imports it).
+
+    run_config.py    what a command line resolves to: run name, dataset entry, TSN keywords, plan
+    trainer.py       train_one_epoch / validate; LoopSettings (how the loop steps) and TrainParts
+                     (what it acts on); the run's position is ops.checkpoint.RunState
+    stop.py          SIGTERM / SIGUSR1 / Ctrl-C as a flag the loop polls (save, then stop);
+                     loader workers ignore them; SLURM requeue
+    lr_scheduler.py  the published per-iteration warmup + cosine / step schedule
+    seeding.py       reproducible sample order and augmentation, epoch by epoch, resumable
+    run_logger.py    tensorboardX scalars, log.csv and log.txt of a run
+    compile.py       --compile with a fall-back to eager mode
+    runtime_report.py  what actually runs (devices, backend, attention kernels), logged and saved
+Checkpoints (saving, resuming) are ops/checkpoint.py, shared with test_models.py and tools/.
+"""

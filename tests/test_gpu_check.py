@@ -1,0 +1,186 @@
+"""benchmarks/gpu_check.py: the CPU part as CI runs it (`--quick`), and that its checks catch what
+they are there to catch (a wrong kernel, a wrong shift, scores that did not change dtype)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import gpu_check
+from ops import temporal_shift
+from ops.region_conv import RegionConv3d
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+CPU_KERNEL_CHECKS = (
+    [f"sdpa cpu {layer} {dt}" for layer in ("layer2", "layer3") for dt in ("fp32", "fp16", "bf16")]
+    + ["region conv cpu layer2", "region conv cpu layer3", "shift+conv cpu"]
+)  # fmt: skip
+CPU_RUNS = ["main.py cpu, then --resume auto", "test_models.py cpu 3 crops, fp32 and --amp bf16"]
+CUDA_CHECKS = (
+    [f"sdpa cuda {layer} {dt}" for layer in ("layer2", "layer3") for dt in ("fp32", "fp16", "bf16")]
+    + ["region conv cuda layer2", "region conv cuda layer3", "shift+conv cuda",
+       "dataparallel autocast dtype", "main.py cuda --amp bf16 --channels_last",
+       "main.py cuda --amp fp16", "main.py cuda --compile",
+       "main.py spawn nccl world size 1, then --resume auto",
+       "torchrun SIGTERM mid-epoch, then --resume auto", "test_models.py cuda 3 crops --amp bf16"]
+)  # fmt: skip
+
+
+def _errors(row: dict) -> list[float]:
+    return [v for k, v in row.items() if k.startswith("err_")]
+
+
+# About a minute on 2 idle cores (four main.py / test_models.py processes): kept in the default
+# run so that CI checks that the script anyone with a GPU is asked to run still works.
+def test_quick_run_passes_the_cpu_checks_and_skips_every_cuda_check(tmp_path):
+    out = tmp_path / "report.json"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--quick", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    checks = {c["name"]: c for c in report["checks"]}
+    assert list(checks) == CPU_KERNEL_CHECKS + CPU_RUNS + CUDA_CHECKS
+    assert report["summary"] == {"pass": 11, "fail": 0, "skipped": 16}
+    assert report["quick"] is True and "workdir" not in report  # cleaned up after a success
+    for name in CPU_KERNEL_CHECKS + CPU_RUNS:
+        c = checks[name]
+        assert c["status"] == "pass" and c["error"] is None and c["seconds"] > 0, c
+        assert f"{name}: pass" in proc.stderr  # one progress line per check
+
+    for layer, head_dim, positions in (("layer2", 256, 2 * 14 * 14), ("layer3", 512, 2 * 7 * 7)):
+        for dt in ("fp32", "fp16", "bf16"):
+            f = checks[f"sdpa cpu {layer} {dt}"]["figures"]
+            assert (f["head_dim"], f["positions"]) == (head_dim, positions)
+            assert f["default"] in ("flash", "math")
+            for backend in ("flash", "math"):
+                row = f[backend]
+                assert row["runs"] is True and row["ms"] > 0
+                assert all(0 <= e <= row["tolerance"] for e in _errors(row)), row
+                assert row["time_vs_explicit"] == pytest.approx(
+                    row["ms"] / f["explicit"]["ms"], rel=0.01
+                )
+                if dt == "fp32":
+                    assert max(_errors(row)) < 1e-4
+                else:  # the computation did run in low precision
+                    assert max(_errors(row)) > 1e-5
+    for layer in ("layer2", "layer3"):
+        f = checks[f"region conv cpu {layer}"]["figures"]
+        for impl in ("depthwise", "masked"):
+            assert max(_errors(f[f"{impl} fp32"])) < 1e-4
+            assert 1e-5 < max(_errors(f[f"{impl} bf16"])) < 5e-2
+        speed_up = f["masked fp32"]["ms"] / f["depthwise fp32"]["ms"]
+        assert f["depthwise speed-up fp32"] == pytest.approx(speed_up, rel=0.01)
+    shift = checks["shift+conv cpu"]["figures"]
+    assert len(shift) == 2 * 2 * 2 * 2  # convs x plain/recompute x dtypes x memory formats
+    for key, row in shift.items():
+        assert max(_errors(row)) < (1e-4 if " fp32" in key else 5e-2), key
+    assert checks["main.py cpu, then --resume auto"]["figures"]["world_size"] == 1
+    scores = checks["test_models.py cpu 3 crops, fp32 and --amp bf16"]["figures"]
+    assert scores["videos"] == 4 and 0 < scores["err_scores"] <= 5e-2
+
+    for name in CUDA_CHECKS:
+        c = checks[name]
+        assert c["status"] == "skipped" and c["figures"] == {}, c
+        assert "needs CUDA" in c["error"] and "--quick" in c["error"]
+
+
+def test_a_failing_check_is_reported_and_the_exit_status_is_one(tmp_path, monkeypatch):
+    # No tolerance at all: the fp32 fused kernels' rounding (about 1e-6) is then a failure.
+    monkeypatch.setitem(gpu_check.TOLERANCE, "fp32", 0.0)
+    out = tmp_path / "report.json"
+    code = gpu_check.main(["--only", "layer3 fp32", "--out", str(out)])
+    assert code == 1
+    report = json.loads(out.read_text())
+    cpu, cuda = report["checks"]
+    assert cpu["name"] == "sdpa cpu layer3 fp32" and cpu["status"] == "fail"
+    assert "error" in cpu["error"] and "above" in cpu["error"]
+    assert cpu["figures"]["math"]["runs"] is True  # the figures come with the failure
+    assert os.path.isdir(report["workdir"])  # kept for a look at what failed
+    shutil.rmtree(report["workdir"])
+    if not torch.cuda.is_available():
+        assert cuda["status"] == "skipped" and "no CUDA device" in cuda["error"]
+
+
+def test_a_wrong_depthwise_kernel_fails_the_region_conv_check(tmp_path, monkeypatch):
+    def mirrored(self):  # each channel's kernel flipped in space: a plausible indexing bug
+        idx = torch.arange(self.channels, device=self.weight.device)
+        return self.weight[idx, idx % self.per_group].flip(-1).unsqueeze(1)
+
+    monkeypatch.setattr(RegionConv3d, "depthwise_weight", mirrored)
+    ctx = gpu_check.Context(cuda=False, workdir=tmp_path)
+    with pytest.raises(gpu_check.CheckFailed) as failed:
+        gpu_check.check_region_conv(ctx, device="cpu", layer="layer2")
+    assert "depthwise fp32" in str(failed.value) and "masked" not in str(failed.value)
+    assert max(_errors(failed.value.figures["masked fp32"])) < 1e-4
+
+
+def test_a_shift_in_the_wrong_direction_fails_the_shift_check(tmp_path, monkeypatch):
+    right = temporal_shift.temporal_shift
+
+    def backwards(x, n_segment, fold_div=8):  # the shift of the clip played backwards: the
+        nt, c, h, w = x.shape  # directions swapped, a plausible sign bug
+
+        def reverse(t):
+            return t.view(nt // n_segment, n_segment, c, h, w).flip(1).reshape(nt, c, h, w)
+
+        return reverse(right(reverse(x), n_segment, fold_div))
+
+    monkeypatch.setattr(temporal_shift, "temporal_shift", backwards)
+    with pytest.raises(gpu_check.CheckFailed, match="plain fp32"):
+        gpu_check.check_shift_conv(gpu_check.Context(cuda=False, workdir=tmp_path), device="cpu")
+
+
+def test_reference_shift_hand_values():
+    t, c = 3, 16  # fold 2: channels 0-1 from t+1, 2-3 from t-1, 4-15 unchanged
+    x = torch.tensor([[100.0 * s + ch for ch in range(c)] for s in range(t)]).view(t, c, 1, 1)
+    y = gpu_check.reference_shift(x, frames=t).view(t, c)
+    assert y[0, :4].tolist() == [100, 101, 0, 0]
+    assert y[1, :4].tolist() == [200, 201, 2, 3]
+    assert y[2, :4].tolist() == [0, 0, 102, 103]
+    assert torch.equal(y[:, 4:], x.view(t, c)[:, 4:])
+
+
+def test_compare_scores_refuses_other_videos_and_unchanged_scores(tmp_path):
+    ref = tmp_path / "fp32.npz"
+    scores = np.array([[1.0, -2.0], [0.5, 3.0]], dtype=np.float32)
+    labels, indices = np.array([0, 1]), np.array([0, 1])
+    np.savez(ref, scores=scores, labels=labels, indices=indices)
+    same = tmp_path / "same.npz"
+    np.savez(same, scores=scores, labels=labels, indices=indices)
+    with pytest.raises(gpu_check.CheckFailed, match="identical to fp32"):
+        gpu_check.compare_scores(ref, same, "bf16")
+    near = tmp_path / "near.npz"
+    np.savez(near, scores=scores + 0.06, labels=labels, indices=indices)  # 0.06 / 3 = 2e-2
+    figures = gpu_check.compare_scores(ref, near, "bf16")
+    assert math.isclose(figures["err_scores"], 0.02, rel_tol=1e-3) and figures["top1_agree"] == 1
+    with pytest.raises(gpu_check.CheckFailed, match="differ from fp32"):
+        gpu_check.compare_scores(ref, near, "fp16")  # fp16 allows 1e-2
+    other = tmp_path / "other.npz"
+    np.savez(other, scores=scores, labels=labels, indices=np.array([0, 2]))
+    with pytest.raises(gpu_check.CheckFailed, match="other videos"):
+        gpu_check.compare_scores(ref, other, "bf16")
+
+
+def test_error_line_prefers_the_ranks_own_error_over_torchruns_account():
+    log = "\n".join(
+        [
+            "12:00:01 I main: run name: x",
+            "RuntimeError: DataLoader worker (pid 12) is killed by signal: Terminated.",
+            "Traceback (most recent call last):",
+            '    raise SignalException(f"Process {os.getpid()} got signal: {sigval}")',
+            "torch.distributed.elastic.multiprocessing.api.SignalException: Process 9 got signal: 15",
+        ]
+    )
+    assert gpu_check._error_line(log).startswith("RuntimeError: DataLoader worker (pid 12)")
+    assert gpu_check._error_line(log + "\nmain.py: error: bad flag") == "main.py: error: bad flag"
