@@ -5,6 +5,13 @@ are x/y image pairs (SPEC.md section 8) in one of three layouts (`flow_layout`).
 is the data layer's source for this layout (`ops/video_files.py` is the one for video files): it
 decodes the frames a clip samples, each distinct frame once, and replaces a missing or undecodable
 frame by the nearest readable frame of the same video, counted and logged (`ops/data_problems.py`).
+
+Two things the published PIL loader got silently wrong are fixed here, and the second is counted:
+16-bit frames (PNG/TIFF, PIL mode ``I;16``/``I``) are scaled to 8 bits (``value >> 8``, as
+OpenCV's ``imread`` does for mmcv/mmaction2) instead of being clipped to white; a frame whose size
+differs from the first frame of the clip is resized (bilinear) to that size, counted as
+``frames_resized``, instead of being cropped with black padding (a video's frames share one size
+in every TSM / mmaction2 pipeline, so a different one is a data problem).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import os
 import string
 from collections.abc import Callable
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ops.data_problems import DataError, DataProblems
@@ -100,7 +108,19 @@ def decode_image(path: str, mode: str = "RGB") -> Image.Image:
     except UnidentifiedImageError:
         raise OSError(f"not an image file PIL can read ({len(data)} bytes)") from None
     im.load()
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        im = _to_8bit(im)
     return im if im.mode == mode else im.convert(mode)
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """A 16-bit (or 32-bit integer) grey image as 8-bit ``L``: ``value >> 8`` for 16-bit data,
+    as OpenCV reads it; PIL's own ``convert`` clips every value above 255 to white. Mode ``I``
+    data that fits in 8 bits is kept as it is."""
+    values = np.asarray(im, dtype=np.int64)
+    if im.mode != "I" or values.max(initial=0) > 255:
+        values = values >> 8
+    return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), mode="L")
 
 
 def read_frame(paths: list[str], modality: str) -> list[Image.Image]:
@@ -176,7 +196,25 @@ class FrameFolders:
             replaced = True
         if replaced:
             problems.count("clips_with_replaced_frames")
+        self._same_size(record, resolved)
         return [im for k in frames for im in resolved[k]]
+
+    def _same_size(self, record: VideoRecord, resolved: dict[int, list[Image.Image]]) -> None:
+        """Resize (bilinear) the frames whose size differs from the clip's first frame, counted
+        and logged: the crops would otherwise be padded with black."""
+        size = next(iter(resolved.values()))[0].size
+        for k, images in resolved.items():
+            if any(im.size != size for im in images):
+                got = next(im.size for im in images if im.size != size)
+                self.problems.problem(
+                    record,
+                    "frames_resized",
+                    f"frame {k} is {got[0]}x{got[1]} but the clip's first frame is "
+                    f"{size[0]}x{size[1]}; resized to it",
+                )
+                resolved[k] = [
+                    im if im.size == size else im.resize(size, Image.BILINEAR) for im in images
+                ]
 
 
 def _nearest_readable(k: int, num_frames: int, read) -> int | None:

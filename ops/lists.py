@@ -10,6 +10,7 @@ a list that silently lost lines (`TSNDataSet` raises on them unless `--skip_bad_
 
 from __future__ import annotations
 
+import codecs
 import csv
 import os
 from dataclasses import dataclass
@@ -118,7 +119,9 @@ def _list_lines(list_file: str) -> tuple[list[tuple[int, list[str]]], list[ListP
             "--val_list / --test_list)"
         )
     with open(list_file, "rb") as f:
-        raw_lines = f.read().splitlines()
+        data = f.read()
+    # A byte-order mark (Windows editors write one) is not part of the first path.
+    raw_lines = data.removeprefix(codecs.BOM_UTF8).splitlines()
     texts = []
     problems = []
     for n, raw in enumerate(raw_lines, start=1):
