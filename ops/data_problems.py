@@ -15,6 +15,8 @@ import logging
 import torch
 import torch.utils.data
 
+from ops.lists import short
+
 logger = logging.getLogger(__name__)
 
 # Load-time counters; each counts events (a frame or a video load), summed over workers.
@@ -81,7 +83,7 @@ class DataProblems:
 
     def problem(self, record, kind: str, what: str) -> None:
         """Count and log (once per video) a problem of ``record``, or raise in strict mode."""
-        where = f"video {record.path!r} ({self.list_file}:{record.line})"
+        where = f"video {short(record.path)!r} ({self.list_file}:{record.line})"
         if self.strict:
             raise DataError(
                 f"{where}: {what}; fix the data (tools/check_data.py lists every problem) "

@@ -50,6 +50,17 @@ class ListProblem:
         return f"{self.list_file}:{self.line}: {self.message}"
 
 
+MAX_SHOWN = 200  # characters of a list field shown in a message (a line may be megabytes)
+
+
+def short(text: str, limit: int = MAX_SHOWN) -> str:
+    """``text`` cut to ``limit`` characters for a message, saying how long it was."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...({len(text)} characters)"
+
+
 def _parse_int(text: str) -> int | None:
     try:
         return int(text)
@@ -63,7 +74,7 @@ def _line_problem(
     """(kind, message) of what is wrong with the fields of one list line, or None."""
     if len(fields) != 3:
         sep = "comma" if is_csv else "space"
-        got = " | ".join(fields)
+        got = short(" | ".join(fields))
         return (
             "wrong_fields",
             f"expected 3 {sep}-separated fields (folder num_frames label), "
@@ -72,16 +83,19 @@ def _line_problem(
     path, frames_txt, label_txt = fields
     num_frames, label = _parse_int(frames_txt), _parse_int(label_txt)
     if num_frames is None:
-        return "bad_frame_count", f"frame count {frames_txt!r} is not an integer"
+        return "bad_frame_count", f"frame count {short(frames_txt)!r} is not an integer"
     if num_frames < 1:
         return "bad_frame_count", f"frame count {num_frames} is not >= 1"
     if label is None:
-        return "bad_label", f"label {label_txt!r} is not an integer"
+        return "bad_label", f"label {short(label_txt)!r} is not an integer"
     if label < 0 or (num_class is not None and label >= num_class):
         upper = num_class if num_class is not None else "num_class"
         return "label_range", f"label {label} is outside [0, {upper})"
     if numeric_ids and _parse_int(path) is None:
-        return "bad_video_id", f"folder {path!r} must be a numeric video id (id-named flow frames)"
+        return (
+            "bad_video_id",
+            f"folder {short(path)!r} must be a numeric video id (id-named flow frames)",
+        )
     return None
 
 
@@ -143,18 +157,18 @@ def _video_line_problem(fields: list[str], num_class: int | None) -> tuple[str, 
         return (
             "wrong_fields",
             f"expected 2 or 3 fields ({VIDEO_LIST_FORMAT}), got {len(fields)}: "
-            + " | ".join(fields),
+            + short(" | ".join(fields)),
         )
     label = _parse_int(fields[1])
     if label is None:
-        return "bad_label", f"label {fields[1]!r} is not an integer ({VIDEO_LIST_FORMAT})"
+        return "bad_label", f"label {short(fields[1])!r} is not an integer ({VIDEO_LIST_FORMAT})"
     if label < 0 or (num_class is not None and label >= num_class):
         upper = num_class if num_class is not None else "num_class"
         return "label_range", f"label {label} is outside [0, {upper}) ({VIDEO_LIST_FORMAT})"
     if len(fields) == 3:
         num_frames = _parse_int(fields[2])
         if num_frames is None or num_frames < 1:
-            return "bad_frame_count", f"frame count {fields[2]!r} is not an integer >= 1"
+            return "bad_frame_count", f"frame count {short(fields[2])!r} is not an integer >= 1"
     return None
 
 
