@@ -305,9 +305,7 @@ def _nearest_readable(k: int, on_disk: list[int], read) -> int | None:
     if left >= 0 and on_disk[left] == k:
         left -= 1  # k itself was just found unreadable
     while left >= 0 or right < len(on_disk):
-        take_left = right >= len(on_disk) or (
-            left >= 0 and k - on_disk[left] <= on_disk[right] - k
-        )
+        take_left = right >= len(on_disk) or (left >= 0 and k - on_disk[left] <= on_disk[right] - k)
         j = on_disk[left] if take_left else on_disk[right]
         if take_left:
             left -= 1

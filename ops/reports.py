@@ -61,6 +61,7 @@ def write_prediction_csv(
         raise ValueError(f"{len(video_names)} video names for {scores.size(0)} score rows")
     k = min(5, scores.size(1)) if top5 else 1
     best = scores.topk(k, dim=1).indices.tolist()  # [N, k]
+
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="") as f:
             for name, row in zip(video_names, best):

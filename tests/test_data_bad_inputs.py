@@ -98,7 +98,9 @@ def test_gen_lists_keeps_the_official_class_file_it_reads(tmp_path):
     # and training reads its names, not "1 ApplyEyeMakeup"
     assert read_categories(str(labels / "classInd.txt")) == ["ApplyEyeMakeup", "HandstandPushups"]
     lists = root / "UCF101" / "file_list"
-    assert (lists / "ucf101_rgb_val_split_1.txt").read_text() == "HandstandPushups/v_H_g01_c01 6 1\n"
+    assert (
+        lists / "ucf101_rgb_val_split_1.txt"
+    ).read_text() == "HandstandPushups/v_H_g01_c01 6 1\n"
 
 
 def test_gen_lists_refuses_to_write_a_list_over_its_annotation_file(tmp_path, capsys):

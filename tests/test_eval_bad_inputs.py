@@ -85,7 +85,9 @@ def test_finite_weights_with_overflowing_scores_are_not_reported(workspace, tmp_
 @pytest.mark.parametrize("coeff", ["nan,1", "inf,1", "0,0", "-1,1"])
 def test_meaningless_ensemble_coefficients_are_refused(workspace, capsys, coeff):
     good = workspace["good"]
-    code, _, err = run(workspace, capsys, f"{good},{good}", "--test_segments=4,4", f"--coeff={coeff}")
+    code, _, err = run(
+        workspace, capsys, f"{good},{good}", "--test_segments=4,4", f"--coeff={coeff}"
+    )
     one_line_error(code, err, "--coeff")
 
 
