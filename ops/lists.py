@@ -50,6 +50,7 @@ class ListProblem:
         return f"{self.list_file}:{self.line}: {self.message}"
 
 
+MAX_FRAMES = 2**31 - 1  # the sampling's integer arithmetic; no video has more frames
 MAX_SHOWN = 200  # characters of a list field shown in a message (a line may be megabytes)
 
 
@@ -86,6 +87,8 @@ def _line_problem(
         return "bad_frame_count", f"frame count {short(frames_txt)!r} is not an integer"
     if num_frames < 1:
         return "bad_frame_count", f"frame count {num_frames} is not >= 1"
+    if num_frames > MAX_FRAMES:
+        return "bad_frame_count", f"frame count {short(frames_txt)} is above {MAX_FRAMES}"
     if label is None:
         return "bad_label", f"label {short(label_txt)!r} is not an integer"
     if label < 0 or (num_class is not None and label >= num_class):
@@ -167,8 +170,11 @@ def _video_line_problem(fields: list[str], num_class: int | None) -> tuple[str, 
         return "label_range", f"label {label} is outside [0, {upper}) ({VIDEO_LIST_FORMAT})"
     if len(fields) == 3:
         num_frames = _parse_int(fields[2])
-        if num_frames is None or num_frames < 1:
-            return "bad_frame_count", f"frame count {short(fields[2])!r} is not an integer >= 1"
+        if num_frames is None or not 1 <= num_frames <= MAX_FRAMES:
+            return (
+                "bad_frame_count",
+                f"frame count {short(fields[2])!r} is not an integer in [1, {MAX_FRAMES}]",
+            )
     return None
 
 

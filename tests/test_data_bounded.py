@@ -102,6 +102,15 @@ def test_check_data_is_linear_in_files_and_bounded_by_disk(tmp_path):
     assert len(problems) == 3
 
 
+def test_frame_count_beyond_any_video_is_a_bad_line(tmp_path):
+    # Sampling such a count overflowed numpy's integers (a traceback in the first epoch).
+    lst = tmp_path / "list.txt"
+    lst.write_text("v 12 0\nw 99999999999999999999 0\n")
+    records, problems = parse_list_file(str(lst), num_class=1)
+    assert [r.path for r in records] == ["v"]
+    assert [(p.line, p.kind) for p in problems] == [(2, "bad_frame_count")]
+
+
 # --------------------------------------------------------------------------- reads that block
 def test_fifo_frame_is_unreadable_not_a_hang(tmp_path):
     folder = tmp_path / "frames" / "v"

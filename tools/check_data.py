@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from PIL import Image  # noqa: E402
+from PIL import Image, UnidentifiedImageError  # noqa: E402
 
 from ops.dataset_config import VIDEO_TMPL, add_data_args, resolve_dataset  # noqa: E402
 from ops.frames import (  # noqa: E402
@@ -40,7 +40,6 @@ from ops.frames import (  # noqa: E402
     frames_on_disk,
     frames_present,
     read_bytes,
-    read_frame,
     read_frame_list,
     video_dir,
 )
@@ -114,9 +113,17 @@ LOSSY_MODES = {
 
 
 def image_info(path: str) -> tuple[str, tuple[int, int]]:
-    """Mode and size of an image file (its header only)."""
-    with Image.open(io.BytesIO(read_bytes(path))) as im:
-        return im.mode, im.size
+    """Mode and size of an image file, after decoding it fully (raises as the loader's
+    ``decode_image`` would on a broken file)."""
+    data = read_bytes(path)
+    try:
+        im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise OSError(f"not an image file PIL can read ({len(data)} bytes)") from None
+    with im:
+        mode, size = im.mode, im.size
+        im.load()
+    return mode, size
 
 
 def _ranges(nums: list[int]) -> str:
@@ -191,8 +198,7 @@ def _decode_problems(job: ScanJob, present: list[int], where: str, name: str) ->
     lines, sizes, lossy = [], {}, {}
     for k in present:
         paths = frame_files(job.root_path, job.record.path, job.image_tmpl, job.modality, k)
-        try:
-            read_frame(paths, job.modality)
+        try:  # each file read once: its header's mode and size, then the full decode
             info = [image_info(p) for p in paths]
         except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
             lines.append(
@@ -289,7 +295,9 @@ def check(
     if not is_video:
         check_template(image_tmpl, modality)
     seen: dict[str, str] = {}  # video -> where it was first listed
-    for list_file in list_files:
+    # A list given twice (train = val) is scanned once; its videos are not duplicates.
+    unique = {os.path.realpath(f): f for f in reversed(list_files)}
+    for list_file in dict.fromkeys(unique[os.path.realpath(f)] for f in list_files):
         try:  # the loader's own list reading
             if is_video:
                 records, bad = parse_video_list_file(list_file, num_class)
