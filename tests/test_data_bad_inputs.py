@@ -113,3 +113,29 @@ def test_gen_lists_refuses_to_write_a_list_over_its_annotation_file(tmp_path, ca
     assert gen_lists.main(argv) == 2
     assert "--train_out" in capsys.readouterr().err
     assert (tmp_path / "trainlist01.txt").read_text() == "A/v_a.avi 1\n"
+
+
+def test_check_data_report_in_the_way_is_refused_before_the_scan(tmp_path, capsys, monkeypatch):
+    from tools import check_data
+
+    def no_scan(*a, **k):
+        raise AssertionError("scanned although the report could not be written")
+
+    monkeypatch.setattr(check_data, "check", no_scan)
+    (tmp_path / "blocker").write_text("a file where the report folder should be")
+    lst = tmp_path / "list.txt"
+    lst.write_text("v 3 0\n")
+    argv = [
+        "mydata",
+        "--train_list",
+        str(lst),
+        "--val_list",
+        str(lst),
+        "--root_path",
+        str(tmp_path),
+    ]
+    argv += ["--image_tmpl", "img_{:05d}.jpg", "--num_class", "1"]
+    argv += ["--report", str(tmp_path / "blocker" / "report.txt")]
+    assert check_data.main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: --report") and "blocker" in err[0]

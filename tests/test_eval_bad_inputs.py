@@ -181,3 +181,13 @@ def test_export_hint_names_explicit_attention_only_for_attention_errors(
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", sdpa_fails)
     code, _, line = export_one_line(capsys, argv)
     assert code == 2 and "--explicit_attention" in line
+
+
+def test_export_full_disk_is_one_line(workspace, tmp_path, capsys, monkeypatch):
+    def full_disk(path, info):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+    monkeypatch.setattr(export, "write_json", full_disk)
+    argv = ["--weights", workspace["good"], "--out", str(tmp_path / "m"), "--format", "torchscript"]
+    code, _, line = export_one_line(capsys, argv)
+    assert code == 2 and line.startswith("error: ") and os.strerror(errno.ENOSPC) in line
