@@ -207,3 +207,71 @@ def test_check_data_reports_what_training_would_fix_or_mangle(tmp_path):
     assert "frames 1-2 are I;16" in text or "frames 1-2 are I" in text
     assert "alpha channel is dropped" in text
     assert "also listed at " + f"{lst}:1" in text
+
+
+# --------------------------------------------------------------------------- a stop request
+HUNG_FS_MAIN = """
+import runpy, sys
+import ops.frames
+ops.frames.stat.S_ISREG = lambda mode: True  # FIFOs play files on a hung network filesystem
+sys.argv = ["main.py"] + sys.argv[1:]
+runpy.run_path("main.py", run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_is_honoured_while_frame_reads_hang(tmp_path):
+    """main.py with 2 DataLoader workers on frames whose reads never return: each read gives up
+    after RNL_READ_TIMEOUT, so the epoch goes on and SIGTERM stops the run with a checkpoint."""
+    import queue
+    import subprocess
+    import sys
+    import time
+
+    frames = tmp_path / "frames"
+    for v in range(4):
+        write_frames(frames / f"v{v}", [1, 3, 4], size=(40, 32))
+        os.mkfifo(frames / f"v{v}" / "img_00002.png")
+    lst = tmp_path / "list.txt"
+    lst.write_text("".join(f"v{v} 4 {v % 2}\n" for v in range(4)))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    argv = [
+        "--dataset", "mydata", "--train_list", str(lst), "--val_list", str(lst),
+        "--root_path", str(frames), "--image_tmpl", "img_{:05d}.png", "--num_class", "2",
+        "--arch", "resnet18", "--pretrain", "scratch", "--num_segments", "4",
+        "--input_size", "32", "--batch_size", "2", "--epochs", "50", "--workers", "2",
+        "--print-freq", "1", "--root_model", str(tmp_path / "ckpt"),
+        "--root_log", str(tmp_path / "log"),
+    ]  # fmt: skip
+    env = dict(os.environ, PYTHONUNBUFFERED="1", RNL_READ_TIMEOUT="2", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HUNG_FS_MAIN, *argv], cwd=repo, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
+    seen: list[str] = []
+
+    def wait_for(needle: str, seconds: float) -> bool:
+        end = time.time() + seconds
+        while time.time() < end:
+            try:
+                seen.append(lines.get(timeout=1))
+            except queue.Empty:
+                continue
+            if needle in seen[-1]:
+                return True
+        return False
+
+    try:
+        assert wait_for("Epoch: [1][1/", 180), "no iteration finished:\n" + "".join(seen)
+        proc.send_signal(signal.SIGTERM)
+        assert wait_for("stopped by SIGTERM", 90), "SIGTERM not honoured:\n" + "".join(seen)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        for v in range(4):  # release readers still blocked in open()
+            with contextlib.suppress(OSError):
+                os.close(os.open(frames / f"v{v}" / "img_00002.png", os.O_WRONLY | os.O_NONBLOCK))
+    assert any("timed out" in line or "took more than" in line for line in seen), "".join(seen)
