@@ -168,7 +168,9 @@ def write_atomically(path: str, write: Callable[[str], None]) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        if isinstance(exc, OSError) and exc.errno is not None:  # name the file asked for
+            raise OSError(exc.errno, exc.strerror or str(exc), path) from exc
         raise

@@ -125,7 +125,7 @@ def test_full_disk_while_saving_scores_leaves_no_file(workspace, tmp_path, capsy
     monkeypatch.setattr(np, "savez", savez_on_full_disk)
     out = tmp_path / "out" / "s.npz"
     code, stdout, err = run(workspace, capsys, workspace["good"], "--save_scores", str(out))
-    one_line_error(code, err, os.strerror(errno.ENOSPC))
+    one_line_error(code, err, f"{out}: {os.strerror(errno.ENOSPC)}")
     assert os.listdir(out.parent) == []  # neither a partial .npz nor a temporary file
     assert "Prec@1" not in stdout  # the report comes after the scores are safe
     monkeypatch.setattr(np, "savez", real_savez)
