@@ -18,25 +18,10 @@ import ops.frames
 from ops.data_problems import DataError
 from ops.dataset import TSNDataSet
 from ops.lists import parse_list_file
+from tests._data_helpers import deadline
 from tools.check_data import VIDEO_PROBLEM_KINDS, check
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs and alarms")
-
-
-@contextlib.contextmanager
-def deadline(seconds: int):
-    """Fail (instead of hanging the suite) when the block takes longer than ``seconds``."""
-
-    def fire(signum, frame):
-        raise TimeoutError(f"took more than {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, fire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def write_frames(folder, numbers, size=(16, 12)) -> None:

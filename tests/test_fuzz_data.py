@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import signal
 import subprocess
 import sys
 
@@ -19,24 +18,11 @@ import pytest
 
 import main as train_main
 from tests import _fuzz_data as F
+from tests._data_helpers import deadline
 from tools import check_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUMMARY = " problem(s) in 1 list(s), "
-
-
-@contextlib.contextmanager
-def deadline(seconds: int, what: str):
-    def fire(signum, frame):
-        raise TimeoutError(f"{what}: took more than {seconds} s (a hang?)")
-
-    old = signal.signal(signal.SIGALRM, fire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def data_flags(frames, lst) -> list[str]:
