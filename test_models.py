@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 
@@ -45,7 +46,13 @@ from ops.dataset_config import (
 )
 from ops.metrics import summarize
 from ops.reports import save_scores, write_prediction_csv, write_report
-from ops.utils import AMP_CHOICES, setup_logging
+from ops.utils import (
+    AMP_CHOICES,
+    ensure_writable_dir,
+    ensure_writable_file,
+    nonfinite_tensors,
+    setup_logging,
+)
 
 logger = logging.getLogger("test_models")
 
@@ -109,7 +116,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--csv_file", type=str, default=None, help="write `video;class` (top-5 for somethingv2)"
     )
     parser.add_argument(
-        "--max_num", type=int, default=-1, help="evaluate only the first N videos (-1: all)"
+        "--max_num",
+        type=int,
+        default=-1,
+        help="evaluate only the first N >= 1 videos (-1: all; 0 is refused)",
     )
     parser.add_argument(
         "--input_size",
@@ -186,6 +196,17 @@ def split_list_args(args: argparse.Namespace) -> tuple[list, list, list, list]:
     coeffs = [1.0] * len(weights)
     if args.coeff is not None:
         coeffs = _per_weight(args.coeff, "--coeff", float, len(weights))
+        # The ensemble is a weighted average: a NaN/inf weight makes every score NaN, all zeros
+        # make every score 0 (every video "predicted" as class 0).
+        if not all(math.isfinite(c) and c >= 0 for c in coeffs) or not any(coeffs):
+            raise ValueError(
+                f"--coeff {args.coeff!r}: ensemble weights must be finite, >= 0 and not all 0, "
+                "e.g. --coeff 1,1"
+            )
+    if args.max_num == 0 or args.max_num < -1:
+        raise ValueError(
+            f"--max_num {args.max_num}: give the number of videos to evaluate (>= 1), or -1 for all"
+        )
     if args.test_list is None:
         test_lists = [None] * len(weights)
     else:
@@ -262,6 +283,12 @@ def build_model(
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"checkpoint {weights} not found: check the --weights path")
     model, meta = load_model(weights, num_segments=num_segments, input_size=args.input_size)
+    bad = nonfinite_tensors(model.state_dict())
+    if bad:
+        raise ValueError(
+            f"{weights}: {len(bad)} weight tensor(s) hold NaN or inf (first: {bad[0]}); its scores "
+            "would mean nothing: test a checkpoint saved before training diverged"
+        )
     entry = resolve_dataset(args, model.modality)
     num_class = entry[0]
     if model.num_class != num_class:
@@ -283,6 +310,18 @@ def build_model(
     return model, entry
 
 
+def check_outputs_writable(args: argparse.Namespace) -> None:
+    """Refuse, before the evaluation, output paths that cannot be written (its result would be
+    lost at the end); one line naming the flag (OutputPathError)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # rank 0 writes every output
+    for flag in ("save_scores", "csv_file"):
+        if getattr(args, flag):
+            ensure_writable_file(getattr(args, flag), f"--{flag}")
+    if args.report_dir:
+        ensure_writable_dir(args.report_dir, "--report_dir")
+
+
 def class_names(args: argparse.Namespace, modality: str, num_class: int) -> list[str]:
     """Category names (the category file given or registered), else the class indices."""
     path = args.category_file or (
@@ -300,6 +339,7 @@ def class_names(args: argparse.Namespace, modality: str, num_class: int) -> list
 def main(args: argparse.Namespace) -> dict | None:
     """Evaluate the weights of `args`; returns the metrics on rank 0 (None on other ranks)."""
     weights, segments, coeffs, test_lists = split_list_args(args)
+    check_outputs_writable(args)
     ctx, gpu_ids = init_process(args.device, args.gpus)
     rank, world_size, device = ctx.rank, ctx.world_size, ctx.device
     num_views = evaluation.views_per_video(args.test_crops, args.dense_sample, args.twice_sample)
@@ -384,6 +424,12 @@ def main(args: argparse.Namespace) -> dict | None:
             f"no video of the test list could be evaluated ({result.num_skipped} skipped; data "
             f"problems: {result.extra}): check --data_root/--root_path and the frame files"
         )
+    finite = torch.isfinite(result.scores).all(dim=1)
+    if not bool(finite.all()):
+        raise ValueError(
+            f"{int((~finite).sum())} of {finite.numel()} videos got NaN or inf scores: no result "
+            "is reported or written; check the weights (and --amp fp16 overflow)"
+        )
     metrics = summarize(result.scores, result.labels)
     video_names = [datasets[0].video_list[i].path for i in result.indices.tolist()]
     write_outputs(args, result, video_names, names)
@@ -439,6 +485,11 @@ def cli(argv: list[str] | None = None) -> int:
         main(args)
     except (CheckpointError, du.DistributedSetupError, ValueError, FileNotFoundError) as exc:
         print(f"test_models.py: error: {data_error_message(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an output file that could not be written (full disk, ...)
+        where = f"{exc.filename}: " if exc.filename else ""
+        reason = exc.strerror or data_error_message(exc)
+        print(f"test_models.py: error: {where}{reason}", file=sys.stderr)
         return 2
     finally:
         if dist.is_initialized():

@@ -27,6 +27,7 @@ Checkpoints, evaluation, shared helpers:
     metrics.py         accuracies and confusion matrix of video scores
     reports.py         score files, prediction CSV, confusion-matrix report
     distributed.py     launch plans and process groups (torchrun, SLURM, spawn)
-    utils.py           logging, autocast, moving a batch to the device, top-k, progress bars
+    utils.py           logging, autocast, moving a batch to the device, top-k, progress bars,
+                       output files (checked writable first, written atomically)
 engine/                the training engine, used only by main.py (see engine/__init__.py)
 """

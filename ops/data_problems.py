@@ -15,12 +15,16 @@ import logging
 import torch
 import torch.utils.data
 
+from ops.lists import short
+
 logger = logging.getLogger(__name__)
 
 # Load-time counters; each counts events (a frame or a video load), summed over workers.
 COUNTERS = (
     "frames_missing",  # a sampled frame file does not exist
     "frames_unreadable",  # a sampled frame file exists but does not decode
+    "frames_resized",  # a sampled frame's size differs from the clip's first frame (resized)
+    "frames_timed_out",  # a frame read did not finish within the read timeout
     "clips_with_replaced_frames",  # items in which some frame was replaced by a neighbour
     "videos_missing_dir",  # items skipped: the frame folder does not exist
     "videos_unreadable",  # items skipped: no frame of the video could be read
@@ -79,7 +83,7 @@ class DataProblems:
 
     def problem(self, record, kind: str, what: str) -> None:
         """Count and log (once per video) a problem of ``record``, or raise in strict mode."""
-        where = f"video {record.path!r} ({self.list_file}:{record.line})"
+        where = f"video {short(record.path)!r} ({self.list_file}:{record.line})"
         if self.strict:
             raise DataError(
                 f"{where}: {what}; fix the data (tools/check_data.py lists every problem) "
@@ -106,6 +110,8 @@ def report(list_file: str, num_videos: int, counts: dict[str, int], min_frames: 
         ("short_videos_dropped", f"videos dropped for < {min_frames} frames (published)"),
         ("frames_missing", "missing frames replaced by the nearest readable frame"),
         ("frames_unreadable", "undecodable frames replaced by the nearest readable frame"),
+        ("frames_resized", "frames resized to the size of their clip's first frame"),
+        ("frames_timed_out", "frame reads that timed out, replaced by the nearest readable frame"),
         ("clips_with_replaced_frames", "clip loads with a replaced frame"),
         ("videos_missing_dir", "video loads skipped: frame folder missing"),
         ("videos_unreadable", "video loads skipped: no readable frame"),

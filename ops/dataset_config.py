@@ -169,18 +169,29 @@ def default_data_root() -> str:
 
 
 def read_categories(path: str) -> list[str]:
-    """Class names of a category file (line i is label i); trailing blank lines are ignored."""
+    """Class names of a category file (line i is label i); trailing blank lines are ignored, a
+    byte-order mark too. A blank line before the last name is refused (ValueError): it would be a
+    class without a name, and dropping it would shift every later label. UCF101's official
+    ``classInd.txt`` (``1 ApplyEyeMakeup``, numbered 1..N in order) is read as its names."""
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"category file not found: {path} (check --data_root, or pass --category_file / "
             "--num_class)"
         )
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         names = [line.rstrip("\r\n").strip() for line in f]
     while names and not names[-1]:
         names.pop()
     if not names:
         raise ValueError(f"category file {path} is empty: it needs one class name per line")
+    if "" in names:
+        raise ValueError(
+            f"category file {path}: line {names.index('') + 1} is blank (line i names class i): "
+            "remove the blank line, or name the class"
+        )
+    numbered = [name.split(None, 1) for name in names]
+    if all(len(p) == 2 and p[0] == str(i) for i, p in enumerate(numbered, start=1)):
+        return [p[1].strip() for p in numbered]
     return names
 
 

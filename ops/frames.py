@@ -5,16 +5,36 @@ are x/y image pairs (SPEC.md section 8) in one of three layouts (`flow_layout`).
 is the data layer's source for this layout (`ops/video_files.py` is the one for video files): it
 decodes the frames a clip samples, each distinct frame once, and replaces a missing or undecodable
 frame by the nearest readable frame of the same video, counted and logged (`ops/data_problems.py`).
+
+Two things the published PIL loader got silently wrong are fixed here, and the second is counted:
+16-bit frames (PNG/TIFF, PIL mode ``I;16``/``I``) are scaled to 8 bits (``value >> 8``, as
+OpenCV's ``imread`` does for mmcv/mmaction2) instead of being clipped to white; a frame whose size
+differs from the first frame of the clip is resized (bilinear) to that size, counted as
+``frames_resized``, instead of being cropped with black padding (a video's frames share one size
+in every TSM / mmaction2 pipeline, so a different one is a data problem).
+
+Work per video is bounded by what is on disk, not by what a list claims: the replacement for a
+missing frame is searched among the frames the folder holds (listed once). A frame path that is
+not a regular file (a FIFO, a device) is unreadable without being opened, and a read that blocks
+(a hung network filesystem) gives up after ``read_timeout()`` seconds (``RNL_READ_TIMEOUT``,
+default 60; the read runs in a helper thread, one hand-off per frame), counted as
+``frames_timed_out``; the loader goes on, so a stop request is honoured.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import io
 import os
+import queue
+import re
+import stat
 import string
+import threading
 from collections.abc import Callable
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ops.data_problems import DataError, DataProblems
@@ -87,20 +107,99 @@ def frame_files(root_path: str, video: str, image_tmpl: str, modality: str, idx:
     return [os.path.join(folder, image_tmpl.format(idx))]
 
 
+class FrameReadTimeout(OSError):
+    """A frame file whose read did not finish within ``read_timeout()`` seconds."""
+
+
+def read_timeout() -> float:
+    """Seconds a frame file's read may take (``RNL_READ_TIMEOUT``, default 60; 0 reads in the
+    calling thread without a timeout, saving a thread hand-off per frame on trusted disks)."""
+    try:
+        return max(float(os.environ.get("RNL_READ_TIMEOUT", "60")), 0.0)
+    except ValueError:
+        return 60.0
+
+
+class _TimedReader:
+    """Reads files in a daemon thread so that a read that blocks forever costs ``timeout``
+    seconds and one abandoned thread, not the whole run. One per process (DataLoader workers are
+    forked: a copy from the parent is replaced)."""
+
+    def __init__(self) -> None:
+        self._pid = -1
+        self._jobs: queue.SimpleQueue | None = None
+
+    def _start(self) -> None:
+        self._pid, self._jobs = os.getpid(), queue.SimpleQueue()
+        threading.Thread(target=self._serve, args=(self._jobs,), daemon=True).start()
+
+    @staticmethod
+    def _serve(jobs: queue.SimpleQueue) -> None:
+        while True:
+            path, box, done = jobs.get()
+            try:
+                with open(path, "rb") as f:
+                    box["data"] = f.read()
+            except BaseException as e:  # handed to the caller
+                box["error"] = e
+            done.set()
+
+    def read(self, path: str, timeout: float) -> bytes:
+        if self._pid != os.getpid() or self._jobs is None:
+            self._start()
+        box: dict = {}
+        done = threading.Event()
+        self._jobs.put((path, box, done))
+        if not done.wait(timeout):
+            self._jobs = None  # the thread is stuck in the read: the next read starts another
+            raise FrameReadTimeout(f"reading {path} took more than {timeout:g} s")
+        if "error" in box:
+            raise box["error"]
+        return box["data"]
+
+
+_reader = _TimedReader()
+
+
+def read_bytes(path: str) -> bytes:
+    """The bytes of a regular file, read within ``read_timeout()`` seconds (FrameReadTimeout);
+    anything else (a FIFO, a device, a folder) is refused before it is opened (OSError)."""
+    mode = os.stat(path).st_mode  # FileNotFoundError for a missing frame
+    if not stat.S_ISREG(mode):
+        raise OSError(f"{path} is not a regular file")
+    timeout = read_timeout()
+    if timeout == 0:
+        with open(path, "rb") as f:
+            return f.read()
+    return _reader.read(path, timeout)
+
+
 def decode_image(path: str, mode: str = "RGB") -> Image.Image:
     """Read and fully decode one image file into `mode` (raises OSError/ValueError if broken).
 
-    The bytes are read at once, so the file is closed before decoding; the pixels are exactly
-    those of `Image.open(path).convert(mode)`, as in the published loader.
+    The bytes are read at once (``read_bytes``: regular files only, within the read timeout), so
+    the file is closed before decoding; the pixels are those of `Image.open(path).convert(mode)`,
+    as in the published loader (16-bit data scaled to 8 bits, see the module docstring).
     """
-    with open(path, "rb") as f:
-        data = f.read()
+    data = read_bytes(path)
     try:
         im = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise OSError(f"not an image file PIL can read ({len(data)} bytes)") from None
     im.load()
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        im = _to_8bit(im)
     return im if im.mode == mode else im.convert(mode)
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """A 16-bit (or 32-bit integer) grey image as 8-bit ``L``: ``value >> 8`` for 16-bit data,
+    as OpenCV reads it; PIL's own ``convert`` clips every value above 255 to white. Mode ``I``
+    data that fits in 8 bits is kept as it is."""
+    values = np.asarray(im, dtype=np.int64)
+    if im.mode != "I" or values.max(initial=0) > 255:
+        values = values >> 8
+    return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), mode="L")
 
 
 def read_frame(paths: list[str], modality: str) -> list[Image.Image]:
@@ -152,6 +251,8 @@ class FrameFolders:
                     cache[k] = read_frame(paths, self.modality)
                 except FileNotFoundError as e:
                     cache[k] = ("frames_missing", f"frame {k} is missing: {e.filename}")
+                except FrameReadTimeout as e:
+                    cache[k] = ("frames_timed_out", f"frame {k}: {e}")
                 except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
                     where = " / ".join(paths)
                     cache[k] = ("frames_unreadable", f"frame {k} does not decode: {where} ({e})")
@@ -159,13 +260,18 @@ class FrameFolders:
 
         resolved: dict[int, list[Image.Image]] = {}
         replaced = False
+        on_disk: list[int] | None = None  # listed once, at the first missing frame
         for k in dict.fromkeys(frames):  # distinct, in order
             got = read(k)
             if isinstance(got, list):
                 resolved[k] = got
                 continue
             kind, what = got
-            replacement = _nearest_readable(k, record.num_frames, read)
+            if on_disk is None:
+                on_disk = frames_present(
+                    folder, record, self.root_path, self.image_tmpl, self.modality
+                )
+            replacement = _nearest_readable(k, on_disk, read)
             if replacement is None:
                 problems.problem(
                     record, "videos_unreadable", f"no readable frame (first problem: {what})"
@@ -176,13 +282,77 @@ class FrameFolders:
             replaced = True
         if replaced:
             problems.count("clips_with_replaced_frames")
+        self._same_size(record, resolved)
         return [im for k in frames for im in resolved[k]]
 
+    def _same_size(self, record: VideoRecord, resolved: dict[int, list[Image.Image]]) -> None:
+        """Resize (bilinear) the frames whose size differs from the clip's first frame, counted
+        and logged: the crops would otherwise be padded with black."""
+        size = next(iter(resolved.values()))[0].size
+        for k, images in resolved.items():
+            if any(im.size != size for im in images):
+                got = next(im.size for im in images if im.size != size)
+                self.problems.problem(
+                    record,
+                    "frames_resized",
+                    f"frame {k} is {got[0]}x{got[1]} but the clip's first frame is "
+                    f"{size[0]}x{size[1]}; resized to it",
+                )
+                resolved[k] = [
+                    im if im.size == size else im.resize(size, Image.BILINEAR) for im in images
+                ]
 
-def _nearest_readable(k: int, num_frames: int, read) -> int | None:
-    # Nearest frame number that decodes; the earlier one wins a tie.
-    for d in range(1, max(num_frames, k) + 1):
-        for j in (k - d, k + d):
-            if 1 <= j <= num_frames and isinstance(read(j), list):
-                return j
+
+def _nearest_readable(k: int, on_disk: list[int], read) -> int | None:
+    """Nearest frame number among ``on_disk`` (sorted) that decodes; the earlier one wins a tie.
+    Tries at most the frames on disk, whatever the list claims."""
+    right = bisect.bisect_right(on_disk, k)
+    left = right - 1
+    if left >= 0 and on_disk[left] == k:
+        left -= 1  # k itself was just found unreadable
+    while left >= 0 or right < len(on_disk):
+        take_left = right >= len(on_disk) or (left >= 0 and k - on_disk[left] <= on_disk[right] - k)
+        j = on_disk[left] if take_left else on_disk[right]
+        if take_left:
+            left -= 1
+        else:
+            right += 1
+        if isinstance(read(j), list):
+            return j
     return None
+
+
+@functools.lru_cache(maxsize=64)
+def _name_pattern(image_tmpl: str) -> re.Pattern:
+    """Regex of the file names of a template; the last field (the frame number) is group 1."""
+    parts = list(string.Formatter().parse(image_tmpl))
+    fields = sum(1 for _, f, _, _ in parts if f is not None)
+    out, seen = [], 0
+    for literal, field, _, _ in parts:
+        out.append(re.escape(literal))
+        if field is not None:
+            seen += 1
+            out.append(r"(\d+)" if seen == fields else r"(?:.+?)")
+    return re.compile("".join(out) + r"\Z")
+
+
+def frames_present(
+    folder: str, record: VideoRecord, root_path: str, image_tmpl: str, modality: str
+) -> list[int]:
+    """Sorted frame numbers in ``1..record.num_frames`` whose file(s) are all in ``folder``,
+    found by listing the folder once: the cost is the files on disk, not the frames listed."""
+    try:
+        with os.scandir(folder) as entries:
+            names = {e.name for e in entries}
+    except OSError:
+        return []
+    pattern = _name_pattern(image_tmpl)
+    numbers = set()
+    for name in names:
+        m = pattern.match(name)
+        if m is not None:
+            k = int(m.group(1))
+            if 1 <= k <= record.num_frames:
+                numbers.add(k)
+    paths = functools.partial(frame_files, root_path, record.path, image_tmpl, modality)
+    return sorted(k for k in numbers if all(os.path.basename(p) in names for p in paths(k)))

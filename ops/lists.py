@@ -10,6 +10,7 @@ a list that silently lost lines (`TSNDataSet` raises on them unless `--skip_bad_
 
 from __future__ import annotations
 
+import codecs
 import csv
 import os
 from dataclasses import dataclass
@@ -49,6 +50,18 @@ class ListProblem:
         return f"{self.list_file}:{self.line}: {self.message}"
 
 
+MAX_FRAMES = 2**31 - 1  # the sampling's integer arithmetic; no video has more frames
+MAX_SHOWN = 200  # characters of a list field shown in a message (a line may be megabytes)
+
+
+def short(text: str, limit: int = MAX_SHOWN) -> str:
+    """``text`` cut to ``limit`` characters for a message, saying how long it was."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...({len(text)} characters)"
+
+
 def _parse_int(text: str) -> int | None:
     try:
         return int(text)
@@ -62,7 +75,7 @@ def _line_problem(
     """(kind, message) of what is wrong with the fields of one list line, or None."""
     if len(fields) != 3:
         sep = "comma" if is_csv else "space"
-        got = " | ".join(fields)
+        got = short(" | ".join(fields))
         return (
             "wrong_fields",
             f"expected 3 {sep}-separated fields (folder num_frames label), "
@@ -71,16 +84,21 @@ def _line_problem(
     path, frames_txt, label_txt = fields
     num_frames, label = _parse_int(frames_txt), _parse_int(label_txt)
     if num_frames is None:
-        return "bad_frame_count", f"frame count {frames_txt!r} is not an integer"
+        return "bad_frame_count", f"frame count {short(frames_txt)!r} is not an integer"
     if num_frames < 1:
         return "bad_frame_count", f"frame count {num_frames} is not >= 1"
+    if num_frames > MAX_FRAMES:
+        return "bad_frame_count", f"frame count {short(frames_txt)} is above {MAX_FRAMES}"
     if label is None:
-        return "bad_label", f"label {label_txt!r} is not an integer"
+        return "bad_label", f"label {short(label_txt)!r} is not an integer"
     if label < 0 or (num_class is not None and label >= num_class):
         upper = num_class if num_class is not None else "num_class"
         return "label_range", f"label {label} is outside [0, {upper})"
     if numeric_ids and _parse_int(path) is None:
-        return "bad_video_id", f"folder {path!r} must be a numeric video id (id-named flow frames)"
+        return (
+            "bad_video_id",
+            f"folder {short(path)!r} must be a numeric video id (id-named flow frames)",
+        )
     return None
 
 
@@ -118,7 +136,9 @@ def _list_lines(list_file: str) -> tuple[list[tuple[int, list[str]]], list[ListP
             "--val_list / --test_list)"
         )
     with open(list_file, "rb") as f:
-        raw_lines = f.read().splitlines()
+        data = f.read()
+    # A byte-order mark (Windows editors write one) is not part of the first path.
+    raw_lines = data.removeprefix(codecs.BOM_UTF8).splitlines()
     texts = []
     problems = []
     for n, raw in enumerate(raw_lines, start=1):
@@ -140,18 +160,21 @@ def _video_line_problem(fields: list[str], num_class: int | None) -> tuple[str, 
         return (
             "wrong_fields",
             f"expected 2 or 3 fields ({VIDEO_LIST_FORMAT}), got {len(fields)}: "
-            + " | ".join(fields),
+            + short(" | ".join(fields)),
         )
     label = _parse_int(fields[1])
     if label is None:
-        return "bad_label", f"label {fields[1]!r} is not an integer ({VIDEO_LIST_FORMAT})"
+        return "bad_label", f"label {short(fields[1])!r} is not an integer ({VIDEO_LIST_FORMAT})"
     if label < 0 or (num_class is not None and label >= num_class):
         upper = num_class if num_class is not None else "num_class"
         return "label_range", f"label {label} is outside [0, {upper}) ({VIDEO_LIST_FORMAT})"
     if len(fields) == 3:
         num_frames = _parse_int(fields[2])
-        if num_frames is None or num_frames < 1:
-            return "bad_frame_count", f"frame count {fields[2]!r} is not an integer >= 1"
+        if num_frames is None or not 1 <= num_frames <= MAX_FRAMES:
+            return (
+                "bad_frame_count",
+                f"frame count {short(fields[2])!r} is not an integer in [1, {MAX_FRAMES}]",
+            )
     return None
 
 

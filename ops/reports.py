@@ -13,6 +13,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from ops.metrics import confusion_matrix, per_class_accuracy
+from ops.utils import write_atomically
 
 
 def save_scores(
@@ -28,8 +29,6 @@ def save_scores(
     `indices` are the videos' positions among the usable entries of the test list; they differ
     from 0..N-1 only when videos were skipped or --max_num cut the list.
     """
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
     arrays = {
         "scores": np.asarray(scores, dtype=np.float32),
         "labels": np.asarray(labels, dtype=np.int64),
@@ -37,7 +36,12 @@ def save_scores(
     }
     if videos is not None:
         arrays["videos"] = np.asarray(list(videos), dtype=np.str_)
-    np.savez(path, **arrays)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+            np.savez(f, **arrays)
+
+    write_atomically(path, write)  # a full disk leaves no partial .npz behind
 
 
 def write_prediction_csv(
@@ -57,9 +61,13 @@ def write_prediction_csv(
         raise ValueError(f"{len(video_names)} video names for {scores.size(0)} score rows")
     k = min(5, scores.size(1)) if top5 else 1
     best = scores.topk(k, dim=1).indices.tolist()  # [N, k]
-    with open(path, "w", newline="") as f:
-        for name, row in zip(video_names, best):
-            f.write(";".join([name] + [class_names[c] for c in row]) + "\n")
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            for name, row in zip(video_names, best):
+                f.write(";".join([name] + [class_names[c] for c in row]) + "\n")
+
+    write_atomically(path, write)
 
 
 def confusion_matrix_image(cm: np.ndarray, max_side: int = 1024) -> Image.Image:

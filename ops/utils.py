@@ -1,13 +1,16 @@
 """Small helpers shared by training (main.py), evaluation (test_models.py) and the tools: logging
-set-up, the AMP choices and their autocast, moving a batch of clips to the device, top-k counts and
-progress bars. Each exists once, here."""
+set-up, the AMP choices and their autocast, moving a batch of clips to the device, top-k counts,
+progress bars, and output files (checked writable before the work, written atomically). Each exists
+once, here."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
-from collections.abc import Iterable, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from tqdm import tqdm
@@ -107,3 +110,67 @@ def setup_logging(rank: int = 0, level: int = logging.INFO) -> None:
     handler.setFormatter(logging.Formatter(fmt, datefmt="%H:%M:%S"))
     root.addHandler(handler)
     root.setLevel(level if rank == 0 else logging.WARNING)
+
+
+def nonfinite_tensors(state: dict) -> list[str]:
+    """Names of the floating-point tensors of a state dict that hold a NaN or an inf: weights that
+    make every score NaN, which argmax/top-k would silently read as class 0."""
+    return [
+        name
+        for name, t in state.items()
+        if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# output files
+# ---------------------------------------------------------------------------------------------
+class OutputPathError(ValueError):
+    """An output path that cannot be written; the message is one line naming path and flag."""
+
+
+def ensure_writable_dir(folder: str, flag: str) -> None:
+    """Create ``folder`` if needed and prove it takes a new file (a probe file, created and removed:
+    ``os.access`` says yes to root on a read-only mount). Raises OutputPathError (one line naming
+    ``flag``) before any work whose result would be lost."""
+    folder = folder or "."
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write_probe.", dir=folder)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise OutputPathError(
+            f"{flag} {folder}: cannot write there ({reason}): give a writable folder"
+        ) from None
+
+
+def ensure_writable_file(path: str, flag: str) -> None:
+    """``ensure_writable_dir`` of the folder of ``path``, and ``path`` is not a folder."""
+    if os.path.isdir(path):
+        raise OutputPathError(f"{flag} {path} is a folder: give a file name")
+    ensure_writable_dir(os.path.dirname(os.path.abspath(path)), flag)
+
+
+def write_atomically(path: str, write: Callable[[str], None]) -> None:
+    """``write(temporary path)`` next to ``path``, flushed to disk, then renamed to ``path``: an
+    interrupted or failed write (a full disk) never leaves a partial file under the final name."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # as open() would create it, not mkstemp's 0600
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(exc, OSError) and exc.errno is not None:  # name the file asked for
+            raise OSError(exc.errno, exc.strerror or str(exc), path) from exc
+        raise

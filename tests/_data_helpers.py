@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +84,20 @@ def build_bad_dataset(root: Path) -> tuple[Path, Path]:
     list_file = root / "list.txt"
     list_file.write_text("\n".join(line for line, _ in BAD_LIST) + "\n\n")
     return frames, list_file
+
+
+@contextlib.contextmanager
+def deadline(seconds: int, what: str = "the block"):
+    """Fail (instead of hanging the suite) when the block takes longer than ``seconds`` (SIGALRM,
+    main thread only)."""
+
+    def fire(signum, frame):
+        raise TimeoutError(f"{what}: took more than {seconds} s (a hang?)")
+
+    old = signal.signal(signal.SIGALRM, fire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)

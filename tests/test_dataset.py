@@ -250,6 +250,8 @@ def test_frame_fallback_and_counts(tmp_path, caplog):
     assert counts == {
         "frames_missing": 4,
         "frames_unreadable": 1,
+        "frames_resized": 0,
+        "frames_timed_out": 0,
         "clips_with_replaced_frames": 3,
         "videos_missing_dir": 1,
         "videos_unreadable": 1,

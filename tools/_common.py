@@ -1,6 +1,6 @@
 """Helpers shared by the scripts in tools/ (and only by them).
 
-- ``write_atomically``: an output file appears complete or not at all.
+- ``write_atomically`` (from ops/utils.py): an output file appears complete or not at all.
 - ``TOOL_ERRORS`` / ``fail``: the exceptions that mean "bad input" and the one-line message a tool
   prints for them before exiting with status 2 (no traceback). Tools that read checkpoints add
   ``ops.checkpoint.CheckpointError`` (and load them with ``ops.checkpoint.load_model``).
@@ -15,24 +15,23 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import logging
 import os
 import re
 import string
 import sys
-import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from ops.dataset_config import REGISTRY, dataset_class_names, read_categories
+from ops.utils import write_atomically  # noqa: F401  (the tools import it from here)
 
 logger = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".flv", ".mpg", ".mpeg")
 
 # Exceptions a tool reports as a one-line error (exit status 2) instead of a traceback.
-TOOL_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError)
+TOOL_ERRORS = (ValueError, OSError)
 
 
 def fail(exc: BaseException) -> int:
@@ -40,27 +39,6 @@ def fail(exc: BaseException) -> int:
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     print(f"error: {message}", file=sys.stderr)
     return 2
-
-
-def write_atomically(path: str, write: Callable[[str], None]) -> None:
-    """``write(temporary path)`` next to ``path``, flushed to disk, then renamed to ``path``: an
-    interrupted or failed write never leaves a partial file under the final name."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # as open() would create it, not mkstemp's 0600
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,7 +8,10 @@ frame folder, missing frames, frames that do not decode, and a frame count large
 frames on disk. Video lists (`--videos` / `--video_root DIR`): a missing video file, a file that
 does not open as a video, one that holds fewer frames than its container declares, a list frame
 count that differs from the container's, and (unless --quick) frames that do not decode, found
-by decoding every file once. One line per problem, `<list>:<line>: [<kind>] <what>`, on stdout and in
+by decoding every file once. It also lists what training would silently fix or mangle: frame
+sizes that differ within a video, 16-bit / float / alpha / CMYK frames (converted with a loss),
+videos listed twice, and entries outside the data root. The work per video is bounded by the
+files on disk (the folder is listed once), whatever frame count a list claims. One line per problem, `<list>:<line>: [<kind>] <what>`, on stdout and in
 `--report FILE`; the exit code is 1 when anything was found, 0 when the data is clean, 2 when
 the check itself could not run (e.g. unknown dataset).
 
@@ -20,6 +23,7 @@ can be fixed.
 from __future__ import annotations
 
 import argparse
+import io
 import multiprocessing
 import os
 import sys
@@ -27,17 +31,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from PIL import Image, UnidentifiedImageError  # noqa: E402
+
 from ops.dataset_config import VIDEO_TMPL, add_data_args, resolve_dataset  # noqa: E402
 from ops.frames import (  # noqa: E402
     check_template,
     frame_files,
     frames_on_disk,
-    read_frame,
+    frames_present,
+    read_bytes,
     read_frame_list,
     video_dir,
 )
-from ops.lists import VideoRecord, parse_video_list_file  # noqa: E402
-from ops.utils import progress  # noqa: E402
+from ops.lists import (  # noqa: E402
+    VideoRecord,
+    parse_video_list_file,
+    short,  # noqa: E402
+)
+from ops.utils import ensure_writable_file, progress, write_atomically  # noqa: E402
 from ops.video import VideoError, VideoReader  # noqa: E402
 from ops.video_files import find_video_file, video_roots  # noqa: E402
 
@@ -53,6 +64,11 @@ VIDEO_PROBLEM_KINDS = (
     "fewer_frames",  # the file holds fewer frames than its container declares (truncated)
     "frame_count_mismatch",  # the video list's frame count is not the container's
     "undecodable_frames",  # frames of the video file that do not decode
+    # what training silently fixes or mangles:
+    "mixed_sizes",  # frames of one video differ in size (training resizes to the first)
+    "lossy_mode",  # 16-bit, float, alpha or CMYK frames (converted to 8-bit RGB / grey)
+    "duplicate",  # a video listed twice (in one list, or in train and val)
+    "outside_root",  # a list entry outside the data root (absolute, or climbing with '..')
 )
 
 
@@ -79,69 +95,138 @@ class VideoScanJob:
     decode: bool
 
 
+MAX_RANGES = 10  # frame ranges named in one problem line; the rest are counted
+# Modes that training reads without a loss (grey and palette images become RGB exactly), and
+# what happens to the others.
+KEPT_MODES = {"RGB": ("RGB", "L", "P", "1"), "Flow": ("L", "1")}
+LOSSY_MODES = {
+    "I;16": "16-bit: scaled to 8 bits",
+    "I;16B": "16-bit: scaled to 8 bits",
+    "I;16L": "16-bit: scaled to 8 bits",
+    "I": "32-bit integers: 16-bit data scaled to 8 bits",
+    "F": "floating point: clipped to 0..255",
+    "RGBA": "the alpha channel is dropped",
+    "LA": "the alpha channel is dropped",
+    "CMYK": "colours converted by PIL's simple formula",
+    "RGB": "colour flow frames: mixed into one grey channel",
+}
+
+
+def image_info(path: str) -> tuple[str, tuple[int, int]]:
+    """Mode and size of an image file, after decoding it fully (raises as the loader's
+    ``decode_image`` would on a broken file)."""
+    data = read_bytes(path)
+    try:
+        im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise OSError(f"not an image file PIL can read ({len(data)} bytes)") from None
+    with im:
+        mode, size = im.mode, im.size
+        im.load()
+    return mode, size
+
+
 def _ranges(nums: list[int]) -> str:
     # [3, 4, 5, 9] -> "3-5, 9"
-    out, start = [], None
-    for i, n in enumerate(nums):
-        if start is None:
-            start = n
-        if i + 1 == len(nums) or nums[i + 1] != n + 1:
-            out.append(str(start) if start == n else f"{start}-{n}")
-            start = None
-    return ", ".join(out)
+    spans = []
+    for n in nums:
+        if spans and spans[-1][1] == n - 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return _spans_text([(a, b) for a, b in spans])
+
+
+def _spans_text(spans: list[tuple[int, int]]) -> str:
+    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans[:MAX_RANGES])
+    if len(spans) > MAX_RANGES:
+        text += f", ... ({len(spans) - MAX_RANGES} more ranges)"
+    return text
+
+
+def _gaps(present: list[int], n: int) -> list[tuple[int, int]]:
+    """The ranges of 1..n missing from the sorted ``present`` (cost: len(present))."""
+    spans, expected = [], 1
+    for k in present:
+        if k > expected:
+            spans.append((expected, k - 1))
+        expected = k + 1
+    if expected <= n:
+        spans.append((expected, n))
+    return spans
 
 
 def scan_video(job: ScanJob) -> list[str]:
-    """Problem lines of one video (empty when it is clean)."""
+    """Problem lines of one video (empty when it is clean).
+
+    The folder is listed once and only the frames on disk are decoded, so the work is bounded by
+    the files, not by the frame count the list claims."""
     rec = job.record
     where = f"{job.list_file}:{rec.line}: "
+    name = short(rec.path)
     folder = video_dir(job.root_path, rec.path, job.image_tmpl, job.modality)
     if not os.path.isdir(folder):
-        return [f"{where}[missing_dir] video {rec.path!r}: frame folder {folder} does not exist"]
-    missing, corrupt = [], []
-    first_missing_file = None
-    for k in range(1, job.num_frames + 1):
-        paths = frame_files(job.root_path, rec.path, job.image_tmpl, job.modality, k)
-        absent = [p for p in paths if not os.path.isfile(p)]
-        if absent:
-            missing.append(k)
-            first_missing_file = first_missing_file or absent[0]
-            continue
-        if job.decode:
-            try:
-                read_frame(paths, job.modality)
-            except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
-                corrupt.append((k, paths[0], e))
-    lines = []
+        return [f"{where}[missing_dir] video {name!r}: frame folder {short(folder)} does not exist"]
     n = job.num_frames
-    if missing and len(missing) == n:
+    record = VideoRecord(rec.path, n, rec.label, rec.line)
+    present = frames_present(folder, record, job.root_path, job.image_tmpl, job.modality)
+    lines = []
+    if not present:
+        return [f"{where}[no_frames] video {name!r}: none of its {n} frames is in {short(folder)}"]
+    gaps = _gaps(present, n)
+    if gaps and gaps[-1][1] == n:
+        tail_start = gaps.pop()[0]
         lines.append(
-            f"{where}[no_frames] video {rec.path!r}: none of its {n} frames is in {folder}"
+            f"{where}[frames_beyond_disk] video {name!r}: the list says {n} frames but "
+            f"frames {_spans_text([(tail_start, n)])} are not on disk "
+            f"({tail_start - 1} found in {short(folder)})"
         )
-        missing = []
-    elif missing and missing[-1] == n:
-        tail_start = n
-        while tail_start - 1 in missing:
-            tail_start -= 1
+    if gaps:
+        first = frame_files(job.root_path, rec.path, job.image_tmpl, job.modality, gaps[0][0])
         lines.append(
-            f"{where}[frames_beyond_disk] video {rec.path!r}: the list says {n} frames but "
-            f"frames {_ranges(list(range(tail_start, n + 1)))} are not on disk "
-            f"({tail_start - 1} found in {folder})"
+            f"{where}[missing_frames] video {name!r}: frames {_spans_text(gaps)} are missing "
+            f"(first: {short(first[0])})"
         )
-        missing = [k for k in missing if k < tail_start]
-        first_missing_file = (
-            frame_files(job.root_path, rec.path, job.image_tmpl, job.modality, missing[0])[0]
-            if missing
-            else None
+    if job.decode:
+        lines += _decode_problems(job, present, where, name)
+    return lines
+
+
+def _decode_problems(job: ScanJob, present: list[int], where: str, name: str) -> list[str]:
+    """Frames that do not decode, and what training would silently fix or mangle: sizes that
+    differ from the video's first frame, and modes PIL converts with a loss."""
+    lines, sizes, lossy = [], {}, {}
+    for k in present:
+        paths = frame_files(job.root_path, job.record.path, job.image_tmpl, job.modality, k)
+        try:  # each file read once: its header's mode and size, then the full decode
+            info = [image_info(p) for p in paths]
+        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
+            lines.append(
+                f"{where}[corrupt_frames] video {name!r}: frame {k} does not decode: "
+                f"{short(paths[0])} ({short(str(e))})"
+            )
+            continue
+        for mode, size in info:
+            sizes.setdefault(size, []).append(k)
+            packed = job.modality == "Flow" and len(paths) == 1  # x, y in an RGB image
+            if mode not in KEPT_MODES["RGB" if packed else job.modality]:
+                lossy.setdefault(mode, []).append(k)
+    if len(sizes) > 1:
+        first = sizes[next(iter(sizes))]
+        other = {s: ks for s, ks in sizes.items() if ks is not first}
+        text = "; ".join(
+            f"{w}x{h}: frames {_ranges(sorted(set(ks)))}" for (w, h), ks in other.items()
         )
-    if missing:
+        (w, h) = next(iter(sizes))
         lines.append(
-            f"{where}[missing_frames] video {rec.path!r}: frames {_ranges(missing)} are missing "
-            f"(first: {first_missing_file})"
+            f"{where}[mixed_sizes] video {name!r}: the first frame is {w}x{h} but {text} "
+            "(training resizes them to the clip's first frame)"
         )
-    for k, path, err in corrupt:
+    for mode, ks in lossy.items():
         lines.append(
-            f"{where}[corrupt_frames] video {rec.path!r}: frame {k} does not decode: {path} ({err})"
+            f"{where}[lossy_mode] video {name!r}: frames {_ranges(sorted(set(ks)))} are {mode} "
+            f"images; training reads them as 8-bit {'grey' if job.modality == 'Flow' else 'RGB'} "
+            f"({LOSSY_MODES.get(mode, 'converted by PIL')})"
         )
     return lines
 
@@ -185,6 +270,15 @@ def _scan_job(job) -> list[str]:
     return scan_video_file(job) if isinstance(job, VideoScanJob) else scan_video(job)
 
 
+def _outside(root_path: str, path: str) -> bool:
+    """Whether a list entry names a place outside the data root (lexically: an absolute path or
+    one climbing with '..'; symbolic links inside the root are the user's own layout)."""
+    rel = os.path.relpath(
+        os.path.normpath(os.path.join(root_path, path)), os.path.normpath(root_path)
+    )
+    return rel == ".." or rel.startswith(".." + os.sep) or os.path.isabs(path)
+
+
 def check(
     list_files: list[str],
     root_path: str,
@@ -200,7 +294,10 @@ def check(
     is_video = image_tmpl == VIDEO_TMPL
     if not is_video:
         check_template(image_tmpl, modality)
-    for list_file in list_files:
+    seen: dict[str, str] = {}  # video -> where it was first listed
+    # A list given twice (train = val) is scanned once; its videos are not duplicates.
+    unique = {os.path.realpath(f): f for f in reversed(list_files)}
+    for list_file in dict.fromkeys(unique[os.path.realpath(f)] for f in list_files):
         try:  # the loader's own list reading
             if is_video:
                 records, bad = parse_video_list_file(list_file, num_class)
@@ -211,6 +308,19 @@ def check(
             continue
         problems.extend(f"{p.list_file}:{p.line}: [{p.kind}] {p.message}" for p in bad)
         for r in records:
+            where = f"{list_file}:{r.line}: "
+            if r.path in seen:
+                problems.append(
+                    f"{where}[duplicate] video {short(r.path)!r} is also listed at {seen[r.path]} "
+                    "(training samples it more often; in train and val lists it leaks)"
+                )
+            else:
+                seen[r.path] = f"{list_file}:{r.line}"
+            if _outside(root_path, r.path):
+                problems.append(
+                    f"{where}[outside_root] video {short(r.path)!r} is outside the data root "
+                    f"{root_path} (an absolute path or '..'): training reads it from there"
+                )
             n = frames_on_disk(r.num_frames, image_tmpl, modality)
             if is_video:
                 jobs.append(VideoScanJob(list_file, r, tuple(video_roots(root_path)), decode))
@@ -251,6 +361,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.report is not None:
+        try:  # before the scan, which may take hours
+            ensure_writable_file(args.report, "--report")
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if args.test_list is not None:
         lists = [args.test_list]
     else:
@@ -274,9 +390,17 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     print(summary)
     if args.report is not None:
-        with open(args.report, "w", encoding="utf-8") as f:
-            f.write("".join(line + "\n" for line in problems))
-            f.write(summary + "\n")
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write("".join(line + "\n" for line in problems))
+                f.write(summary + "\n")
+
+        try:
+            write_atomically(args.report, write)
+        except OSError as e:
+            print(f"error: --report {args.report}: {e.strerror or e}", file=sys.stderr)
+            return 2
         print(f"report written to {args.report}")
     return 1 if problems else 0
 

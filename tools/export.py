@@ -48,6 +48,7 @@ import contextlib
 import importlib.util
 import json
 import logging
+import math
 import os
 import sys
 import warnings
@@ -64,7 +65,7 @@ from ops.checkpoint import (  # noqa: E402
     save_checkpoint,
     sidecar_path,
 )
-from ops.utils import setup_logging  # noqa: E402
+from ops.utils import nonfinite_tensors, setup_logging  # noqa: E402
 from tools._common import TOOL_ERRORS, fail, model_class_names, write_atomically  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -176,15 +177,29 @@ def export_pth(model, settings: dict, path: str):
     return load_model(path)[0]
 
 
+def _fails_in_fused_attention(exc: BaseException) -> bool:
+    """Whether an exporter error was raised while tracing the fused attention kernel (the one
+    case --explicit_attention is a way around)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if os.path.basename(tb.tb_frame.f_code.co_filename) == "attention.py":
+            return True
+        tb = tb.tb_next
+    return "scaled_dot_product" in str(exc)
+
+
 def check(run, model, example: torch.Tensor, atol: float, rtol: float) -> dict:
-    """Compare ``run`` with the eager model on ``example`` and on a second random clip."""
+    """Compare ``run`` with the eager model on ``example`` and on a second random clip; a NaN or
+    inf anywhere is a failed check (NaN compares as neither larger nor smaller)."""
     worst = 0.0
     scale = 0.0
     for x in (example, torch.randn_like(example)):
         with torch.no_grad():
-            expected = model(x)
-            got = run(x)
-        worst = max(worst, (got.float() - expected).abs().max().item())
+            expected = model(x).float()
+            got = run(x).float()
+        if not (bool(torch.isfinite(expected).all()) and bool(torch.isfinite(got).all())):
+            return {"max_abs_diff": math.nan, "max_abs_logit": math.nan, "ok": False}
+        worst = max(worst, (got - expected).abs().max().item())
         scale = max(scale, expected.abs().max().item())
     return {"max_abs_diff": worst, "max_abs_logit": scale, "ok": worst <= atol + rtol * scale}
 
@@ -209,6 +224,12 @@ def export(
         raise ValueError(f"--batch must be >= 1, got {batch}")
     overrides = {"rnl_fused": False} if explicit_attention else {}
     model, meta = load_model(weights, num_segments=segments, input_size=input_size, **overrides)
+    bad = nonfinite_tensors(model.state_dict())
+    if bad:  # every check would compare NaN with NaN and pass
+        raise ValueError(
+            f"{weights}: {len(bad)} weight tensor(s) hold NaN or inf (first: {bad[0]}): export a "
+            "checkpoint saved before training diverged"
+        )
     example = example_input(model, batch)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     names = model_class_names(meta, model.num_class, category_file, data_root=data_root)
@@ -233,13 +254,17 @@ def export(
             # the conv with a custom backward) switch off and the plain inference graph is kept.
             with torch.no_grad():
                 run = exporters[fmt](*args)
-        except (ExportError, CheckpointError):
-            raise
+        except (ExportError, CheckpointError, OSError):
+            raise  # OSError: the output path (full disk, read-only), one line from main()
         except Exception as exc:  # exporter internals: report in one line, keep the cause
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise ExportError(
-                f"{fmt} export failed ({type(exc).__name__}: {detail}); try "
+            hint = (
                 "--explicit_attention or another --format"
+                if not explicit_attention and _fails_in_fused_attention(exc)
+                else "another --format"
+            )
+            raise ExportError(
+                f"{fmt} export failed ({type(exc).__name__}: {detail}); try {hint}"
             ) from exc
         if run is None:
             logger.warning(

@@ -61,6 +61,7 @@ from tools._common import (  # noqa: E402
     count_frame_names,
     fail,
     frame_pattern,
+    write_atomically,
 )
 
 logger = logging.getLogger(__name__)
@@ -252,7 +253,7 @@ def read_something_v2(
 ) -> tuple[list[str], dict[str, list[Annotation]]]:
     """Something-Something v2: labels JSON ``{name: "index"}`` and lists of
     ``{"id", "label", "template", "placeholders"}``; the class is the template without brackets."""
-    with open(labels, encoding="utf-8") as f:
+    with open(labels, encoding="utf-8-sig") as f:
         mapping = json.load(f)
     if not isinstance(mapping, dict):
         raise AnnotationError(f"{labels}: expected a JSON object {{class name: index}}")
@@ -268,7 +269,7 @@ def read_something_v2(
     index = {c: i for i, c in enumerate(classes)}
     out = {}
     for split, path in (("train", train), ("val", val)):
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             items = json.load(f)
         if not isinstance(items, list):
             raise AnnotationError(f"{path}: expected a JSON list of videos")
@@ -443,6 +444,18 @@ def write_list(path: str, rows: list[tuple]) -> None:
             f.writelines(" ".join(str(x) for x in row) + "\n" for row in rows)
 
 
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
+
+
+def _write_lines(path: str, lines: list[str]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(line + "\n" for line in lines)
+
+
 def output_paths(
     dataset: str, data_root: str, split: int, videos: bool
 ) -> tuple[str, dict[str, str]]:
@@ -477,10 +490,19 @@ def generate(
     frames_root: str | None = None,
     video_roots: list[str] | None = None,
     image_tmpl: str = "img_{:05d}.jpg",
+    inputs: tuple[str, ...] = (),
 ) -> dict[str, SplitReport]:
-    """Match the annotations with the folders (or video files) on disk and write the files."""
+    """Match the annotations with the folders (or video files) on disk and write the files;
+    ``inputs`` (the annotation files read) are never overwritten."""
     if (frames_root is None) == (video_roots is None):
         raise ValueError("give exactly one of a frames root and video roots")
+    for split, path in list_files.items():
+        clash = next((f for f in inputs if _same_file(path, f)), None)
+        if clash:
+            raise ValueError(
+                f"the {split} list {path} is the annotation file {clash} it is made from: "
+                f"pass --{split}_out FILE"
+            )
     if frames_root is not None and not os.path.isdir(frames_root):
         raise FileNotFoundError(
             f"frames folder {frames_root} does not exist: extract the frames first "
@@ -507,9 +529,12 @@ def generate(
         index = index_frame_folders(frames_root, image_tmpl)
     else:
         index = index_video_files(video_roots)
-    os.makedirs(os.path.dirname(os.path.abspath(category_file)), exist_ok=True)
-    with open(category_file, "w", encoding="utf-8") as f:
-        f.writelines(c + "\n" for c in classes)
+    if any(_same_file(category_file, f) for f in inputs):
+        # --annotations is the registry's label folder: the official class file is the category
+        # file (read_categories reads UCF101's numbered classInd.txt); never overwrite an input.
+        logger.info("kept %s: it is the annotation file the classes were read from", category_file)
+    else:
+        write_atomically(category_file, lambda tmp: _write_lines(tmp, classes))
 
     reports = {}
     for split in SPLITS:
@@ -654,6 +679,7 @@ def main(argv: list[str] | None = None) -> int:
             frames_root=frames,
             video_roots=video_roots,
             image_tmpl=args.image_tmpl or entry["image_tmpl"],
+            inputs=tuple(f for f in files.values() if isinstance(f, str)),
         )
     except (*TOOL_ERRORS, OSError, json.JSONDecodeError, csv.Error) as exc:
         return fail(exc)
