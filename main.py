@@ -51,7 +51,6 @@ from ops.dataset import TSNDataSet, collate
 from ops.dataset_config import NO_FLIP_DATASETS, dataset_class_names, default_data_root
 from ops.engine.compile import maybe_compile
 from ops.engine.lr_scheduler import WarmupSchedule
-from ops.engine.run_folder import RunFolderError, claim_run_folder, output_error_message
 from ops.engine.run_config import (
     check_pretrained,
     describe,
@@ -62,7 +61,8 @@ from ops.engine.run_config import (
     resolved_config,
     run_name,
 )
-from ops.engine.run_logger import RunLogger, RunLogError
+from ops.engine.run_folder import RunFolderError, claim_run_folder, output_error_message
+from ops.engine.run_logger import RunLogError, RunLogger
 from ops.engine.runtime_report import compile_status, runtime_report
 from ops.engine.seeding import EpochSampler, SeededDataset, seed_all, start_epoch
 from ops.engine.stop import StopRequest, loader_worker_init, requeue_slurm_job

@@ -16,7 +16,7 @@ import torch
 
 from archs import imagenet_weights_path, load_imagenet_state_dict
 from ops import distributed as du
-from ops.checkpoint import missing_file_message, same_dataset
+from ops.checkpoint import CheckpointError, missing_file_message, same_dataset
 from ops.dataset_config import NO_FLIP_DATASETS, category_file, default_data_root, resolve_dataset
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,10 @@ def resolve_fc_lr5(args: argparse.Namespace) -> bool:
         return True
     if not os.path.isfile(args.tune_from):
         raise FileNotFoundError(f"--tune_from: {missing_file_message(args.tune_from)}")
-    return not same_dataset(args.tune_from, args.dataset)
+    try:
+        return not same_dataset(args.tune_from, args.dataset)
+    except CheckpointError as exc:
+        raise CheckpointError(f"--tune_from: {exc}") from None
 
 
 def visible_gpus(args: argparse.Namespace) -> int:
