@@ -766,7 +766,7 @@ def resume_checkpoint(resume: str, run_dir: str, ctx: du.DistContext) -> tuple[s
     )
     missing = du.all_reduce_sum(torch.tensor([float(not same)], dtype=torch.float64), ctx)
     if missing[0] == 0:
-        return path, load_checkpoint(path)
+        return path, _load_resume(path)
     if ctx.is_main:
         logger.info("%d rank(s) cannot read %s: sending it to them", int(missing[0]), path)
         with open(path, "rb") as f:
@@ -775,13 +775,20 @@ def resume_checkpoint(resume: str, run_dir: str, ctx: du.DistContext) -> tuple[s
         data = None
     data = du.broadcast_bytes(data, ctx)
     if same:
-        return path, load_checkpoint(path)
+        return path, _load_resume(path)
     with tempfile.TemporaryDirectory(prefix="resume_") as folder:
         copy = os.path.join(folder, os.path.basename(path))
         with open(copy, "wb") as f:
             f.write(data)
-        ckpt = load_checkpoint(copy)
+        ckpt = _load_resume(copy)
     return path, ckpt
+
+
+def _load_resume(path: str) -> dict:
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"--resume: {exc}") from None
 
 
 def resume(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import logging
 import os
 import pickle
 import shutil
@@ -72,23 +71,51 @@ def run_dir(out, argv) -> str:
 # ---------------------------------------------------------------------------------------------
 # silent wrong results
 # ---------------------------------------------------------------------------------------------
-def test_cli_huge_lr_never_saves_nonfinite_weights(data_root, tmp_path):
-    # Epoch 1 is not validated (--eval-freq 2), so only the check before the save can see that
-    # lr 1e20 made the weights Inf/NaN; today the run exits 0 with such a checkpoint.
-    argv = tiny_args(data_root, str(tmp_path), "--epochs", "2", "--eval-freq", "2")
-    argv += ["--stop_after_epochs", "1", "--lr", "1e20", "--wd", "0"]
-    proc = run_cli(argv, tmp_path)
+def test_cli_huge_lr_ends_with_one_line_and_no_best_checkpoint(data_root, tmp_path):
+    # One step (8 clips, batch 8) at lr 1e20 makes the weights ~1e18: validation's loss is NaN.
+    # Today the run exits 0 with a "best" checkpoint of those weights.
+    argv = tiny_args(data_root, str(tmp_path), "--epochs", "1", "--lr", "1e20", "--wd", "0")
+    proc = run_cli([*argv, "-b", "8"], tmp_path)
     line = error_line(proc)
-    assert "weights are not finite after epoch 1" in line and "NaN/Inf values" in line
+    assert "validation after epoch 1: the loss is nan" in line and "--lr" in line
     folder = run_dir(str(tmp_path), argv)
     assert not [f for f in os.listdir(folder) if f.startswith("ckpt")]
 
 
-def test_nonfinite_validation_loss_ends_the_run_without_a_best_checkpoint(data_root, tmp_path):
-    argv = tiny_args(data_root, str(tmp_path), "--epochs", "1", "--lr", "1e20", "--wd", "0")
-    message = one_line_exit(argv)
-    assert "validation after epoch 1: the loss is nan" in message
-    assert not os.path.exists(os.path.join(run_dir(str(tmp_path), argv), "ckpt.best.pth.tar"))
+def test_cli_lr_nan_is_refused_at_once(data_root, tmp_path):
+    proc = run_cli(tiny_args(data_root, str(tmp_path), "--lr", "nan"), tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .endswith("error: --lr must be a number in [0, 1e30), got nan")
+    )
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_weights_are_checked_finite_before_every_save(data_root, tmp_path, monkeypatch):
+    # A NaN that the training loss does not see (a BatchNorm running variance: training uses
+    # the batch's statistics) and no validation before the save (--eval-freq 2): only the
+    # check before the save stands between it and the checkpoint.
+    models = []
+    real_build, real_step = train_main.build_model, torch.optim.SGD.step
+
+    def build_and_keep(*args, **kwargs):
+        models.append(real_build(*args, **kwargs))
+        return models[0]
+
+    def step_then_nan(self, *args, **kwargs):
+        out = real_step(self, *args, **kwargs)
+        models[0].base_model.bn1.running_var[3] = float("nan")
+        return out
+
+    monkeypatch.setattr(train_main, "build_model", build_and_keep)
+    monkeypatch.setattr(torch.optim.SGD, "step", step_then_nan)
+    argv = tiny_args(data_root, str(tmp_path), "--epochs", "2", "--eval-freq", "2", "-b", "8")
+    message = one_line_exit([*argv, "--stop_after_epochs", "1"])
+    assert "the weights are not finite after epoch 1" in message
+    assert "1 NaN/Inf values, first in base_model.bn1.running_var" in message
+    assert not [f for f in os.listdir(run_dir(str(tmp_path), argv)) if f.startswith("ckpt")]
 
 
 @pytest.mark.parametrize("flag", [["--lr", "nan"], ["--lr", "inf"], ["--wd", "-1"]])
@@ -104,7 +131,15 @@ def test_nonfinite_or_negative_lr_and_wd_are_refused(flag, capsys):
 def own_data(tmp_path):
     """A private copy of the tiny dataset (tests below delete or damage parts of it)."""
     root = tmp_path / "data"
-    make_synthetic(str(root), 4, 2, (8, 10), (40, 32), 2, seed=0)
+    make_synthetic(
+        str(root),
+        num_videos_per_class=4,
+        num_val_per_class=2,
+        num_frames=(8, 10),
+        size=(40, 32),
+        num_classes=2,
+        seed=0,
+    )
     return root
 
 
@@ -277,27 +312,30 @@ def _bad_files(tmp_path) -> dict:
 def test_bad_weight_files_are_one_line_naming_the_flag(data_root, tmp_path, flag, kind, expected):
     path = str(_bad_files(tmp_path)[kind])
     argv = tiny_args(data_root, str(tmp_path / "out"), "--epochs", "1")
-    argv = [a for a in argv if a not in ("--pretrain", "scratch")] + [flag, path]
+    if flag == "--pretrain":
+        argv = [a for a in argv if a not in ("--pretrain", "scratch")]
+    argv += [flag, path]
     message = one_line_exit(argv)
     assert expected in message and flag in message and path in message
     assert "weights_only=False" not in message and "does not exist" not in message
     assert not (tmp_path / "pwned").exists()
 
 
-def test_demo_run_again_continues_the_finished_run(data_root, tmp_path, monkeypatch, caplog):
+def test_demo_run_again_continues_the_finished_run(data_root, tmp_path, monkeypatch, capsys):
     # The demo (no --dataset) on the tiny dataset, one epoch: the second identical command
     # resumes the finished run (trains nothing, keeps its checkpoint) and says so.
     monkeypatch.setattr(train_main, "prepare_demo_data", lambda args: None)
-    argv = ["--data_root", data_root, "--epochs", "1", "--num_segments", "4", "-b", "2"]
+    argv = ["--data_root", data_root, "--epochs", "1", "--warmup_epochs", "0"]
+    argv += ["--num_segments", "4", "-b", "2"]
     argv += ["--workers", "0", "--no_demo_eval", "--root_model", str(tmp_path / "ckpt")]
     argv += ["--root_log", str(tmp_path / "log")]
     first = train_main.main(argv)
     ckpt = os.path.join(first["model_dir"], "ckpt.pth.tar")
     before = sha(ckpt)
-    caplog.set_level(logging.INFO)
+    capsys.readouterr()
     second = train_main.main(argv)
-    assert f"continuing the run in {first['model_dir']} (--resume auto)" in caplog.text
+    assert f"continuing the run in {first['model_dir']} (--resume auto)" in capsys.readouterr().err
     assert sha(ckpt) == before and second["best_prec1"] == first["best_prec1"]
     third = train_main.main([*argv, "--overwrite"])
-    assert "--overwrite: removed the previous run's files" in caplog.text
+    assert "--overwrite: removed the previous run's files" in capsys.readouterr().err
     assert third["best_prec1"] == first["best_prec1"]  # trained again from the same seed
