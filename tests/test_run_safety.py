@@ -194,8 +194,6 @@ def test_cli_same_run_name_with_other_flags_does_not_overwrite(data_root, tmp_pa
     train_main.main(first)
     folder = run_dir(str(tmp_path), first)
     before = {f: sha(os.path.join(folder, f)) for f in ("ckpt.pth.tar", "ckpt.best.pth.tar")}
-    with open(os.path.join(folder, "run_config.json")) as f:
-        assert json.load(f)["seed"] == 0
 
     # Same run name (the seed is not part of it): refused, the first run's files untouched.
     proc = run_cli([*first, "--seed", "1"], tmp_path)
@@ -205,6 +203,8 @@ def test_cli_same_run_name_with_other_flags_does_not_overwrite(data_root, tmp_pa
     line = error_line(run_cli(first, tmp_path))
     assert "already holds this run" in line and "--resume auto" in line
     assert {f: sha(os.path.join(folder, f)) for f in before} == before
+    with open(os.path.join(folder, "run_config.json")) as f:
+        assert json.load(f)["seed"] == 0
 
     # --overwrite replaces it and says so; the stored config is the new run's.
     proc = run_cli([*first, "--seed", "1", "--overwrite"], tmp_path)
