@@ -11,8 +11,11 @@
 Reads top to bottom: parse -> resolve dataset and run name -> plan the launch (spawn / torchrun /
 SLURM / single) -> in each worker: build the model, optimizer, loaders -> resume -> epoch loop
 (train, validate, checkpoint) -> (demo) final evaluation. Outputs: `<root_model>/<run name>/`
-(`ckpt.pth.tar` every epoch, `ckpt.best.pth.tar`) and `<root_log>/<run name>/` (tensorboardX,
-log.csv, log.txt, args.txt).
+(`ckpt.pth.tar` every epoch, `ckpt.best.pth.tar`, `run_config.json`: a folder holding another
+run is refused unless --resume or --overwrite) and `<root_log>/<run name>/` (tensorboardX,
+log.csv, log.txt, args.txt). A result is never reported from no data or non-finite numbers:
+an epoch or validation that saw 0 clips, a NaN loss and non-finite weights end the run with one
+line, and each epoch's checkpoint is saved before its log row.
 """
 
 from __future__ import annotations
@@ -276,6 +279,14 @@ def train(
         path, ckpt = found
         state = resume(path, model=model, optimizer=optim, scaler=scaler, ctx=ctx, ckpt=ckpt)
     run_log.keep_epochs(state.epoch)  # the rows of epochs this run trains (again) are rewritten
+    if found and not args.evaluate and state.epoch >= args.epochs and not state.validation_pending:
+        logger.info(
+            "the run in %s is finished (%d of %d epochs): nothing to train; --overwrite trains "
+            "it afresh",
+            model_dir,
+            state.epoch,
+            args.epochs,
+        )
     train_set, val_set = build_datasets(args, model, data)
     train_loader, val_loader, iters_per_epoch = build_loaders(args, train_set, val_set, batch, ctx)
     settings = LoopSettings.from_args(args, min_batch=min_batch(model, batch))

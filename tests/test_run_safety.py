@@ -334,7 +334,9 @@ def test_demo_run_again_continues_the_finished_run(data_root, tmp_path, monkeypa
     before = sha(ckpt)
     capsys.readouterr()
     second = train_main.main(argv)
-    assert f"continuing the run in {first['model_dir']} (--resume auto)" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert f"continuing the run in {first['model_dir']} (--resume auto)" in said
+    assert "is finished (1 of 1 epochs): nothing to train" in said
     assert sha(ckpt) == before and second["best_prec1"] == first["best_prec1"]
     third = train_main.main([*argv, "--overwrite"])
     assert "--overwrite: removed the previous run's files" in capsys.readouterr().err
