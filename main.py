@@ -11,8 +11,11 @@
 Reads top to bottom: parse -> resolve dataset and run name -> plan the launch (spawn / torchrun /
 SLURM / single) -> in each worker: build the model, optimizer, loaders -> resume -> epoch loop
 (train, validate, checkpoint) -> (demo) final evaluation. Outputs: `<root_model>/<run name>/`
-(`ckpt.pth.tar` every epoch, `ckpt.best.pth.tar`) and `<root_log>/<run name>/` (tensorboardX,
-log.csv, log.txt, args.txt).
+(`ckpt.pth.tar` every epoch, `ckpt.best.pth.tar`, `run_config.json`: a folder holding another
+run is refused unless --resume or --overwrite) and `<root_log>/<run name>/` (tensorboardX,
+log.csv, log.txt, args.txt). A result is never reported from no data or non-finite numbers:
+an epoch or validation that saw 0 clips, a NaN loss and non-finite weights end the run with one
+line, and each epoch's checkpoint is saved before its log row.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import dataclasses
 import logging
+import math
 import sys
 import time
 
@@ -60,7 +64,8 @@ from ops.engine.run_config import (
     resolved_config,
     run_name,
 )
-from ops.engine.run_logger import RunLogger
+from ops.engine.run_folder import RunFolderError, claim_run_folder, output_error_message
+from ops.engine.run_logger import RunLogError, RunLogger
 from ops.engine.runtime_report import compile_status, runtime_report
 from ops.engine.seeding import EpochSampler, SeededDataset, seed_all, start_epoch
 from ops.engine.stop import StopRequest, loader_worker_init, requeue_slurm_job
@@ -89,6 +94,8 @@ USER_ERRORS = (
     CheckpointError,
     DataError,
     NonFiniteLossError,
+    RunFolderError,
+    RunLogError,
     du.DistributedSetupError,
     du.RankFailureError,
 )
@@ -261,17 +268,32 @@ def train(
     model = build_model(args, data["num_class"], plan, ctx)
     optimizer, scaler = build_optimizer(model, args, ctx)
     state, found = RunState(), resume_checkpoint(args.resume, model_dir, ctx)
+    if args.evaluate and not found and not args.tune_from:
+        raise ValueError(
+            "--evaluate needs trained weights, and "
+            + (f"--resume auto found none in {model_dir}" if args.resume else "none were given")
+            + ": pass --resume PATH/TO/ckpt.best.pth.tar (random weights are never scored)"
+        )
     if found:
         optim = None if args.evaluate else optimizer
         path, ckpt = found
         state = resume(path, model=model, optimizer=optim, scaler=scaler, ctx=ctx, ckpt=ckpt)
+    run_log.keep_epochs(state.epoch)  # the rows of epochs this run trains (again) are rewritten
+    if found and not args.evaluate and state.epoch >= args.epochs and not state.validation_pending:
+        logger.info(
+            "the run in %s is finished (%d of %d epochs): nothing to train; --overwrite trains "
+            "it afresh",
+            model_dir,
+            state.epoch,
+            args.epochs,
+        )
     train_set, val_set = build_datasets(args, model, data)
     train_loader, val_loader, iters_per_epoch = build_loaders(args, train_set, val_set, batch, ctx)
     settings = LoopSettings.from_args(args, min_batch=min_batch(model, batch))
     criterion = nn.CrossEntropyLoss().to(ctx.device)
     summary: dict = {"run_name": name, "model_dir": model_dir}
     if args.evaluate:
-        val = validate(model, val_loader, criterion, settings, ctx)
+        val = checked(validate(model, val_loader, criterion, settings, ctx), "--evaluate", val_set)
         logger.info("Testing Results: Prec@1 %.3f Prec@5 %.3f Loss %.5f", *val.metrics())
         run_log.close()
         return dict(summary, val_top1=val.top1, val_top5=val.top5, val_loss=val.loss)
@@ -305,6 +327,8 @@ def train(
                     ctx.rank,
                 )  # fmt: skip
                 stats = train_one_epoch(parts, train_loader, state, iters_per_epoch)
+                if stats.stopped_at is None:
+                    checked(stats, f"training epoch {state.epoch + 1}", train_set)
                 if stats.stopped_at is not None:  # preempted: save the exact position and leave
                     drawn = (stats.stopped_at - state.iteration) * batch
                     state.samples_done = train_loader.sampler.position(drawn)
@@ -325,6 +349,7 @@ def train(
                     save([ckpt_path])
                     stopped = f"while validating epoch {state.epoch} (validated on resume)"
                     break
+                checked(val, f"validation after epoch {state.epoch}", val_set)
                 summary.update(val_top1=val.top1, val_top5=val.top5)
             state.validation_pending, state.pending_train = False, None
             best = val is not None and (
@@ -332,10 +357,10 @@ def train(
             )
             state.best_prec1 = max(state.best_prec1, val.top1 if val is not None else 0.0)
             bad = bad_data_counts([train_set, val_set], ctx)
+            save([ckpt_path] + [best_path] * best)  # before logging: a full log disk loses no epoch
             run_log.epoch(
                 state.epoch, train=stats, val=val, best_top1=state.best_prec1, bad_data=bad
             )
-            save([ckpt_path] + [best_path] * best)
             if du.all_reduce_sum(torch.tensor([float(stop.requested)]), ctx)[0] > 0:
                 stopped = f"after epoch {state.epoch}" if state.epoch < args.epochs else ""
                 break
@@ -361,17 +386,56 @@ def train(
     )
 
 
+def checked(stats: EpochStats, what: str, dataset: TSNDataSet) -> EpochStats:
+    """`stats` of a pass that may be reported: an error for a pass that saw no clip (all its
+    videos missing or unreadable) or whose loss is not finite (the weights are not), instead
+    of "Prec@1 0.000" or a checkpoint of NaN weights."""
+    if stats.clips == 0:
+        raise DataError(
+            f"{what} saw 0 clips: none of the {len(dataset)} videos of {dataset.list_file} could "
+            "be read (missing or unreadable frames): check --data_root / the frame folders "
+            "(tools/check_data.py lists the files)"
+        )
+    if not math.isfinite(stats.loss):
+        raise NonFiniteLossError(
+            f"{what}: the loss is {stats.loss} over {stats.clips} clips, so the weights are not "
+            "finite; no checkpoint was written over the last good one: lower --lr, set --gd"
+        )
+    return stats
+
+
 def start_run(
     args: argparse.Namespace, plan: du.LaunchPlan, data: dict, name: str, ctx: du.DistContext
 ) -> tuple[str, RunLogger]:
     """The run's checkpoint folder and its logs (rank 0 writes them), with the resolved
-    configuration logged and saved as args.txt."""
+    configuration logged and saved as args.txt. The folder is claimed first
+    (ops/engine/run_folder.py): a folder holding another run is refused, on every rank, unless
+    --resume (the same run) or --overwrite. --evaluate only reads: it writes nothing."""
     model_dir = os.path.join(args.root_model, name)
-    run_log = RunLogger(os.path.join(args.root_log, name), enabled=ctx.is_main)
+    log_dir = os.path.join(args.root_log, name)
+    error, action = None, ""
+    if ctx.is_main and not args.evaluate:
+        try:
+            action = claim_run_folder(model_dir, log_dir, args)
+        except RunFolderError as exc:
+            error = str(exc)
+    error = du.broadcast_object(error, ctx)
+    if error:
+        raise RunFolderError(error)
+    try:
+        run_log = RunLogger(log_dir, enabled=ctx.is_main and not args.evaluate)
+    except OSError as exc:
+        raise RunFolderError(output_error_message(exc, "--root_log", log_dir)) from None
     if ctx.is_main:
-        os.makedirs(model_dir, exist_ok=True)
         for line in describe(args, plan, data, name):
             logger.info(line)
+        said = {
+            "new": f"starting a new run in {model_dir}",
+            "resume": f"continuing the run in {model_dir} (--resume {args.resume})",
+            "overwrite": f"--overwrite: removed the previous run's files in {model_dir}",
+        }
+        if action:
+            logger.info(said[action])
         run_log.write_config(vars(args))
     return model_dir, run_log
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 from ops.dataset_config import add_data_args
 
@@ -48,6 +49,9 @@ DEMO_DEFAULTS: dict[str, object] = {
     "seed": 0,
     "print_freq": 10,
     "suffix": "demo",
+    # A second `python main.py` continues (or, when finished, re-evaluates) the first demo run
+    # instead of being refused for its run folder; --overwrite trains it afresh.
+    "resume": "auto",
 }
 
 
@@ -284,7 +288,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         metavar="PATH",
         help="checkpoint to continue from, or 'auto' for this run's ckpt.pth.tar if it exists",
     )
-    g.add_argument("--evaluate", "-e", action="store_true", help="only validate and exit")
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in a run folder that holds a run of the same name (its checkpoints "
+        "and logs are removed); without it such a folder is refused unless --resume",
+    )
+    g.add_argument(
+        "--evaluate", "-e", action="store_true", help="only validate the --resume checkpoint"
+    )
     g.add_argument("--eval-freq", "-ef", type=int, default=1, dest="eval_freq")
     g.add_argument("--print-freq", "-p", type=int, default=20, dest="print_freq")
     g.add_argument("--workers", "-j", type=int, default=8, help="data loading workers per process")
@@ -333,6 +345,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         for key, value in DEMO_DEFAULTS.items():
             if key not in vars(explicit):
                 setattr(args, key, value)
+        if "resume" not in vars(explicit) and args.overwrite:
+            args.resume = ""  # the demo resumes its finished run unless told to start afresh
     check_args(parser, args)
     return args
 
@@ -360,6 +374,26 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"--stop_after_epochs must be >= 1, got {args.stop_after_epochs}")
     if args.cpu_procs is not None and args.cpu_procs < 1:
         parser.error(f"--cpu_procs must be >= 1, got {args.cpu_procs}")
+    for flag, value in (("--lr", args.lr), ("--wd", args.weight_decay)):
+        if not 0 <= value < 1e30:  # also refuses nan; larger values overflow float32 steps
+            parser.error(f"{flag} must be a number in [0, 1e30), got {value}")
+    if not (math.isfinite(args.momentum) and 0 <= args.momentum < 1):
+        parser.error(f"--momentum must be in [0, 1), got {args.momentum}")
+    if not (math.isfinite(args.dropout) and 0 <= args.dropout < 1):
+        parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
+    if args.shift and args.shift_div < 3:
+        parser.error(
+            f"--shift_div {args.shift_div} must be >= 3: 1/shift_div of the channels shift each "
+            "way, so smaller values shift no channel or all of them (8 as published)"
+        )
+    if not args.non_local:
+        given = [f"--{k}" for k in ("nl_where", "nl_options") if getattr(args, k) is not None]
+        given += ["--nl_type"] if args.nl_type != "rnl" else []
+        if given:
+            parser.error(f"{' '.join(given)} given without --non_local: add --non_local or drop it")
+    if args.overwrite and (args.resume or args.evaluate):
+        flag = "--resume" if args.resume else "--evaluate"
+        parser.error(f"--overwrite starts a run afresh, {flag} uses its checkpoint: give one")
     if args.available_gpus is not None:
         ids = [s.strip() for s in args.available_gpus.split(",") if s.strip()]
         if not ids or not all(s.isdigit() for s in ids):

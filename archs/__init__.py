@@ -51,16 +51,16 @@ def load_imagenet_state_dict(name: str) -> dict:
 
 
 def _read_state_dict(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"pretrained weights file {path} does not exist: pass an existing file, 'imagenet' or 'scratch'"
-        )
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    from ops.checkpoint import read_torch_file  # here: ops.checkpoint imports the models
+
+    sd = read_torch_file(path, what="--pretrain file")  # one-line errors, never unpickles code
     for key in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
     if not isinstance(sd, dict):
-        raise ValueError(f"{path} does not hold a state_dict: expected a dict of tensors")
+        raise ValueError(
+            f"--pretrain {path} does not hold a state_dict: expected a dict of tensors"
+        )
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
@@ -75,7 +75,14 @@ def build_backbone(name: str, pretrain: str = "imagenet") -> nn.Module:
     sd = load_imagenet_state_dict(name) if pretrain == "imagenet" else _read_state_dict(pretrain)
     if name == "mobilenetv2" and any(k.startswith("classifier.1.") for k in sd):
         sd = from_torchvision_state_dict(sd)
-    missing, unexpected = net.load_state_dict(sd, strict=False)
+    try:
+        missing, unexpected = net.load_state_dict(sd, strict=False)
+    except RuntimeError as exc:  # tensors of other shapes
+        shapes = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+        raise ValueError(
+            f"--pretrain {pretrain} does not fit {name}: {len(shapes)} tensor(s) of other shapes "
+            f"({shapes[0][:150] if shapes else exc}): give a {name} backbone state_dict"
+        ) from None
     head = ("fc.", "classifier.")
     missing = [k for k in missing if not k.startswith(head)]
     unexpected = [k for k in unexpected if not k.startswith(head)]

@@ -31,6 +31,7 @@ tools/ all come here).
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import logging
@@ -64,17 +65,25 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
 
     A crash or a full disk leaves either the old file or the new one, never half a file. On failure
     the temporary file is removed and ``CheckpointError`` says that the previous checkpoint is intact.
+    Temporary files of an earlier save of the same path that was killed (``kill -9``) are removed
+    first: one process writes a given checkpoint path. The file gets the permissions of any new
+    file (the umask), not the private ones of a temporary file.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     tmp = None
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+        prefix = os.path.basename(path) + "."
+        for stale in glob.glob(os.path.join(glob.escape(folder), glob.escape(prefix) + "*.tmp")):
+            with contextlib.suppress(OSError):
+                os.remove(stale)
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
         tmp = None
         with contextlib.suppress(OSError):  # make the rename itself durable where the OS allows it
@@ -97,6 +106,26 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
         ) from exc
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def nonfinite_weights(model: nn.Module) -> tuple[int, str] | None:
+    """``(number of non-finite values, first tensor holding one)`` in the model's floating-point
+    parameters and buffers, or None when all are finite."""
+    bad, first = 0, ""
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_floating_point():
+            n = int(t.numel() - torch.isfinite(t.detach()).sum())
+            if n and not first:
+                first = name
+            bad += n
+    return (bad, first) if bad else None
+
+
 # ---------------------------------------------------------------------------------------------
 # loading
 # ---------------------------------------------------------------------------------------------
@@ -109,20 +138,33 @@ def _numpy_safe_globals() -> list:
     return allowed
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint file safely onto the CPU: a ``.safetensors`` file with its sidecar
-    (``load_safetensors``), anything else with ``torch.load(weights_only=True)``.
+def missing_file_message(path: str, what: str = "checkpoint") -> str:
+    """Why ``path`` is not a file to read: a folder, or nothing there."""
+    if os.path.isdir(path):
+        return f"{what} {path} is a folder, not a file: give the path of the file inside it"
+    return f"{what} {path} does not exist: check the path"
 
-    A bare state_dict file is returned as ``{'state_dict': sd}``.
-    """
-    path = os.fspath(path)
+
+# How the files torch.save writes begin: a zip archive (since PyTorch 1.6) or a pickle (older).
+_TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80")
+
+
+def read_torch_file(path: str, what: str = "checkpoint"):
+    """The object a ``torch.save`` file holds, loaded with ``weights_only=True`` onto the CPU;
+    a one-line ``CheckpointError`` for a folder, a missing file, a file that torch.save did not
+    write (a README, a text file), a truncated one, and a pickle that would run code."""
     if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path} does not exist: check the path")
-    if is_safetensors(path):
-        return load_safetensors(path)
+        raise CheckpointError(missing_file_message(path, what))
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head.startswith(_TORCH_FILE_STARTS):
+        raise CheckpointError(
+            f"{what} {path} is not a file written by torch.save (it starts with {head!r}): "
+            "give a .pth / .pth.tar checkpoint file"
+        )
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         detail = (
@@ -131,15 +173,30 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
             else "it holds objects other than tensors and plain values"
         )
         raise CheckpointError(
-            f"refused to load {path}: {detail} when unpickled; "
+            f"refused to load {what} {path}: {detail} when unpickled; "
             "only load checkpoints from sources you trust, re-saved as plain state_dicts"
         ) from None
     except Exception as exc:
+        first = str(exc).strip().splitlines()[0].split(". ")[0][:160] if str(exc).strip() else ""
         raise CheckpointError(
-            f"cannot read {path} as a PyTorch checkpoint ({type(exc).__name__}"
-            f"{': ' + str(exc).splitlines()[0] if str(exc).strip() else ''}): check that the file is complete "
-            "(download or copy it again) and was written by torch.save"
+            f"cannot read {what} {path} ({type(exc).__name__}{': ' + first if first else ''}): "
+            "the file is incomplete or damaged; download or copy it again"
         ) from None
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint file safely onto the CPU: a ``.safetensors`` file with its sidecar
+    (``load_safetensors``), anything else with ``torch.load(weights_only=True)``
+    (``read_torch_file``).
+
+    A bare state_dict file is returned as ``{'state_dict': sd}``.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(missing_file_message(path))
+    if is_safetensors(path):
+        return load_safetensors(path)
+    ckpt = read_torch_file(path)
     if not isinstance(ckpt, dict):
         raise CheckpointError(
             f"{path} is not a checkpoint: expected a dict, found {type(ckpt).__name__}"
@@ -600,6 +657,14 @@ def save_training_checkpoint(
     fails, every rank raises ``CheckpointError`` (the previous file is intact), so that all stop
     together instead of the others waiting for rank 0.
     """
+    found = nonfinite_weights(model)
+    flags = du.all_reduce_sum(torch.tensor([float(found is not None)], dtype=torch.float64), ctx)
+    if flags[0] > 0:
+        detail = f"{found[0]} NaN/Inf values, first in {found[1]}" if found else "on another rank"
+        raise CheckpointError(
+            f"the weights are not finite after epoch {state.epoch} ({detail}): nothing was "
+            "saved over the last good checkpoint; lower --lr, set --gd, or check the data"
+        )
     checksums = du.all_gather_objects(param_checksum(model), ctx)
     if len(set(checksums)) > 1:
         logger.error("the DDP replicas' weights differ (checksums %s)", checksums)
@@ -657,7 +722,7 @@ def find_resume(resume: str, run_dir: str) -> str | None:
         return path
     if not os.path.isfile(resume):
         raise FileNotFoundError(
-            f"--resume {resume} does not exist: give a ckpt.pth.tar path or 'auto'"
+            f"--resume: {missing_file_message(resume)} (give a ckpt.pth.tar path or 'auto')"
         )
     return resume
 
@@ -701,7 +766,7 @@ def resume_checkpoint(resume: str, run_dir: str, ctx: du.DistContext) -> tuple[s
     )
     missing = du.all_reduce_sum(torch.tensor([float(not same)], dtype=torch.float64), ctx)
     if missing[0] == 0:
-        return path, load_checkpoint(path)
+        return path, _load_resume(path)
     if ctx.is_main:
         logger.info("%d rank(s) cannot read %s: sending it to them", int(missing[0]), path)
         with open(path, "rb") as f:
@@ -710,13 +775,20 @@ def resume_checkpoint(resume: str, run_dir: str, ctx: du.DistContext) -> tuple[s
         data = None
     data = du.broadcast_bytes(data, ctx)
     if same:
-        return path, load_checkpoint(path)
+        return path, _load_resume(path)
     with tempfile.TemporaryDirectory(prefix="resume_") as folder:
         copy = os.path.join(folder, os.path.basename(path))
         with open(copy, "wb") as f:
             f.write(data)
-        ckpt = load_checkpoint(copy)
+        ckpt = _load_resume(copy)
     return path, ckpt
+
+
+def _load_resume(path: str) -> dict:
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"--resume: {exc}") from None
 
 
 def resume(
@@ -789,7 +861,10 @@ def resume(
 def tune_from(model: nn.Module, path: str, dataset: str) -> None:
     """Initialise ``model`` from another run's checkpoint; its classifier too only when it was
     trained on the same ``dataset`` (``same_dataset``)."""
-    ckpt = load_checkpoint(path)
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"--tune_from: {exc}") from None
     sd = strip_module_prefix(ckpt["state_dict"])
     if not same_dataset(path, dataset, ckpt):
         own = model.state_dict()
@@ -797,5 +872,8 @@ def tune_from(model: nn.Module, path: str, dataset: str) -> None:
         sd = {k: v for k, v in sd.items() if not k.startswith(heads)}
         sd.update({k: v for k, v in own.items() if k.startswith(heads)})  # keep the new classifier
         logger.info("=> new dataset: classifier weights of %s not loaded", path)
-    load_weights(model, sd)
+    try:
+        load_weights(model, sd)
+    except CheckpointError as exc:
+        raise CheckpointError(f"--tune_from {path}: {exc}") from None
     logger.info("=> fine-tuning from %s", path)

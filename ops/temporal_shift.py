@@ -110,6 +110,25 @@ def _shift_adjoint(g: torch.Tensor, n_segment: int, fold_div: int) -> torch.Tens
     return out.view(nt, c, h, w)
 
 
+def _input_channels(net: nn.Module) -> int | None:
+    """Channels of the tensor ``net`` receives: those of its first convolution."""
+    conv = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
+    return conv.in_channels if conv is not None else None
+
+
+def check_shift_div(n_div: int, channels: int | None) -> None:
+    """Refuse a ``shift_div`` that shifts no channel of a ``channels``-channel input
+    (``fold = 0``, a negative fold, a division by 0) or every channel (``2 * fold >= C``):
+    either silently turns the TSM into something else."""
+    if n_div >= 1 and (channels is None or 0 < 2 * (channels // n_div) < channels):
+        return
+    limit = f" and <= {channels}, the channels of the narrowest shifted layer" if channels else ""
+    raise ValueError(
+        f"--shift_div {n_div} shifts {'no' if n_div > 2 else 'every'} channel: it must be >= 3"
+        f"{limit} (8 as published)"
+    )
+
+
 class TemporalShift(nn.Module):
     """Shift the input over time, then apply the wrapped module ``net`` (kept as ``.net`` so the
     state_dict matches the published ``conv1.net.weight`` layout).
@@ -126,6 +145,7 @@ class TemporalShift(nn.Module):
         recompute: bool = False,
     ):
         super().__init__()
+        check_shift_div(n_div, _input_channels(net))
         self.net = net
         self.n_segment = n_segment
         self.fold_div = n_div

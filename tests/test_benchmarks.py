@@ -47,7 +47,9 @@ def test_quick_suite_writes_every_row_with_its_ratio(tmp_path):
         assert rows[f"growth {f} frames x {s} px: plain"]["positions"] == f * (s // 8) ** 2
         fast = rows[f"growth {f} frames x {s} px: fast fp32"]
         plain = rows[f"growth {f} frames x {s} px: plain"]
-        assert fast["speedup"] == pytest.approx(fast["clips_per_s"] / plain["clips_per_s"], rel=0.02)
+        assert fast["speedup"] == pytest.approx(
+            fast["clips_per_s"] / plain["clips_per_s"], rel=0.02
+        )
     for name, r in rows.items():
         if name.startswith("saved plain keeps:"):  # plain keeps what the published code keeps
             assert r["plain_mib"] == pytest.approx(r["published_mib"], rel=1e-6), name

@@ -59,7 +59,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(
     # The resumed run starts at epoch 2; its third loss is iteration 3 of 4.
     assert "loss became NaN at epoch 2, iteration 3/4" in message and "\n" not in message
     assert {f: sha(run_dir / f) for f in before} == before
-    assert sorted(os.listdir(run_dir)) == sorted(before)
+    assert sorted(os.listdir(run_dir)) == sorted([*before, "run_config.json"])
 
 
 def test_failed_checkpoint_write_keeps_the_previous_one_and_says_so(
@@ -81,7 +81,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one_and_says_so(
     assert "No space left on device" in message
     assert "the previous checkpoint there is intact" in message and "\n" not in message
     assert {f: sha(run_dir / f) for f in before} == before  # byte-identical, no temp files
-    assert sorted(os.listdir(run_dir)) == sorted(before)
+    assert sorted(os.listdir(run_dir)) == sorted([*before, "run_config.json"])
     assert load_checkpoint(run_dir / "ckpt.pth.tar")["epoch"] == 1
 
 

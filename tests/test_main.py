@@ -76,7 +76,7 @@ def test_two_epochs_write_checkpoints_and_logs(data_root, tmp_path):
     out = train_main.main(tiny_args(data_root, str(tmp_path), "--epochs", "2", "--suffix", "t"))
     name = out["run_name"]
     run_dir = tmp_path / "ckpt" / name
-    assert sorted(os.listdir(run_dir)) == ["ckpt.best.pth.tar", "ckpt.pth.tar"]
+    assert sorted(os.listdir(run_dir)) == ["ckpt.best.pth.tar", "ckpt.pth.tar", "run_config.json"]
     ckpt = load_checkpoint(run_dir / "ckpt.pth.tar")  # weights_only loading
     # Published keys plus what resuming and evaluation need.
     for key in ("epoch", "arch", "state_dict", "optimizer", "best_prec1", "model_config"):
@@ -185,7 +185,7 @@ def test_ddp_two_gloo_processes_keep_identical_replicas(data_root, tmp_path):
         )
     )
     run_dir = tmp_path / "ckpt" / out["run_name"]
-    assert sorted(os.listdir(run_dir)) == ["ckpt.best.pth.tar", "ckpt.pth.tar"]
+    assert sorted(os.listdir(run_dir)) == ["ckpt.best.pth.tar", "ckpt.pth.tar", "run_config.json"]
     ckpt = load_checkpoint(run_dir / "ckpt.pth.tar")
     assert ckpt["epoch"] == 2 and ckpt["world_size"] == 2
     # 8 videos over 2 processes x 2 clips: 2 iterations per epoch.

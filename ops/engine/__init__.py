@@ -8,6 +8,8 @@
     lr_scheduler.py  the published per-iteration warmup + cosine / step schedule
     seeding.py       reproducible sample order and augmentation, epoch by epoch, resumable
     run_logger.py    tensorboardX scalars, log.csv and log.txt of a run
+    run_folder.py    whose a run folder is: run_config.json, refusing another run's folder
+                     (unless --resume / --overwrite), output folders that cannot be written
     compile.py       --compile with a fall-back to eager mode
     runtime_report.py  what actually runs (devices, backend, attention kernels), logged and saved
 Checkpoints (saving, resuming) are ops/checkpoint.py, shared with test_models.py and tools/.

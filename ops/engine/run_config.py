@@ -16,7 +16,7 @@ import torch
 
 from archs import imagenet_weights_path, load_imagenet_state_dict
 from ops import distributed as du
-from ops.checkpoint import same_dataset
+from ops.checkpoint import CheckpointError, missing_file_message, same_dataset
 from ops.dataset_config import NO_FLIP_DATASETS, category_file, default_data_root, resolve_dataset
 
 logger = logging.getLogger(__name__)
@@ -124,8 +124,11 @@ def resolve_fc_lr5(args: argparse.Namespace) -> bool:
     if not args.tune_from:
         return True
     if not os.path.isfile(args.tune_from):
-        raise FileNotFoundError(f"--tune_from {args.tune_from} does not exist")
-    return not same_dataset(args.tune_from, args.dataset)
+        raise FileNotFoundError(f"--tune_from: {missing_file_message(args.tune_from)}")
+    try:
+        return not same_dataset(args.tune_from, args.dataset)
+    except CheckpointError as exc:
+        raise CheckpointError(f"--tune_from: {exc}") from None
 
 
 def visible_gpus(args: argparse.Namespace) -> int:
@@ -232,7 +235,7 @@ def check_pretrained(args: argparse.Namespace, dry_run: bool) -> str:
         return "pretrain: scratch (random initialisation)"
     if args.pretrain != "imagenet":
         if not os.path.isfile(args.pretrain):
-            msg = f"--pretrain file {args.pretrain} does not exist"
+            msg = missing_file_message(args.pretrain, "--pretrain file")
             if dry_run:
                 return f"pretrain: {msg}"
             raise FileNotFoundError(f"{msg}: pass an existing state_dict, imagenet or scratch")

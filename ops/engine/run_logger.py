@@ -8,7 +8,13 @@ Everything goes to `<root_log>/<run name>/`:
 - `log.txt`: the progress lines and messages, as the published `log.csv` text file had;
 - `args.txt`: the resolved configuration.
 Only rank 0 writes; on other ranks a RunLogger is a no-op (`enabled=False`). Appending keeps the
-records of a resumed run in the same files.
+records of a resumed run in the same files; `keep_epochs` first drops the rows of epochs the
+resumed run trains again, so `log.csv` has one row per epoch.
+
+A failed write (a full or read-only disk) raises `RunLogError`, one line naming the file. A
+progress line that cannot be written mid-epoch is not fatal at once: the error is kept and
+raised by the next `epoch()`, which main.py calls after the epoch's checkpoint is saved, so a
+full log disk never loses trained epochs.
 """
 
 from __future__ import annotations
@@ -37,6 +43,17 @@ CSV_FIELDS = (
 )
 
 
+class RunLogError(Exception):
+    """A log file of the run could not be written; the message names it."""
+
+
+def _error(exc: OSError, path: str) -> RunLogError:
+    return RunLogError(
+        f"cannot write the run log {exc.filename or path} ({exc.strerror or exc}): free space "
+        "or choose a writable --root_log; checkpoints saved so far are kept (--resume auto)"
+    )
+
+
 class RunLogger:
     """Scalars to tensorboardX, epoch rows to `log.csv`, lines to `log.txt` (rank 0 only)."""
 
@@ -44,6 +61,7 @@ class RunLogger:
         self.log_dir = log_dir
         self.enabled = enabled
         self._writer = None
+        self._failed: RunLogError | None = None  # a progress line that could not be written
         if not enabled:
             return
         os.makedirs(log_dir, exist_ok=True)
@@ -59,8 +77,31 @@ class RunLogger:
     def write_config(self, config: dict) -> None:
         """Store the resolved configuration as `args.txt` (JSON, one run's settings)."""
         if self.enabled:
-            with open(os.path.join(self.log_dir, "args.txt"), "w") as f:
-                json.dump(config, f, indent=1, sort_keys=True, default=str)
+            path = os.path.join(self.log_dir, "args.txt")
+            try:
+                with open(path, "w") as f:
+                    json.dump(config, f, indent=1, sort_keys=True, default=str)
+            except OSError as exc:
+                raise _error(exc, path) from None
+
+    def keep_epochs(self, epochs: int) -> None:
+        """Drop the `log.csv` rows of epochs after `epochs` (a run resumed from an earlier
+        checkpoint trains them again and writes their rows anew)."""
+        if not self.enabled:
+            return
+        with open(self._csv_path, newline="") as f:
+            rows = list(csv.reader(f))
+        kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= epochs]
+        if len(kept) == len(rows):
+            return
+        tmp = self._csv_path + ".tmp"
+        try:
+            with open(tmp, "w", newline="") as f:
+                csv.writer(f).writerows(kept)
+            os.replace(tmp, self._csv_path)
+        except OSError as exc:
+            raise _error(exc, self._csv_path) from None
+        logger.info("log.csv: dropped %d row(s) after epoch %d", len(rows) - len(kept), epochs)
 
     def scalar(self, tag: str, value: float, step: int | float) -> None:
         if self._writer is not None:
@@ -72,9 +113,12 @@ class RunLogger:
 
     def line(self, text: str) -> None:
         """Append a line to `log.txt` (the caller also logs it through `logging`)."""
-        if self.enabled:
-            with open(self._txt_path, "a") as f:
-                f.write(text + "\n")
+        if self.enabled and self._failed is None:
+            try:
+                with open(self._txt_path, "a") as f:
+                    f.write(text + "\n")
+            except OSError as exc:  # raised by epoch(), after the epoch's checkpoint is saved
+                self._failed = _error(exc, self._txt_path)
 
     def epoch_row(self, row: dict) -> None:
         """Append one epoch's summary to `log.csv` (missing fields left empty)."""
@@ -83,8 +127,11 @@ class RunLogger:
         unknown = set(row) - set(CSV_FIELDS)
         if unknown:
             raise ValueError(f"unknown log.csv fields {sorted(unknown)}: add them to CSV_FIELDS")
-        with open(self._csv_path, "a", newline="") as f:
-            csv.writer(f).writerow([_fmt(row.get(k)) for k in CSV_FIELDS])
+        try:
+            with open(self._csv_path, "a", newline="") as f:
+                csv.writer(f).writerow([_fmt(row.get(k)) for k in CSV_FIELDS])
+        except OSError as exc:
+            raise _error(exc, self._csv_path) from None
         if self._writer is not None:
             self._writer.flush()
 
@@ -138,6 +185,8 @@ class RunLogger:
             )
         self.scalars(scalars, epoch)
         self.epoch_row(row)
+        if self._failed is not None:
+            raise self._failed
 
     def close(self) -> None:
         if self._writer is not None:

@@ -1,0 +1,183 @@
+"""Which run a run folder belongs to: its config file, and the rule that protects it.
+
+The run name leaves most flags out (``--seed``, ``--input_size``, ``--batch_size``, ...), so two
+different runs can get the same ``<root_model>/<run name>/`` folder. Each run therefore writes
+the flags that define it to ``run_config.json`` in that folder, and a new run refuses to start
+in a folder that already holds a run (a config file, a checkpoint, or logged epochs) unless
+
+- ``--resume`` (a path or ``auto``) is given and the stored config has the same defining flags:
+  the run continues (a folder from before config files existed is taken as this run's); or
+- ``--overwrite`` is given: the old run's files (ours only, by name) are removed first.
+
+Flags that only say where or how fast the run executes (paths, workers, launch, compile, batch
+split, ...) are not part of the config, so a run resumes on another machine or number of GPUs.
+Everything is decided by rank 0; the other ranks receive the decision (``claim_run_folder``).
+The same folder is also where stale temporary checkpoint files of a killed save are removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import json
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+
+RUN_CONFIG = "run_config.json"
+CHECKPOINTS = ("ckpt.pth.tar", "ckpt.best.pth.tar")
+LOG_FILES = ("log.csv", "log.txt", "args.txt")
+# Flags that do not change what a run computes, only where or how it executes: a run resumed
+# with other values of these is the same run.
+EXECUTION_FLAGS = frozenset(
+    {
+        "resume", "evaluate", "overwrite", "dry_run", "no_demo_eval", "stop_after_epochs",
+        "workers", "persistent_workers", "print_freq", "eval_freq", "root_model", "root_log",
+        "data_root", "multiprocessing_distributed", "world_size", "rank", "dist_url",
+        "dist_backend", "dist_timeout", "cpu_procs", "gpu", "available_gpus", "batch_size",
+        "amp", "channels_last", "compile", "compile_backend", "skip_bad_lines", "strict_data",
+        "recompute", "checkpoint_blocks",
+    }
+)  # fmt: skip
+
+
+class RunFolderError(ValueError):
+    """A run folder holds another run, or cannot be written; the message says what to do."""
+
+
+def run_config(args: argparse.Namespace) -> dict:
+    """The flags that define a run (everything but ``EXECUTION_FLAGS``), JSON-ready."""
+    config = {}
+    for key, value in sorted(vars(args).items()):
+        if key in EXECUTION_FLAGS:
+            continue
+        config[key] = json.loads(json.dumps(value, default=str))  # tuples -> lists, as stored
+    return config
+
+
+def _logged_epochs(log_dir: str) -> bool:
+    """Whether the run's log.csv has at least one epoch row (more than its header)."""
+    try:
+        with open(os.path.join(log_dir, "log.csv")) as f:
+            return sum(1 for line in f if line.strip()) > 1
+    except OSError:
+        return False
+
+
+def _stored_config(model_dir: str) -> dict | None:
+    path = os.path.join(model_dir, RUN_CONFIG)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            stored = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise RunFolderError(
+            f"{path} is not readable ({exc}): remove it, or pass --overwrite to start afresh"
+        ) from None
+    return stored if isinstance(stored, dict) else {}
+
+
+def _differences(stored: dict, now: dict) -> str:
+    keys = sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
+    shown = ", ".join(f"--{k} {stored.get(k)!r} there vs {now.get(k)!r} now" for k in keys[:4])
+    return shown + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+
+
+def check_run_folder(
+    model_dir: str, log_dir: str, config: dict, *, resume: str, overwrite: bool
+) -> str:
+    """Decide whether this run may use ``model_dir`` / ``log_dir``; returns what it does there:
+    'new' (empty folder), 'resume' (the same run, continued) or 'overwrite'. Raises
+    ``RunFolderError`` (one line) when the folder holds another run or the same run without
+    ``--resume``."""
+    stored = _stored_config(model_dir)
+    checkpoints = [c for c in CHECKPOINTS if os.path.isfile(os.path.join(model_dir, c))]
+    occupied = stored is not None or checkpoints or _logged_epochs(log_dir)
+    if not occupied:
+        return "new"
+    if overwrite:
+        return "overwrite"
+    if stored is not None and stored != config:
+        raise RunFolderError(
+            f"{model_dir} holds another run with the same name ({_differences(stored, config)}): "
+            "give this run its own name with --suffix NAME, or pass --overwrite to replace it"
+        )
+    if resume:
+        return "resume"
+    what = ", ".join(checkpoints) if checkpoints else "its config and logs"
+    raise RunFolderError(
+        f"{model_dir} already holds this run ({what}): pass --resume auto to continue it, "
+        "--overwrite to start it afresh, or --suffix NAME for a separate run"
+    )
+
+
+def clear_run(model_dir: str, log_dir: str) -> None:
+    """Remove a previous run's files from its folders (only the names this code writes)."""
+    names = [os.path.join(model_dir, n) for n in (*CHECKPOINTS, RUN_CONFIG)]
+    names += [os.path.join(log_dir, n) for n in LOG_FILES]
+    names += glob.glob(os.path.join(glob.escape(log_dir), "events.out.tfevents.*"))
+    for path in names + stale_temp_files(model_dir):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+def stale_temp_files(folder: str) -> list[str]:
+    """Temporary files that ``ops.checkpoint.save_checkpoint`` leaves when killed mid-save
+    (``<checkpoint name>.<random>.tmp``)."""
+    found = []
+    for name in CHECKPOINTS:
+        found += glob.glob(os.path.join(glob.escape(folder), glob.escape(name) + ".*.tmp"))
+    return found
+
+
+def write_run_config(model_dir: str, config: dict) -> None:
+    """Store the run's defining flags as ``run_config.json`` (atomically)."""
+    path = os.path.join(model_dir, RUN_CONFIG)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(config, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def claim_run_folder(model_dir: str, log_dir: str, args: argparse.Namespace) -> str:
+    """Check (``check_run_folder``), clear on ``--overwrite``, create the folders and write the
+    config; removes stale temporary checkpoint files. Returns 'new', 'resume' or 'overwrite'.
+    Output folders that cannot be created raise ``RunFolderError`` naming the path and flag."""
+    config = run_config(args)
+    action = check_run_folder(
+        model_dir, log_dir, config, resume=args.resume, overwrite=args.overwrite
+    )
+    for folder, flag in ((model_dir, "--root_model"), (log_dir, "--root_log")):
+        make_output_dir(folder, flag)
+    if action == "overwrite":
+        clear_run(model_dir, log_dir)
+    for path in stale_temp_files(model_dir):  # a save that was killed: never a finished file
+        logger.info("removing %s, left by an interrupted checkpoint save", path)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+    try:
+        write_run_config(model_dir, config)
+    except OSError as exc:
+        raise RunFolderError(output_error_message(exc, "--root_model")) from None
+    return action
+
+
+def make_output_dir(folder: str, flag: str) -> None:
+    """``os.makedirs`` with a one-line ``RunFolderError`` naming the flag and path on failure."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied", folder)
+    except OSError as exc:
+        raise RunFolderError(output_error_message(exc, flag, folder)) from None
+
+
+def output_error_message(exc: OSError, flag: str = "", path: str | None = None) -> str:
+    """One line for an OSError on an output: the path, why, and what to do."""
+    where = exc.filename or path or "?"
+    why = exc.strerror or type(exc).__name__
+    pointer = f" (from {flag})" if flag else ""
+    return f"cannot write {where}{pointer}: {why}; choose a writable folder with free space"
