@@ -41,15 +41,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ops import utils
+from ops.device_input import InputNorm, ToUint8Tensor, norm_from
 from ops.sampling import num_clips
 from ops.transforms import (
     GroupCenterCrop,
     GroupFullResSample,
-    GroupNormalize,
     GroupOverSample,
     GroupScale,
     Stack,
-    ToTorchFormatTensor,
 )
 from ops.utils import autocast, to_device, topk_correct
 
@@ -86,7 +85,10 @@ def build_test_transform(
     input_mean: Sequence[float],
     input_std: Sequence[float],
 ) -> Callable:
-    """The test-time frame transform: crops, stacking, scaling to [0, 1] and normalisation.
+    """The test-time frame transform: PIL crops (the published ones), then stacking into a uint8
+    clip; the scaling to [0, 1] and the normalisation happen on the device (`ops.utils.to_device`
+    with the model's `InputNorm`, bit-identical to doing them here), so `input_mean` / `input_std`
+    are only checked here.
 
     test_crops 1: resize the shorter side to `scale_size`, centre crop `crop_size`;
     3: `GroupFullResSample` (left/right/centre along the longer side, no flips);
@@ -104,14 +106,8 @@ def build_test_transform(
         cropping = [GroupOverSample(crop_size, scale_size, flip=True)]
     else:
         raise ValueError(f"--test_crops must be one of {TEST_CROP_CHOICES}, got {test_crops}")
-    return torchvision.transforms.Compose(
-        [
-            *cropping,
-            Stack(roll=False),
-            ToTorchFormatTensor(div=True),
-            GroupNormalize(list(input_mean), list(input_std)),
-        ]
-    )
+    norm_from(input_mean, input_std)  # a one-line error now rather than on the device later
+    return torchvision.transforms.Compose([*cropping, Stack(roll=False), ToUint8Tensor()])
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,17 +311,19 @@ def _forward_views(
     num_views: int,
     device: torch.device,
     softmax: bool,
+    norm: InputNorm | None = None,
 ) -> torch.Tensor:
     """One forward pass for a batch `[B, views*T*C, H, W]` -> video scores `[B, K]` on CPU.
 
-    ``model`` enters its own autocast (``_autocast_inside``)."""
+    ``model`` enters its own autocast (``_autocast_inside``); a uint8 batch is normalised on the
+    device with ``norm``."""
     b, c, h, w = data.shape
     if c % num_views != 0:
         raise ValueError(
             f"a video tensor has {c} channels, not a multiple of {num_views} views; "
             "the test crops/clips settings do not match the data"
         )
-    x = to_device(data, device).view(b * num_views, c // num_views, h, w)
+    x = to_device(data, device, norm=norm).view(b * num_views, c // num_views, h, w)
     logits = model(x)  # [B*V, K]
     return average_views(logits, num_views=num_views, softmax=softmax).cpu()
 
@@ -351,6 +349,7 @@ def evaluate_ensemble(
     """
     if not (len(models) == len(loaders) == len(num_views)):
         raise ValueError("evaluate_ensemble needs one loader and one view count per model")
+    norms = [InputNorm.find(m) for m in models]  # uint8 clips are normalised with these
     models = [_autocast_inside(m, amp) for m in models]
     for m in models:
         m.eval()
@@ -366,8 +365,11 @@ def evaluate_ensemble(
     for step, batches in enumerate(zip(*loaders)):
         per_model = []
         requested: set[int] = set()
-        for model, (indices, data, labels, asked), v in zip(models, batches, num_views):
-            scores = _forward_views(model, data, v, device, softmax) if len(indices) else None
+        for model, (indices, data, labels, asked), v, norm in zip(
+            models, batches, num_views, norms
+        ):
+            run = len(indices) > 0
+            scores = _forward_views(model, data, v, device, softmax, norm) if run else None
             views_run += len(indices) * v
             per_model.append((indices, scores, labels))
             requested.update(asked.tolist())
