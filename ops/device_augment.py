@@ -15,8 +15,9 @@ device. On a CPU the same code runs with device='cpu' (tests/test_device_augment
 Only the resampling differs from the PIL path: torchvision's antialiased bilinear resize of uint8
 images follows PIL's filter but rounds its fixed-point arithmetic differently, and nvjpeg's IDCT
 differs from libjpeg's; pixels agree within a few grey levels (the test states the bound).
-Training only, RGB only: evaluation keeps the PIL path by default (the published accuracy was
-measured with it). A frame file that is not a JPEG is decoded in the worker (PIL) and travels as
+RGB only. Evaluation keeps the PIL path by default (the published accuracy was measured with
+it); `DeviceTestViews` (`test_models.py --device_views`) cuts the test views on the device as an
+option. A frame file that is not a JPEG is decoded in the worker (PIL) and travels as
 pixels; a frame is checked by its header only, so a JPEG whose data is damaged fails in the batch
 decode on the device.
 """
@@ -37,9 +38,16 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from ops.device_input import InputNorm
 from ops.frames import FrameFolders, decode_image
-from ops.transforms import GroupMultiScaleCrop, GroupRandomHorizontalFlip
+from ops.transforms import (
+    GroupFullResSample,
+    GroupMultiScaleCrop,
+    GroupOverSample,
+    GroupRandomHorizontalFlip,
+    scaled_size,
+)
 
 __all__ = [
+    "DeviceTestViews",
     "DeviceTrainAugment",
     "EncodedBatch",
     "EncodedClip",
@@ -108,14 +116,37 @@ def use_device_decoding(dataset) -> None:
 
 @dataclass
 class EncodedClip:
-    """A clip's frames (`frames[index[t]]` is frame t; repeated frames are stored once), the
-    crop box `(x, y, w, h)` drawn in the worker, the flip, and the output size (w, h)."""
+    """A clip's frames (`frames[index[t]]` is frame t; repeated frames are stored once) and its
+    views: each a crop box `(x, y, w, h)` and a flip, resized to `out_size` (w, h). Training has
+    one view; test time resizes the frames to `scale` (w, h) first and cuts several views of
+    `out_size` from them, stacked crop-major as the PIL test transforms do."""
 
     frames: list[EncodedFrame]
     index: list[int]
-    box: tuple[int, int, int, int]
-    flip: bool
+    views: list[tuple[tuple[int, int, int, int], bool]]
     out_size: tuple[int, int]
+    scale: tuple[int, int] | None = None
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        return self.views[0][0]
+
+    @property
+    def flip(self) -> bool:
+        return self.views[0][1]
+
+
+def _distinct_frames(images: Sequence) -> tuple[list[EncodedFrame], list[int]]:
+    """Each distinct frame object once (as an `EncodedFrame`), and every position's frame."""
+    unique: dict[int, int] = {}
+    frames: list[EncodedFrame] = []
+    index = []
+    for im in images:
+        if id(im) not in unique:
+            unique[id(im)] = len(frames)
+            frames.append(im if isinstance(im, EncodedFrame) else EncodedFrame.from_image(im))
+        index.append(unique[id(im)])
+    return frames, index
 
 
 class DeviceTrainAugment:
@@ -146,19 +177,44 @@ class DeviceTrainAugment:
         return twin
 
     def __call__(self, images: Sequence) -> EncodedClip:
-        unique: dict[int, int] = {}
-        frames: list[EncodedFrame] = []
-        index = []
-        for im in images:
-            if id(im) not in unique:
-                unique[id(im)] = len(frames)
-                frames.append(im if isinstance(im, EncodedFrame) else EncodedFrame.from_image(im))
-            index.append(unique[id(im)])
+        frames, index = _distinct_frames(images)
         crop_w, crop_h, off_w, off_h = self.crop._sample_crop_size(frames[0].size)
         flip = self.flip and random.random() < 0.5  # GroupRandomHorizontalFlip's draw
-        return EncodedClip(
-            frames, index, (off_w, off_h, crop_w, crop_h), flip, self.crop.input_size
-        )
+        box = (off_w, off_h, crop_w, crop_h)
+        return EncodedClip(frames, index, [(box, flip)], self.crop.input_size)
+
+
+class DeviceTestViews:
+    """The worker half of the device path at test time (an option; PIL is the default): the
+    views of `ops.evaluation.build_test_transform` (1 = resize + centre crop, 3 = along the
+    longer side, 5 = corners + centre, 10 = those and their mirrors), at the offsets the PIL
+    transforms use, on frames resized (on the device) so that the shorter side is `scale_size`."""
+
+    def __init__(self, test_crops: int, scale_size: int, crop_size: int) -> None:
+        if test_crops not in (1, 3, 5, 10):
+            raise ValueError(f"--test_crops must be one of (1, 3, 5, 10), got {test_crops}")
+        self.test_crops, self.scale_size, self.crop_size = test_crops, scale_size, crop_size
+
+    def views(self, image_w: int, image_h: int) -> list[tuple[tuple[int, int, int, int], bool]]:
+        crop = self.crop_size
+        if crop > image_w or crop > image_h:
+            raise ValueError(
+                f"test crop {crop}x{crop} is larger than the scaled frame {image_w}x{image_h}"
+            )
+        if self.test_crops == 1:  # torchvision's centre crop rounding
+            offsets = [(int(round((image_w - crop) / 2.0)), int(round((image_h - crop) / 2.0)))]
+        elif self.test_crops == 3:
+            offsets = GroupFullResSample(crop).offsets(image_w, image_h, crop, crop)
+        else:
+            offsets = GroupOverSample(crop).offsets(image_w, image_h, crop, crop)
+        flips = (False, True) if self.test_crops == 10 else (False,)
+        return [((x, y, crop, crop), flip) for x, y in offsets for flip in flips]
+
+    def __call__(self, images: Sequence) -> EncodedClip:
+        frames, index = _distinct_frames(images)
+        scale = scaled_size(*frames[0].size, self.scale_size)
+        views = self.views(*scale)
+        return EncodedClip(frames, index, views, (self.crop_size, self.crop_size), scale)
 
 
 @dataclass
@@ -186,16 +242,23 @@ class EncodedBatch:
         ]
 
     def augment(self, device: torch.device | str) -> torch.Tensor:
-        """uint8 `[B, T*3, H, W]` on `device`: crop, resize (antialiased bilinear), flip."""
+        """uint8 `[B, views*T*3, H, W]` on `device`: (scale,) crop, resize (antialiased
+        bilinear), flip; views crop-major."""
         out = []
         for clip, frames in zip(self.clips, self.decode(device)):
-            x, y, w, h = clip.box
-            crops = torch.stack([f[:, y : y + h, x : x + w] for f in frames])  # [U, 3, h, w]
+            x_all = torch.stack(frames)  # [U, 3, H0, W0]
+            if clip.scale is not None:
+                x_all = TF2.resize(x_all, [clip.scale[1], clip.scale[0]], antialias=True)
             out_w, out_h = clip.out_size
-            crops = TF2.resize(crops, [out_h, out_w], antialias=True)
-            if clip.flip:
-                crops = crops.flip(-1)
-            out.append(crops[clip.index].reshape(-1, out_h, out_w))  # [T*3, H, W]
+            views = []
+            for (x, y, w, h), flip in clip.views:
+                crops = x_all[:, :, y : y + h, x : x + w]  # [U, 3, h, w]
+                if (w, h) != (out_w, out_h):
+                    crops = TF2.resize(crops, [out_h, out_w], antialias=True)
+                if flip:
+                    crops = crops.flip(-1)
+                views.append(crops[clip.index].reshape(-1, out_h, out_w))  # [T*3, H, W]
+            out.append(torch.cat(views))
         return torch.stack(out)
 
     def to_model_input(self, device: torch.device | str, norm: InputNorm) -> torch.Tensor:

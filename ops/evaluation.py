@@ -41,6 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ops import utils
+from ops.device_augment import DeviceTestViews, EncodedBatch, EncodedClip
 from ops.device_input import InputNorm, ToUint8Tensor, norm_from
 from ops.sampling import num_clips
 from ops.transforms import (
@@ -84,6 +85,7 @@ def build_test_transform(
     crop_size: int,
     input_mean: Sequence[float],
     input_std: Sequence[float],
+    device_views: bool = False,
 ) -> Callable:
     """The test-time frame transform: PIL crops (the published ones), then stacking into a uint8
     clip; the scaling to [0, 1] and the normalisation happen on the device (`ops.utils.to_device`
@@ -95,7 +97,15 @@ def build_test_transform(
     5: `GroupOverSample` without flips (four corners + centre);
     10: `GroupOverSample` with flips. `crop_size` is the scale size for --full_res, else the
     model's input size. The output is `[crops * frames * 3, crop, crop]`, crop-major.
+
+    `device_views=True` (an option; not the published evaluation): the same views cut on the
+    device (`ops.device_augment.DeviceTestViews`: decoded, resized with antialiased bilinear
+    instead of PIL's bilinear), scores within a small margin of the PIL ones
+    (tests/test_device_augment.py measures it on the published-format test data).
     """
+    if device_views:
+        norm_from(input_mean, input_std)
+        return DeviceTestViews(test_crops, scale_size, crop_size)
     if test_crops == 1:
         cropping = [GroupScale(scale_size), GroupCenterCrop(crop_size)]
     elif test_crops == 3:
@@ -189,9 +199,12 @@ def collate_indexed(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     if not kept:
         empty = torch.zeros(0, dtype=torch.int64)
         return empty, torch.zeros(0), empty, requested
+    items = [item[0] for _, item in kept]
     return (
         torch.tensor([index for index, _ in kept], dtype=torch.int64),
-        torch.stack([torch.as_tensor(item[0]) for _, item in kept]),
+        EncodedBatch(items)
+        if isinstance(items[0], EncodedClip)
+        else torch.stack([torch.as_tensor(x) for x in items]),
         torch.tensor([int(item[1]) for _, item in kept], dtype=torch.int64),
         requested,
     )
@@ -317,13 +330,14 @@ def _forward_views(
 
     ``model`` enters its own autocast (``_autocast_inside``); a uint8 batch is normalised on the
     device with ``norm``."""
-    b, c, h, w = data.shape
+    x = to_device(data, device, norm=norm)  # float [B, views*T*C, H, W]
+    b, c, h, w = x.shape
     if c % num_views != 0:
         raise ValueError(
             f"a video tensor has {c} channels, not a multiple of {num_views} views; "
             "the test crops/clips settings do not match the data"
         )
-    x = to_device(data, device, norm=norm).view(b * num_views, c // num_views, h, w)
+    x = x.view(b * num_views, c // num_views, h, w)
     logits = model(x)  # [B*V, K]
     return average_views(logits, num_views=num_views, softmax=softmax).cpu()
 

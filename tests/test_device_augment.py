@@ -177,3 +177,47 @@ def test_main_trains_with_device_aug_and_real_workers(data_root, tmp_path, monke
 
     a, b = first_loss(pil, "pil"), first_loss(dev, "dev")
     assert b == pytest.approx(a, rel=1e-2)  # the resampling differs by a grey level at most
+
+
+@pytest.fixture(scope="module")
+def equivalence(tmp_path_factory):
+    """The evaluation tests' data and a published-format checkpoint (tests/_eval_helpers.py)."""
+    from tests import _eval_helpers as H
+
+    root = tmp_path_factory.mktemp("equivalence")
+    H.write_synthetic_dataset(str(root / "data"))
+    model = H.make_model(0, **H.small_model_config())
+    weights = str(
+        root / "TSM_synthetic_RGB_resnet18_shift8_blockres_avg_segment4_e50_cos_nl_lr0.01.pth.tar"
+    )
+    H.save_published(weights, model)
+    return str(root / "data"), weights, model
+
+
+@pytest.mark.parametrize(("crops", "dense"), [(3, True), (10, False)])
+def test_test_models_device_views_score_difference_on_the_equivalence_data(
+    equivalence, tmp_path, monkeypatch, capsys, crops, dense
+):
+    """`test_models.py --device_views` on a published-format checkpoint and the evaluation tests'
+    data: scores within 5e-3 of the PIL reference (scores ~10 in size: measured up to 2e-3),
+    same top-1 for every video; the default (PIL) path stays equal to the reference."""
+    import test_models
+    from tests import _eval_helpers as H
+
+    monkeypatch.setattr(test_models, "setup_logging", lambda rank=0: None)
+    data_root, weights, model = equivalence
+    expected = H.reference_scores(model, data_root, 4, crops, dense=dense)
+    scores = {}
+    for flag in ([], ["--device_views"]):
+        out = str(tmp_path / f"scores{len(flag)}.npz")
+        argv = ["synthetic", f"--weights={weights}", "--test_segments=4", f"--test_crops={crops}"]
+        argv += ["-j", "0", "--input_size=32", "--batch_size=3", "--data_root", data_root]
+        argv += ["--save_scores", out, "--device", "cpu"]
+        argv += ["--dense_sample"] * dense
+        code = test_models.cli([*argv, *flag])
+        assert code == 0, capsys.readouterr().err[-2000:]
+        scores[bool(flag)] = np.load(out)["scores"]
+    H.assert_close(scores[False], expected)  # PIL: the published evaluation
+    diff = np.abs(scores[True] - expected).max()
+    assert 0 < diff <= 5e-3, diff
+    assert (scores[True].argmax(1) == expected.argmax(1)).all()
