@@ -45,7 +45,8 @@ def test_step_timer_splits_wait_and_compute_by_hand():
         t.step_done()
     assert t.startup_s == 5.0 and t.steps == 3
     assert t.wait_s == pytest.approx(1.0) and t.compute_s == pytest.approx(4.0)
-    assert t.wait_share == pytest.approx(1.0 / 5.0)  # 1 s of the last 3 steps' 5 s (the first step is start-up)
+    # 1 s of the last 3 steps' 5 s (the first step is start-up, left out)
+    assert t.wait_share == pytest.approx(1.0 / 5.0)
     assert t.warning(3, workers=4) is not None  # 20 % > 10 %
     assert "-j, now 4" in t.warning(3, workers=4) and "--device_aug" in t.warning(3, 4)
 
