@@ -221,3 +221,38 @@ def test_test_models_device_views_score_difference_on_the_equivalence_data(
     diff = np.abs(scores[True] - expected).max()
     assert 0 < diff <= 5e-3, diff
     assert (scores[True].argmax(1) == expected.argmax(1)).all()
+
+
+def test_video_files_are_decoded_in_the_worker_and_augmented_on_the_device(tmp_path):
+    """Video files (an H.264 mp4 from libx264): the worker decodes the sampled frames (there are no
+    per-frame bytes), the device crops, resizes and flips them: within one grey level of PIL."""
+    import av
+
+    from ops.dataset_config import VIDEO_TMPL
+
+    with av.open(str(tmp_path / "v.mp4"), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 96, 72, "yuv420p"
+        for t in range(12):
+            frame = av.VideoFrame.from_ndarray(frame_pixels(3, t + 1, (96, 72)), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    (tmp_path / "list.txt").write_text("v.mp4 0\n")
+    aug = [GroupMultiScaleCrop(48, SCALES), GroupRandomHorizontalFlip()]
+    common = dict(num_segments=4, image_tmpl=VIDEO_TMPL)
+    pil_tf = torchvision.transforms.Compose([*aug, Stack(), ToUint8Tensor()])
+    pil = TSNDataSet(str(tmp_path), str(tmp_path / "list.txt"), transform=pil_tf, **common)
+    dev_tf = DeviceTrainAugment.like(torchvision.transforms.Compose(aug))
+    dev = TSNDataSet(str(tmp_path), str(tmp_path / "list.txt"), transform=dev_tf, **common)
+    use_device_decoding(dev)
+    flips = set()
+    for seed in range(6):
+        expected = _item(pil, 0, seed)
+        clip = _item(dev, 0, seed)
+        assert not any(f.is_jpeg for f in clip.frames)  # decoded pixels
+        flips.add(clip.flip)
+        got = EncodedBatch([clip]).augment("cpu")[0]
+        assert (got.int() - expected.int()).abs().max() <= 1
+    assert flips == {True, False}
