@@ -52,6 +52,8 @@ from ops.checkpoint import (
 from ops.data_problems import DataError, data_error_message
 from ops.dataset import TSNDataSet, collate
 from ops.dataset_config import NO_FLIP_DATASETS, dataset_class_names, default_data_root
+from ops.device_augment import DeviceTrainAugment, collate_encoded, use_device_decoding
+from ops.device_input import InputNorm, ToUint8Tensor
 from ops.engine.compile import maybe_compile
 from ops.engine.lr_scheduler import WarmupSchedule
 from ops.engine.run_config import (
@@ -81,7 +83,7 @@ from ops.evaluation import build_test_transform, evaluate_model
 from ops.metrics import summarize
 from ops.models import TSN
 from ops.synthetic import make_synthetic
-from ops.transforms import GroupCenterCrop, GroupNormalize, GroupScale, Stack, ToTorchFormatTensor
+from ops.transforms import GroupCenterCrop, GroupScale, Stack
 from ops.utils import setup_logging
 from opts import parse_args
 
@@ -107,8 +109,11 @@ USER_ERRORS = (
 
 
 def build_datasets(args: argparse.Namespace, model: TSN, data: dict):
-    """Training (augmented) and validation (resize + centre crop) TSNDataSets, as TSM built them."""
-    normalize = GroupNormalize(model.input_mean, model.input_std)
+    """Training (augmented) and validation (resize + centre crop) TSNDataSets, as TSM built them.
+
+    The workers return uint8 clips; `ops.utils.to_device` normalises them on the device with the
+    model's `InputNorm` (the same float32 values as TSM's in-worker normalisation, a quarter of
+    the bytes through the loader)."""
     common = dict(
         num_segments=args.num_segments,
         new_length=1 if args.modality == "RGB" else 5,
@@ -124,8 +129,7 @@ def build_datasets(args: argparse.Namespace, model: TSN, data: dict):
         [
             model.get_augmentation(flip=flip),
             Stack(roll=False),
-            ToTorchFormatTensor(div=True),
-            normalize,
+            ToUint8Tensor(),
         ]
     )
     val_tf = torchvision.transforms.Compose(
@@ -133,11 +137,14 @@ def build_datasets(args: argparse.Namespace, model: TSN, data: dict):
             GroupScale(int(model.scale_size)),
             GroupCenterCrop(model.crop_size),
             Stack(roll=False),
-            ToTorchFormatTensor(div=True),
-            normalize,
+            ToUint8Tensor(),
         ]
     )
+    if args.device_aug:  # the workers read and draw the crops, the device does the rest
+        train_tf = DeviceTrainAugment.like(model.get_augmentation(flip=flip))
     train = TSNDataSet(data["root_path"], data["train_list"], transform=train_tf, **common)
+    if args.device_aug:
+        use_device_decoding(train)
     val = TSNDataSet(
         data["root_path"], data["val_list"], transform=val_tf, random_shift=False, **common
     )
@@ -171,8 +178,9 @@ def build_loaders(
             f"{train.list_file} has {len(train)} videos, fewer than one batch of {batch} "
             "per process: lower --batch_size or add videos"
         )
+    train_kw = dict(loader_kw, collate_fn=collate_encoded) if args.device_aug else loader_kw
     train_loader = DataLoader(
-        SeededDataset(train, seed=args.seed), sampler=sampler, drop_last=True, **loader_kw
+        SeededDataset(train, seed=args.seed), sampler=sampler, drop_last=True, **train_kw
     )
     val_sampler = EpochSampler(len(val), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False)
     return train_loader, DataLoader(val, sampler=val_sampler, **loader_kw), len(sampler) // batch
@@ -289,7 +297,9 @@ def train(
         )
     train_set, val_set = build_datasets(args, model, data)
     train_loader, val_loader, iters_per_epoch = build_loaders(args, train_set, val_set, batch, ctx)
-    settings = LoopSettings.from_args(args, min_batch=min_batch(model, batch))
+    settings = LoopSettings.from_args(
+        args, min_batch=min_batch(model, batch), input_norm=InputNorm.of(model)
+    )
     criterion = nn.CrossEntropyLoss().to(ctx.device)
     summary: dict = {"run_name": name, "model_dir": model_dir}
     if args.evaluate:

@@ -307,6 +307,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="keep the loaders' worker processes between epochs (default: on; the batches are "
         "the same either way)",
     )
+    g.add_argument(
+        "--device_aug",
+        action="store_true",
+        help="training data on the device: workers only read the JPEG bytes (video files: decode) "
+        "and draw the crops; decoding, crop, resize, flip and normalisation run batched on the "
+        "device (ops/device_augment.py; RGB only; same crop boxes as the PIL path, resampling "
+        "within 1 grey level on CPU). Validation and test_models.py stay on PIL",
+    )
     g.add_argument("--seed", type=int, default=0, help="seed of model init, sampling and dropout")
     g.add_argument(
         "--stop_after_epochs",

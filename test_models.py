@@ -44,6 +44,7 @@ from ops.dataset_config import (
     read_categories,
     resolve_dataset,
 )
+from ops.device_augment import use_device_decoding
 from ops.metrics import summarize
 from ops.reports import save_scores, write_prediction_csv, write_report
 from ops.utils import (
@@ -95,6 +96,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--dense_sample", action="store_true", help="10 dense clips (I3D style)")
     parser.add_argument("--twice_sample", action="store_true", help="2 clips per video")
+    parser.add_argument(
+        "--device_views",
+        action="store_true",
+        help="decode, resize and crop on the device (ops/device_augment.py) instead of PIL: "
+        "faster input, scores within ~2e-4 (relative) of the published PIL evaluation",
+    )
     parser.add_argument(
         "--batch_size", type=int, default=1, help="videos per forward pass (x clips x crops)"
     )
@@ -359,7 +366,12 @@ def main(args: argparse.Namespace) -> dict | None:
             modality=modality,
             image_tmpl=image_tmpl,
             transform=evaluation.build_test_transform(
-                args.test_crops, model.scale_size, crop_size, model.input_mean, model.input_std
+                args.test_crops,
+                model.scale_size,
+                crop_size,
+                model.input_mean,
+                model.input_std,
+                device_views=args.device_views,
             ),
             random_shift=False,
             test_mode=True,
@@ -369,6 +381,8 @@ def main(args: argparse.Namespace) -> dict | None:
             skip_bad_lines=args.skip_bad_lines,
             strict_data=args.strict_data,
         )
+        if args.device_views:
+            use_device_decoding(dataset)  # the workers hand over the JPEG bytes
         if datasets and [r.path for r in dataset.video_list] != [
             r.path for r in datasets[0].video_list
         ]:

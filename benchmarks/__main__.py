@@ -85,6 +85,9 @@ def _fmt(r: dict) -> str:
         ("time_ratio", "time x{}"),
         ("speedup", "speed x{}"),
         ("ratio", "speed x{}"),
+        ("cpu_s_per_clip", "{:.4f} CPU s/clip"),
+        ("cpu_ratio", "CPU x{}"),
+        ("bytes_per_clip", "{} bytes/clip"),
     ]
     return ", ".join(fmt.format(r[k]) for k, fmt in keys if r.get(k) is not None)
 

@@ -41,10 +41,17 @@ import numpy as np
 import torch
 import torchvision
 from PIL import Image
+from torchvision.transforms import Compose
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ops.dataset import TSNDataSet  # noqa: E402
 from ops.dataset_config import VIDEO_TMPL  # noqa: E402
+from ops.device_augment import (  # noqa: E402
+    DeviceTrainAugment,
+    EncodedBatch,
+    use_device_decoding,
+)
+from ops.device_input import InputNorm, ToUint8Tensor  # noqa: E402
 from ops.sampling import clip_frames  # noqa: E402
 from ops.transforms import (  # noqa: E402
     GroupFullResSample,
@@ -251,6 +258,96 @@ def bench_row(name, root, list_file, records, n_items, rounds, video=False, **cf
     return rates
 
 
+# ----------------------------------------------------------------------------- loader paths
+def _clip_bytes(item) -> int:
+    """Bytes a worker hands to the main process for one clip (the tensor, or the JPEG bytes and
+    pixels of an encoded clip)."""
+    if isinstance(item, torch.Tensor):
+        return item.numel() * item.element_size()
+    return sum(f.data.numel() for f in item.frames)
+
+
+def loader_rows(root: str, list_file: str, records, args) -> None:
+    """The training loader's paths (issue 16): per worker process (one thread), clips/s and CPU
+    seconds per clip, and the bytes per clip that travel through the loader:
+    plain PIL float32 (the published loader), ours float32 (normalised in the worker), ours
+    uint8 (normalised on the device), and the device path (the worker reads JPEG bytes and draws
+    the crop; decoding and augmentation run where the model runs: here device='cpu', shown as a
+    separate row because on a GPU that work leaves the CPU)."""
+    cfg = dict(num_segments=8, mode="train", dense=False, crop=224, flip=True)
+    plain = PlainLoader(root, records, **cfg)
+    fast, _ = ours(root, list_file, **cfg)
+    aug = [GroupMultiScaleCrop(224, [1, 0.875, 0.75, 0.66]), GroupRandomHorizontalFlip()]
+    u8 = TSNDataSet(
+        root,
+        list_file,
+        num_segments=8,
+        transform=torchvision.transforms.Compose([*aug, Stack(), ToUint8Tensor()]),
+    )
+    dev = TSNDataSet(
+        root, list_file, num_segments=8, transform=DeviceTrainAugment.like(Compose(aug))
+    )
+    use_device_decoding(dev)
+    norm = InputNorm(tuple(MEAN), tuple(STD))
+
+    def on_cpu(i):  # the device half, device='cpu'
+        return EncodedBatch([dev[i][0]]).to_model_input("cpu", norm)
+
+    paths = {
+        "plain PIL, float32 (published)": plain,
+        "ours PIL, float32": fast,
+        "ours PIL, uint8 (normalised on the device)": lambda i: u8[i],
+        "device path, worker: JPEG bytes + crop draw": lambda i: dev[i],
+        "device path, decode+augment with device=cpu": on_cpu,
+    }
+    for c in range(2):  # outputs: uint8 + device normalisation == float path; device ~ PIL
+        i, seed = c % len(records), 21 + c
+        got = {}
+        for name, fn in paths.items():
+            random.seed(seed)
+            np.random.seed(seed)
+            out = fn(i)
+            got[name] = out[0] if isinstance(out, tuple) else out
+        ref = got["plain PIL, float32 (published)"]
+        assert torch.equal(got["ours PIL, float32"], ref)
+        assert torch.equal(norm(got["ours PIL, uint8 (normalised on the device)"][None])[0], ref)
+        diff = (got["device path, decode+augment with device=cpu"][0] - ref).abs().max()
+        assert diff <= 1 / 255 / min(STD) + 1e-6, f"device path {diff} from PIL"
+    sizes = {name: _clip_bytes(v) for name, v in got.items()}
+    sizes["device path, decode+augment with device=cpu"] = 0  # nothing crosses the loader
+    print(f"\ntraining loader paths (8 seg, 224, {args.train_clips} clips per round, per worker)")
+    print(
+        f"{'path':<46} {'clips/s':>8} {'ratio':>6} {'CPU s/clip':>10} {'ratio':>6} {'MB/clip':>8}"
+    )
+    fns = list(paths.values())
+    walls, cpus = [float("inf")] * len(fns), [float("inf")] * len(fns)
+    for r in range(args.rounds):
+        for j, fn in enumerate(fns):
+            random.seed(r)
+            np.random.seed(r)
+            t0, c0 = time.perf_counter(), time.process_time()
+            for i in range(args.train_clips):
+                fn(i % len(records))
+            walls[j] = min(walls[j], time.perf_counter() - t0)
+            cpus[j] = min(cpus[j], time.process_time() - c0)
+    n = args.train_clips
+    for (name, _), wall, cpu in zip(paths.items(), walls, cpus):
+        rate, cpu_clip = n / wall, cpu / n
+        plain_rate, plain_cpu = n / walls[0], cpus[0] / n
+        print(
+            f"{name:<46} {rate:>8.1f} {rate / plain_rate:>5.2f}x {cpu_clip:>10.4f}"
+            f" {cpu_clip / plain_cpu:>5.2f}x {sizes[name] / 2**20:>8.2f}",
+            flush=True,
+        )
+        RESULTS[f"loader: {name}"] = {
+            "clips_per_s": round(rate, 2),
+            "speedup": round(rate / plain_rate, 3),
+            "cpu_s_per_clip": round(cpu_clip, 5),
+            "cpu_ratio": round(cpu_clip / plain_cpu, 3),
+            "bytes_per_clip": sizes[name],
+        }
+
+
 # ----------------------------------------------------------------------------- video files
 def encode_mp4(path: Path, frames, gop: int | None = None) -> None:
     """H.264 mp4 (yuv420p, 25 fps) of RGB arrays; gop None keeps x264's default (250, scene cuts)."""
@@ -424,6 +521,7 @@ def main(argv=None):
                 crop=crop,
                 flip=True,
             )
+        loader_rows(str(root), *lists["long"], args)
         if not args.no_video:
             video_rows(Path(tmp), args)
             length_rows(Path(tmp), args)

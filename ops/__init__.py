@@ -19,6 +19,8 @@ The data:
     data_problems.py   bad data: counted, logged once per video, reported
     sampling.py        which frames make a clip (train / val / test, dense, twice)
     transforms.py      group transforms (crops, flips, normalisation)
+    device_input.py    uint8 clips from the workers, normalised on the device (InputNorm)
+    device_augment.py  --device_aug: workers read JPEG bytes; decode and augment on the device
     dataset_config.py  where each dataset's lists and frames live (--data_root)
     synthetic.py       the synthetic dataset of the demo and the tests
 Checkpoints, evaluation, shared helpers:

@@ -41,15 +41,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ops import utils
+from ops.device_augment import DeviceTestViews, EncodedBatch, EncodedClip
+from ops.device_input import InputNorm, ToUint8Tensor, norm_from
 from ops.sampling import num_clips
 from ops.transforms import (
     GroupCenterCrop,
     GroupFullResSample,
-    GroupNormalize,
     GroupOverSample,
     GroupScale,
     Stack,
-    ToTorchFormatTensor,
 )
 from ops.utils import autocast, to_device, topk_correct
 
@@ -85,15 +85,27 @@ def build_test_transform(
     crop_size: int,
     input_mean: Sequence[float],
     input_std: Sequence[float],
+    device_views: bool = False,
 ) -> Callable:
-    """The test-time frame transform: crops, stacking, scaling to [0, 1] and normalisation.
+    """The test-time frame transform: PIL crops (the published ones), then stacking into a uint8
+    clip; the scaling to [0, 1] and the normalisation happen on the device (`ops.utils.to_device`
+    with the model's `InputNorm`, bit-identical to doing them here), so `input_mean` / `input_std`
+    are only checked here.
 
     test_crops 1: resize the shorter side to `scale_size`, centre crop `crop_size`;
     3: `GroupFullResSample` (left/right/centre along the longer side, no flips);
     5: `GroupOverSample` without flips (four corners + centre);
     10: `GroupOverSample` with flips. `crop_size` is the scale size for --full_res, else the
     model's input size. The output is `[crops * frames * 3, crop, crop]`, crop-major.
+
+    `device_views=True` (an option; not the published evaluation): the same views cut on the
+    device (`ops.device_augment.DeviceTestViews`: decoded, resized with antialiased bilinear
+    instead of PIL's bilinear), scores within a small margin of the PIL ones
+    (tests/test_device_augment.py measures it on the published-format test data).
     """
+    if device_views:
+        norm_from(input_mean, input_std)
+        return DeviceTestViews(test_crops, scale_size, crop_size)
     if test_crops == 1:
         cropping = [GroupScale(scale_size), GroupCenterCrop(crop_size)]
     elif test_crops == 3:
@@ -104,14 +116,8 @@ def build_test_transform(
         cropping = [GroupOverSample(crop_size, scale_size, flip=True)]
     else:
         raise ValueError(f"--test_crops must be one of {TEST_CROP_CHOICES}, got {test_crops}")
-    return torchvision.transforms.Compose(
-        [
-            *cropping,
-            Stack(roll=False),
-            ToTorchFormatTensor(div=True),
-            GroupNormalize(list(input_mean), list(input_std)),
-        ]
-    )
+    norm_from(input_mean, input_std)  # a one-line error now rather than on the device later
+    return torchvision.transforms.Compose([*cropping, Stack(roll=False), ToUint8Tensor()])
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,9 +199,12 @@ def collate_indexed(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     if not kept:
         empty = torch.zeros(0, dtype=torch.int64)
         return empty, torch.zeros(0), empty, requested
+    items = [item[0] for _, item in kept]
     return (
         torch.tensor([index for index, _ in kept], dtype=torch.int64),
-        torch.stack([torch.as_tensor(item[0]) for _, item in kept]),
+        EncodedBatch(items)
+        if isinstance(items[0], EncodedClip)
+        else torch.stack([torch.as_tensor(x) for x in items]),
         torch.tensor([int(item[1]) for _, item in kept], dtype=torch.int64),
         requested,
     )
@@ -315,17 +324,20 @@ def _forward_views(
     num_views: int,
     device: torch.device,
     softmax: bool,
+    norm: InputNorm | None = None,
 ) -> torch.Tensor:
     """One forward pass for a batch `[B, views*T*C, H, W]` -> video scores `[B, K]` on CPU.
 
-    ``model`` enters its own autocast (``_autocast_inside``)."""
-    b, c, h, w = data.shape
+    ``model`` enters its own autocast (``_autocast_inside``); a uint8 batch is normalised on the
+    device with ``norm``."""
+    x = to_device(data, device, norm=norm)  # float [B, views*T*C, H, W]
+    b, c, h, w = x.shape
     if c % num_views != 0:
         raise ValueError(
             f"a video tensor has {c} channels, not a multiple of {num_views} views; "
             "the test crops/clips settings do not match the data"
         )
-    x = to_device(data, device).view(b * num_views, c // num_views, h, w)
+    x = x.view(b * num_views, c // num_views, h, w)
     logits = model(x)  # [B*V, K]
     return average_views(logits, num_views=num_views, softmax=softmax).cpu()
 
@@ -351,6 +363,7 @@ def evaluate_ensemble(
     """
     if not (len(models) == len(loaders) == len(num_views)):
         raise ValueError("evaluate_ensemble needs one loader and one view count per model")
+    norms = [InputNorm.find(m) for m in models]  # uint8 clips are normalised with these
     models = [_autocast_inside(m, amp) for m in models]
     for m in models:
         m.eval()
@@ -366,8 +379,11 @@ def evaluate_ensemble(
     for step, batches in enumerate(zip(*loaders)):
         per_model = []
         requested: set[int] = set()
-        for model, (indices, data, labels, asked), v in zip(models, batches, num_views):
-            scores = _forward_views(model, data, v, device, softmax) if len(indices) else None
+        for model, (indices, data, labels, asked), v, norm in zip(
+            models, batches, num_views, norms
+        ):
+            run = len(indices) > 0
+            scores = _forward_views(model, data, v, device, softmax, norm) if run else None
             views_run += len(indices) * v
             per_model.append((indices, scores, labels))
             requested.update(asked.tolist())

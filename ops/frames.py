@@ -219,7 +219,12 @@ def read_frame_list(list_file: str, num_class: int | None, image_tmpl: str, moda
 
 
 class FrameFolders:
-    """Videos stored as one folder of frame images each (TSM's layout)."""
+    """Videos stored as one folder of frame images each (TSM's layout).
+
+    `read_frame` turns a frame's file(s) into what the transforms get; the device data path
+    (`ops.device_augment.EncodedFrameFolders`) replaces it to hand over the JPEG bytes instead."""
+
+    read_frame = staticmethod(read_frame)
 
     def __init__(self, root_path: str, image_tmpl: str, modality: str, problems: DataProblems):
         check_template(image_tmpl, modality)
@@ -248,7 +253,7 @@ class FrameFolders:
             if k not in cache:
                 paths = frame_files(self.root_path, record.path, self.image_tmpl, self.modality, k)
                 try:
-                    cache[k] = read_frame(paths, self.modality)
+                    cache[k] = self.read_frame(paths, self.modality)
                 except FileNotFoundError as e:
                     cache[k] = ("frames_missing", f"frame {k} is missing: {e.filename}")
                 except FrameReadTimeout as e:

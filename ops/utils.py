@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from tqdm import tqdm
 
+from ops.device_input import InputNorm
+
 AMP_CHOICES = ("off", "fp16", "bf16")
 
 
@@ -32,12 +34,33 @@ def autocast(device: torch.device, amp: str = "off"):
 
 
 def to_device(
-    data: torch.Tensor, device: torch.device, channels_last: bool = False
+    data,
+    device: torch.device,
+    channels_last: bool = False,
+    norm: InputNorm | None = None,
 ) -> torch.Tensor:
     """Move a batch of clips ``[B, T*C, H, W]`` to ``device`` (asynchronously from pinned memory),
     channels-last with ``--channels_last``: the one place where the training loop, validation and
-    test-time evaluation hand their data to the model."""
-    data = data.to(device, non_blocking=True)
+    test-time evaluation hand their data to the model.
+
+    A float batch is already normalised (``ToTorchFormatTensor`` + ``GroupNormalize`` in the
+    workers). A uint8 batch (``ops.device_input.ToUint8Tensor``, a quarter of the bytes) is
+    converted and normalised here, on the device, with ``norm`` (the model's
+    ``InputNorm.of(model)``). A batch of encoded clips (``--device_aug``) is decoded, cropped,
+    resized, flipped and normalised here (``ops.device_augment``)."""
+    if not isinstance(data, torch.Tensor):
+        if norm is None:
+            raise ValueError("encoded clips need the model's input normalisation (norm=)")
+        data = data.to_model_input(device, norm)
+    else:
+        data = data.to(device, non_blocking=True)
+        if data.dtype == torch.uint8:
+            if norm is None:
+                raise ValueError(
+                    "a uint8 batch needs the model's input normalisation: pass "
+                    "norm=InputNorm.of(model) (ops.device_input)"
+                )
+            data = norm(data)
     if channels_last:
         data = data.contiguous(memory_format=torch.channels_last)
     return data

@@ -8,6 +8,13 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOADER_PATHS = (
+    "plain PIL, float32 (published)",
+    "ours PIL, float32",
+    "ours PIL, uint8 (normalised on the device)",
+    "device path, worker: JPEG bytes + crop draw",
+    "device path, decode+augment with device=cpu",
+)
 
 
 # about 2 minutes on 2 cores (every part runs in fresh processes): kept in the default run so CI
@@ -27,6 +34,7 @@ def test_quick_suite_writes_every_row_with_its_ratio(tmp_path):
            for c in ("plain (explicit + masked conv)", "explicit + depthwise", "fused + masked conv", "fused + depthwise")]
         + ["data train: 8 seg, 224, multi-scale crop + flip", "data test: 8 seg, 3 crops 256 x 10 dense clips",
            "data train: 8 seg, 224, mp4 short side 256"]
+        + [f"data loader: {p}" for p in LOADER_PATHS]
         + ["test plain (explicit attention, masked conv)", "test fast (fused, depthwise)"]
         + [f"growth {f} frames x {s} px: {c}" for f, s in ((4, 64), (8, 64), (4, 96))
            for c in ("plain", "fast fp32", "fast fp32 checkpoint_blocks")]
@@ -47,9 +55,19 @@ def test_quick_suite_writes_every_row_with_its_ratio(tmp_path):
         assert rows[f"growth {f} frames x {s} px: plain"]["positions"] == f * (s // 8) ** 2
         fast = rows[f"growth {f} frames x {s} px: fast fp32"]
         plain = rows[f"growth {f} frames x {s} px: plain"]
-        assert fast["speedup"] == pytest.approx(
-            fast["clips_per_s"] / plain["clips_per_s"], rel=0.02
+        assert fast["speedup"] == pytest.approx(fast["clips_per_s"] / plain["clips_per_s"], rel=0.02)
+    loader = {p: rows[f"data loader: {p}"] for p in LOADER_PATHS}
+    plain = loader[LOADER_PATHS[0]]
+    for r in loader.values():  # ratios against the plain loader, recomputed
+        assert r["speedup"] == pytest.approx(r["clips_per_s"] / plain["clips_per_s"], rel=0.02)
+        assert r["cpu_ratio"] == pytest.approx(
+            r["cpu_s_per_clip"] / plain["cpu_s_per_clip"], rel=0.05
         )
+    # bytes per clip through the loader: 8 frames x 3 x 224 x 224, float32 / uint8 / JPEG bytes
+    float_bytes = 8 * 3 * 224**2 * 4
+    assert plain["bytes_per_clip"] == loader[LOADER_PATHS[1]]["bytes_per_clip"] == float_bytes
+    assert loader[LOADER_PATHS[2]]["bytes_per_clip"] == 8 * 3 * 224**2
+    assert 0 < loader[LOADER_PATHS[3]]["bytes_per_clip"] < 8 * 3 * 224**2 / 4
     for name, r in rows.items():
         if name.startswith("saved plain keeps:"):  # plain keeps what the published code keeps
             assert r["plain_mib"] == pytest.approx(r["published_mib"], rel=1e-6), name

@@ -55,10 +55,11 @@ from tqdm import tqdm  # noqa: E402
 from ops import evaluation  # noqa: E402
 from ops.checkpoint import CheckpointError, load_model  # noqa: E402
 from ops.data_problems import DataProblems  # noqa: E402
+from ops.device_input import InputNorm  # noqa: E402
 from ops.frames import FrameFolders, decode_image  # noqa: E402
 from ops.lists import VideoRecord  # noqa: E402
 from ops.sampling import clip_frames  # noqa: E402
-from ops.utils import progress, setup_logging  # noqa: E402
+from ops.utils import progress, setup_logging, to_device  # noqa: E402
 from ops.video import VideoError  # noqa: E402
 from ops.video_files import VideoFiles  # noqa: E402
 from tools._common import (  # noqa: E402
@@ -162,7 +163,8 @@ class Predictor:
         """Class probabilities ``[K]`` of one video's sampled frames: the views' mean softmax."""
         data = self.transform(images)  # [views*T*C, H, W], crop-major as in the dataset
         views = self.views.count
-        x = data.to(self.device).view(views, data.size(0) // views, *data.shape[1:])
+        x = to_device(data, self.device, norm=InputNorm.of(self.model))
+        x = x.view(views, data.size(0) // views, *data.shape[1:])
         logits = self.model(x)  # [views, K]
         return evaluation.average_views(logits, views, softmax=True)[0].cpu()
 

@@ -106,18 +106,14 @@ def load_clip(
 
 def preprocess(frames: list[Image.Image], model) -> tuple[torch.Tensor, list[Image.Image]]:
     """Validation transform: ``(input [1, T*3, H, W], the cropped frames for display)``."""
-    from ops.transforms import (
-        GroupCenterCrop,
-        GroupNormalize,
-        GroupScale,
-        Stack,
-        ToTorchFormatTensor,
-    )
+    from ops.device_input import InputNorm, ToUint8Tensor
+    from ops.transforms import GroupCenterCrop, GroupScale, Stack
+    from ops.utils import to_device
 
     cropped = GroupCenterCrop(model.crop_size)(GroupScale(model.scale_size)(frames))
-    x = ToTorchFormatTensor()(Stack()(cropped))  # (T*3, H, W)
-    x = GroupNormalize(model.input_mean, model.input_std)(x)
-    return x.unsqueeze(0), cropped
+    x = ToUint8Tensor()(Stack()(cropped)).unsqueeze(0)  # uint8 (1, T*3, H, W)
+    x = to_device(x, torch.device("cpu"), norm=InputNorm.of(model))  # as the loops normalise
+    return x, cropped
 
 
 # ---------------------------------------------------------------------------------------------

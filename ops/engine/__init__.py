@@ -3,6 +3,7 @@
     run_config.py    what a command line resolves to: run name, dataset entry, TSN keywords, plan
     trainer.py       train_one_epoch / validate; LoopSettings (how the loop steps) and TrainParts
                      (what it acts on); the run's position is ops.checkpoint.RunState
+    data_wait.py     per-step data wait vs compute; the epoch's "waiting on data" warning
     stop.py          SIGTERM / SIGUSR1 / Ctrl-C as a flag the loop polls (save, then stop);
                      loader workers ignore them; SLURM requeue
     lr_scheduler.py  the published per-iteration warmup + cosine / step schedule

@@ -2,8 +2,8 @@
 
 Everything goes to `<root_log>/<run name>/`:
 - `events.out.tfevents.*`: tensorboardX scalars (`loss/train`, `acc/train_top1`, `lr`,
-  `throughput/clips_per_s`, `loss/val`, `acc/val_top1`, ... per epoch; `loss/step`, `lr/step`
-  every `--print-freq` optimizer steps);
+  `throughput/clips_per_s`, `loss/val`, `acc/val_top1`, ... per epoch; `loss/step`, `lr/step`,
+  `time/data_wait_s`, `time/compute_s`, `time/data_wait_share` every `--print-freq` steps);
 - `log.csv`: one row per epoch (epoch, lr, train/val loss and accuracy, clips/s, bad data);
 - `log.txt`: the progress lines and messages, as the published `log.csv` text file had;
 - `args.txt`: the resolved configuration.

@@ -37,7 +37,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ops.checkpoint import RunState
+from ops.device_input import InputNorm
 from ops.distributed import DistContext, all_reduce_min, all_reduce_sum, average_gradients
+from ops.engine.data_wait import StepTimer
 from ops.engine.lr_scheduler import WarmupSchedule
 from ops.engine.run_logger import RunLogger
 from ops.engine.stop import StopRequest, stop_signals_blocked
@@ -60,13 +62,20 @@ class LoopSettings:
     channels_last: bool = False
     print_freq: int = 20  # iterations between progress lines
     min_batch: int = 1  # fewer readable clips in a batch: skipped on all ranks (BatchNorm1d: 2)
+    input_norm: InputNorm | None = None  # the model's normalisation of uint8 clips (on the device)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, min_batch: int = 1) -> LoopSettings:
+    def from_args(
+        cls, args: argparse.Namespace, min_batch: int = 1, input_norm: InputNorm | None = None
+    ) -> LoopSettings:
         """The settings of main.py's flags, which have the names of the fields (--gd is
-        clip_gradient), and the model's `min_batch`."""
-        flags = [f.name for f in fields(cls) if f.name != "min_batch"]
-        return cls(**{name: getattr(args, name) for name in flags}, min_batch=min_batch)
+        clip_gradient), and the model's `min_batch` and `input_norm`."""
+        flags = [f.name for f in fields(cls) if f.name not in ("min_batch", "input_norm")]
+        return cls(
+            **{name: getattr(args, name) for name in flags},
+            min_batch=min_batch,
+            input_norm=input_norm,
+        )
 
 
 @dataclass
@@ -95,6 +104,7 @@ class EpochStats:
     seconds: float = 0.0
     lr: float = 0.0
     skipped_batches: int = 0
+    data_wait_share: float = 0.0  # training: share of the steps' time spent waiting for data
     # training: the iteration to resume from when a stop request ended the epoch;
     # validation: the batch before which a stop request ended it (the result is then partial)
     stopped_at: int | None = None
@@ -132,9 +142,12 @@ def train_one_epoch(
     bar = progress(total=n, initial=start_iter, desc=f"epoch {epoch + 1}", enabled=ctx.is_main)
     start_time = time.perf_counter()
     parts.optimizer.zero_grad(set_to_none=True)
+    timer = StepTimer()  # data wait vs compute, per step (ops/engine/data_wait.py)
+    timer.start()
     with stop_signals_blocked():  # loader workers start here (see ops/engine/stop.py)
         batches = iter(loader)
     for i, batch in enumerate(batches, start=start_iter):
+        timer.got_batch()
         # The data layer's collate returns None when every clip of the batch was unreadable.
         data, target = batch if batch is not None else (torch.zeros(0), torch.zeros(0))
         group_start = (i // settings.batch_multiplier) * settings.batch_multiplier
@@ -162,9 +175,10 @@ def train_one_epoch(
             if last_in_group:
                 step_lr = _finish_group(parts, params, epoch + i / n, ran, distributed)
                 lr, ran = (lr if step_lr is None else step_lr), 0
+            timer.step_done()
             continue
 
-        data = to_device(data, ctx.device, settings.channels_last)  # [B, T*C, H, W]
+        data = to_device(data, ctx.device, settings.channels_last, settings.input_norm)
         target = target.to(ctx.device, non_blocking=True)  # [B]
         sync = contextlib.nullcontext() if (last_in_group or not distributed) else model.no_sync()
         with sync:
@@ -201,6 +215,7 @@ def train_one_epoch(
             # DDP has just all-reduced the whole group's gradients (this step ran in sync).
             lr, ran = _finish_group(parts, params, epoch + i / n, ran, False), 0
 
+        timer.step_done()  # the loss has been read (.item()), so the device's work is done
         elapsed = time.perf_counter() - start_time
         avg_loss = loss_sum / max(clips, 1)
         top1 = 100.0 * correct1 / max(clips, 1)
@@ -209,13 +224,14 @@ def train_one_epoch(
             loss=f"{avg_loss:.4f}",
             top1=f"{top1:.1f}",
             clips_s=f"{clips / elapsed:.1f}",
+            data=f"{100 * timer.wait_share:.0f}%",
             lr=f"{lr:.2e}",
         )
         if (i + 1) % settings.print_freq == 0 or i + 1 == n:
             line = (
                 f"Epoch: [{epoch + 1}][{i + 1}/{n}], lr: {lr:.5f}\tLoss {avg_loss:.4f}\t"
                 f"Prec@1 {top1:.3f}\tPrec@5 {100.0 * correct5 / max(clips, 1):.3f}\t"
-                f"clips/s {clips / elapsed:.1f}"
+                f"clips/s {clips / elapsed:.1f}\t{timer.summary()}"
             )
             if ctx.is_main and bar.disable:
                 logger.info(line)
@@ -223,9 +239,21 @@ def train_one_epoch(
                 parts.run_logger.line(line)
                 step = epoch * n + i + 1
                 parts.run_logger.scalars(
-                    {"loss/step": float(totals[0]) / max(int(totals[3]), 1), "lr/step": lr}, step
+                    {
+                        "loss/step": float(totals[0]) / max(int(totals[3]), 1),
+                        "lr/step": lr,
+                        "time/data_wait_s": timer.last_wait_s,
+                        "time/compute_s": timer.last_compute_s,
+                        "time/data_wait_share": timer.wait_share,
+                    },
+                    step,
                 )
     bar.close()
+    warning = timer.warning(epoch + 1, getattr(loader, "num_workers", 0))
+    if warning is not None and ctx.is_main:
+        logger.warning(warning)
+        if parts.run_logger is not None:
+            parts.run_logger.line(f"WARNING: {warning}")
     if skipped:
         logger.warning(
             "epoch %d: %d iteration(s) skipped: a batch had too few readable clips",
@@ -239,6 +267,7 @@ def train_one_epoch(
     stats.seconds = time.perf_counter() - start_time
     stats.lr = lr
     stats.skipped_batches = skipped
+    stats.data_wait_share = timer.wait_share
     return stats
 
 
@@ -310,7 +339,7 @@ def validate(
             bar.update(1)
             continue
         data, target = batch
-        data = to_device(data, ctx.device, settings.channels_last)
+        data = to_device(data, ctx.device, settings.channels_last, settings.input_norm)
         target = target.to(ctx.device, non_blocking=True)
         with autocast(ctx.device, settings.amp):
             output = model(data)  # [B, K]
