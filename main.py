@@ -49,7 +49,11 @@ from ops.data_problems import DataError, data_error_message
 from ops.dataset import TSNDataSet, collate
 from ops.dataset_config import NO_FLIP_DATASETS, dataset_class_names, default_data_root
 from ops.engine.compile import maybe_compile
+from ops.engine.ema import WeightEMA, resume_ema, save_ema_checkpoint
 from ops.engine.lr_scheduler import WarmupSchedule
+from ops.engine.mixing import ClipMix
+from ops.engine.precise_bn import precise_bn
+from ops.engine.recipe import mixing_on, training_criterion
 from ops.engine.run_config import (
     check_pretrained,
     describe,
@@ -62,7 +66,7 @@ from ops.engine.run_config import (
 )
 from ops.engine.run_logger import RunLogger
 from ops.engine.runtime_report import compile_status, runtime_report
-from ops.engine.seeding import EpochSampler, SeededDataset, seed_all, start_epoch
+from ops.engine.seeding import EpochSampler, SeededDataset, derive_seed, seed_all, start_epoch
 from ops.engine.stop import StopRequest, loader_worker_init, requeue_slurm_job
 from ops.engine.trainer import (
     EpochStats,
@@ -171,6 +175,25 @@ def build_loaders(
     return train_loader, DataLoader(val, sampler=val_sampler, **loader_kw), len(sampler) // batch
 
 
+def precise_bn_batches(
+    args: argparse.Namespace, train: TSNDataSet, batch: int, ctx: du.DistContext
+) -> DataLoader:
+    """--precise_bn's batches: the augmented training clips in their own seeded order per epoch
+    (call `.sampler.set_epoch(e)` and `.dataset.set_epoch(e)`), apart from the training loader
+    so that its position (and exact resuming) is untouched."""
+    seed = derive_seed(args.seed, 5)
+    return DataLoader(
+        SeededDataset(train, seed=seed),
+        sampler=EpochSampler(len(train), num_replicas=ctx.world_size, rank=ctx.rank, seed=seed),
+        batch_size=batch,
+        drop_last=True,
+        num_workers=args.workers,
+        collate_fn=collate,
+        worker_init_fn=loader_worker_init(),
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
 def bad_data_counts(datasets: list[TSNDataSet], ctx: du.DistContext) -> dict[str, int]:
     """Videos skipped and frames replaced so far, over all ranks and loader workers."""
     keys = ("videos_skipped", "frames_missing", "frames_unreadable")
@@ -268,7 +291,11 @@ def train(
     train_set, val_set = build_datasets(args, model, data)
     train_loader, val_loader, iters_per_epoch = build_loaders(args, train_set, val_set, batch, ctx)
     settings = LoopSettings.from_args(args, min_batch=min_batch(model, batch))
-    criterion = nn.CrossEntropyLoss().to(ctx.device)
+    criterion = nn.CrossEntropyLoss().to(ctx.device)  # validation: plain cross-entropy
+    train_criterion = training_criterion(args).to(ctx.device)
+    ema = WeightEMA(model, args.ema) if args.ema else None
+    if ema is not None:
+        resume_ema(ema, found[1] if found else None, found[0] if found else None)
     summary: dict = {"run_name": name, "model_dir": model_dir}
     if args.evaluate:
         val = validate(model, val_loader, criterion, settings, ctx)
@@ -279,8 +306,20 @@ def train(
     schedule = WarmupSchedule.from_args(args)
     train_model = training_model(model, args, ctx)
     runtime = runtime_report(model, train_model, args, plan, ctx)
-    parts = TrainParts(train_model, criterion, optimizer, schedule, settings, ctx, scaler, stop)
+    parts = TrainParts(
+        train_model, train_criterion, optimizer, schedule, settings, ctx, scaler, stop
+    )
     parts.run_logger = run_log
+    if mixing_on(args):
+        parts.mix = ClipMix(
+            data["num_class"], args.mixup, args.cutmix, args.mix_prob, args.mix_switch_prob
+        )
+        note = "mixup/cutmix on: training Prec@1/Prec@5 count each clip's dominant label"
+        logger.info(note)
+        run_log.line(note)
+    if ema is not None:
+        parts.after_step = ema.update
+    bn_batches = precise_bn_batches(args, train_set, batch, ctx) if args.precise_bn else None
     ckpt_path = os.path.join(model_dir, "ckpt.pth.tar")
     best_path = os.path.join(model_dir, "ckpt.best.pth.tar")
     saving = dict(args=args, model=model, optimizer=optimizer, scaler=scaler, ctx=ctx)
@@ -289,9 +328,14 @@ def train(
     )  # stored in the checkpoints, so that tools/predict.py can name its classes
     saving.update(iters_per_epoch=iters_per_epoch, class_names=names, runtime=runtime)
 
-    def save(paths: list[str]) -> None:
+    def save(paths: list[str], ema_top1: float | None = None) -> None:
         runtime["compile"] = compile_status(train_model, args)
-        save_training_checkpoint(paths, state=state, **saving)
+        extra = {"ema": ema.state_dict()} if ema is not None else None
+        contents = save_training_checkpoint(paths, state=state, extra=extra, **saving)
+        if ema is not None and ema_top1 is not None and ctx.is_main:  # after a validation
+            keys = ("epoch", "arch", "model_config", "dataset", "dense_sample", "class_names")
+            keep = {k: contents[k] for k in keys + ("args",)}
+            logger.info("saved %s", save_ema_checkpoint(model_dir, ema, keep, ema_top1))
 
     stopped = ""  # where a stop request (SIGTERM, SIGUSR1, Ctrl-C) ended the run early
     last_epoch = min(args.epochs, args.stop_after_epochs or args.epochs)
@@ -316,8 +360,15 @@ def train(
                     stopped = f"at epoch {state.epoch + 1}, iteration {state.iteration}"
                     break
                 state = RunState(state.epoch + 1, best_prec1=state.best_prec1)
-            val = None
+            val = ema_val = None
             if state.epoch % args.eval_freq == 0 or state.epoch == args.epochs:
+                if bn_batches is not None:
+                    for net in [model] + ([ema.module] if ema is not None else []):
+                        bn_batches.sampler.set_epoch(state.epoch)
+                        bn_batches.dataset.set_epoch(state.epoch)
+                        precise_bn(
+                            net, bn_batches, args.precise_bn, ctx, args.amp, args.channels_last
+                        )
                 val = validate(model, val_loader, criterion, settings, ctx, stop=stop)
                 if val.stopped_at is not None:  # the epoch is trained: keep it, validate later
                     state.validation_pending = True
@@ -326,6 +377,14 @@ def train(
                     stopped = f"while validating epoch {state.epoch} (validated on resume)"
                     break
                 summary.update(val_top1=val.top1, val_top5=val.top5)
+                if ema is not None:  # not interruptible: a stop waits for this pass
+                    ema_val = validate(ema.module, val_loader, criterion, settings, ctx, "val ema")
+                    top1, top5, loss = ema_val.metrics()
+                    note = f"EMA weights: Prec@1 {top1:.3f} Prec@5 {top5:.3f} Loss {loss:.5f}"
+                    logger.info(note)
+                    run_log.line(f"Epoch {state.epoch}: {note}")
+                    run_log.scalars({"ema/val_top1": ema_val.top1}, state.epoch)
+                    summary.update(ema_val_top1=ema_val.top1, ema_val_top5=ema_val.top5)
             state.validation_pending, state.pending_train = False, None
             best = val is not None and (
                 val.top1 > state.best_prec1 or not os.path.isfile(best_path)
@@ -335,7 +394,7 @@ def train(
             run_log.epoch(
                 state.epoch, train=stats, val=val, best_top1=state.best_prec1, bad_data=bad
             )
-            save([ckpt_path] + [best_path] * best)
+            save([ckpt_path] + [best_path] * best, ema_val.top1 if ema_val is not None else None)
             if du.all_reduce_sum(torch.tensor([float(stop.requested)]), ctx)[0] > 0:
                 stopped = f"after epoch {state.epoch}" if state.epoch < args.epochs else ""
                 break

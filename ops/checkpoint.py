@@ -584,7 +584,8 @@ def save_training_checkpoint(
     ctx: du.DistContext,
     class_names: list[str] | None = None,
     runtime: dict | None = None,
-) -> None:
+    extra: dict | None = None,
+) -> dict:
     """Save a run's checkpoint: every rank calls this, rank 0 writes it to each path atomically.
 
     The checkpoint keeps the published keys (``epoch``, ``arch``, ``state_dict``, ``optimizer``,
@@ -598,7 +599,8 @@ def save_training_checkpoint(
     attention kernels, compile; ``ops/engine/runtime_report.py``). Everything is
     tensors or plain Python values, so ``torch.load(weights_only=True)`` reads it. If writing
     fails, every rank raises ``CheckpointError`` (the previous file is intact), so that all stop
-    together instead of the others waiting for rank 0.
+    together instead of the others waiting for rank 0. ``extra``: more keys (e.g. ``ema``, the
+    weight average of --ema). Returns the contents written.
     """
     checksums = du.all_gather_objects(param_checksum(model), ctx)
     if len(set(checksums)) > 1:
@@ -631,6 +633,7 @@ def save_training_checkpoint(
         "world_size": ctx.world_size,
         "replica_checksums": checksums,
         "runtime": runtime,
+        **(extra or {}),
     }
     error = None
     if ctx.is_main:
@@ -643,6 +646,7 @@ def save_training_checkpoint(
     error = du.broadcast_object(error, ctx)
     if error:
         raise CheckpointError(error)
+    return contents
 
 
 def find_resume(resume: str, run_dir: str) -> str | None:
