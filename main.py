@@ -54,6 +54,7 @@ from ops.engine.lr_scheduler import WarmupSchedule
 from ops.engine.mixing import ClipMix
 from ops.engine.precise_bn import precise_bn
 from ops.engine.recipe import mixing_on, training_criterion
+from ops.engine.repeated_aug import RepeatedAugSampler
 from ops.engine.run_config import (
     check_pretrained,
     describe,
@@ -79,6 +80,7 @@ from ops.engine.trainer import (
 from ops.evaluation import build_test_transform, evaluate_model
 from ops.metrics import summarize
 from ops.models import TSN
+from ops.randaugment import clip_randaugment
 from ops.synthetic import make_synthetic
 from ops.transforms import GroupCenterCrop, GroupNormalize, GroupScale, Stack, ToTorchFormatTensor
 from ops.utils import setup_logging
@@ -120,6 +122,7 @@ def build_datasets(args: argparse.Namespace, model: TSN, data: dict):
     train_tf = torchvision.transforms.Compose(
         [
             model.get_augmentation(flip=flip),
+            *clip_randaugment(args.randaugment),  # [] unless --randaugment
             Stack(roll=False),
             ToTorchFormatTensor(div=True),
             normalize,
@@ -160,9 +163,14 @@ def build_loaders(
         # Workers ignore SIGTERM / SIGINT / SIGUSR1: the training process decides to stop.
         worker_init_fn=loader_worker_init(),
     )
-    sampler = EpochSampler(
-        len(train), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=args.seed
-    )
+    sampler = RepeatedAugSampler(
+        len(train),
+        repeats=args.repeated_aug,
+        num_replicas=ctx.world_size,
+        rank=ctx.rank,
+        shuffle=True,
+        seed=args.seed,
+    )  # fmt: skip  (--repeated_aug 1, the default: exactly EpochSampler's order)
     if len(sampler) < batch:
         raise ValueError(
             f"{train.list_file} has {len(train)} videos, fewer than one batch of {batch} "

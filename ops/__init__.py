@@ -19,6 +19,7 @@ The data:
     data_problems.py   bad data: counted, logged once per video, reported
     sampling.py        which frames make a clip (train / val / test, dense, twice)
     transforms.py      group transforms (crops, flips, normalisation)
+    randaugment.py     RandAugment drawn once per clip, the same on every frame (--randaugment)
     dataset_config.py  where each dataset's lists and frames live (--data_root)
     synthetic.py       the synthetic dataset of the demo and the tests
 Checkpoints, evaluation, shared helpers:

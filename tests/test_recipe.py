@@ -5,17 +5,23 @@ import argparse
 import math
 import shlex
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 import main as train_main
+import test_models
 from ops.checkpoint import load_checkpoint, load_model
 from ops.distributed import DistContext
 from ops.engine.ema import EMA_CHECKPOINT, WeightEMA
 from ops.engine.mixing import ClipMix
 from ops.engine.precise_bn import precise_bn
 from ops.engine.recipe import OFF, active_options, training_criterion
+from ops.engine.repeated_aug import RepeatedAugSampler
+from ops.engine.seeding import EpochSampler, SeededDataset
+from ops.randaugment import ClipRandAugment
 from opts import parse_args
 from tests.test_main import assert_same_state, tiny_args
 from tests.test_opts import KINETICS, SOMETHING
@@ -208,6 +214,11 @@ def test_ema_survives_a_resume_bit_identically_and_loads_like_any_checkpoint(dat
     model, meta = load_model(path)
     assert_same_state(model.state_dict(), cb["ema"]["state_dict"])
     assert load_checkpoint(path)["best_prec1"] == b["ema_val_top1"]
+    # test_models.py takes it as it is, and scores it as the run's EMA validation did
+    argv = ["synthetic", "--data_root", data_root, "--weights", str(path), "--test_segments"]
+    argv += ["4", "--test_crops", "1", "--batch_size", "2", "-j", "0"]
+    metrics = test_models.main(test_models.get_args_parser().parse_args(argv))
+    assert metrics["top1"] == pytest.approx(b["ema_val_top1"])
     assert not torch.equal(
         cb["ema"]["state_dict"]["new_fc.weight"], cb["state_dict"]["new_fc.weight"]
     )
@@ -252,3 +263,132 @@ def test_precise_bn_gives_the_statistics_of_the_batches_it_saw():
     assert torch.allclose(net.bn.running_var, var, atol=1e-5)
     assert net.bn.momentum == 0.1  # restored
     assert torch.equal(net.frozen.running_mean, torch.full((3,), 7.0))  # partial BN kept
+
+
+# --------------------------------------------------------------------------- RandAugment
+def _frames(t=4, h=20, w=18, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (t, 3, h, w), dtype=torch.uint8, generator=g)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_randaugment_applies_the_same_ops_to_every_frame_and_repeats_with_the_seed(seed):
+    clip = _frames()
+    ra = ClipRandAugment(2, 9)
+    torch.manual_seed(seed)
+    out = ra(clip)
+    # Independently: each frame alone, with the generator in the same state, draws the same ops
+    # and magnitudes (RandAugment's draws do not depend on the image), so if the clip got one
+    # draw for all frames, frame t of the clip result is the augmentation of frame t alone.
+    for t in range(4):
+        torch.manual_seed(seed)
+        assert torch.equal(out[t], ClipRandAugment(2, 9)(clip[t : t + 1])[0]), t
+    torch.manual_seed(seed)
+    assert torch.equal(ra(clip), out)  # reproducible from the seed
+    # PIL frames (main.py's pipeline) get exactly the same result as the tensor
+    pil = [Image.fromarray(f.permute(1, 2, 0).numpy()) for f in clip]
+    torch.manual_seed(seed)
+    back = torch.stack([torch.from_numpy(np.array(f)).permute(2, 0, 1) for f in ra(pil)])
+    assert torch.equal(back, out)
+
+
+def test_randaugment_draws_differ_between_clips_and_identical_frames_stay_identical():
+    frame = _frames(t=1)
+    clip = frame.repeat(5, 1, 1, 1)
+    outs = []
+    for seed in range(8):
+        torch.manual_seed(seed)
+        out = ClipRandAugment(2, 15)(clip)
+        assert all(torch.equal(out[t], out[0]) for t in range(5))  # no flicker between frames
+        outs.append(out[0])
+    assert len({o.numpy().tobytes() for o in outs}) > 4  # the ops are drawn per clip
+
+
+def test_randaugment_in_the_training_data_is_seeded_per_clip(data_root):
+    # The training dataset as main.py builds it, wrapped as main.py wraps it: item i of epoch e
+    # is the same every time, and another epoch draws another augmentation.
+    args = parse_args(tiny_args(data_root, "/unused", "--randaugment", "2,9"))
+    data = train_main.resolve_data(args, dry_run=False)
+    model = train_main.TSN(**train_main.model_kwargs(args, 2, "scratch"), print_spec=False)
+    train, _ = train_main.build_datasets(args, model, data)
+    assert any(isinstance(t, ClipRandAugment) for t in train.transform.transforms)
+    seeded = SeededDataset(train, seed=0)
+    a, b = seeded[3][0], seeded[3][0]
+    assert torch.equal(a, b)
+    seeded.set_epoch(1)
+    assert not torch.equal(seeded[3][0], a)
+
+
+# --------------------------------------------------------------------------- repeated aug
+def test_repeated_aug_yields_each_index_k_times_over_two_ranks_with_other_augmentations():
+    n, k = 10, 2
+
+    class Draw(torch.utils.data.Dataset):
+        def __len__(self):
+            return n
+
+        def __getitem__(self, i):
+            return i, torch.rand(()).item()  # stands for a random crop
+
+    seeded = SeededDataset(Draw(), seed=0)
+    seen = []
+    for rank in range(2):
+        sampler = RepeatedAugSampler(n, repeats=k, num_replicas=2, rank=rank, seed=0)
+        sampler.set_epoch(4)
+        assert len(sampler) == 5  # the epoch keeps its length: 10 over 2 ranks
+        seen += [seeded[i] for i in sampler]
+    assert len(seen) == 10
+    counts = {}
+    for item, _ in seen:
+        counts[item] = counts.get(item, 0) + 1
+    assert set(counts.values()) == {k} and len(counts) == n // k
+    draws = {}
+    for item, draw in seen:
+        draws.setdefault(item, set()).add(draw)
+    assert all(len(d) == k for d in draws.values())  # every copy augmented differently
+    # By hand: the order is the epoch's permutation with each index twice in a row, copies as
+    # i + c * n; rank r takes every other position, so the two copies go to the two ranks.
+    perm = EpochSampler(n, seed=0)
+    perm.set_epoch(4)
+    expected = [i + c * n for i in perm.permutation() for c in range(k)][:n]
+    r0 = RepeatedAugSampler(n, repeats=k, num_replicas=2, rank=0, seed=0)
+    r0.set_epoch(4)
+    assert list(r0) == expected[0::2] and all(i < n for i in r0)  # copy 0 on rank 0
+
+
+def test_repeated_aug_resumes_at_the_same_copy_and_k1_is_the_published_order():
+    n = 9
+    full = RepeatedAugSampler(n, repeats=3, num_replicas=2, rank=0, seed=5)
+    full.set_epoch(2)
+    order = full.order()
+    assert len(order) == 10  # 9 padded to a multiple of 2 ranks, as without repeats
+    # stopped after 2 draws per rank on 2 ranks: global position 4; resumed on 1 process
+    assert full.position(2) == 4
+    resumed = RepeatedAugSampler(n, repeats=3, num_replicas=1, rank=0, seed=5)
+    resumed.set_epoch(2, start=4)
+    # the same positions of the same order (one process pads nothing: the epoch ends at 9)
+    assert list(resumed) == order[4:9]
+    assert order[:9] == [i + c * n for i in full.permutation() for c in range(3)][:9]
+    for rank in range(2):
+        plain = EpochSampler(n, num_replicas=2, rank=rank, seed=5)
+        once = RepeatedAugSampler(n, repeats=1, num_replicas=2, rank=rank, seed=5)
+        plain.set_epoch(2, start=2)
+        once.set_epoch(2, start=2)
+        assert list(once) == list(plain)
+
+
+def test_two_gloo_processes_with_repeated_aug_ema_and_precise_bn(data_root, tmp_path):
+    extra = ["--epochs", "2", "--multiprocessing-distributed", "--cpu_procs", "2"]
+    extra += ["--batch_size", "4", "--dist-backend", "gloo", "--workers", "1"]
+    extra += ["--repeated_aug", "2", "--ema", "0.9", "--precise_bn", "1"]
+    out = train_main.main(tiny_args(data_root, str(tmp_path), *extra))
+    run_dir = tmp_path / "ckpt" / out["run_name"]
+    ckpt = load_checkpoint(run_dir / "ckpt.pth.tar")
+    assert ckpt["world_size"] == 2
+    assert ckpt["lr_scheduler"]["iters_per_epoch"] == 2  # 8 videos / (2 x 2): unchanged
+    sums = ckpt["replica_checksums"]
+    assert len(sums) == 2 and sums[0] == sums[1]
+    assert ckpt["ema"]["updates"] == 4  # after each of the 2 x 2 optimizer steps
+    assert ckpt["args"]["repeated_aug"] == 2 and ckpt["args"]["precise_bn"] == 1
+    ema_file = load_checkpoint(run_dir / EMA_CHECKPOINT)
+    assert_same_state(ema_file["state_dict"], ckpt["ema"]["state_dict"])
