@@ -122,8 +122,9 @@ def test_cutmix_pastes_the_same_box_on_every_frame_and_targets_sum_to_one():
     data, labels = _clips(), torch.tensor([0, 1, 2, 1])
     mix = ClipMix(num_class=3, cutmix_alpha=1.0)
     box = (1, 4, 2, 5)  # rows 1..3, columns 2..4 of a 6 x 5 frame
-    plans = [("cutmix", 1 - 9 / 30, box), ("none", 1.0, None), ("mixup", 0.3, None)] * 1
-    plans.append(("cutmix", 1 - 9 / 30, box))
+    # pair (0, 3): CutMix with one box; pair (1, 2): mixup with lambda 0.3
+    plans = [("cutmix", 1 - 9 / 30, box), ("mixup", 0.3, None)]
+    plans += plans[::-1]
     mixed, soft, dominant = mix.apply(data, labels, plans)
     # By hand, frame by frame: clip i's partner is clip 3 - i.
     for i, partner in enumerate([3, 2, 1, 0]):
@@ -140,21 +141,25 @@ def test_cutmix_pastes_the_same_box_on_every_frame_and_targets_sum_to_one():
     assert all(torch.equal(changed[f], changed[0]) for f in range(3))
     assert changed[0].sum() == 9
     assert torch.allclose(soft.sum(dim=1), torch.ones(4))
-    # clip 0 keeps 21/30 of its area: 0.7 of label 0 and 0.3 of its partner's label 1
+    # clip 0 keeps 21/30 of its area: 0.7 of label 0 and 0.3 of its partner's label 1;
+    # clip 3 is the other side of the same box: 0.7 of its label 1, 0.3 of label 0
     assert torch.allclose(soft[0], torch.tensor([0.7, 0.3, 0.0]))
-    assert torch.allclose(soft[1], torch.tensor([0.0, 1.0, 0.0]))
-    assert torch.allclose(soft[2], torch.tensor([0.0, 0.7, 0.3]))  # 0.3 of 2, 0.7 of partner's 1
-    # accuracy counts the dominant label: clip 2 is mostly its partner (label 1)
-    assert dominant.tolist() == [0, 1, 1, 1]
+    assert torch.allclose(soft[3], torch.tensor([0.3, 0.7, 0.0]))
+    assert torch.allclose(soft[1], torch.tensor([0.0, 0.3, 0.7]))  # 0.3 of its 1, 0.7 of 2
+    assert torch.allclose(soft[2], torch.tensor([0.0, 0.7, 0.3]))
+    # accuracy counts the dominant label: clips 1 and 2 are mostly their partner
+    assert dominant.tolist() == [0, 2, 1, 1]
 
 
 def test_drawn_boxes_match_their_lambda_and_draws_repeat_with_the_seed():
     mix = ClipMix(num_class=5, mixup_alpha=0.8, cutmix_alpha=1.0, mix_prob=0.8)
     torch.manual_seed(3)
     plans = mix.draw(400, 32, 24)
-    kinds = [p[0] for p in plans]
+    assert all(plans[i] == plans[399 - i] for i in range(200))  # one draw per clip pair
+    kinds = [p[0] for p in plans[:200]]
     assert {"none", "mixup", "cutmix"} == set(kinds)
-    assert 0.1 < kinds.count("none") / 400 < 0.3  # mix_prob 0.8
+    assert 0.1 < kinds.count("none") / 200 < 0.3  # mix_prob 0.8
+    assert [p[0] for p in mix.draw(5, 8, 8)][2] == "none"  # an odd batch's middle clip
     for kind, lam, box in plans:
         assert 0.0 <= lam <= 1.0
         if kind == "cutmix":

@@ -2,9 +2,11 @@
 --mix_switch_prob).
 
 A training batch is `[N, T*C, H, W]`: the T frames of a clip are stacked on the channel axis. Clip
-i is mixed with its partner, clip N-1-i (the batch reversed, as timm pairs them), by one decision
-and one draw per clip pair: with probability `mix_prob` it is mixed at all; then CutMix with
-probability `switch_prob` when both kinds are on. Mixup blends the two clips with
+i and clip N-1-i form a pair (the batch reversed, as timm's "pair" mode pairs them; the middle
+clip of an odd batch stays unmixed), with one decision and one draw per pair, used by both
+clips: with probability `mix_prob` the pair is mixed at all; then CutMix with probability
+`switch_prob` when both kinds are on. Each clip keeps lambda of itself and takes 1 - lambda of
+its partner (for CutMix: the two clips swap the contents of one box). Mixup blends the two clips with
 lambda ~ Beta(a, a); CutMix pastes one box of the partner clip, and because the box is cut over
 the H and W axes of the `[T*C, H, W]` clip, every frame gets the very same box (never a box per
 frame). CutMix's lambda is then the area kept, `1 - box area / (H*W)` (the box is clipped at the
@@ -53,7 +55,12 @@ class ClipMix:
 
     def draw(self, n: int, height: int, width: int) -> list[tuple[str, float, tuple | None]]:
         """Per clip i of a batch of n: (kind 'none' | 'mixup' | 'cutmix', lambda, box
-        (y0, y1, x0, x1) or None). Drawn from torch's global generator."""
+        (y0, y1, x0, x1) or None), the same for clip i and its partner n-1-i. Drawn from
+        torch's global generator, one draw per pair."""
+        pairs = self._draw_pairs(n // 2, height, width)
+        return pairs + [("none", 1.0, None)] * (n % 2) + pairs[::-1]
+
+    def _draw_pairs(self, n: int, height: int, width: int) -> list[tuple[str, float, tuple | None]]:
         plans = []
         for _ in range(n):
             mixed = bool(torch.rand(()) < self.mix_prob)
