@@ -384,7 +384,7 @@ def test_repeated_aug_resumes_at_the_same_copy_and_k1_is_the_published_order():
 
 def test_two_gloo_processes_with_repeated_aug_ema_and_precise_bn(data_root, tmp_path):
     extra = ["--epochs", "2", "--multiprocessing-distributed", "--cpu_procs", "2"]
-    extra += ["--batch_size", "4", "--dist-backend", "gloo", "--workers", "1"]
+    extra += ["--batch_size", "4", "--dist-backend", "gloo", "--workers", "0"]
     extra += ["--repeated_aug", "2", "--ema", "0.9", "--precise_bn", "1"]
     out = train_main.main(tiny_args(data_root, str(tmp_path), *extra))
     run_dir = tmp_path / "ckpt" / out["run_name"]
