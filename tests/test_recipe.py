@@ -202,18 +202,26 @@ def test_ema_equals_a_hand_computed_average():
     assert not torch.equal(got["1.running_mean"], model.state_dict()["1.running_mean"])
 
 
-def test_ema_survives_a_resume_bit_identically_and_loads_like_any_checkpoint(data_root, tmp_path):
-    extra = ["--epochs", "2", "--ema", "0.8", "--workers", "0"]
+def test_every_option_resumes_bit_identically_and_the_ema_loads_like_any_checkpoint(
+    data_root, tmp_path
+):
+    # All recipe options at once: their random draws (mixing, RandAugment, repeated copies,
+    # precise BN's batches) must all come back the same after a resume.
+    extra = ["--epochs", "2", "--ema", "0.8", "--workers", "0", "--label_smoothing", "0.1"]
+    extra += ["--mixup", "0.8", "--cutmix", "1.0", "--randaugment", "2,9", "--repeated_aug", "2"]
+    extra += ["--precise_bn", "1"]
     full, parts = tmp_path / "full", tmp_path / "parts"
     a = train_main.main(tiny_args(data_root, str(full), *extra))
     train_main.main(tiny_args(data_root, str(parts), *extra, "--stop_after_epochs", "1"))
     b = train_main.main(tiny_args(data_root, str(parts), *extra, "--resume", "auto"))
-    assert a["run_name"] == b["run_name"] and a["run_name"].endswith("_ema0.8")
+    assert a["run_name"] == b["run_name"]
+    assert a["run_name"].endswith("_ls0.1_mixup0.8_cutmix1.0_ra2-9_rep2_ema0.8_pbn1")
     ca = load_checkpoint(full / "ckpt" / a["run_name"] / "ckpt.pth.tar")
     cb = load_checkpoint(parts / "ckpt" / b["run_name"] / "ckpt.pth.tar")
     assert ca["ema"]["updates"] == cb["ema"]["updates"] == 8  # 2 epochs x 4 steps
+    assert_same_state(ca["state_dict"], cb["state_dict"])
     assert_same_state(ca["ema"]["state_dict"], cb["ema"]["state_dict"])
-    assert ca["args"]["ema"] == 0.8
+    assert ca["args"]["ema"] == 0.8 and ca["args"]["randaugment"] == (2, 9)
     # ckpt.ema.pth.tar: the EMA weights as an ordinary checkpoint (test_models.py, predict)
     path = parts / "ckpt" / b["run_name"] / EMA_CHECKPOINT
     model, meta = load_model(path)
