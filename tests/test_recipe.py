@@ -262,6 +262,7 @@ def test_precise_bn_gives_the_statistics_of_the_batches_it_saw():
     net.frozen.running_mean.fill_(7.0)
     batches = [(torch.randn(4, 2, 3, 3) * (i + 1) + i, torch.zeros(4)) for i in range(3)]
     batches.append((torch.randn(4, 2, 3, 3), torch.zeros(4)))  # beyond N = 3: unused
+    batches.insert(1, None)  # a batch whose videos were all unreadable: skipped, not counted
     net.bn.running_mean.fill_(100.0)  # whatever was there is forgotten
     net.eval()
     assert precise_bn(net, batches, 3, CPU) == 3
@@ -269,7 +270,8 @@ def test_precise_bn_gives_the_statistics_of_the_batches_it_saw():
     # By hand: the BN input of batch i is conv(x_i); per channel, mean over (N, H, W) and the
     # unbiased variance; the statistics are their averages over the 3 batches.
     with torch.no_grad():
-        feats = [net.conv(x).transpose(0, 1).reshape(3, -1) for x, _ in batches[:3]]
+        used = [b for b in batches if b is not None][:3]
+        feats = [net.conv(x).transpose(0, 1).reshape(3, -1) for x, _ in used]
     mean = sum(f.mean(dim=1) for f in feats) / 3
     var = sum(f.var(dim=1, unbiased=True) for f in feats) / 3
     assert torch.allclose(net.bn.running_mean, mean, atol=1e-5)

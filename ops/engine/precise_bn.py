@@ -75,7 +75,10 @@ def precise_bn(
         for batch in batches:
             if used >= num_batches:
                 break
-            if batch is None:
+            # Every rank skips a batch that is empty on any rank (all its videos unreadable),
+            # so all ranks run the same forwards (SyncBatchNorm synchronises each one).
+            empty = torch.tensor([float(batch is None)], dtype=torch.float64)
+            if all_reduce_sum(empty, ctx)[0] > 0:
                 continue
             data = to_device(batch[0], ctx.device, channels_last)
             with autocast(ctx.device, amp):
