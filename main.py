@@ -163,6 +163,7 @@ def build_loaders(
         # Workers ignore SIGTERM / SIGINT / SIGUSR1: the training process decides to stop.
         worker_init_fn=loader_worker_init(),
     )
+    # --repeated_aug 1 (the default) is exactly EpochSampler's order.
     sampler = RepeatedAugSampler(
         len(train),
         repeats=args.repeated_aug,
@@ -170,7 +171,7 @@ def build_loaders(
         rank=ctx.rank,
         shuffle=True,
         seed=args.seed,
-    )  # fmt: skip  (--repeated_aug 1, the default: exactly EpochSampler's order)
+    )
     if len(sampler) < batch:
         raise ValueError(
             f"{train.list_file} has {len(train)} videos, fewer than one batch of {batch} "
@@ -343,7 +344,10 @@ def train(
         if ema is not None and ema_top1 is not None and ctx.is_main:  # after a validation
             keys = ("epoch", "arch", "model_config", "dataset", "dense_sample", "class_names")
             keep = {k: contents[k] for k in keys + ("args",)}
-            logger.info("saved %s", save_ema_checkpoint(model_dir, ema, keep, ema_top1))
+            try:  # rank 0 alone: a failure must not leave the other ranks waiting
+                logger.info("saved %s", save_ema_checkpoint(model_dir, ema, keep, ema_top1))
+            except CheckpointError as exc:
+                logger.error("%s (the EMA is also in %s)", exc, paths[0])
 
     stopped = ""  # where a stop request (SIGTERM, SIGUSR1, Ctrl-C) ended the run early
     last_epoch = min(args.epochs, args.stop_after_epochs or args.epochs)
