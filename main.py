@@ -55,7 +55,12 @@ from ops.dataset_config import NO_FLIP_DATASETS, dataset_class_names, default_da
 from ops.device_augment import DeviceTrainAugment, collate_encoded, use_device_decoding
 from ops.device_input import InputNorm, ToUint8Tensor
 from ops.engine.compile import maybe_compile
+from ops.engine.ema import WeightEMA, resume_ema, save_ema_checkpoint
 from ops.engine.lr_scheduler import WarmupSchedule
+from ops.engine.mixing import ClipMix
+from ops.engine.precise_bn import precise_bn
+from ops.engine.recipe import mixing_on, training_criterion
+from ops.engine.repeated_aug import RepeatedAugSampler
 from ops.engine.run_config import (
     check_pretrained,
     describe,
@@ -69,7 +74,7 @@ from ops.engine.run_config import (
 from ops.engine.run_folder import RunFolderError, claim_run_folder, output_error_message
 from ops.engine.run_logger import RunLogError, RunLogger
 from ops.engine.runtime_report import compile_status, runtime_report
-from ops.engine.seeding import EpochSampler, SeededDataset, seed_all, start_epoch
+from ops.engine.seeding import EpochSampler, SeededDataset, derive_seed, seed_all, start_epoch
 from ops.engine.stop import StopRequest, loader_worker_init, requeue_slurm_job
 from ops.engine.trainer import (
     EpochStats,
@@ -82,6 +87,7 @@ from ops.engine.trainer import (
 from ops.evaluation import build_test_transform, evaluate_model
 from ops.metrics import summarize
 from ops.models import TSN
+from ops.randaugment import clip_randaugment
 from ops.synthetic import make_synthetic
 from ops.transforms import GroupCenterCrop, GroupScale, Stack
 from ops.utils import setup_logging
@@ -128,6 +134,7 @@ def build_datasets(args: argparse.Namespace, model: TSN, data: dict):
     train_tf = torchvision.transforms.Compose(
         [
             model.get_augmentation(flip=flip),
+            *clip_randaugment(args.randaugment),  # [] unless --randaugment
             Stack(roll=False),
             ToUint8Tensor(),
         ]
@@ -170,8 +177,14 @@ def build_loaders(
         # Workers ignore SIGTERM / SIGINT / SIGUSR1: the training process decides to stop.
         worker_init_fn=loader_worker_init(),
     )
-    sampler = EpochSampler(
-        len(train), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=args.seed
+    # --repeated_aug 1 (the default) is exactly EpochSampler's order.
+    sampler = RepeatedAugSampler(
+        len(train),
+        repeats=args.repeated_aug,
+        num_replicas=ctx.world_size,
+        rank=ctx.rank,
+        shuffle=True,
+        seed=args.seed,
     )
     if len(sampler) < batch:
         raise ValueError(
@@ -184,6 +197,25 @@ def build_loaders(
     )
     val_sampler = EpochSampler(len(val), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False)
     return train_loader, DataLoader(val, sampler=val_sampler, **loader_kw), len(sampler) // batch
+
+
+def precise_bn_batches(
+    args: argparse.Namespace, train: TSNDataSet, batch: int, ctx: du.DistContext
+) -> DataLoader:
+    """--precise_bn's batches: the augmented training clips in their own seeded order per epoch
+    (call `.sampler.set_epoch(e)` and `.dataset.set_epoch(e)`), apart from the training loader
+    so that its position (and exact resuming) is untouched."""
+    seed = derive_seed(args.seed, 5)
+    return DataLoader(
+        SeededDataset(train, seed=seed),
+        sampler=EpochSampler(len(train), num_replicas=ctx.world_size, rank=ctx.rank, seed=seed),
+        batch_size=batch,
+        drop_last=True,
+        num_workers=args.workers,
+        collate_fn=collate,
+        worker_init_fn=loader_worker_init(),
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def bad_data_counts(datasets: list[TSNDataSet], ctx: du.DistContext) -> dict[str, int]:
@@ -300,7 +332,11 @@ def train(
     settings = LoopSettings.from_args(
         args, min_batch=min_batch(model, batch), input_norm=InputNorm.of(model)
     )
-    criterion = nn.CrossEntropyLoss().to(ctx.device)
+    criterion = nn.CrossEntropyLoss().to(ctx.device)  # validation: plain cross-entropy
+    train_criterion = training_criterion(args).to(ctx.device)
+    ema = WeightEMA(model, args.ema) if args.ema else None
+    if ema is not None:
+        resume_ema(ema, found[1] if found else None, found[0] if found else None)
     summary: dict = {"run_name": name, "model_dir": model_dir}
     if args.evaluate:
         val = checked(validate(model, val_loader, criterion, settings, ctx), "--evaluate", val_set)
@@ -311,8 +347,20 @@ def train(
     schedule = WarmupSchedule.from_args(args)
     train_model = training_model(model, args, ctx)
     runtime = runtime_report(model, train_model, args, plan, ctx)
-    parts = TrainParts(train_model, criterion, optimizer, schedule, settings, ctx, scaler, stop)
+    parts = TrainParts(
+        train_model, train_criterion, optimizer, schedule, settings, ctx, scaler, stop
+    )
     parts.run_logger = run_log
+    if mixing_on(args):
+        parts.mix = ClipMix(
+            data["num_class"], args.mixup, args.cutmix, args.mix_prob, args.mix_switch_prob
+        )
+        note = "mixup/cutmix on: training Prec@1/Prec@5 count each clip's dominant label"
+        logger.info(note)
+        run_log.line(note)
+    if ema is not None:
+        parts.after_step = ema.update
+    bn_batches = precise_bn_batches(args, train_set, batch, ctx) if args.precise_bn else None
     ckpt_path = os.path.join(model_dir, "ckpt.pth.tar")
     best_path = os.path.join(model_dir, "ckpt.best.pth.tar")
     saving = dict(args=args, model=model, optimizer=optimizer, scaler=scaler, ctx=ctx)
@@ -321,9 +369,17 @@ def train(
     )  # stored in the checkpoints, so that tools/predict.py can name its classes
     saving.update(iters_per_epoch=iters_per_epoch, class_names=names, runtime=runtime)
 
-    def save(paths: list[str]) -> None:
+    def save(paths: list[str], ema_top1: float | None = None) -> None:
         runtime["compile"] = compile_status(train_model, args)
-        save_training_checkpoint(paths, state=state, **saving)
+        extra = {"ema": ema.state_dict()} if ema is not None else None
+        contents = save_training_checkpoint(paths, state=state, extra=extra, **saving)
+        if ema is not None and ema_top1 is not None and ctx.is_main:  # after a validation
+            keys = ("epoch", "arch", "model_config", "dataset", "dense_sample", "class_names")
+            keep = {k: contents[k] for k in keys + ("args",)}
+            try:  # rank 0 alone: a failure must not leave the other ranks waiting
+                logger.info("saved %s", save_ema_checkpoint(model_dir, ema, keep, ema_top1))
+            except CheckpointError as exc:
+                logger.error("%s (the EMA is also in %s)", exc, paths[0])
 
     stopped = ""  # where a stop request (SIGTERM, SIGUSR1, Ctrl-C) ended the run early
     last_epoch = min(args.epochs, args.stop_after_epochs or args.epochs)
@@ -350,8 +406,15 @@ def train(
                     stopped = f"at epoch {state.epoch + 1}, iteration {state.iteration}"
                     break
                 state = RunState(state.epoch + 1, best_prec1=state.best_prec1)
-            val = None
+            val = ema_val = None
             if state.epoch % args.eval_freq == 0 or state.epoch == args.epochs:
+                if bn_batches is not None:
+                    for net in [model] + ([ema.module] if ema is not None else []):
+                        bn_batches.sampler.set_epoch(state.epoch)
+                        bn_batches.dataset.set_epoch(state.epoch)
+                        precise_bn(
+                            net, bn_batches, args.precise_bn, ctx, args.amp, args.channels_last
+                        )
                 val = validate(model, val_loader, criterion, settings, ctx, stop=stop)
                 if val.stopped_at is not None:  # the epoch is trained: keep it, validate later
                     state.validation_pending = True
@@ -361,13 +424,22 @@ def train(
                     break
                 checked(val, f"validation after epoch {state.epoch}", val_set)
                 summary.update(val_top1=val.top1, val_top5=val.top5)
+                if ema is not None:  # not interruptible: a stop waits for this pass
+                    ema_val = validate(ema.module, val_loader, criterion, settings, ctx, "val ema")
+                    top1, top5, loss = ema_val.metrics()
+                    note = f"EMA weights: Prec@1 {top1:.3f} Prec@5 {top5:.3f} Loss {loss:.5f}"
+                    logger.info(note)
+                    run_log.line(f"Epoch {state.epoch}: {note}")
+                    run_log.scalars({"ema/val_top1": ema_val.top1}, state.epoch)
+                    summary.update(ema_val_top1=ema_val.top1, ema_val_top5=ema_val.top5)
             state.validation_pending, state.pending_train = False, None
             best = val is not None and (
                 val.top1 > state.best_prec1 or not os.path.isfile(best_path)
             )
             state.best_prec1 = max(state.best_prec1, val.top1 if val is not None else 0.0)
             bad = bad_data_counts([train_set, val_set], ctx)
-            save([ckpt_path] + [best_path] * best)  # before logging: a full log disk loses no epoch
+            # before logging: a full log disk loses no epoch
+            save([ckpt_path] + [best_path] * best, ema_val.top1 if ema_val is not None else None)
             run_log.epoch(
                 state.epoch, train=stats, val=val, best_top1=state.best_prec1, bad_data=bad
             )

@@ -18,6 +18,7 @@ import json
 import math
 
 from ops.dataset_config import add_data_args
+from ops.engine.recipe import add_recipe_args, check_recipe_args
 
 # Settings of the embedded demo (`python main.py` without --dataset): a TSM+RNL ResNet-18 on the
 # synthetic moving-object videos, trained from scratch on CPU in a few minutes. From scratch, the
@@ -277,6 +278,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="torch.compile backend for --compile (e.g. aot_eager to debug a compilation problem)",
     )
 
+    add_recipe_args(parser)
+
     g = parser.add_argument_group("run")
     g.add_argument("--root_log", type=str, default="log")
     g.add_argument("--root_model", "--root-model", type=str, default="checkpoint")
@@ -402,6 +405,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     if args.overwrite and (args.resume or args.evaluate):
         flag = "--resume" if args.resume else "--evaluate"
         parser.error(f"--overwrite starts a run afresh, {flag} uses its checkpoint: give one")
+    check_recipe_args(parser, args)
     if args.available_gpus is not None:
         ids = [s.strip() for s in args.available_gpus.split(",") if s.strip()]
         if not ids or not all(s.isdigit() for s in ids):

@@ -21,6 +21,7 @@ The data:
     transforms.py      group transforms (crops, flips, normalisation)
     device_input.py    uint8 clips from the workers, normalised on the device (InputNorm)
     device_augment.py  --device_aug: workers read JPEG bytes; decode and augment on the device
+    randaugment.py     RandAugment drawn once per clip, the same on every frame (--randaugment)
     dataset_config.py  where each dataset's lists and frames live (--data_root)
     synthetic.py       the synthetic dataset of the demo and the tests
 Checkpoints, evaluation, shared helpers:

@@ -641,7 +641,8 @@ def save_training_checkpoint(
     ctx: du.DistContext,
     class_names: list[str] | None = None,
     runtime: dict | None = None,
-) -> None:
+    extra: dict | None = None,
+) -> dict:
     """Save a run's checkpoint: every rank calls this, rank 0 writes it to each path atomically.
 
     The checkpoint keeps the published keys (``epoch``, ``arch``, ``state_dict``, ``optimizer``,
@@ -655,7 +656,8 @@ def save_training_checkpoint(
     attention kernels, compile; ``ops/engine/runtime_report.py``). Everything is
     tensors or plain Python values, so ``torch.load(weights_only=True)`` reads it. If writing
     fails, every rank raises ``CheckpointError`` (the previous file is intact), so that all stop
-    together instead of the others waiting for rank 0.
+    together instead of the others waiting for rank 0. ``extra``: more keys (e.g. ``ema``, the
+    weight average of --ema). Returns the contents written.
     """
     found = nonfinite_weights(model)
     flags = du.all_reduce_sum(torch.tensor([float(found is not None)], dtype=torch.float64), ctx)
@@ -696,6 +698,7 @@ def save_training_checkpoint(
         "world_size": ctx.world_size,
         "replica_checksums": checksums,
         "runtime": runtime,
+        **(extra or {}),
     }
     error = None
     if ctx.is_main:
@@ -708,6 +711,7 @@ def save_training_checkpoint(
     error = du.broadcast_object(error, ctx)
     if error:
         raise CheckpointError(error)
+    return contents
 
 
 def find_resume(resume: str, run_dir: str) -> str | None:

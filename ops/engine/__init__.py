@@ -13,5 +13,10 @@
                      (unless --resume / --overwrite), output folders that cannot be written
     compile.py       --compile with a fall-back to eager mode
     runtime_report.py  what actually runs (devices, backend, attention kernels), logged and saved
+    recipe.py        the optional recipe flags (all off by default), their run-name tokens
+    mixing.py        --mixup / --cutmix of whole clips, soft targets
+    ema.py           --ema: the weight average, its checkpoint key and ckpt.ema.pth.tar
+    precise_bn.py    --precise_bn: BatchNorm statistics recomputed before validation
+    repeated_aug.py  --repeated_aug: the sampler that repeats each index K times per epoch
 Checkpoints (saving, resuming) are ops/checkpoint.py, shared with test_models.py and tools/.
 """

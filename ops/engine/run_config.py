@@ -18,6 +18,7 @@ from archs import imagenet_weights_path, load_imagenet_state_dict
 from ops import distributed as du
 from ops.checkpoint import CheckpointError, missing_file_message, same_dataset
 from ops.dataset_config import NO_FLIP_DATASETS, category_file, default_data_root, resolve_dataset
+from ops.engine.recipe import active_options, describe_recipe, run_name_part
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ def run_name(args: argparse.Namespace) -> str:
     if args.non_local:
         name += "_nl" if args.nl_type == "rnl" else f"_nl_{args.nl_type}"
     name += f"_lr{args.lr}_wd{args.weight_decay:.1e}_do{args.dropout}"
+    name += run_name_part(args)  # '' unless a recipe option (ops/engine/recipe.py) is on
     if args.suffix is not None:
         name += f"_{args.suffix}"
     return name
@@ -179,6 +181,7 @@ def resolved_config(args: argparse.Namespace, plan: du.LaunchPlan, data: dict, n
         "batch_per_process": per_proc,
         "batch_multiplier": args.batch_multiplier,
         "total_batch": per_proc * plan.local_world_size * plan.nodes * args.batch_multiplier,
+        "recipe": active_options(args),  # {} : the published recipe
     }
 
 
@@ -225,6 +228,7 @@ def describe(args: argparse.Namespace, plan: du.LaunchPlan, data: dict, name: st
         f"= total batch {cfg['total_batch']}",
         f"speed: amp {args.amp}, channels_last {args.channels_last}, compile {args.compile}, "
         f"recompute {args.recompute}, checkpoint_blocks {args.checkpoint_blocks}",
+        describe_recipe(args),
         f"outputs: {os.path.join(args.root_model, name)} and {os.path.join(args.root_log, name)}",
     ]
 

@@ -77,7 +77,9 @@ class SeededDataset(Dataset):
         saved_torch = torch.get_rng_state()
         seed_all(derive_seed(self.seed, self.epoch, index, 2))
         try:
-            return self.dataset[index]
+            # An index >= len is copy `index // len` of item `index % len` (repeated
+            # augmentation): the same video, other augmentation draws.
+            return self.dataset[index % len(self.dataset)]
         finally:
             random.setstate(saved_py)
             np.random.set_state(saved_np)
@@ -126,12 +128,21 @@ class EpochSampler(Sampler[int]):
         """The global position reached when each rank has drawn `drawn` indices of this epoch."""
         return self.start + drawn * self.num_replicas
 
+    def permutation(self) -> list[int]:
+        """This epoch's shuffled order of the dataset's indices (before padding)."""
+        g = torch.Generator()
+        g.manual_seed(derive_seed(self.seed, self.epoch, 3))
+        return torch.randperm(self.dataset_len, generator=g).tolist()
+
+    def order(self) -> list[int]:
+        """This epoch's global order, padded to a multiple of `num_replicas`; the positions of
+        `position()` / `set_epoch(start=...)` count in it. (Subclasses change the order here.)"""
+        return _repeat(self.permutation(), self.num_replicas)
+
     def _indices(self) -> list[int]:
         if not self.shuffle:
             return list(range(self.rank, self.dataset_len, self.num_replicas))
-        g = torch.Generator()
-        g.manual_seed(derive_seed(self.seed, self.epoch, 3))
-        order = _repeat(torch.randperm(self.dataset_len, generator=g).tolist(), self.num_replicas)
+        order = self.order()
         if self.start:
             order = _repeat(order[self.start :], self.num_replicas)
         return order[self.rank :: self.num_replicas]

@@ -30,6 +30,7 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
@@ -91,6 +92,11 @@ class TrainParts:
     scaler: torch.amp.GradScaler | None = None  # --amp fp16
     stop: StopRequest | None = None
     run_logger: RunLogger | None = None
+    # --mixup / --cutmix: (data, target) -> (mixed data, soft targets for the loss, the dominant
+    # labels the accuracy is counted against); None: the loss and accuracy see the labels.
+    mix: Callable | None = None
+    # --ema: called after each optimizer step (ops/engine/ema.py)
+    after_step: Callable[[], None] | None = None
 
 
 @dataclass
@@ -180,17 +186,20 @@ def train_one_epoch(
 
         data = to_device(data, ctx.device, settings.channels_last, settings.input_norm)
         target = target.to(ctx.device, non_blocking=True)  # [B]
+        loss_target = acc_target = target
+        if parts.mix is not None:
+            data, loss_target, acc_target = parts.mix(data, target)
         sync = contextlib.nullcontext() if (last_in_group or not distributed) else model.no_sync()
         with sync:
             with autocast(ctx.device, settings.amp):
                 output = model(data)  # [B, K]
-                loss = parts.criterion(output, target)
+                loss = parts.criterion(output, loss_target)
             scaled = loss / group_size
             (parts.scaler.scale(scaled) if parts.scaler is not None else scaled).backward()
         ran += 1
 
         b = target.size(0)
-        c1, c5 = topk_correct(output.detach().float(), target)
+        c1, c5 = topk_correct(output.detach().float(), acc_target)
         loss_value = loss.item()
         finite = math.isfinite(loss_value)
         totals = all_reduce_sum(
@@ -301,6 +310,8 @@ def _optimizer_step(parts: TrainParts, params: list[torch.Tensor], epoch_float: 
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    if parts.after_step is not None:
+        parts.after_step()
     return lr
 
 
