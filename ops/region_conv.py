@@ -22,6 +22,7 @@ is left to PyTorch.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -108,10 +109,19 @@ class RegionConv3d(nn.Module):
             # the output stays channels-last, which also makes the attention's [N, P, C] view
             # of it contiguous for free.
             x = x.contiguous(memory_format=torch.channels_last_3d)
-        with torch.autocast(
-            x.device.type, enabled=False
-        ):  # runs in x's dtype (bf16 under autocast)
-            return DepthwiseConv3d.apply(x, self.depthwise_weight().to(x.dtype), self.padding)
+        # Runs in x's dtype (bf16 under autocast). The meta device (shape probes) has no autocast.
+        no_autocast = (
+            torch.autocast(x.device.type, enabled=False)
+            if x.device.type != "meta"
+            else contextlib.nullcontext()
+        )
+        with no_autocast:
+            weight = self.depthwise_weight().to(x.dtype)
+            if torch.jit.is_tracing() or not torch.is_grad_enabled():
+                # No backward to speed up; a traced export (TorchScript, ONNX) cannot hold a
+                # Python autograd Function.
+                return F.conv3d(x, weight, None, 1, self.padding, 1, self.channels)
+            return DepthwiseConv3d.apply(x, weight, self.padding)
 
     def macs(self, x: torch.Tensor) -> dict[str, int]:
         """Multiply-adds of the depthwise convolution it computes (``kt*kh*kw`` per output element),
