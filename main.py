@@ -413,8 +413,9 @@ def train(
                         bn_batches.sampler.set_epoch(state.epoch)
                         bn_batches.dataset.set_epoch(state.epoch)
                         precise_bn(
-                            net, bn_batches, args.precise_bn, ctx, args.amp, args.channels_last
-                        )
+                            net, bn_batches, args.precise_bn, ctx, args.amp, args.channels_last,
+                            settings.input_norm,
+                        )  # fmt: skip
                 val = validate(model, val_loader, criterion, settings, ctx, stop=stop)
                 if val.stopped_at is not None:  # the epoch is trained: keep it, validate later
                     state.validation_pending = True

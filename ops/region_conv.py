@@ -109,12 +109,14 @@ class RegionConv3d(nn.Module):
             # the output stays channels-last, which also makes the attention's [N, P, C] view
             # of it contiguous for free.
             x = x.contiguous(memory_format=torch.channels_last_3d)
-        # Runs in x's dtype (bf16 under autocast). The meta device (shape probes) has no autocast.
-        no_autocast = (
-            torch.autocast(x.device.type, enabled=False)
-            if x.device.type != "meta"
-            else contextlib.nullcontext()
-        )
+        # Under autocast a convolution runs in the autocast dtype, whatever x's dtype (as
+        # F.conv3d would); the custom Function then runs with autocast off, in that dtype. The
+        # meta device (the start-up shape probe) has no autocast.
+        no_autocast: contextlib.AbstractContextManager = contextlib.nullcontext()
+        if x.device.type != "meta":
+            if torch.is_autocast_enabled(x.device.type):
+                x = x.to(torch.get_autocast_dtype(x.device.type))
+            no_autocast = torch.autocast(x.device.type, enabled=False)
         with no_autocast:
             weight = self.depthwise_weight().to(x.dtype)
             if torch.jit.is_tracing() or not torch.is_grad_enabled():

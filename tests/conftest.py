@@ -5,6 +5,7 @@ import logging
 import pytest
 
 from ops.synthetic import make_synthetic
+from ops.utils import StderrHandler
 
 
 @pytest.fixture(autouse=True)
@@ -12,6 +13,9 @@ def _restore_root_logger():
     """main.py / test_models.py configure the root logger when called in-process; put it back
     after each test so one test's handlers and level do not leak into the next one's output."""
     root = logging.getLogger()
+    for handler in root.handlers[:]:  # one left by a module-scoped fixture's in-process run
+        if isinstance(handler, StderrHandler):
+            root.removeHandler(handler)
     handlers, level = root.handlers[:], root.level
     yield
     root.handlers[:] = handlers

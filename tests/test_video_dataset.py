@@ -392,7 +392,10 @@ def test_main_trains_and_test_models_evaluates_from_a_video_list(
     weights = os.path.join(summary["model_dir"], "ckpt.best.pth.tar")
     assert os.path.isfile(weights)
     with pytest.raises(SystemExit, match="cut_bikes.mp4"):
-        main.main(argv + flags + ["--strict_data", "--root_model", str(tmp_path / "ck2")])
+        main.main(
+            argv + flags + ["--strict_data", "--root_model", str(tmp_path / "ck2")]
+            + ["--root_log", str(tmp_path / "log2")]  # a run folder of its own
+        )  # fmt: skip
 
     scores, stdout = {}, {}
     frame_flags = ["--root_path", data["frames"], "--image_tmpl", "img_{:05d}.png"]

@@ -56,10 +56,12 @@ def precise_bn(
     ctx: DistContext,
     amp: str = "off",
     channels_last: bool = False,
+    norm=None,
 ) -> int:
     """Recompute `model`'s training BatchNorm statistics from up to `num_batches` of `batches`
     (`(data, target)` pairs or None for an all-unreadable batch); returns the batches used.
-    The model is left in the mode it was in."""
+    The model is left in the mode it was in. ``norm`` is the model's ``InputNorm`` for uint8 (or
+    ``--device_aug`` encoded) batches, as in the training loop (``ops.utils.to_device``)."""
     layers = training_bn_layers(model)
     if not layers:
         return 0
@@ -80,7 +82,7 @@ def precise_bn(
             empty = torch.tensor([float(batch is None)], dtype=torch.float64)
             if all_reduce_sum(empty, ctx)[0] > 0:
                 continue
-            data = to_device(batch[0], ctx.device, channels_last)
+            data = to_device(batch[0], ctx.device, channels_last, norm)
             with autocast(ctx.device, amp):
                 model(data)
             used += 1
