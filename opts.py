@@ -346,24 +346,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = get_args_parser()
     args = parser.parse_args(argv)
     args.demo = args.dataset is None
+    # A second parse with every default suppressed tells which flags were given explicitly.
+    explicit = argparse.Namespace()
+    quiet = get_args_parser(add_help=False)
+    for action in quiet._actions:
+        action.default = argparse.SUPPRESS
+    quiet.parse_args(argv, namespace=explicit)
+    given = set(vars(explicit))
     if args.demo:
-        # A second parse with every default suppressed tells which flags were given explicitly.
-        explicit = argparse.Namespace()
-        quiet = get_args_parser(add_help=False)
-        for action in quiet._actions:
-            action.default = argparse.SUPPRESS
-        quiet.parse_args(argv, namespace=explicit)
         for key, value in DEMO_DEFAULTS.items():
-            if key not in vars(explicit):
+            if key not in given:
                 setattr(args, key, value)
-        if "resume" not in vars(explicit) and args.overwrite:
+        if "resume" not in given and args.overwrite:
             args.resume = ""  # the demo resumes its finished run unless told to start afresh
-    check_args(parser, args)
+    check_args(parser, args, given)
     return args
 
 
-def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Reject inconsistent values with argparse's one-line error (exit code 2)."""
+def check_args(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, given: set[str] = frozenset()
+) -> None:
+    """Reject inconsistent values with argparse's one-line error (exit code 2). `given`: the
+    destinations of the flags written on the command line (a flag that only means something
+    with another one is refused without it, rather than ignored)."""
     counts = {"--batch_size": args.batch_size, "--batch_multiplier": args.batch_multiplier}
     counts.update({"--epochs": args.epochs, "--num_segments": args.num_segments})
     counts.update({"--eval-freq": args.eval_freq, "--print-freq": args.print_freq})
@@ -397,11 +402,17 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             f"--shift_div {args.shift_div} must be >= 3: 1/shift_div of the channels shift each "
             "way, so smaller values shift no channel or all of them (8 as published)"
         )
+    if not args.shift:
+        unused = [f"--{k}" for k in ("shift_div", "shift_place") if k in given]
+        if unused:
+            parser.error(f"{' '.join(unused)} given without --shift: add --shift or drop it")
     if not args.non_local:
-        given = [f"--{k}" for k in ("nl_where", "nl_options") if getattr(args, k) is not None]
-        given += ["--nl_type"] if args.nl_type != "rnl" else []
-        if given:
-            parser.error(f"{' '.join(given)} given without --non_local: add --non_local or drop it")
+        nl_given = [f"--{k}" for k in ("nl_where", "nl_options") if getattr(args, k) is not None]
+        nl_given += ["--nl_type"] if args.nl_type != "rnl" or "nl_type" in given else []
+        if nl_given:
+            parser.error(
+                f"{' '.join(nl_given)} given without --non_local: add --non_local or drop it"
+            )
     if args.overwrite and (args.resume or args.evaluate):
         flag = "--resume" if args.resume else "--evaluate"
         parser.error(f"--overwrite starts a run afresh, {flag} uses its checkpoint: give one")

@@ -4,8 +4,8 @@ import logging
 
 import pytest
 
-from ops.synthetic import make_synthetic
 from ops.utils import StderrHandler
+from tests._data_helpers import make_tiny_dataset
 
 
 @pytest.fixture(autouse=True)
@@ -25,14 +25,4 @@ def _restore_root_logger():
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     """A tiny synthetic dataset (2 classes x 4 training videos, 40x32 frames) for main.py runs."""
-    root = tmp_path_factory.mktemp("data")
-    make_synthetic(
-        str(root),
-        num_videos_per_class=4,
-        num_val_per_class=2,
-        num_frames=(8, 10),
-        size=(40, 32),
-        num_classes=2,
-        seed=0,
-    )
-    return str(root)
+    return make_tiny_dataset(tmp_path_factory.mktemp("data"))

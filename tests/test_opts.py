@@ -143,6 +143,37 @@ def test_bad_values_exit_with_a_message(argv, needle, capsys):
     assert needle in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--dataset", "something", "--shift_div", "4"], "--shift_div"),
+        (["--dataset", "something", "--shift_place=block"], "--shift_place"),
+        (
+            ["--no-shift", "--shift_div", "16", "--shift_place", "blockres"],
+            "--shift_div --shift_place",
+        ),
+        (["--dataset", "kinetics", "--nl_type", "rnl"], "--nl_type"),
+    ],
+)
+def test_a_flag_that_needs_another_is_refused_without_it(argv, named, capsys):
+    """--shift_div 4 without --shift would train a TSN and say nothing; even a value equal to
+    the default counts when it is written on the command line."""
+    with pytest.raises(SystemExit) as exc:
+        parse_args(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{named} given without" in err and "drop it" in err
+
+
+def test_the_same_flags_with_what_they_need_parse():
+    args = parse_args(
+        ["--dataset", "something", "--shift", "--shift_div", "4", "--shift_place=block"]
+    )
+    assert (args.shift, args.shift_div, args.shift_place) == (True, 4, "block")
+    demo = parse_args(["--shift_div", "4"])  # the demo shifts by default
+    assert demo.shift and demo.shift_div == 4
+
+
 def test_nl_options_reach_the_model_and_bad_ones_are_one_line_errors(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     kernels = '{"kernels": [[1,3,3],[1,5,5],[3,5,5],[3,3,3]]}'
