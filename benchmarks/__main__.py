@@ -1,6 +1,6 @@
 """The benchmark suite: every row measured against the published way of computing, in the same run.
 
-    python -m benchmarks all                 # full CPU run (about 20 minutes on 2 cores)
+    python -m benchmarks all                 # full CPU run (80 minutes on 2 AVX2 cores)
     python -m benchmarks all --quick         # reduced sizes, for CI
     python -m benchmarks step rnl            # a subset
     python -m benchmarks all --json bench_out/suite.json
@@ -12,7 +12,8 @@ Parts (each runs in processes of its own and writes JSON; this merges them):
 - ``data``: the data pipelines, frames and video files (benchmarks/bench_data.py)
 - ``test``: test-time throughput through ops/evaluation.py (benchmarks/bench_test.py)
 - ``growth``: a training step at 8/16/32 frames and 224/256/320 px (benchmarks/bench_growth.py;
-  the longest part, about 20 minutes on 2 cores)
+  about 25 minutes on 2 cores; ``step`` takes longer on a CPU without bf16 arithmetic, where its
+  bf16 rows are emulated)
 - ``saved``: what plain keeps for the backward against the published code, and the allocator's
   peak per configuration (benchmarks/bench_saved.py)
 

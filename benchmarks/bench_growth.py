@@ -1,7 +1,7 @@
 """How a training step's cost grows with frames and resolution, plain against fast.
 
     python -m benchmarks.bench_growth              # RNL-TSM-ResNet50, 2 clips: 8/16/32 frames at
-                                                   # 224 px, 224/256/320 px at 8 frames (CPU: ~13 min)
+                                                   # 224 px, 224/256/320 px at 8 frames (2 cores: ~25 min)
     python -m benchmarks.bench_growth --quick      # 4/8 frames at 64 px, 64/96 px at 4 frames (CI)
     python -m benchmarks.bench_growth --device cuda --batch 8
 
