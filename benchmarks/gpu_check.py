@@ -88,7 +88,7 @@ from ops.attention import _positions_last, nonlocal_attention  # noqa: E402
 from ops.checkpoint import load_checkpoint  # noqa: E402
 from ops.distributed import free_port  # noqa: E402
 from ops.region_conv import IMPLS, RegionConv3d  # noqa: E402
-from ops.synthetic import make_synthetic  # noqa: E402
+from ops.synthetic import make_tiny  # noqa: E402
 from ops.temporal_shift import TemporalShift  # noqa: E402
 from ops.utils import autocast, setup_logging  # noqa: E402
 
@@ -141,15 +141,7 @@ class Context:
         """A tiny synthetic dataset (2 classes, 2 validation videos each), written once."""
         root = self.workdir / name
         if not (root / "synthetic").is_dir():
-            make_synthetic(
-                str(root),
-                num_videos_per_class=videos_per_class,
-                num_val_per_class=2,
-                num_frames=(8, 10),
-                size=(40, 32),
-                num_classes=2,
-                seed=0,
-            )
+            make_tiny(str(root), num_videos_per_class=videos_per_class)
         return str(root)
 
 

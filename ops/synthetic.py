@@ -179,6 +179,21 @@ def make_synthetic(
     return str(target)
 
 
+def make_tiny(data_root: str, num_videos_per_class: int = 4) -> str:
+    """The smallest useful dataset, for tests and smoke checks: 2 classes x `num_videos_per_class`
+    training and 2 validation videos of 8-10 frames, 40x32 px. Returns `data_root`."""
+    make_synthetic(
+        str(data_root),
+        num_videos_per_class=num_videos_per_class,
+        num_val_per_class=2,
+        num_frames=(8, 10),
+        size=(40, 32),
+        num_classes=2,
+        seed=0,
+    )
+    return str(data_root)
+
+
 def _write_dataset(out: Path, config: dict, lo: int, hi: int, width: int, height: int) -> None:
     rng = np.random.default_rng(config["seed"])
     classes = CLASSES[: config["num_classes"]]

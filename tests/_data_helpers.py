@@ -10,24 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ops.synthetic import make_synthetic
-
 W, H = 24, 16  # frame size of the grey test videos
-
-
-def make_tiny_dataset(root) -> str:
-    """The tiny synthetic dataset of the main.py tests (2 classes x 4 training and 2 validation
-    videos of 8-10 frames, 40x32 px) written under `root`; returns `root` as a string."""
-    make_synthetic(
-        str(root),
-        num_videos_per_class=4,
-        num_val_per_class=2,
-        num_frames=(8, 10),
-        size=(40, 32),
-        num_classes=2,
-        seed=0,
-    )
-    return str(root)
 
 
 def grey_value(k: int) -> int:

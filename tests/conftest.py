@@ -4,8 +4,8 @@ import logging
 
 import pytest
 
+from ops.synthetic import make_tiny
 from ops.utils import StderrHandler
-from tests._data_helpers import make_tiny_dataset
 
 
 @pytest.fixture(autouse=True)
@@ -25,4 +25,4 @@ def _restore_root_logger():
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     """A tiny synthetic dataset (2 classes x 4 training videos, 40x32 frames) for main.py runs."""
-    return make_tiny_dataset(tmp_path_factory.mktemp("data"))
+    return make_tiny(tmp_path_factory.mktemp("data"))

@@ -23,7 +23,7 @@ import torch
 import main as train_main
 from ops.checkpoint import load_checkpoint, save_checkpoint
 from ops.engine import run_logger
-from tests._data_helpers import make_tiny_dataset
+from ops.synthetic import make_tiny
 from tests.test_main import tiny_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -131,7 +131,7 @@ def test_nonfinite_or_negative_lr_and_wd_are_refused(flag, capsys):
 def own_data(tmp_path):
     """A private copy of the tiny dataset (tests below delete or damage parts of it)."""
     root = tmp_path / "data"
-    make_tiny_dataset(root)
+    make_tiny(root)
     return root
 
 
