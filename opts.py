@@ -363,9 +363,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def check_args(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, given: set[str] = frozenset()
-) -> None:
+# Flags that only mean something with another one: written without it they are refused.
+NEEDS = {
+    "shift": ("shift_div", "shift_place"),
+    "non_local": ("nl_where", "nl_options", "nl_type"),
+}
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, given: set[str]) -> None:
     """Reject inconsistent values with argparse's one-line error (exit code 2). `given`: the
     destinations of the flags written on the command line (a flag that only means something
     with another one is refused without it, rather than ignored)."""
@@ -402,17 +407,10 @@ def check_args(
             f"--shift_div {args.shift_div} must be >= 3: 1/shift_div of the channels shift each "
             "way, so smaller values shift no channel or all of them (8 as published)"
         )
-    if not args.shift:
-        unused = [f"--{k}" for k in ("shift_div", "shift_place") if k in given]
-        if unused:
-            parser.error(f"{' '.join(unused)} given without --shift: add --shift or drop it")
-    if not args.non_local:
-        nl_given = [f"--{k}" for k in ("nl_where", "nl_options") if getattr(args, k) is not None]
-        nl_given += ["--nl_type"] if args.nl_type != "rnl" or "nl_type" in given else []
-        if nl_given:
-            parser.error(
-                f"{' '.join(nl_given)} given without --non_local: add --non_local or drop it"
-            )
+    for needed, flags in NEEDS.items():
+        unused = [f"--{k}" for k in flags if k in given]
+        if unused and not getattr(args, needed):
+            parser.error(f"{' '.join(unused)} given without --{needed}: add --{needed} or drop it")
     if args.overwrite and (args.resume or args.evaluate):
         flag = "--resume" if args.resume else "--evaluate"
         parser.error(f"--overwrite starts a run afresh, {flag} uses its checkpoint: give one")
