@@ -8,14 +8,20 @@
         --use_warmup --warmup_epochs 5 --lr_type cos --epochs 100 --non_local --suffix 1
     python main.py ... --dry_run        # print the resolved plan and exit, reading no data
 
-Reads top to bottom: parse -> resolve dataset and run name -> plan the launch (spawn / torchrun /
-SLURM / single) -> in each worker: build the model, optimizer, loaders -> resume -> epoch loop
-(train, validate, checkpoint) -> (demo) final evaluation. Outputs: `<root_model>/<run name>/`
+Reads top to bottom: parse (opts.py) -> `resolve` the command line once into a frozen
+`RunConfig` (ops/engine/config.py; pairs of options that cannot work together are refused
+here) -> launch (spawn / torchrun / SLURM / single) -> in each worker: build the model,
+optimizer and loaders, claim the run folder, resume -> the epochs (train, save, the validation
+passes, save, log) -> (demo) final evaluation. Outputs: `<root_model>/<run name>/`
 (`ckpt.pth.tar` every epoch, `ckpt.best.pth.tar`, `run_config.json`: a folder holding another
 run is refused unless --resume or --overwrite) and `<root_log>/<run name>/` (tensorboardX,
-log.csv, log.txt, args.txt). A result is never reported from no data or non-finite numbers:
-an epoch or validation that saw 0 clips, a NaN loss and non-finite weights end the run with one
-line, and each epoch's checkpoint is saved before its log row.
+log.csv, log.txt, args.txt). A run that fails before its first step leaves no folder behind. A
+result is never reported from no data or non-finite numbers: an epoch or validation that saw 0
+clips, a NaN loss and non-finite weights end the run with one line. A stop request (SIGTERM,
+SIGUSR1, Ctrl-C) is honoured within a batch in every pass: in training the exact position is
+saved, in an epoch's validation passes (precise BN, validation, EMA validation) the trained epoch
+is saved and a resumed run runs its passes again (their results do not depend on how far the
+stopped ones got).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import logging
 import math
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 import torchvision
@@ -40,52 +47,61 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ops import distributed as du
-from ops.checkpoint import (
-    CheckpointError,
-    RunState,
-    load_model,
-    resume,
-    resume_checkpoint,
-    save_training_checkpoint,
-    tune_from,
-)
+from ops.checkpoint import CheckpointError
 from ops.data_problems import DataError, data_error_message
-from ops.dataset import TSNDataSet, collate
-from ops.dataset_config import NO_FLIP_DATASETS, dataset_class_names, default_data_root
-from ops.device_augment import DeviceTrainAugment, collate_encoded, use_device_decoding
+from ops.dataset import TSNDataSet
+from ops.dataset_config import DATA_FLAGS, default_data_root
+from ops.device_augment import DeviceTrainAugment, use_device_decoding
 from ops.device_input import InputNorm, ToUint8Tensor
+from ops.engine import config
 from ops.engine.compile import maybe_compile
-from ops.engine.ema import WeightEMA, resume_ema, save_ema_checkpoint
+from ops.engine.config import (
+    LaunchConfig,
+    LoopConfig,
+    ModelConfig,
+    OptimConfig,
+    PathsConfig,
+    RecipeConfig,
+    RunConfig,
+    ScheduleConfig,
+    describe,
+    to_dict,
+    tsn_kwargs,
+)
+from ops.engine.ema import WeightEMA
+from ops.engine.loaders import make_loader
 from ops.engine.lr_scheduler import WarmupSchedule
 from ops.engine.mixing import ClipMix
 from ops.engine.precise_bn import precise_bn
 from ops.engine.recipe import mixing_on, training_criterion
 from ops.engine.repeated_aug import RepeatedAugSampler
-from ops.engine.run_config import (
-    check_pretrained,
-    describe,
-    model_kwargs,
-    plan_launch,
-    resolve_data,
-    resolve_sync_bn,
-    resolved_config,
-    run_name,
-)
 from ops.engine.run_folder import RunFolderError, claim_run_folder, output_error_message
 from ops.engine.run_logger import RunLogError, RunLogger
 from ops.engine.runtime_report import compile_status, runtime_report
 from ops.engine.seeding import EpochSampler, SeededDataset, derive_seed, seed_all, start_epoch
-from ops.engine.stop import StopRequest, loader_worker_init, requeue_slurm_job
+from ops.engine.state import (
+    BEST,
+    CHECKPOINT,
+    RunState,
+    Saver,
+    resume,
+    resume_checkpoint,
+    resume_ema,
+    tune_from,
+)
+from ops.engine.stop import StopRequest, requeue_slurm_job
 from ops.engine.trainer import (
     EpochStats,
     LoopSettings,
     NonFiniteLossError,
     TrainParts,
+    stop_agreed,
     train_one_epoch,
     validate,
 )
-from ops.evaluation import build_test_transform, evaluate_model
+from ops.evaluation import build_test_transform
 from ops.metrics import summarize
+from ops.model_loading import load_model
 from ops.models import TSN
 from ops.randaugment import clip_randaugment
 from ops.synthetic import make_synthetic
@@ -110,35 +126,101 @@ USER_ERRORS = (
 
 
 # --------------------------------------------------------------------------------------------
+# The command line, resolved once
+# --------------------------------------------------------------------------------------------
+
+
+def resolve(args: argparse.Namespace) -> RunConfig:
+    """The command line resolved once, in the launcher, into the frozen config every rank gets:
+    the GPUs, the dataset entry and its class names, the run name, the launch plan, the batch per
+    process, fc lr x5 (reading --tune_from once), SyncBN. Pairs of options that cannot work
+    together are refused here, before anything is read or written."""
+    gpus = args.available_gpus if args.dry_run else du.choose_gpus(args.available_gpus, os.environ)
+    data = config.resolve_data(
+        args.dataset,
+        args.modality,
+        {k: getattr(args, k) for k in DATA_FLAGS},
+        dense_sample=args.dense_sample,
+        device_aug=args.device_aug,
+        skip_bad_lines=args.skip_bad_lines,
+        strict_data=args.strict_data,
+        dry_run=args.dry_run,
+    )
+    name = run_name(args)
+    launch = dict({k: getattr(args, k) for k in config.LAUNCH_FLAGS}, available_gpus=gpus)
+    plan = config.plan_launch(launch, gpu=args.gpu, dry_run=args.dry_run)
+    same = config.tune_same_dataset(args.tune_from, args.dataset)
+    batch = du.per_process_batch(args.batch_size, plan.local_world_size)
+    total = batch * plan.local_world_size * plan.nodes * args.batch_multiplier
+    cfg = RunConfig(
+        name=name,
+        data=data,
+        model=ModelConfig(**_pick(args, ModelConfig, tune_same_dataset=same)),
+        optim=OptimConfig(
+            **_pick(args, OptimConfig, fc_lr5=config.resolve_fc_lr5(args.fc_lr5, same),
+                    sync_bn=config.resolve_sync_bn(args.sync_bn, plan),
+                    batch_per_process=batch, total_batch=total)  # fmt: skip
+        ),
+        schedule=ScheduleConfig(**_pick(args, ScheduleConfig, lr_steps=tuple(args.lr_steps))),
+        loop=LoopConfig(**_pick(args, LoopConfig, demo_eval=args.demo and not args.no_demo_eval)),
+        recipe=RecipeConfig(**_pick(args, RecipeConfig)),
+        launch=LaunchConfig(plan=plan, available_gpus=gpus, dist_timeout=args.dist_timeout),
+        paths=PathsConfig(
+            **_pick(args, PathsConfig, model_dir=os.path.join(args.root_model, name),
+                    log_dir=os.path.join(args.root_log, name))  # fmt: skip
+        ),
+        demo=args.demo,
+    )
+    config.check_combinations(cfg)
+    return cfg
+
+
+def run_name(args: argparse.Namespace) -> str:
+    """The TSM / RNL run name of a command line (ops.engine.config.run_name)."""
+    names = {k: getattr(args, k) for k in config.NAME_FLAGS}
+    return config.run_name(**names, recipe=RecipeConfig(**_pick(args, RecipeConfig)))
+
+
+def _pick(args: argparse.Namespace, cls: type, **resolved) -> dict:
+    """The keywords of config class `cls`: the flags of its fields' names, `resolved` values
+    for the fields that are decided here."""
+    return {
+        f.name: resolved[f.name] if f.name in resolved else getattr(args, f.name)
+        for f in dataclasses.fields(cls)
+    }
+
+
+# --------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------
 
 
-def build_datasets(args: argparse.Namespace, model: TSN, data: dict):
+def build_datasets(cfg: RunConfig, model: TSN) -> tuple[TSNDataSet, TSNDataSet]:
     """Training (augmented) and validation (resize + centre crop) TSNDataSets, as TSM built them.
 
     The workers return uint8 clips; `ops.utils.to_device` normalises them on the device with the
     model's `InputNorm` (the same float32 values as TSM's in-worker normalisation, a quarter of
-    the bytes through the loader)."""
+    the bytes through the loader). With --device_aug the workers only read the frames and draw
+    the crops; the device does the rest (ops/device_augment.py)."""
+    d = cfg.data
     common = dict(
-        num_segments=args.num_segments,
-        new_length=1 if args.modality == "RGB" else 5,
-        modality=args.modality,
-        image_tmpl=data["image_tmpl"],
-        dense_sample=args.dense_sample,
-        num_class=data["num_class"],
-        skip_bad_lines=args.skip_bad_lines,
-        strict_data=args.strict_data,
+        num_segments=cfg.model.num_segments,
+        new_length=1 if d.modality == "RGB" else 5,
+        modality=d.modality,
+        image_tmpl=d.image_tmpl,
+        dense_sample=d.dense_sample,
+        num_class=d.num_class,
+        skip_bad_lines=d.skip_bad_lines,
+        strict_data=d.strict_data,
     )
-    flip = args.dataset not in NO_FLIP_DATASETS
-    train_tf = torchvision.transforms.Compose(
-        [
-            model.get_augmentation(flip=flip),
-            *clip_randaugment(args.randaugment),  # [] unless --randaugment
-            Stack(roll=False),
-            ToUint8Tensor(),
-        ]
-    )
+    augmentation = model.get_augmentation(flip=d.flip)
+    if d.device_aug:
+        train_tf = DeviceTrainAugment.like(augmentation)
+    else:
+        randaugment = clip_randaugment(cfg.recipe.randaugment)  # [] unless --randaugment
+        train_tf = torchvision.transforms.Compose(
+            [augmentation, *randaugment, Stack(roll=False), ToUint8Tensor()]
+        )
     val_tf = torchvision.transforms.Compose(
         [
             GroupScale(int(model.scale_size)),
@@ -147,75 +229,56 @@ def build_datasets(args: argparse.Namespace, model: TSN, data: dict):
             ToUint8Tensor(),
         ]
     )
-    if args.device_aug:  # the workers read and draw the crops, the device does the rest
-        train_tf = DeviceTrainAugment.like(model.get_augmentation(flip=flip))
-    train = TSNDataSet(data["root_path"], data["train_list"], transform=train_tf, **common)
-    if args.device_aug:
+    train = TSNDataSet(d.root_path, d.train_list, transform=train_tf, **common)
+    if d.device_aug:
         use_device_decoding(train)
-    val = TSNDataSet(
-        data["root_path"], data["val_list"], transform=val_tf, random_shift=False, **common
-    )
+    val = TSNDataSet(d.root_path, d.val_list, transform=val_tf, random_shift=False, **common)
     return train, val
 
 
+@dataclass(frozen=True)
+class Loaders:
+    """This rank's loaders (ops/engine/loaders.py): training batches in a seeded order per
+    epoch (resumable mid-epoch) with per-clip seeded augmentation, validation batches in list
+    order, and --precise_bn's augmented training batches in their own seeded order (so that the
+    training loader's position is untouched)."""
+
+    train: DataLoader
+    val: DataLoader
+    precise_bn: DataLoader | None
+    iters_per_epoch: int
+
+
 def build_loaders(
-    args: argparse.Namespace, train: TSNDataSet, val: TSNDataSet, batch: int, ctx: du.DistContext
-) -> tuple[DataLoader, DataLoader, int]:
-    """This rank's loaders, training batches in a seeded order per epoch (resumable mid-epoch)
-    with per-clip seeded augmentation, validation batches in list order; and the number of
-    training iterations per epoch."""
-    loader_kw = dict(
-        batch_size=batch,
-        num_workers=args.workers,
-        pin_memory=ctx.device.type == "cuda",
-        # Workers live for the whole run (SeededDataset shares the epoch with them).
-        persistent_workers=args.persistent_workers and args.workers > 0,
-        collate_fn=collate,  # drops unreadable videos (counted by the dataset)
-        # The loaders' own generator seeds their workers, so starting an epoch leaves the
-        # global RNG (dropout) alone; augmentation draws come from SeededDataset.
-        generator=torch.Generator().manual_seed(args.seed),
-        # Workers ignore SIGTERM / SIGINT / SIGUSR1: the training process decides to stop.
-        worker_init_fn=loader_worker_init(),
-    )
+    cfg: RunConfig, train: TSNDataSet, val: TSNDataSet, ctx: du.DistContext
+) -> Loaders:
+    batch, seed, workers = cfg.optim.batch_per_process, cfg.loop.seed, cfg.loop.workers
+    ranks = dict(num_replicas=ctx.world_size, rank=ctx.rank)
     # --repeated_aug 1 (the default) is exactly EpochSampler's order.
-    sampler = RepeatedAugSampler(
-        len(train),
-        repeats=args.repeated_aug,
-        num_replicas=ctx.world_size,
-        rank=ctx.rank,
-        shuffle=True,
-        seed=args.seed,
-    )
+    sampler = RepeatedAugSampler(len(train), repeats=cfg.recipe.repeated_aug, seed=seed, **ranks)
     if len(sampler) < batch:
         raise ValueError(
             f"{train.list_file} has {len(train)} videos, fewer than one batch of {batch} "
             "per process: lower --batch_size or add videos"
         )
-    train_kw = dict(loader_kw, collate_fn=collate_encoded) if args.device_aug else loader_kw
-    train_loader = DataLoader(
-        SeededDataset(train, seed=args.seed), sampler=sampler, drop_last=True, **train_kw
+    kw = dict(batch_size=batch, workers=workers, seed=seed, pin_memory=ctx.device.type == "cuda")
+    kw.update(persistent_workers=cfg.loop.persistent_workers)
+    train_loader = make_loader(
+        SeededDataset(train, seed=seed), sampler=sampler, drop_last=True, **kw
     )
-    val_sampler = EpochSampler(len(val), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False)
-    return train_loader, DataLoader(val, sampler=val_sampler, **loader_kw), len(sampler) // batch
-
-
-def precise_bn_batches(
-    args: argparse.Namespace, train: TSNDataSet, batch: int, ctx: du.DistContext
-) -> DataLoader:
-    """--precise_bn's batches: the augmented training clips in their own seeded order per epoch
-    (call `.sampler.set_epoch(e)` and `.dataset.set_epoch(e)`), apart from the training loader
-    so that its position (and exact resuming) is untouched."""
-    seed = derive_seed(args.seed, 5)
-    return DataLoader(
-        SeededDataset(train, seed=seed),
-        sampler=EpochSampler(len(train), num_replicas=ctx.world_size, rank=ctx.rank, seed=seed),
-        batch_size=batch,
-        drop_last=True,
-        num_workers=args.workers,
-        collate_fn=collate,
-        worker_init_fn=loader_worker_init(),
-        generator=torch.Generator().manual_seed(seed),
-    )
+    val_loader = make_loader(val, sampler=EpochSampler(len(val), shuffle=False, **ranks), **kw)
+    bn_loader = None
+    if cfg.recipe.precise_bn:
+        bn_seed = derive_seed(seed, 5)
+        bn_loader = make_loader(
+            SeededDataset(train, seed=bn_seed),
+            sampler=EpochSampler(len(train), seed=bn_seed, **ranks),
+            batch_size=batch,
+            workers=workers,
+            seed=bn_seed,
+            drop_last=True,
+        )
+    return Loaders(train_loader, val_loader, bn_loader, len(sampler) // batch)
 
 
 def bad_data_counts(datasets: list[TSNDataSet], ctx: du.DistContext) -> dict[str, int]:
@@ -234,40 +297,19 @@ def bad_data_counts(datasets: list[TSNDataSet], ctx: du.DistContext) -> dict[str
 # --------------------------------------------------------------------------------------------
 
 
-def build_model(
-    args: argparse.Namespace, num_class: int, plan: du.LaunchPlan, ctx: du.DistContext
-) -> TSN:
-    """The TSN of the command line on this rank's device: identical initial weights on every
-    rank, --tune_from weights, SyncBatchNorm where it applies, in train mode."""
-    seed_all(args.seed)
-    model = TSN(**model_kwargs(args, num_class, args.pretrain), print_spec=ctx.is_main)
-    if args.tune_from:
-        tune_from(model, args.tune_from, args.dataset)
-    if resolve_sync_bn(args, plan):
-        if not plan.use_cuda:
-            logger.warning("--sync_bn ignored: SyncBatchNorm needs GPUs, keeping BatchNorm on CPU")
-        elif ctx.distributed:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same Parameter objects
-    model.to(ctx.device)
-    if args.channels_last:
-        model.to_channels_last()  # 2-D conv weights only (the RNL parts are 5-D)
-    return model.train()
-
-
-def training_model(model: TSN, args: argparse.Namespace, ctx: du.DistContext) -> nn.Module:
-    """The module the training loop calls: DDP around the model when distributed, and
-    torch.compile around that with --compile (lazy: a failure shows at the first step, where the
-    wrapper falls back to eager mode)."""
-    wrapped: nn.Module = model
-    if ctx.distributed:
-        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    return maybe_compile(wrapped, args.compile, backend=args.compile_backend)
+def build_model(cfg: RunConfig, ctx: du.DistContext) -> TSN:
+    """The TSN of the run with its first weights (identical on every rank; --tune_from's)."""
+    seed_all(cfg.loop.seed)
+    model = TSN(**tsn_kwargs(cfg), print_spec=ctx.is_main)
+    if cfg.model.tune_from:
+        tune_from(model, cfg.model.tune_from, cfg.model.tune_same_dataset)
+    return model
 
 
 def min_batch(model: nn.Module, batch: int) -> int:
     """Clips a training batch needs: 2 with the RNL channel gate, whose BatchNorm1d normalises
-    over clips; an error when a process gets fewer."""
+    over clips (looked for before SyncBatchNorm replaces it); an error when a process gets
+    fewer."""
     needed = 2 if any(isinstance(m, nn.BatchNorm1d) for m in model.modules()) else 1
     if batch < needed:
         raise ValueError(
@@ -277,20 +319,63 @@ def min_batch(model: nn.Module, batch: int) -> int:
     return needed
 
 
+def prepare_model(cfg: RunConfig, ctx: du.DistContext) -> tuple[TSN, LoopSettings]:
+    """The model on this rank's device in train mode (SyncBatchNorm where it applies,
+    channels-last), and the loops' settings with the model's smallest batch (measured before
+    the SyncBatchNorm conversion) and input normalisation."""
+    model = build_model(cfg, ctx)
+    needed = min_batch(model, cfg.optim.batch_per_process)
+    settings = LoopSettings.of(cfg, min_batch=needed, input_norm=InputNorm.of(model))
+    if cfg.optim.sync_bn and ctx.distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same Parameter objects
+    model.to(ctx.device)
+    if cfg.loop.channels_last:
+        model.to_channels_last()  # 2-D conv weights only (the RNL parts are 5-D)
+    return model.train(), settings
+
+
+def training_model(model: TSN, loop: LoopConfig, ctx: du.DistContext) -> nn.Module:
+    """The module the training loop calls: DDP around the model when distributed, and
+    torch.compile around that with --compile (lazy: a failure shows at the first step, where the
+    wrapper falls back to eager mode)."""
+    wrapped: nn.Module = model
+    if ctx.distributed:
+        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    return maybe_compile(wrapped, loop.compile, backend=loop.compile_backend)
+
+
 def build_optimizer(
-    model: TSN, args: argparse.Namespace, ctx: du.DistContext
+    model: TSN, cfg: RunConfig
 ) -> tuple[torch.optim.Optimizer, torch.amp.GradScaler | None]:
     """SGD over the model's parameter groups (ops/param_groups.py), and the gradient scaler of
     --amp fp16."""
+    o = cfg.optim
     optimizer = torch.optim.SGD(
-        model.get_optim_policies(),
-        lr=args.lr,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
+        model.get_optim_policies(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
     )
-    if args.amp == "fp16" and ctx.device.type != "cuda":
-        raise ValueError("--amp fp16 needs a GPU: use --amp bf16 on CPU, or --amp off")
-    return optimizer, torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
+    return optimizer, torch.amp.GradScaler("cuda") if cfg.loop.amp == "fp16" else None
+
+
+@dataclass(frozen=True)
+class Built:
+    """Everything a rank builds before it claims the run folder (any of it may fail)."""
+
+    model: TSN
+    settings: LoopSettings
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    train_set: TSNDataSet
+    val_set: TSNDataSet
+    loaders: Loaders
+
+
+def build(cfg: RunConfig, ctx: du.DistContext) -> Built:
+    model, settings = prepare_model(cfg, ctx)
+    optimizer, scaler = build_optimizer(model, cfg)
+    train_set, val_set = build_datasets(cfg, model)
+    loaders = build_loaders(cfg, train_set, val_set, ctx)
+    return Built(model, settings, optimizer, scaler, train_set, val_set, loaders)
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,175 +383,251 @@ def build_optimizer(
 # --------------------------------------------------------------------------------------------
 
 
-def train(
-    ctx: du.DistContext, plan: du.LaunchPlan, args: argparse.Namespace, name: str, stop: StopRequest
-) -> dict:
-    """Everything one process does: build, resume, then the epochs with their checkpoints."""
-    data = resolve_data(args, dry_run=False)
-    batch = du.per_process_batch(args.batch_size, plan.local_world_size)
-    model_dir, run_log = start_run(args, plan, data, name, ctx)
-    model = build_model(args, data["num_class"], plan, ctx)
-    optimizer, scaler = build_optimizer(model, args, ctx)
-    state, found = RunState(), resume_checkpoint(args.resume, model_dir, ctx)
-    if args.evaluate and not found and not args.tune_from:
+def train(ctx: du.DistContext, cfg: RunConfig, stop: StopRequest) -> dict:
+    """Everything one process does: build, claim the run folder, resume, then the epochs."""
+    built = build(cfg, ctx)
+    found = resume_checkpoint(cfg.paths.resume, cfg.paths.model_dir, ctx)  # read, not applied
+    if cfg.loop.evaluate and not found and not cfg.model.tune_from:
         raise ValueError(
             "--evaluate needs trained weights, and "
-            + (f"--resume auto found none in {model_dir}" if args.resume else "none were given")
+            + (f"--resume auto found none in {cfg.paths.model_dir}" if cfg.paths.resume
+               else "none were given")  # fmt: skip
             + ": pass --resume PATH/TO/ckpt.best.pth.tar (random weights are never scored)"
         )
-    if found:
-        optim = None if args.evaluate else optimizer
-        path, ckpt = found
-        state = resume(path, model=model, optimizer=optim, scaler=scaler, ctx=ctx, ckpt=ckpt)
-    run_log.keep_epochs(state.epoch)  # the rows of epochs this run trains (again) are rewritten
-    if found and not args.evaluate and state.epoch >= args.epochs and not state.validation_pending:
-        logger.info(
-            "the run in %s is finished (%d of %d epochs): nothing to train; --overwrite trains "
-            "it afresh",
-            model_dir,
-            state.epoch,
-            args.epochs,
-        )
-    train_set, val_set = build_datasets(args, model, data)
-    train_loader, val_loader, iters_per_epoch = build_loaders(args, train_set, val_set, batch, ctx)
-    settings = LoopSettings.from_args(
-        args, min_batch=min_batch(model, batch), input_norm=InputNorm.of(model)
-    )
-    criterion = nn.CrossEntropyLoss().to(ctx.device)  # validation: plain cross-entropy
-    train_criterion = training_criterion(args).to(ctx.device)
-    ema = WeightEMA(model, args.ema) if args.ema else None
-    if ema is not None:
-        resume_ema(ema, found[1] if found else None, found[0] if found else None)
-    summary: dict = {"run_name": name, "model_dir": model_dir}
-    if args.evaluate:
-        val = checked(validate(model, val_loader, criterion, settings, ctx), "--evaluate", val_set)
-        logger.info("Testing Results: Prec@1 %.3f Prec@5 %.3f Loss %.5f", *val.metrics())
+    run_log = start_run(cfg, ctx)
+    try:
+        state = RunState()
+        if found:
+            optimizer = None if cfg.loop.evaluate else built.optimizer
+            state = resume(found[0], model=built.model, optimizer=optimizer,
+                           scaler=built.scaler, ctx=ctx, ckpt=found[1])  # fmt: skip
+        run_log.keep_epochs(state.epoch)  # the rows of epochs this run trains (again) go
+        if cfg.loop.evaluate:
+            return evaluate_only(cfg, ctx, built, stop)
+        run = make_run(cfg, ctx, stop, built, run_log, found)
+        return run_epochs(run, state, resumed=found is not None)
+    finally:
         run_log.close()
-        return dict(summary, val_top1=val.top1, val_top5=val.top5, val_loss=val.loss)
 
-    schedule = WarmupSchedule.from_args(args)
-    train_model = training_model(model, args, ctx)
-    runtime = runtime_report(model, train_model, args, plan, ctx)
-    parts = TrainParts(
-        train_model, train_criterion, optimizer, schedule, settings, ctx, scaler, stop
-    )
-    parts.run_logger = run_log
-    if mixing_on(args):
-        parts.mix = ClipMix(
-            data["num_class"], args.mixup, args.cutmix, args.mix_prob, args.mix_switch_prob
-        )
+
+def evaluate_only(cfg: RunConfig, ctx: du.DistContext, built: Built, stop: StopRequest) -> dict:
+    """--evaluate: validate the resumed (or --tune_from) weights; writes nothing."""
+    summary = {"run_name": cfg.name, "model_dir": cfg.paths.model_dir}
+    criterion = nn.CrossEntropyLoss().to(ctx.device)
+    val = validate(built.model, built.loaders.val, criterion, built.settings, ctx, stop=stop)
+    if val.stopped_at is not None:
+        logger.warning("--evaluate stopped by %s: no result", stop.signal_name or "another rank")
+        return dict(summary, stopped=True)
+    checked(val, "--evaluate", built.val_set)
+    logger.info("Testing Results: Prec@1 %.3f Prec@5 %.3f Loss %.5f", *val.metrics())
+    return dict(summary, val_top1=val.top1, val_top5=val.top5, val_loss=val.loss)
+
+
+@dataclass(frozen=True)
+class Run:
+    """What the epochs of one process work with, built once (`make_run`)."""
+
+    cfg: RunConfig
+    ctx: du.DistContext
+    stop: StopRequest
+    built: Built
+    parts: TrainParts  # the training loop's view: the (wrapped) model, loss, optimizer, ...
+    ema: WeightEMA | None
+    saver: Saver
+    run_log: RunLogger
+    runtime: dict  # what actually runs (ops/engine/runtime_report.py), stored in checkpoints
+
+    def save(self, state: RunState, best: bool = False) -> dict:
+        """The run's checkpoint (and the best one), with the compile status as of now."""
+        paths = [os.path.join(self.cfg.paths.model_dir, CHECKPOINT)]
+        paths += [os.path.join(self.cfg.paths.model_dir, BEST)] * best
+        runtime = dict(self.runtime, compile=compile_status(self.parts.model, self.cfg.loop))
+        return self.saver.save(state, paths, runtime)
+
+
+def make_run(
+    cfg: RunConfig,
+    ctx: du.DistContext,
+    stop: StopRequest,
+    built: Built,
+    run_log: RunLogger,
+    found: tuple[str, dict] | None,
+) -> Run:
+    """The training model (DDP / compile), loss, mixing, EMA and saver of a run."""
+    model, recipe = built.model, cfg.recipe
+    ema = WeightEMA(model, recipe.ema) if recipe.ema else None  # of the resumed weights
+    if ema is not None:
+        resume_ema(ema, found)
+    mix = None
+    if mixing_on(recipe):
+        mix = ClipMix(cfg.data.num_class, recipe.mixup, recipe.cutmix, recipe.mix_prob,
+                      recipe.mix_switch_prob)  # fmt: skip
         note = "mixup/cutmix on: training Prec@1/Prec@5 count each clip's dominant label"
         logger.info(note)
         run_log.line(note)
-    if ema is not None:
-        parts.after_step = ema.update
-    bn_batches = precise_bn_batches(args, train_set, batch, ctx) if args.precise_bn else None
-    ckpt_path = os.path.join(model_dir, "ckpt.pth.tar")
-    best_path = os.path.join(model_dir, "ckpt.best.pth.tar")
-    saving = dict(args=args, model=model, optimizer=optimizer, scaler=scaler, ctx=ctx)
-    names = dataset_class_names(
-        args.dataset, args.modality, args.data_root, args.category_file, data["num_class"]
-    )  # stored in the checkpoints, so that tools/predict.py can name its classes
-    saving.update(iters_per_epoch=iters_per_epoch, class_names=names, runtime=runtime)
+    train_model = training_model(model, cfg.loop, ctx)
+    parts = TrainParts(
+        train_model,
+        training_criterion(recipe).to(ctx.device),
+        built.optimizer,
+        WarmupSchedule(lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                       **dataclasses.asdict(cfg.schedule)),  # fmt: skip
+        built.settings,
+        ctx,
+        built.scaler,
+        stop,
+        run_log,
+        mix,
+        ema.update if ema is not None else None,
+    )
+    saver = Saver(cfg, model, built.optimizer, built.scaler, built.loaders.iters_per_epoch, ctx,
+                  ema)  # fmt: skip
+    runtime = runtime_report(model, train_model, cfg.loop, cfg.launch.plan, ctx)
+    return Run(cfg, ctx, stop, built, parts, ema, saver, run_log, runtime)
 
-    def save(paths: list[str], ema_top1: float | None = None) -> None:
-        runtime["compile"] = compile_status(train_model, args)
-        extra = {"ema": ema.state_dict()} if ema is not None else None
-        contents = save_training_checkpoint(paths, state=state, extra=extra, **saving)
-        if ema is not None and ema_top1 is not None and ctx.is_main:  # after a validation
-            keys = ("epoch", "arch", "model_config", "dataset", "dense_sample", "class_names")
-            keep = {k: contents[k] for k in keys + ("args",)}
-            try:  # rank 0 alone: a failure must not leave the other ranks waiting
-                logger.info("saved %s", save_ema_checkpoint(model_dir, ema, keep, ema_top1))
-            except CheckpointError as exc:
-                logger.error("%s (the EMA is also in %s)", exc, paths[0])
 
+def run_epochs(run: Run, state: RunState, resumed: bool) -> dict:
+    """The epoch loop: train an epoch, then its validation passes, save, log; until the last
+    epoch (or --stop_after_epochs), a stop request, or a failure."""
+    cfg, epochs = run.cfg, run.cfg.schedule.epochs
+    last_epoch = min(epochs, cfg.loop.stop_after_epochs or epochs)
+    if resumed and state.epoch >= epochs and not state.validation_pending:
+        logger.info(
+            "the run in %s is finished (%d of %d epochs): nothing to train; --overwrite trains "
+            "it afresh", cfg.paths.model_dir, state.epoch, epochs,
+        )  # fmt: skip
+    summary: dict = {"run_name": cfg.name, "model_dir": cfg.paths.model_dir}
     stopped = ""  # where a stop request (SIGTERM, SIGUSR1, Ctrl-C) ended the run early
-    last_epoch = min(args.epochs, args.stop_after_epochs or args.epochs)
-    try:
-        while state.validation_pending or state.epoch < last_epoch:
-            if state.validation_pending:  # resumed after a stop during this epoch's validation
-                stats = EpochStats(**state.pending_train)
-            else:
-                start_epoch(
-                    state, train_loader.sampler, train_loader.dataset, batch, iters_per_epoch,
-                    ctx.rank,
-                )  # fmt: skip
-                stats = train_one_epoch(parts, train_loader, state, iters_per_epoch)
-                if stats.stopped_at is None:
-                    checked(stats, f"training epoch {state.epoch + 1}", train_set)
-                if stats.stopped_at is not None:  # preempted: save the exact position and leave
-                    drawn = (stats.stopped_at - state.iteration) * batch
-                    state.samples_done = train_loader.sampler.position(drawn)
-                    state.iteration = stats.stopped_at
-                    state.epoch_samples, state.world_size, state.batch = (
-                        len(train_set), ctx.world_size, batch,
-                    )  # fmt: skip
-                    save([ckpt_path])
-                    stopped = f"at epoch {state.epoch + 1}, iteration {state.iteration}"
-                    break
-                state = RunState(state.epoch + 1, best_prec1=state.best_prec1)
-            val = ema_val = None
-            if state.epoch % args.eval_freq == 0 or state.epoch == args.epochs:
-                if bn_batches is not None:
-                    for net in [model] + ([ema.module] if ema is not None else []):
-                        bn_batches.sampler.set_epoch(state.epoch)
-                        bn_batches.dataset.set_epoch(state.epoch)
-                        precise_bn(
-                            net, bn_batches, args.precise_bn, ctx, args.amp, args.channels_last,
-                            settings.input_norm,
-                        )  # fmt: skip
-                val = validate(model, val_loader, criterion, settings, ctx, stop=stop)
-                if val.stopped_at is not None:  # the epoch is trained: keep it, validate later
-                    state.validation_pending = True
-                    state.pending_train = dataclasses.asdict(stats)
-                    save([ckpt_path])
-                    stopped = f"while validating epoch {state.epoch} (validated on resume)"
-                    break
-                checked(val, f"validation after epoch {state.epoch}", val_set)
-                summary.update(val_top1=val.top1, val_top5=val.top5)
-                if ema is not None:  # not interruptible: a stop waits for this pass
-                    ema_val = validate(ema.module, val_loader, criterion, settings, ctx, "val ema")
-                    top1, top5, loss = ema_val.metrics()
-                    note = f"EMA weights: Prec@1 {top1:.3f} Prec@5 {top5:.3f} Loss {loss:.5f}"
-                    logger.info(note)
-                    run_log.line(f"Epoch {state.epoch}: {note}")
-                    run_log.scalars({"ema/val_top1": ema_val.top1}, state.epoch)
-                    summary.update(ema_val_top1=ema_val.top1, ema_val_top5=ema_val.top5)
-            state.validation_pending, state.pending_train = False, None
-            best = val is not None and (
-                val.top1 > state.best_prec1 or not os.path.isfile(best_path)
-            )
-            state.best_prec1 = max(state.best_prec1, val.top1 if val is not None else 0.0)
-            bad = bad_data_counts([train_set, val_set], ctx)
-            # before logging: a full log disk loses no epoch
-            save([ckpt_path] + [best_path] * best, ema_val.top1 if ema_val is not None else None)
-            run_log.epoch(
-                state.epoch, train=stats, val=val, best_top1=state.best_prec1, bad_data=bad
-            )
-            if du.all_reduce_sum(torch.tensor([float(stop.requested)]), ctx)[0] > 0:
-                stopped = f"after epoch {state.epoch}" if state.epoch < args.epochs else ""
+    while state.validation_pending or state.epoch < last_epoch:
+        if state.validation_pending:  # resumed before this epoch's validation passes ended
+            stats = EpochStats(**state.pending_train)
+        else:
+            state, stats, stopped = train_epoch(run, state)
+            if stopped:
                 break
-        # SLURM's early warning (SIGUSR1) to any rank: rank 0 requeues the job once it is saved.
-        asked = du.all_reduce_sum(torch.tensor([float(stop.requeue)]), ctx)[0] if stopped else 0
-    finally:
-        run_log.close()
+        state, results, stopped = end_epoch(run, state, stats)
+        summary.update(results)
+        if stopped:
+            break
+        if stop_agreed(run.stop, run.ctx):
+            stopped = f"after epoch {state.epoch}" if state.epoch < epochs else ""
+            break
+    return finish(run, state, stopped, summary)
+
+
+def train_epoch(run: Run, state: RunState) -> tuple[RunState, EpochStats, str]:
+    """Train epoch `state.epoch`; returns the state after it (with its validation passes
+    pending when it has some), its stats and, when a stop request ended it early, where (its
+    exact position is saved then)."""
+    cfg, ctx, loaders = run.cfg, run.ctx, run.built.loaders
+    batch = cfg.optim.batch_per_process
+    sampler, dataset = loaders.train.sampler, loaders.train.dataset
+    start_epoch(state, sampler, dataset, batch, loaders.iters_per_epoch, ctx.rank)
+    stats = train_one_epoch(run.parts, loaders.train, state, loaders.iters_per_epoch)
+    if stats.stopped_at is not None:  # preempted: save the exact position and leave
+        drawn = (stats.stopped_at - state.iteration) * batch
+        state = dataclasses.replace(
+            state, samples_done=sampler.position(drawn), iteration=stats.stopped_at,
+            epoch_samples=len(run.built.train_set), world_size=ctx.world_size, batch=batch,
+        )  # fmt: skip
+        run.save(state)
+        return state, stats, f"at epoch {state.epoch + 1}, iteration {state.iteration}"
+    checked(stats, f"training epoch {state.epoch + 1}", run.built.train_set)
+    epoch = state.epoch + 1
+    passes = epoch % cfg.loop.eval_freq == 0 or epoch == cfg.schedule.epochs
+    state = RunState(epoch, best_prec1=state.best_prec1, validation_pending=passes,
+                     pending_train=dataclasses.asdict(stats) if passes else None)  # fmt: skip
+    return state, stats, ""
+
+
+def end_epoch(run: Run, state: RunState, stats: EpochStats) -> tuple[RunState, dict, str]:
+    """The validation passes of a trained epoch (when pending), its checkpoint (and the best,
+    and the EMA file) and its log row. Returns the state, the results for the summary, and
+    where a stop request ended the passes ('' when none did)."""
+    val = ema_val = None
+    if state.validation_pending:
+        passes = validation_passes(run, state.epoch)
+        if passes is None:  # stopped: keep the trained epoch, its passes run again on resume
+            run.save(state)
+            return state, {}, f"while validating epoch {state.epoch} (validated on resume)"
+        val, ema_val = passes
+    best_path = os.path.join(run.cfg.paths.model_dir, BEST)
+    best = val is not None and (val.top1 > state.best_prec1 or not os.path.isfile(best_path))
+    top1 = max(state.best_prec1, val.top1 if val is not None else 0.0)
+    state = dataclasses.replace(
+        state, validation_pending=False, pending_train=None, best_prec1=top1
+    )
+    bad = bad_data_counts([run.built.train_set, run.built.val_set], run.ctx)
+    contents = run.save(state, best)  # before logging: a full log disk loses no epoch
+    if ema_val is not None:
+        run.saver.save_ema(contents, ema_val.top1)
+    run.run_log.epoch(state.epoch, train=stats, val=val, best_top1=top1, bad_data=bad)
+    results = {}
+    if val is not None:
+        results.update(val_top1=val.top1, val_top5=val.top5)
+    if ema_val is not None:
+        results.update(ema_val_top1=ema_val.top1, ema_val_top5=ema_val.top5)
+    return state, results, ""
+
+
+def validation_passes(run: Run, epoch: int) -> tuple[EpochStats, EpochStats | None] | None:
+    """Precise BN (--precise_bn, of the weights and of their EMA), validation, EMA validation
+    (--ema) after epoch `epoch`; None when a stop request ended one of them (every pass polls
+    it before each batch)."""
+    cfg, ctx, stop, built = run.cfg, run.ctx, run.stop, run.built
+    nets = [built.model] + ([run.ema.module] if run.ema is not None else [])
+    bn_loader = built.loaders.precise_bn
+    for net in nets if bn_loader is not None else []:
+        logger.info("epoch %d: precise BN over %d batches", epoch, cfg.recipe.precise_bn)
+        bn_loader.sampler.set_epoch(epoch)
+        bn_loader.dataset.set_epoch(epoch)
+        precise_bn(net, bn_loader, cfg.recipe.precise_bn, ctx, built.settings, stop)
+        if stop_agreed(stop, ctx):
+            return None
+    criterion = nn.CrossEntropyLoss().to(ctx.device)  # validation: plain cross-entropy
+    logger.info("epoch %d: validation", epoch)
+    val = validate(built.model, built.loaders.val, criterion, built.settings, ctx, stop=stop)
+    if val.stopped_at is not None:
+        return None
+    checked(val, f"validation after epoch {epoch}", built.val_set)
+    if run.ema is None:
+        return val, None
+    logger.info("epoch %d: validation of the EMA weights", epoch)
+    ema_val = validate(
+        run.ema.module, built.loaders.val, criterion, built.settings, ctx, "val ema", stop
+    )
+    if ema_val.stopped_at is not None:
+        return None
+    note = "EMA weights: Prec@1 {:.3f} Prec@5 {:.3f} Loss {:.5f}".format(*ema_val.metrics())
+    logger.info(note)
+    run.run_log.line(f"Epoch {epoch}: {note}")
+    run.run_log.scalars({"ema/val_top1": ema_val.top1}, epoch)
+    return val, ema_val
+
+
+def finish(run: Run, state: RunState, stopped: str, summary: dict) -> dict:
+    """Say how the run ended (a stop, --stop_after_epochs), requeue the SLURM job after
+    SIGUSR1 (rank 0, once everything is saved), report the bad data; the summary."""
+    cfg, ctx, stop = run.cfg, run.ctx, run.stop
+    # SLURM's early warning (SIGUSR1) to any rank: rank 0 requeues the job once it is saved.
+    requeue = torch.tensor([float(stop.requeue)])
+    asked = du.all_reduce_sum(requeue, ctx)[0] if stopped else 0
     if stopped:
-        by = stop.signal_name or "a signal to another rank"
         logger.warning(
-            "stopped by %s %s; saved %s (--resume auto continues)", by, stopped, ckpt_path
-        )
-    elif state.epoch < args.epochs:
+            "stopped by %s %s; saved %s (--resume auto continues)",
+            stop.signal_name or "a signal to another rank", stopped,
+            os.path.join(cfg.paths.model_dir, CHECKPOINT),
+        )  # fmt: skip
+    elif state.epoch < cfg.schedule.epochs:
         logger.info("--stop_after_epochs %d reached: continue with --resume auto", state.epoch)
     if asked > 0 and ctx.is_main:
         requeue_slurm_job()
     if ctx.is_main:
-        logger.info(train_set.bad_data_report())
+        logger.info(run.built.train_set.bad_data_report())
     # compiled: True when every training step ran through torch.compile (False without --compile)
-    compiled = bool(getattr(train_model, "compiled", False))
-    return dict(
-        summary, stopped=state.epoch < args.epochs, best_prec1=state.best_prec1, compiled=compiled
-    )
+    compiled = bool(getattr(run.parts.model, "compiled", False))
+    done = dict(stopped=state.epoch < cfg.schedule.epochs or state.validation_pending)
+    return dict(summary, **done, best_prec1=state.best_prec1, compiled=compiled)
 
 
 def checked(stats: EpochStats, what: str, dataset: TSNDataSet) -> EpochStats:
@@ -487,40 +648,37 @@ def checked(stats: EpochStats, what: str, dataset: TSNDataSet) -> EpochStats:
     return stats
 
 
-def start_run(
-    args: argparse.Namespace, plan: du.LaunchPlan, data: dict, name: str, ctx: du.DistContext
-) -> tuple[str, RunLogger]:
+def start_run(cfg: RunConfig, ctx: du.DistContext) -> RunLogger:
     """The run's checkpoint folder and its logs (rank 0 writes them), with the resolved
     configuration logged and saved as args.txt. The folder is claimed first
     (ops/engine/run_folder.py): a folder holding another run is refused, on every rank, unless
     --resume (the same run) or --overwrite. --evaluate only reads: it writes nothing."""
-    model_dir = os.path.join(args.root_model, name)
-    log_dir = os.path.join(args.root_log, name)
     error, action = None, ""
-    if ctx.is_main and not args.evaluate:
+    if ctx.is_main and not cfg.loop.evaluate:
         try:
-            action = claim_run_folder(model_dir, log_dir, args)
+            action = claim_run_folder(cfg)
         except RunFolderError as exc:
             error = str(exc)
     error = du.broadcast_object(error, ctx)
     if error:
         raise RunFolderError(error)
+    log_dir = cfg.paths.log_dir
     try:
-        run_log = RunLogger(log_dir, enabled=ctx.is_main and not args.evaluate)
+        run_log = RunLogger(log_dir, enabled=ctx.is_main and not cfg.loop.evaluate)
     except OSError as exc:
         raise RunFolderError(output_error_message(exc, "--root_log", log_dir)) from None
     if ctx.is_main:
-        for line in describe(args, plan, data, name):
+        for line in describe(cfg):
             logger.info(line)
         said = {
-            "new": f"starting a new run in {model_dir}",
-            "resume": f"continuing the run in {model_dir} (--resume {args.resume})",
-            "overwrite": f"--overwrite: removed the previous run's files in {model_dir}",
+            "new": f"starting a new run in {cfg.paths.model_dir}",
+            "resume": f"continuing the run in {cfg.paths.model_dir} (--resume {cfg.paths.resume})",
+            "overwrite": f"--overwrite: removed the previous run's files in {cfg.paths.model_dir}",
         }
         if action:
             logger.info(said[action])
-        run_log.write_config(vars(args))
-    return model_dir, run_log
+        run_log.write_config(to_dict(cfg))
+    return run_log
 
 
 # --------------------------------------------------------------------------------------------
@@ -528,35 +686,47 @@ def start_run(
 # --------------------------------------------------------------------------------------------
 
 
-def prepare_demo_data(args: argparse.Namespace) -> None:
+def prepare_demo_data(data_root: str) -> None:
     """Write the synthetic dataset under the data root (reused when already there)."""
-    args.data_root = args.data_root or default_data_root()
-    logger.info("demo: synthetic dataset in %s", os.path.join(args.data_root, "synthetic"))
-    make_synthetic(args.data_root, seed=0)
+    logger.info("demo: synthetic dataset in %s", os.path.join(data_root, "synthetic"))
+    make_synthetic(data_root, seed=0)
 
 
-def demo_evaluation(args: argparse.Namespace, name: str) -> dict:
-    """Score the demo's best checkpoint on the validation videos with the evaluation code."""
-    data = resolve_data(args, dry_run=False)
-    model, _ = load_model(os.path.join(args.root_model, name, "ckpt.best.pth.tar"))
+def demo_evaluation(cfg: RunConfig) -> dict | None:
+    """Score the demo's best checkpoint on the validation videos (the published test
+    transform, one view), through the training loop's loader and batch path; None when a stop
+    request ended it (the training is saved: run the demo again to evaluate)."""
+    model, _ = load_model(os.path.join(cfg.paths.model_dir, BEST))
     transform = build_test_transform(
         1, model.scale_size, model.crop_size, model.input_mean, model.input_std
     )
     dataset = TSNDataSet(
-        data["root_path"],
-        data["val_list"],
-        num_segments=args.num_segments,
+        cfg.data.root_path,
+        cfg.data.val_list,
+        num_segments=cfg.model.num_segments,
         new_length=1,
-        modality=args.modality,
-        image_tmpl=data["image_tmpl"],
+        modality=cfg.data.modality,
+        image_tmpl=cfg.data.image_tmpl,
         transform=transform,
         random_shift=False,
         test_mode=True,
     )
-    scores, labels = evaluate_model(
-        model, dataset, num_views=1, batch_size=8, workers=args.workers, progress=True
-    )
-    return summarize(scores, labels)
+    loader = make_loader(dataset, batch_size=8, workers=cfg.loop.workers, seed=cfg.loop.seed)
+    settings = LoopSettings(input_norm=InputNorm.of(model))
+    logger.info("demo: evaluating the best checkpoint on %d validation videos", len(dataset))
+    cpu = du.DistContext(False, 0, 1, 0, 1, torch.device("cpu"), None)
+    outputs: list = []
+    stop = StopRequest().install()
+    try:
+        stats = validate(model, loader, nn.CrossEntropyLoss(), settings, cpu, "test", stop, outputs)
+    finally:
+        stop.uninstall()
+    if stats.stopped_at is not None:
+        logger.warning("demo evaluation stopped by %s: run the demo again for it", stop.signal_name)
+        return None
+    if stats.clips < len(dataset):
+        logger.warning("%d unreadable videos were left out", len(dataset) - stats.clips)
+    return summarize(torch.cat([o for o, _ in outputs]), torch.cat([t for _, t in outputs]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -564,7 +734,7 @@ def demo_evaluation(args: argparse.Namespace, name: str) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def worker(local_rank: int, plan: du.LaunchPlan, args: argparse.Namespace, name: str) -> dict:
+def worker(local_rank: int, cfg: RunConfig) -> dict:
     """Train on one device: everything after the launch. Returns a summary (rank 0).
 
     Stop requests (SIGTERM, SIGUSR1, Ctrl-C) are caught from the start, so that one arriving
@@ -575,13 +745,13 @@ def worker(local_rank: int, plan: du.LaunchPlan, args: argparse.Namespace, name:
     """
     stop = StopRequest().install()
     try:
-        ctx = du.init_worker(plan, local_rank, args.dist_timeout)
+        ctx = du.init_worker(cfg.launch.plan, local_rank, cfg.launch.dist_timeout)
         # Per process: workers started by --multiprocessing-distributed do not inherit it.
         torch.backends.cudnn.benchmark = True
-        if plan.mode != "single":
+        if cfg.launch.plan.mode != "single":
             setup_logging(ctx.rank)
         try:
-            summary = train(ctx, plan, args, name, stop)
+            summary = train(ctx, cfg, stop)
         except Exception as exc:
             if not ctx.distributed:
                 raise
@@ -600,10 +770,11 @@ def worker(local_rank: int, plan: du.LaunchPlan, args: argparse.Namespace, name:
     return summary
 
 
-def _spawn_entry(local_rank: int, plan: du.LaunchPlan, args: argparse.Namespace, name: str):
+def _spawn_entry(local_rank: int, cfg: RunConfig):
     """Entry point of a worker spawned by --multiprocessing-distributed."""
+    plan = cfg.launch.plan
     setup_logging(rank=plan.node_rank * plan.nprocs + local_rank)
-    worker(local_rank, plan, args, name)
+    worker(local_rank, cfg)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -618,41 +789,44 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"main.py: error: {msg}") from None
 
 
+def dry_run(cfg: RunConfig) -> dict:
+    """--dry_run: print the resolved plan and the serialised RunConfig; read and write nothing
+    (the model is built with random weights to count its parameters)."""
+    lines = describe(cfg)
+    lines.append(config.check_pretrained(cfg.model.pretrain, cfg.model.arch, dry_run=True))
+    model = TSN(**tsn_kwargs(cfg, pretrain="scratch"), print_spec=False)
+    n_params = sum(p.numel() for p in model.parameters())
+    lines.append(f"model built: {n_params / 1e6:.2f}M parameters (weights not loaded)")
+    text = ["dry run: nothing was trained or read", *lines, "run config:", config.to_json(cfg)]
+    print("\n".join(text))
+    return {"config": to_dict(cfg), "lines": lines}
+
+
 def _run(args: argparse.Namespace) -> dict:
     if args.demo and not args.dry_run:
-        prepare_demo_data(args)
-    if not args.dry_run:  # before CUDA is initialised; a scheduler's own setting is kept
-        args.available_gpus = du.choose_gpus(args.available_gpus, os.environ)
-    data = resolve_data(args, dry_run=args.dry_run)
-    name = run_name(args)
-    plan = plan_launch(args)
+        prepare_demo_data(args.data_root or default_data_root())
+    cfg = resolve(args)
     if args.dry_run:
-        lines = describe(args, plan, data, name) + [check_pretrained(args, dry_run=True)]
-        model = TSN(**model_kwargs(args, data["num_class"], "scratch"), print_spec=False)
-        n_params = sum(p.numel() for p in model.parameters())
-        lines.append(f"model built: {n_params / 1e6:.2f}M parameters (weights not loaded)")
-        print("\n".join(["dry run: nothing was trained or read"] + lines))
-        return {"resolved": resolved_config(args, plan, data, name), "lines": lines}
-
-    logger.info(check_pretrained(args, dry_run=False))
+        return dry_run(cfg)
+    logger.info(config.check_pretrained(cfg.model.pretrain, cfg.model.arch, dry_run=False))
     start = time.perf_counter()
+    plan = cfg.launch.plan
     if plan.mode == "spawn":
-        if plan.nodes == 1:  # the published localhost port may be another run's: find a free one
-            plan.dist_url = du.local_rendezvous(plan.dist_url)
-        du.spawn(_spawn_entry, plan.nprocs, (plan, args, name))
-        summary = {"run_name": name, "model_dir": os.path.join(args.root_model, name)}
+        du.spawn(_spawn_entry, plan.nprocs, (cfg,))
+        summary = {"run_name": cfg.name, "model_dir": cfg.paths.model_dir}
     else:
-        summary = worker(0, plan, args, name)
+        summary = worker(0, cfg)
     summary["seconds"] = time.perf_counter() - start
-
-    if args.demo and not args.no_demo_eval and not summary.get("stopped"):
-        result = demo_evaluation(args, name)
-        summary["demo_eval"] = result
-        print(
-            f"demo: {result['num_videos']} validation videos, top-1 {result['top1']:.1f}%, "
-            f"top-5 {result['top5']:.1f}%, mean class accuracy {result['mean_class_acc']:.1f}% "
-            f"(trained in {summary['seconds'] / 60:.1f} min; run {name})"
-        )
+    if cfg.loop.demo_eval and not summary.get("stopped"):
+        result = demo_evaluation(cfg)
+        if result is not None:
+            summary["demo_eval"] = result
+            print(
+                f"demo: {result['num_videos']} validation videos, top-1 {result['top1']:.1f}%, "
+                f"top-5 {result['top5']:.1f}%, mean class accuracy "
+                f"{result['mean_class_acc']:.1f}% (trained in {summary['seconds'] / 60:.1f} min; "
+                f"run {cfg.name})"
+            )
     return summary
 
 

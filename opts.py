@@ -18,7 +18,7 @@ import json
 import math
 
 from ops.dataset_config import add_data_args
-from ops.engine.recipe import add_recipe_args, check_recipe_args
+from ops.engine.recipe import OFF
 
 # Settings of the embedded demo (`python main.py` without --dataset): a TSM+RNL ResNet-18 on the
 # synthetic moving-object videos, trained from scratch on CPU in a few minutes. From scratch, the
@@ -65,6 +65,66 @@ def _json_object(text: str) -> dict:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object {{...}}, got {text!r}")
     return value
+
+
+def _randaugment(text: str) -> tuple[int, int]:
+    """argparse type of --randaugment: 'N,M' (ops per clip, magnitude 0..30)."""
+    try:
+        n, m = (int(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected N,M (ops per clip, magnitude), e.g. 2,9; got {text!r}"
+        ) from None
+    if n < 1 or not 0 <= m <= 30:
+        raise argparse.ArgumentTypeError(f"N must be >= 1 and M in [0, 30], got {text!r}")
+    return n, m
+
+
+def add_recipe_args(parser: argparse.ArgumentParser) -> None:
+    """The recipe flags, every one off by default (OFF)."""
+    g = parser.add_argument_group("recipe options (all off by default: the published recipe)")
+    g.add_argument("--label_smoothing", type=float, default=OFF["label_smoothing"], metavar="EPS",
+                   help="label smoothing of the training loss, e.g. 0.1")  # fmt: skip
+    g.add_argument("--mixup", type=float, default=OFF["mixup"], metavar="ALPHA",
+                   help="mixup with lambda ~ Beta(ALPHA, ALPHA), e.g. 0.8")  # fmt: skip
+    g.add_argument("--cutmix", type=float, default=OFF["cutmix"], metavar="ALPHA",
+                   help="CutMix (one box per clip pair, the same on every frame), e.g. 1.0")  # fmt: skip
+    g.add_argument("--mix_prob", type=float, default=OFF["mix_prob"], metavar="P",
+                   help="probability that a clip pair is mixed (with --mixup / --cutmix)")  # fmt: skip
+    g.add_argument("--mix_switch_prob", type=float, default=OFF["mix_switch_prob"], metavar="P",
+                   help="with both --mixup and --cutmix: probability of CutMix for a pair")  # fmt: skip
+    g.add_argument("--randaugment", type=_randaugment, default=OFF["randaugment"], metavar="N,M",
+                   help="RandAugment: N ops of magnitude M (0..30) per clip, the same on every "
+                   "frame, e.g. 2,9")  # fmt: skip
+    g.add_argument("--repeated_aug", type=int, default=OFF["repeated_aug"], metavar="K",
+                   help="repeated augmentation: each sampled video K times per epoch (differently "
+                   "augmented, spread over the ranks), epoch length unchanged, e.g. 2")  # fmt: skip
+    g.add_argument("--ema", type=float, default=OFF["ema"], metavar="DECAY",
+                   help="keep an exponential moving average of the weights, validated and saved "
+                   "as ckpt.ema.pth.tar, e.g. 0.999")  # fmt: skip
+    g.add_argument("--precise_bn", type=int, default=OFF["precise_bn"], metavar="N",
+                   help="before each validation, recompute the BatchNorm statistics over N "
+                   "training batches (PySlowFast's precise BN), e.g. 200")  # fmt: skip
+
+
+def check_recipe_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """One-line argparse errors for values out of range."""
+    if not 0.0 <= args.label_smoothing < 1.0:
+        parser.error(f"--label_smoothing must be in [0, 1), got {args.label_smoothing}")
+    for flag in ("mixup", "cutmix", "ema"):
+        if getattr(args, flag) < 0:
+            parser.error(f"--{flag} must be >= 0 (0: off), got {getattr(args, flag)}")
+    if args.ema >= 1.0:
+        parser.error(f"--ema is a decay in (0, 1), e.g. 0.999; got {args.ema}")
+    for flag in ("mix_prob", "mix_switch_prob"):
+        if not 0.0 <= getattr(args, flag) <= 1.0:
+            parser.error(f"--{flag} must be in [0, 1], got {getattr(args, flag)}")
+    if args.repeated_aug < 1:
+        parser.error(f"--repeated_aug must be >= 1 (1: off), got {args.repeated_aug}")
+    if args.precise_bn < 0:
+        parser.error(f"--precise_bn must be >= 0 batches (0: off), got {args.precise_bn}")
+    if args.randaugment is not None and args.modality != "RGB":
+        parser.error("--randaugment applies to RGB frames only: drop it with --modality Flow")
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

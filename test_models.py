@@ -8,7 +8,7 @@ The published commands run as written, e.g.
 
 Checkpoints are published ones (settings parsed from the file name, SPEC.md section 6) or our
 own (settings stored inside as `model_config`; any file name), both loaded with
-`weights_only=True` by `ops.checkpoint.load_model`, or `.safetensors` files with their JSON
+`weights_only=True` by `ops.model_loading.load_model`, or `.safetensors` files with their JSON
 sidecar (tools/export.py --format safetensors). Several comma-separated `--weights` (with as many
 `--test_segments`) form an ensemble whose video scores are averaged, e.g. the paper's
 "(8+16) x 2 clips". The semantics of crops, clips and scores are documented in ops/evaluation.py.
@@ -33,10 +33,11 @@ import torch.distributed as dist
 
 from ops import distributed as du
 from ops import evaluation
-from ops.checkpoint import CheckpointError, load_model
+from ops.checkpoint import CheckpointError
 from ops.data_problems import data_error_message
 from ops.dataset import TSNDataSet
 from ops.dataset_config import (
+    DATA_FLAGS,
     REGISTRY,
     add_data_args,
     category_file,
@@ -46,6 +47,7 @@ from ops.dataset_config import (
 )
 from ops.device_augment import use_device_decoding
 from ops.metrics import summarize
+from ops.model_loading import load_model
 from ops.reports import save_scores, write_prediction_csv, write_report
 from ops.utils import (
     AMP_CHOICES,
@@ -296,7 +298,9 @@ def build_model(
             f"{weights}: {len(bad)} weight tensor(s) hold NaN or inf (first: {bad[0]}); its scores "
             "would mean nothing: test a checkpoint saved before training diverged"
         )
-    entry = resolve_dataset(args, model.modality)
+    entry = resolve_dataset(
+        args.dataset, model.modality, **{k: getattr(args, k) for k in DATA_FLAGS}
+    )
     num_class = entry[0]
     if model.num_class != num_class:
         raise ValueError(

@@ -25,7 +25,9 @@ The data:
     dataset_config.py  where each dataset's lists and frames live (--data_root)
     synthetic.py       the synthetic dataset of the demo and the tests
 Checkpoints, evaluation, shared helpers:
-    checkpoint.py      save / load (.pth.tar, .safetensors) / resume / fine-tune, load_model(path)
+    checkpoint.py      checkpoint files: atomic write, load (.pth.tar, .safetensors), the keys,
+                       published names, strict weight loading (imports no model or engine)
+    model_loading.py   load_model(path): the network a checkpoint holds
     evaluation.py      test-time views, loaders, multi-view inference, ensembles, gathering
     metrics.py         accuracies and confusion matrix of video scores
     reports.py         score files, prediction CSV, confusion-matrix report

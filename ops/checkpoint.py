@@ -1,31 +1,29 @@
-"""Checkpoints: the one module that writes, reads and applies them (main.py, test_models.py and
-tools/ all come here).
+"""Checkpoint files: the file-format leaf that main.py, test_models.py and tools/ read and write
+through (it imports no model, no distributed and no training code).
 
-- Files: ``save_checkpoint`` writes atomically; ``load_checkpoint`` is the one loading path and
-  dispatches on the file type. It never unpickles arbitrary objects: ``torch.load(weights_only=True)``
-  accepts tensors and plain Python containers / numbers / strings, plus numpy scalars and dtypes,
-  which older checkpoints sometimes hold for ``best_prec1``. Anything else (a class, a call such as
-  ``os.system``) is refused with a one-line ``CheckpointError``. A ``.safetensors`` file (weights
-  only, no pickle at all) is read with its JSON sidecar, ``<name>.json``, which holds what our
-  checkpoints store besides the weights (``SIDECAR_KEYS``) and the checksum of the weights it
-  was written with (``tools/export.py --format safetensors`` writes both).
-- What a checkpoint says about itself (``checkpoint_info``): its *model config*, which always
-  means the ``TSN`` constructor keywords that rebuild its network (``TSN.model_config()``), the
-  dataset it was trained on, whether with dense sampling, and where it stood (epoch, best top-1).
-  Published checkpoints (SPEC section 6) are ``{'epoch', 'arch', 'state_dict', 'optimizer',
-  'best_prec1'}`` with ``module.``-prefixed keys and the settings only in the file name, e.g.
+- Writing: ``atomic_write`` (a temporary file in the same folder, fsync, rename) under
+  ``save_checkpoint`` (``torch.save``) and ``save_safetensors`` (weights + JSON sidecar).
+- Reading: ``load_checkpoint`` is the one loading path and dispatches on the file type. It never
+  unpickles arbitrary objects: ``torch.load(weights_only=True)`` accepts tensors and plain Python
+  containers / numbers / strings, plus numpy scalars and dtypes, which older checkpoints sometimes
+  hold for ``best_prec1``. Anything else (a class, a call such as ``os.system``) is refused with a
+  one-line ``CheckpointError``. A ``.safetensors`` file (weights only, no pickle at all) is read
+  with its JSON sidecar, ``<name>.json``, which holds what our checkpoints store besides the
+  weights (``SIDECAR_KEYS``) and the checksum of the weights it was written with.
+- The keys of a model checkpoint (``model_checkpoint``): the published ones (SPEC section 6:
+  ``{'epoch', 'arch', 'state_dict', 'optimizer', 'best_prec1'}``) and ours that describe the
+  model (``SIDECAR_KEYS``: its *model config*, the ``TSN`` constructor keywords that rebuild its
+  network, the dataset, dense sampling, the class names). A run's checkpoint adds its training
+  state on top (ops/engine/state.py).
+- What a checkpoint says about itself (``checkpoint_info``): published checkpoints have
+  ``module.``-prefixed keys and the settings only in the file name, e.g.
   ``TSM_kinetics_RGB_resnet50_shift8_blockres_avg_segment8_e100_cos_dense_nl_lr0.02_wd2.0e-04.pth.tar``;
-  ours store them inside (and the class names, ``class_names``), so their file name does not
-  matter; a converted published checkpoint carries the settings parsed from its name in its
-  sidecar (or in the converted ``.pth.tar``).
-- Models: ``load_model(path, **overrides) -> (model, meta)`` for evaluation and the tools;
-  ``load_weights`` (strict, with a one-line list of what does not fit).
-- Training: the contents of a run's checkpoint (``save_training_checkpoint``: weights, optimizer,
-  AMP scaler, schedule position, every rank's RNG state, what ran), the choice of the checkpoint
-  to resume, made once by rank 0 for all ranks (``resume_checkpoint``, which also sends its
-  contents to ranks that cannot read the file), ``resume`` from one, and ``tune_from`` one of
-  another run. ``same_dataset`` is the one rule for "trained on this dataset", used both
-  to keep the classifier when fine-tuning and to switch off the classifier's lr x5.
+  ours store them inside, so their file name does not matter; a converted published checkpoint
+  carries the settings parsed from its name in its sidecar (or in the converted ``.pth.tar``).
+  ``same_dataset`` is the one rule for "trained on this dataset", used both to keep the
+  classifier when fine-tuning and to switch off the classifier's lr x5.
+- Weights: ``load_weights`` (strict, with a one-line list of what does not fit). Building the
+  model a checkpoint holds is ``ops/model_loading.load_model``.
 """
 
 from __future__ import annotations
@@ -37,18 +35,14 @@ import json
 import logging
 import os
 import pickle
-import random
 import re
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from torch import nn
-
-from ops import distributed as du
-from ops.models import TSN
-from ops.non_local import block_settings
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +54,12 @@ class CheckpointError(Exception):
 # ---------------------------------------------------------------------------------------------
 # saving
 # ---------------------------------------------------------------------------------------------
-def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
-    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, fsync, rename.
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Write ``path`` atomically with ``write(binary file)``: a temporary file in the same folder,
+    fsync, rename.
 
     A crash or a full disk leaves either the old file or the new one, never half a file. On failure
-    the temporary file is removed and ``CheckpointError`` says that the previous checkpoint is intact.
+    the temporary file is removed and ``CheckpointError`` says that the previous file is intact.
     Temporary files of an earlier save of the same path that was killed (``kill -9``) are removed
     first: one process writes a given checkpoint path. The file gets the permissions of any new
     file (the umask), not the private ones of a temporary file.
@@ -80,7 +75,7 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
                 os.remove(stale)
         fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
@@ -106,24 +101,16 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
         ) from exc
 
 
+def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
+    """``torch.save(state)`` to ``path`` atomically (``atomic_write``)."""
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
 def _umask() -> int:
     """The process's umask (read by setting it and putting it back: there is no getter)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-
-def nonfinite_weights(model: nn.Module) -> tuple[int, str] | None:
-    """``(number of non-finite values, first tensor holding one)`` in the model's floating-point
-    parameters and buffers, or None when all are finite."""
-    bad, first = 0, ""
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        if t.is_floating_point():
-            n = int(t.numel() - torch.isfinite(t.detach()).sum())
-            if n and not first:
-                first = name
-            bad += n
-    return (bad, first) if bad else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,6 +279,58 @@ def load_safetensors(path: str | os.PathLike) -> dict:
     return ckpt
 
 
+def save_safetensors(state_dict: dict, sidecar: dict, path: str | os.PathLike) -> dict:
+    """Write ``state_dict`` to ``path`` (safetensors) and ``sidecar`` (``SIDECAR_KEYS`` and
+    whatever else describes the weights) to its sidecar with the weights' SHA-256, both
+    atomically; returns that link (``{'file', 'sha256'}``), which ``load_safetensors`` checks."""
+    try:
+        from safetensors.torch import save
+    except ImportError:
+        raise CheckpointError(
+            f"writing {path} needs the safetensors package: pip install -r requirements.txt"
+        ) from None
+    # Own copies: safetensors refuses tensors that share memory, and needs contiguous ones.
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    data = save(tensors, metadata={"format": "pt"})
+    atomic_write(path, lambda f: f.write(data))
+    link = {"file": os.path.basename(os.fspath(path)), "sha256": file_sha256(path)}
+    text = json.dumps(dict(sidecar, safetensors=link), indent=1).encode("utf-8")
+    atomic_write(sidecar_path(path), lambda f: f.write(text))
+    return link
+
+
+# ---------------------------------------------------------------------------------------------
+# the keys of a model checkpoint
+# ---------------------------------------------------------------------------------------------
+def model_checkpoint(
+    state_dict: dict,
+    *,
+    arch: str,
+    model_config: dict,
+    dataset: str | None,
+    dense_sample: bool,
+    class_names: list[str] | None,
+    epoch: int = 0,
+    best_prec1: float = 0.0,
+    **more,
+) -> dict:
+    """A checkpoint's contents: the published keys (``epoch``: completed epochs, ``arch``,
+    ``state_dict``, ``best_prec1``; a run's checkpoint adds ``optimizer`` in ``more``) and ours
+    that describe the model (``SIDECAR_KEYS``), then ``more``. Every writer of a checkpoint
+    (a run's, its EMA file, tools/export.py) builds it here."""
+    return {
+        "epoch": epoch,
+        "arch": arch,
+        "state_dict": state_dict,
+        "best_prec1": float(best_prec1),
+        "model_config": model_config,
+        "dataset": dataset,
+        "dense_sample": bool(dense_sample),
+        "class_names": list(class_names) if class_names else None,
+        **more,
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # what a checkpoint says about itself
 # ---------------------------------------------------------------------------------------------
@@ -346,26 +385,25 @@ def strip_module_prefix(state_dict: dict) -> dict:
 
 # Classifier weights of a TSN state_dict: new_fc (dropout > 0), the published MobileNetV2 head
 # (renamed to new_fc by load_weights), the backbone's own fc (dropout 0).
-_HEADS = ("new_fc", "base_model.classifier", "base_model.fc")
+HEADS = ("new_fc", "base_model.classifier", "base_model.fc")
 
 
 def classifier_head(state_dict: dict) -> tuple[str, int] | None:
     """``(module name, number of classes)`` of the classifier in a TSN state_dict, or None."""
     sd = strip_module_prefix(state_dict)
-    for head in _HEADS:
+    for head in HEADS:
         weight = sd.get(f"{head}.weight")
         if isinstance(weight, torch.Tensor) and weight.dim() == 2:
             return head, int(weight.shape[0])
     return None
 
 
-def _stored_config(ckpt: dict) -> dict:
-    """The model config stored in one of our checkpoints, in today's keywords."""
+def stored_model_config(ckpt: dict) -> dict:
+    """The model config stored in one of our checkpoints, in today's keywords (the block
+    settings as stored; ``ops.model_loading.model_config_of`` fills in the defaults)."""
     cfg = dict(ckpt["model_config"])
     if "rnl_options" in cfg:  # written before block settings were generalised
         cfg["nl_options"] = cfg.pop("rnl_options")
-    if cfg.get("non_local"):  # fill in the defaults of settings the checkpoint predates
-        cfg["nl_options"] = block_settings(cfg.get("nl_type", "rnl"), cfg.get("nl_options"))
     return cfg
 
 
@@ -385,7 +423,7 @@ def checkpoint_info(ckpt: dict, path: str | os.PathLike) -> dict:
         "best_prec1": ckpt.get("best_prec1"),
     }
     if isinstance(ckpt.get("model_config"), dict):
-        cfg = _stored_config(ckpt)
+        cfg = stored_model_config(ckpt)
         return dict(
             info,
             model_config=cfg,
@@ -500,384 +538,3 @@ def load_weights(model: nn.Module, state_dict: dict) -> None:
             "check the architecture settings (arch, shift, non-local, number of classes)"
         )
     model.load_state_dict(sd, strict=True)
-
-
-def load_model(path: str | os.PathLike, **overrides) -> tuple[nn.Module, dict]:
-    """The ``TSN`` a checkpoint holds, with its weights, in eval mode, and ``checkpoint_info``.
-
-    ``overrides`` change TSN keywords that the weights do not depend on (``num_segments``,
-    ``input_size``, fast-path switches such as ``rnl_fused``); None values are ignored. The
-    backbone is built from scratch: every weight comes from the checkpoint, nothing is
-    downloaded. ``meta['model_config']`` is the rebuilt model's, overrides included.
-    """
-    ckpt = load_checkpoint(path)
-    meta = checkpoint_info(ckpt, path)
-    kwargs = dict(meta["model_config"])
-    kwargs.update({k: v for k, v in overrides.items() if v is not None})
-    # The settings of a .safetensors file come from its sidecar: a mismatch is the sidecar's.
-    where = f"the sidecar {sidecar_path(path)} of {path}" if is_safetensors(path) else str(path)
-    try:
-        model = TSN(**kwargs, pretrain="scratch", print_spec=False)
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(
-            f"the model settings of {where} do not build a model ({exc}): "
-            "export or save the checkpoint again"
-        ) from None
-    try:
-        load_weights(model, ckpt["state_dict"])
-    except CheckpointError as exc:
-        if not is_safetensors(path):
-            raise
-        raise CheckpointError(f"{where} does not match the weights: {exc}") from None
-    meta["model_config"] = model.model_config()
-    return model.eval(), meta
-
-
-# ---------------------------------------------------------------------------------------------
-# training runs: contents, saving on rank 0, resuming, fine-tuning
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class RunState:
-    """Where a training run stands: ``epoch`` completed epochs, ``iteration`` iterations of the
-    next epoch already trained (a mid-epoch stop), the best validation top-1 so far, and after a
-    mid-epoch resume this rank's RNG state to continue from (None: seed the epoch afresh).
-
-    A mid-epoch position is kept as ``samples_done``, the global position in that epoch's sample
-    order (ops/engine/seeding.py), with the size of the order (``epoch_samples``) and the
-    ``world_size`` and per-process ``batch`` of the run that stopped, so that a run with another
-    number of processes or batch size continues at the same sample. ``validation_pending``: epoch
-    ``epoch`` was trained but a stop cut its validation short; ``pending_train`` holds that
-    epoch's training statistics for its log row, and the resumed run validates it first.
-    """
-
-    epoch: int = 0
-    iteration: int = 0
-    best_prec1: float = 0.0
-    rng_state: dict | None = None
-    samples_done: int = 0
-    epoch_samples: int | None = None
-    world_size: int | None = None
-    batch: int | None = None
-    validation_pending: bool = False
-    pending_train: dict | None = None
-
-
-def rng_state() -> dict:
-    """The global generators' states as tensors / plain types (loadable with weights_only).
-
-    On a GPU only this process's own device's generator is kept: that is the one its training
-    draws from, and a resumed process may see fewer devices than this one did."""
-    np_state = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": {
-            "kind": np_state[0],
-            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()  # the current device's
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore what ``rng_state`` returned (after a round trip through a checkpoint); the CUDA
-    state goes to this process's current device. Older checkpoints hold one state per device
-    the process could see: the current device's is used when there is one."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    n = state["numpy"]
-    np.random.set_state(
-        (
-            n["kind"],
-            n["keys"].numpy().astype(np.uint32),
-            n["pos"],
-            n["has_gauss"],
-            n["cached_gaussian"],
-        )
-    )
-    torch.set_rng_state(state["torch"])
-    cuda = state.get("cuda")
-    if cuda is not None and torch.cuda.is_available():
-        if isinstance(cuda, (list, tuple)):
-            index = torch.cuda.current_device()
-            cuda = cuda[index] if index < len(cuda) else None
-        if cuda is not None:
-            torch.cuda.set_rng_state(cuda)
-
-
-def param_checksum(model: nn.Module) -> str:
-    """SHA-256 of all parameters' bytes: equal on two ranks iff their weights are bit-identical."""
-    h = hashlib.sha256()
-    for name, p in model.named_parameters():
-        h.update(name.encode())
-        h.update(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def _plain(v) -> bool:
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return True
-    if isinstance(v, (list, tuple)):
-        return all(_plain(x) for x in v)
-    if isinstance(v, dict):
-        return all(isinstance(k, str) and _plain(x) for k, x in v.items())
-    return False
-
-
-def save_training_checkpoint(
-    paths: list[str],
-    *,
-    args,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler | None,
-    state: RunState,
-    iters_per_epoch: int,
-    ctx: du.DistContext,
-    class_names: list[str] | None = None,
-    runtime: dict | None = None,
-    extra: dict | None = None,
-) -> dict:
-    """Save a run's checkpoint: every rank calls this, rank 0 writes it to each path atomically.
-
-    The checkpoint keeps the published keys (``epoch``, ``arch``, ``state_dict``, ``optimizer``,
-    ``best_prec1``) and adds what continuing exactly and evaluating without the command line
-    need: ``model_config``, ``dataset``, ``dense_sample``, ``class_names`` (one per class, from
-    the dataset's category file; None when it has none), ``args``, the position (``epoch``
-    completed epochs + ``iteration`` inside the next one, and the global ``samples_done`` of a
-    mid-epoch stop with ``world_size`` and ``batch_per_process``) and the schedule's, whether the
-    last epoch's validation is pending, the AMP scaler, every rank's RNG state and weight checksum
-    (equal unless DDP replicas diverged), and ``runtime``: what actually ran (backend, devices,
-    attention kernels, compile; ``ops/engine/runtime_report.py``). Everything is
-    tensors or plain Python values, so ``torch.load(weights_only=True)`` reads it. If writing
-    fails, every rank raises ``CheckpointError`` (the previous file is intact), so that all stop
-    together instead of the others waiting for rank 0. ``extra``: more keys (e.g. ``ema``, the
-    weight average of --ema). Returns the contents written.
-    """
-    found = nonfinite_weights(model)
-    flags = du.all_reduce_sum(torch.tensor([float(found is not None)], dtype=torch.float64), ctx)
-    if flags[0] > 0:
-        detail = f"{found[0]} NaN/Inf values, first in {found[1]}" if found else "on another rank"
-        raise CheckpointError(
-            f"the weights are not finite after epoch {state.epoch} ({detail}): nothing was "
-            "saved over the last good checkpoint; lower --lr, set --gd, or check the data"
-        )
-    checksums = du.all_gather_objects(param_checksum(model), ctx)
-    if len(set(checksums)) > 1:
-        logger.error("the DDP replicas' weights differ (checksums %s)", checksums)
-    contents = {
-        "epoch": state.epoch,  # completed epochs (= the epoch to resume from), as TSM stored it
-        "iteration": state.iteration,
-        "arch": args.arch,
-        "state_dict": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "best_prec1": float(state.best_prec1),
-        "model_config": model.model_config(),
-        "dataset": args.dataset,
-        "dense_sample": bool(args.dense_sample),
-        "class_names": list(class_names) if class_names else None,
-        "args": {k: v for k, v in vars(args).items() if _plain(v)},
-        "lr_scheduler": {
-            "epoch": state.epoch,
-            "iteration": state.iteration,
-            "iters_per_epoch": iters_per_epoch,
-            "position": state.epoch + state.iteration / max(iters_per_epoch, 1),
-        },
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "samples_done": state.samples_done,
-        "epoch_samples": state.epoch_samples,
-        "batch_per_process": state.batch,
-        "validation_pending": state.validation_pending,
-        "pending_train": state.pending_train,
-        "rng_states": du.all_gather_objects(rng_state(), ctx),
-        "world_size": ctx.world_size,
-        "replica_checksums": checksums,
-        "runtime": runtime,
-        **(extra or {}),
-    }
-    error = None
-    if ctx.is_main:
-        try:
-            for path in paths:
-                save_checkpoint(contents, path)
-            logger.info("saved %s", ", ".join(paths))
-        except CheckpointError as exc:
-            error = str(exc)
-    error = du.broadcast_object(error, ctx)
-    if error:
-        raise CheckpointError(error)
-    return contents
-
-
-def find_resume(resume: str, run_dir: str) -> str | None:
-    """The checkpoint ``--resume`` names: a path, or 'auto' = ``run_dir/ckpt.pth.tar`` if present."""
-    if not resume:
-        return None
-    if resume == "auto":
-        path = os.path.join(run_dir, "ckpt.pth.tar")
-        if not os.path.isfile(path):
-            logger.info("--resume auto: no checkpoint in %s, starting from scratch", run_dir)
-            return None
-        return path
-    if not os.path.isfile(resume):
-        raise FileNotFoundError(
-            f"--resume: {missing_file_message(resume)} (give a ckpt.pth.tar path or 'auto')"
-        )
-    return resume
-
-
-def _file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def resume_checkpoint(resume: str, run_dir: str, ctx: du.DistContext) -> tuple[str, dict] | None:
-    """The checkpoint to resume from, decided once for all ranks: ``(path, contents)`` or None.
-
-    Rank 0 alone resolves ``--resume`` (a path, or 'auto': ``run_dir/ckpt.pth.tar`` if it
-    exists) and tells the others, so that all ranks start from the same place even where their
-    view of the filesystem differs. A rank that cannot read the very same file (no shared
-    filesystem, or another copy at that path) receives its bytes from rank 0 and reads them
-    with the same ``weights_only`` loader. A missing ``--resume`` path stops every rank with the
-    same one-line error.
-    """
-    decision: dict = {}
-    if ctx.is_main:
-        try:
-            path = find_resume(resume, run_dir)
-            if path is not None:
-                decision = {"path": path, "size": os.path.getsize(path), "sha": _file_digest(path)}
-        except FileNotFoundError as exc:
-            decision = {"error": str(exc)}
-    decision = du.broadcast_object(decision, ctx)
-    if "error" in decision:
-        raise FileNotFoundError(decision["error"])
-    if not decision:
-        return None
-    path = decision["path"]
-    same = ctx.is_main or (
-        os.path.isfile(path)
-        and os.path.getsize(path) == decision["size"]
-        and _file_digest(path) == decision["sha"]
-    )
-    missing = du.all_reduce_sum(torch.tensor([float(not same)], dtype=torch.float64), ctx)
-    if missing[0] == 0:
-        return path, _load_resume(path)
-    if ctx.is_main:
-        logger.info("%d rank(s) cannot read %s: sending it to them", int(missing[0]), path)
-        with open(path, "rb") as f:
-            data = f.read()
-    else:
-        data = None
-    data = du.broadcast_bytes(data, ctx)
-    if same:
-        return path, _load_resume(path)
-    with tempfile.TemporaryDirectory(prefix="resume_") as folder:
-        copy = os.path.join(folder, os.path.basename(path))
-        with open(copy, "wb") as f:
-            f.write(data)
-        ckpt = _load_resume(copy)
-    return path, ckpt
-
-
-def _load_resume(path: str) -> dict:
-    try:
-        return load_checkpoint(path)
-    except CheckpointError as exc:
-        raise CheckpointError(f"--resume: {exc}") from None
-
-
-def resume(
-    path: str,
-    *,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer | None,
-    scaler: torch.amp.GradScaler | None,
-    ctx: du.DistContext,
-    ckpt: dict | None = None,
-) -> RunState:
-    """Load weights (and optimizer / scaler state when given) and return where the run stood.
-
-    ``ckpt``: the checkpoint's contents when already loaded (``resume_checkpoint``). Refuses,
-    with one line, a checkpoint trained with other model settings (instead of a list of keys
-    that do not fit) or whose optimizer state does not fit this run's groups.
-    """
-    ckpt = load_checkpoint(path) if ckpt is None else ckpt
-    if isinstance(ckpt.get("model_config"), dict):  # ours; a published one is checked by its keys
-        saved, own = _stored_config(ckpt), model.model_config()
-        diff = [k for k in own if k in saved and saved[k] != own[k]]
-        if diff:
-            pairs = ", ".join(f"{k}: {saved[k]!r} in checkpoint vs {own[k]!r} now" for k in diff)
-            raise CheckpointError(
-                f"{path} was trained with other model settings ({pairs}): pass the same flags "
-                "to resume"
-            )
-    load_weights(model, ckpt["state_dict"])
-    if optimizer is not None and "optimizer" in ckpt:
-        try:
-            optimizer.load_state_dict(ckpt["optimizer"])
-        except ValueError as exc:
-            raise CheckpointError(
-                f"{path}: its optimizer state does not fit ({exc}); use --tune_from to start "
-                "a new run from its weights"
-            ) from None
-    if scaler is not None and ckpt.get("scaler"):
-        scaler.load_state_dict(ckpt["scaler"])
-    iteration = int(ckpt.get("iteration", 0))
-    state = RunState(
-        epoch=int(ckpt.get("epoch", 0)),
-        iteration=iteration,
-        best_prec1=float(ckpt.get("best_prec1", 0.0)),
-        samples_done=int(ckpt.get("samples_done") or 0),
-        epoch_samples=ckpt.get("epoch_samples"),
-        world_size=ckpt.get("world_size"),
-        batch=ckpt.get("batch_per_process"),
-        validation_pending=bool(ckpt.get("validation_pending", False)),
-        pending_train=ckpt.get("pending_train"),
-    )
-    if iteration and not state.samples_done and state.world_size != ctx.world_size:
-        # Written before positions were global: only its own number of processes can place it.
-        raise CheckpointError(
-            f"{path} stopped in the middle of an epoch and predates resuming with another "
-            f"number of processes: resume it with {state.world_size} processes"
-        )
-    states = ckpt.get("rng_states") or []
-    if iteration and state.world_size == ctx.world_size and len(states) > ctx.rank:
-        state.rng_state = states[ctx.rank]
-    logger.info(
-        "resumed %s: epoch %d, iteration %d, best prec@1 %.3f",
-        path,
-        state.epoch,
-        state.iteration,
-        state.best_prec1,
-    )
-    return state
-
-
-def tune_from(model: nn.Module, path: str, dataset: str) -> None:
-    """Initialise ``model`` from another run's checkpoint; its classifier too only when it was
-    trained on the same ``dataset`` (``same_dataset``)."""
-    try:
-        ckpt = load_checkpoint(path)
-    except CheckpointError as exc:
-        raise CheckpointError(f"--tune_from: {exc}") from None
-    sd = strip_module_prefix(ckpt["state_dict"])
-    if not same_dataset(path, dataset, ckpt):
-        own = model.state_dict()
-        heads = tuple(f"{head}." for head in _HEADS)
-        sd = {k: v for k, v in sd.items() if not k.startswith(heads)}
-        sd.update({k: v for k, v in own.items() if k.startswith(heads)})  # keep the new classifier
-        logger.info("=> new dataset: classifier weights of %s not loaded", path)
-    try:
-        load_weights(model, sd)
-    except CheckpointError as exc:
-        raise CheckpointError(f"--tune_from {path}: {exc}") from None
-    logger.info("=> fine-tuning from %s", path)

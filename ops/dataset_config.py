@@ -3,7 +3,8 @@
 Datasets prepared for TSM keep working: the relative layout under the data root is TSM's
 (SPEC.md section 8). Only the root is ours: `--data_root DIR`, else the environment variable
 `RNL_DATA_ROOT`, else `./data`. Every entry can be overridden on the command line
-(`add_data_args` / `resolve_dataset`), e.g. to point at a list file outside the root.
+(`add_data_args` / `resolve_dataset`, which takes their values as keywords, `DATA_FLAGS`),
+e.g. to point at a list file outside the root.
 
 The `synthetic` dataset is written by `tools/make_synthetic.py` and used by the demo and tests.
 
@@ -315,21 +316,43 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_dataset(args: argparse.Namespace, modality: str) -> tuple[int, str, str, str, str]:
-    """`return_dataset` for `args.dataset` with the command-line overrides of `add_data_args`.
+# The destinations of `add_data_args`' flags that `resolve_dataset` takes, under the same names:
+# a command line resolves with `resolve_dataset(dataset, modality, **{k: getattr(args, k) for k
+# in DATA_FLAGS})`.
+DATA_FLAGS = (
+    "data_root", "train_list", "val_list", "root_path", "image_tmpl", "videos", "video_root",
+    "num_class", "category_file",
+)  # fmt: skip
 
-    A dataset or modality missing from the registry works when every entry is given on the
-    command line. Returns (num_class, train_list, val_list, root_path, image_tmpl).
+
+def resolve_dataset(
+    dataset: str | None,
+    modality: str,
+    *,
+    data_root: str | None = None,
+    train_list: str | None = None,
+    val_list: str | None = None,
+    root_path: str | None = None,
+    image_tmpl: str | None = None,
+    videos: bool = False,
+    video_root: str | None = None,
+    num_class: int | None = None,
+    category_file: str | None = None,
+) -> tuple[int, str, str, str, str]:
+    """`return_dataset` for `dataset` with the overrides of `add_data_args` (None: not given).
+
+    A dataset or modality missing from the registry works when every entry is given.
+    `videos` or a `video_root` read video files (`_resolve_videos`). Returns (num_class,
+    train_list, val_list, root_path, image_tmpl).
     """
-    if getattr(args, "videos", False) or getattr(args, "video_root", None):
-        return _resolve_videos(args, modality)
-    dataset = getattr(args, "dataset", None)
-    root = getattr(args, "data_root", None) or default_data_root()
-    over = {k: getattr(args, k, None) for k in _ENTRY_FIELDS}
-    num_class = getattr(args, "num_class", None)
-    cat_file = getattr(args, "category_file", None)
+    over = {"train_list": train_list, "val_list": val_list, "root_path": root_path}
+    over["image_tmpl"] = image_tmpl
+    root = data_root or default_data_root()
     if num_class is not None and num_class < 1:
         raise ValueError(f"--num_class must be >= 1, got {num_class}")
+    if videos or video_root:
+        return _resolve_videos(dataset, modality, root, over, video_root, num_class, category_file)
+    cat_file = category_file
 
     registered = dataset in REGISTRY and modality in REGISTRY.get(dataset, {})
     if not registered:
@@ -359,11 +382,19 @@ def resolve_dataset(args: argparse.Namespace, modality: str) -> tuple[int, str, 
     return n, paths["train_list"], paths["val_list"], paths["root_path"], tmpl
 
 
-def _resolve_videos(args: argparse.Namespace, modality: str) -> tuple[int, str, str, str, str]:
+def _resolve_videos(
+    dataset: str | None,
+    modality: str,
+    root: str,
+    over: dict,
+    video_root: str | None,
+    num_class: int | None,
+    cat_file: str | None,
+) -> tuple[int, str, str, str, str]:
     """`resolve_dataset` for video files: (num_class, train_list, val_list, video roots joined
     with os.pathsep, VIDEO_TMPL)."""
     for flag in ("root_path", "image_tmpl"):
-        if getattr(args, flag, None) is not None:
+        if over[flag] is not None:
             raise ValueError(
                 f"--{flag} names frame folders; with --videos give the video folder with "
                 "--video_root DIR"
@@ -373,19 +404,9 @@ def _resolve_videos(args: argparse.Namespace, modality: str) -> tuple[int, str, 
             f"video files hold RGB frames, not {modality}: use frame folders for --modality "
             f"{modality} (tools/extract_frames.py), or drop --videos / --video_root"
         )
-    dataset = getattr(args, "dataset", None)
-    root = getattr(args, "data_root", None) or default_data_root()
     entry = VIDEO_REGISTRY.get(dataset, {})
-    num_class = getattr(args, "num_class", None)
-    cat_file = getattr(args, "category_file", None)
-    if num_class is not None and num_class < 1:
-        raise ValueError(f"--num_class must be >= 1, got {num_class}")
-
-    given = {
-        "train_list": getattr(args, "train_list", None),
-        "val_list": getattr(args, "val_list", None),
-        "video_root": getattr(args, "video_root", None),
-    }
+    given = {"train_list": over["train_list"], "val_list": over["val_list"]}
+    given["video_root"] = video_root
     missing = [f"--{k}" for k, v in given.items() if v is None and k not in entry]
     if num_class is None and cat_file is None and "classes" not in entry:
         missing.append("--num_class or --category_file")

@@ -17,7 +17,8 @@ import torch
 
 import main as train_main
 import test_models
-from ops.checkpoint import load_checkpoint, load_model
+from ops.checkpoint import load_checkpoint
+from ops.model_loading import load_model
 from ops.non_local import BLOCKS
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")

@@ -24,15 +24,10 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 import main as train_main
 from ops import distributed as du
-from ops.checkpoint import (
-    RunState,
-    load_checkpoint,
-    param_checksum,
-    resume_checkpoint,
-    save_checkpoint,
-)
+from ops.checkpoint import load_checkpoint, save_checkpoint
 from ops.engine.lr_scheduler import WarmupSchedule
 from ops.engine.seeding import EpochSampler
+from ops.engine.state import RunState, param_checksum, resume_checkpoint
 from ops.engine.trainer import LoopSettings, TrainParts, train_one_epoch
 from ops.synthetic import make_synthetic
 from tests.test_faults import _wait_for

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ops.checkpoint import RunState
 from ops.distributed import DistContext
 from ops.engine.data_wait import StepTimer
 from ops.engine.lr_scheduler import WarmupSchedule
+from ops.engine.state import RunState
 from ops.engine.trainer import LoopSettings, TrainParts, train_one_epoch
 
 CPU = DistContext(False, 0, 1, 0, 1, torch.device("cpu"), None)

@@ -6,6 +6,7 @@ import os
 import pytest
 
 from ops.dataset_config import (
+    DATA_FLAGS,
     NO_FLIP_DATASETS,
     add_data_args,
     read_categories,
@@ -142,6 +143,11 @@ def test_category_file_ignores_trailing_blank_lines(tmp_path):
     assert read_categories(path) == ["class 0", "class 1", "class 2"]
 
 
+def resolve_flags(args: argparse.Namespace, modality: str):
+    """`resolve_dataset` with the data flags of a command line, as the CLIs call it."""
+    return resolve_dataset(args.dataset, modality, **{k: getattr(args, k) for k in DATA_FLAGS})
+
+
 def parse(argv):
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset")
@@ -153,7 +159,7 @@ def test_overrides(tmp_path):
     root = str(tmp_path)
     write_categories(root, "jester/category.txt", 27)
     args = parse(["--dataset", "jester", "--data_root", root])
-    assert resolve_dataset(args, "RGB") == return_dataset("jester", "RGB", data_root=root)
+    assert resolve_flags(args, "RGB") == return_dataset("jester", "RGB", data_root=root)
     assert args.skip_bad_lines is False and args.strict_data is False
 
     cats = write_categories(root, "mine.txt", 5)
@@ -161,25 +167,25 @@ def test_overrides(tmp_path):
         ["--dataset", "jester", "--data_root", root, "--train_list", "t.txt", "--image_tmpl",
          "f_{:04d}.png", "--category_file", cats, "--skip_bad_lines", "--strict_data"]
     )  # fmt: skip
-    n, train, val, frames, tmpl = resolve_dataset(args, "RGB")
+    n, train, val, frames, tmpl = resolve_flags(args, "RGB")
     assert (n, train, tmpl) == (5, "t.txt", "f_{:04d}.png")
     assert (val, frames) == (os.path.join(root, "jester/val_videofolder.txt"),
                              os.path.join(root, "jester/20bn-jester-v1"))  # fmt: skip
     assert args.skip_bad_lines and args.strict_data
 
     args = parse(["--dataset", "kinetics", "--data_root", root, "--num_class", "10"])
-    assert resolve_dataset(args, "RGB")[0] == 10
+    assert resolve_flags(args, "RGB")[0] == 10
 
 
 def test_unregistered_entry_needs_every_override(tmp_path):
     args = parse(["--dataset", "kinetics", "--train_list", "a", "--val_list", "b"])
     with pytest.raises(ValueError, match="no Flow entry"):
-        resolve_dataset(args, "Flow")
+        resolve_flags(args, "Flow")
     args = parse(
         ["--dataset", "mydata", "--train_list", "a", "--val_list", "b", "--root_path", "r",
          "--image_tmpl", "{:05d}.jpg", "--num_class", "4"]
     )  # fmt: skip
-    assert resolve_dataset(args, "RGB") == (4, "a", "b", "r", "{:05d}.jpg")
+    assert resolve_flags(args, "RGB") == (4, "a", "b", "r", "{:05d}.jpg")
 
 
 def test_no_flip_for_left_right_datasets():

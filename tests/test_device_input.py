@@ -95,9 +95,9 @@ class _Clips(torch.utils.data.Dataset):
 
 
 def test_training_and_validation_loops_normalise_uint8_clips_on_the_device():
-    from ops.checkpoint import RunState
     from ops.distributed import DistContext
     from ops.engine.lr_scheduler import WarmupSchedule
+    from ops.engine.state import RunState
     from ops.engine.trainer import LoopSettings, TrainParts, train_one_epoch, validate
 
     float_tf = torchvision.transforms.Compose(

@@ -90,7 +90,7 @@ def test_two_epochs_write_checkpoints_and_logs(data_root, tmp_path):
         assert ckpt["class_names"] == f.read().split() == ["moving_right", "moving_left"]
     assert ckpt["lr_scheduler"]["iters_per_epoch"] == 4  # 8 videos / batch 2
     assert isinstance(ckpt["rng_states"][0]["torch"], torch.Tensor)
-    assert ckpt["args"]["lr"] == 0.01 and ckpt["world_size"] == 1
+    assert ckpt["run_config"]["optim"]["lr"] == 0.01 and ckpt["world_size"] == 1
     assert not any(k.startswith("module.") for k in ckpt["state_dict"])
 
     log_dir = tmp_path / "log" / name
@@ -286,7 +286,7 @@ def test_tune_from_turns_the_classifier_lr_x5_on_for_another_dataset_whatever_th
     for path, lr5 in ((same, False), (other, True)):
         out = str(tmp_path / path.stem)
         dry = train_main.main(tiny_args(data_root, out, "--tune_from", str(path), "--dry_run"))
-        assert dry["resolved"]["fc_lr5"] is lr5
+        assert dry["config"]["optim"]["fc_lr5"] is lr5
         run = train_main.main(tiny_args(data_root, out, "--epochs", "1", "--tune_from", str(path)))
         saved = load_checkpoint(os.path.join(out, "ckpt", run["run_name"], "ckpt.pth.tar"))
         groups = {g["name"]: g for g in saved["optimizer"]["param_groups"]}

@@ -62,24 +62,26 @@ def test_dry_run_of_published_commands(
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("RNL_DATA_ROOT", raising=False)
     out = train_main.main(shlex.split(command) + ["--dry_run"])
-    cfg = out["resolved"]
-    assert cfg["shift"] is True and cfg["shift_div"] == 8 and cfg["shift_place"] == "blockres"
-    assert cfg["non_local"] is True and cfg["dense_sample"] is dense
-    assert cfg["batch_multiplier"] == 4
-    assert cfg["use_warmup"] is True and cfg["warmup_epochs"] == warmup
-    assert cfg["lr_type"] == "cos" and cfg["epochs"] == epochs
+    cfg = out["config"]
+    model, data, optim, plan = cfg["model"], cfg["data"], cfg["optim"], cfg["launch"]["plan"]
+    assert model["shift"] is True and model["shift_div"] == 8 and model["shift_place"] == "blockres"
+    assert model["non_local"] is True and data["dense_sample"] is dense
+    assert optim["batch_multiplier"] == 4
+    schedule = cfg["schedule"]
+    assert schedule["use_warmup"] is True and schedule["warmup_epochs"] == warmup
+    assert schedule["lr_type"] == "cos" and schedule["epochs"] == epochs
     # --batch_size is per node: 16 over 4 GPUs = 4 each; x 4 accumulation x 1 node = 64.
-    assert cfg["processes_per_node"] == 4 and cfg["batch_per_process"] == 4
-    assert cfg["total_batch"] == 16 * 4 * 1
-    assert cfg["world_size"] == 4 and cfg["backend"] == "nccl" and cfg["sync_bn"] is True
-    assert cfg["num_class"] == classes
-    assert cfg["flip"] is (dataset == "kinetics")  # no flip for Something-Something
+    assert plan["local_world_size"] == 4 and optim["batch_per_process"] == 4
+    assert optim["total_batch"] == 16 * 4 * 1
+    assert plan["world_size"] == 4 and plan["backend"] == "nccl" and optim["sync_bn"] is True
+    assert data["num_class"] == classes
+    assert data["flip"] is (dataset == "kinetics")  # no flip for Something-Something
     expected = (
         f"TSM_{dataset}_RGB_resnet50_shift8_blockres_avg_segment8_e{epochs}_cos"
         + ("_dense" if dense else "")
         + f"_nl_lr0.02_wd{wd:.1e}_do{0.5 if dense else 0.8}_1"
     )
-    assert cfg["run_name"] == expected
+    assert cfg["name"] == expected
     parsed = parse_published_name(expected + ".pth.tar")
     assert parsed["dataset"] == dataset and parsed["num_segments"] == 8
     assert parsed["is_shift"] and parsed["shift_div"] == 8 and parsed["shift_place"] == "blockres"

@@ -13,14 +13,17 @@ from torch import nn
 
 import main as train_main
 import test_models
-from ops.checkpoint import load_checkpoint, load_model
+from ops.checkpoint import load_checkpoint
 from ops.distributed import DistContext
-from ops.engine.ema import EMA_CHECKPOINT, WeightEMA
+from ops.engine.config import RecipeConfig, tsn_kwargs
+from ops.engine.ema import WeightEMA
 from ops.engine.mixing import ClipMix
 from ops.engine.precise_bn import precise_bn
 from ops.engine.recipe import OFF, active_options, training_criterion
 from ops.engine.repeated_aug import RepeatedAugSampler
 from ops.engine.seeding import EpochSampler, SeededDataset
+from ops.engine.state import EMA_CHECKPOINT
+from ops.model_loading import load_model
 from ops.randaugment import ClipRandAugment
 from opts import parse_args
 from tests.test_main import assert_same_state, tiny_args
@@ -47,7 +50,8 @@ def test_published_commands_have_every_recipe_option_off(command, tmp_path, monk
         "precise_bn": 0,
     }
     out = train_main.main(shlex.split(command) + ["--dry_run"])
-    assert out["resolved"]["recipe"] == {}
+    assert active_options(RecipeConfig(**out["config"]["recipe"])) == {}
+    assert out["config"]["recipe"] == OFF  # every option at its "off" value
     assert "recipe: published (no recipe option on)" in capsys.readouterr().out
     # the published loss: plain cross-entropy
     assert training_criterion(args).label_smoothing == 0.0
@@ -57,11 +61,12 @@ def test_options_that_are_on_are_named_in_the_run_name_and_the_dry_run(capsys):
     extra = "--label_smoothing 0.1 --mixup 0.8 --cutmix 1.0 --randaugment 2,9 --repeated_aug 2 "
     extra += "--ema 0.999 --precise_bn 20"
     out = train_main.main(shlex.split(KINETICS) + shlex.split(extra) + ["--dry_run"])
-    name = out["resolved"]["run_name"]
+    name = out["config"]["name"]
     assert name.endswith("_do0.5_ls0.1_mixup0.8_cutmix1.0_ra2-9_rep2_ema0.999_pbn20_1")
     # mix_prob / mix_switch_prob at their defaults are not named
-    assert "mix_prob" not in out["resolved"]["recipe"]
-    assert "mix_switch_prob" not in out["resolved"]["recipe"]
+    on = active_options(RecipeConfig(**out["config"]["recipe"]))
+    assert "mix_prob" not in on
+    assert "mix_switch_prob" not in on
     # a switch probability matters only with both kinds on; a mix_prob only with mixing on
     only_mixup = parse_args(["--dataset", "kinetics", "--mixup", "1", "--mix_switch_prob", "0.2"])
     assert active_options(only_mixup) == {"mixup": 1.0}
@@ -221,7 +226,8 @@ def test_every_option_resumes_bit_identically_and_the_ema_loads_like_any_checkpo
     assert ca["ema"]["updates"] == cb["ema"]["updates"] == 8  # 2 epochs x 4 steps
     assert_same_state(ca["state_dict"], cb["state_dict"])
     assert_same_state(ca["ema"]["state_dict"], cb["ema"]["state_dict"])
-    assert ca["args"]["ema"] == 0.8 and ca["args"]["randaugment"] == (2, 9)
+    assert ca["run_config"]["recipe"]["ema"] == 0.8
+    assert ca["run_config"]["recipe"]["randaugment"] == (2, 9)
     # ckpt.ema.pth.tar: the EMA weights as an ordinary checkpoint (test_models.py, predict)
     path = parts / "ckpt" / b["run_name"] / EMA_CHECKPOINT
     model, meta = load_model(path)
@@ -322,10 +328,9 @@ def test_randaugment_draws_differ_between_clips_and_identical_frames_stay_identi
 def test_randaugment_in_the_training_data_is_seeded_per_clip(data_root):
     # The training dataset as main.py builds it, wrapped as main.py wraps it: item i of epoch e
     # is the same every time, and another epoch draws another augmentation.
-    args = parse_args(tiny_args(data_root, "/unused", "--randaugment", "2,9"))
-    data = train_main.resolve_data(args, dry_run=False)
-    model = train_main.TSN(**train_main.model_kwargs(args, 2, "scratch"), print_spec=False)
-    train, _ = train_main.build_datasets(args, model, data)
+    cfg = train_main.resolve(parse_args(tiny_args(data_root, "/unused", "--randaugment", "2,9")))
+    model = train_main.TSN(**tsn_kwargs(cfg, "scratch"), print_spec=False)
+    train, _ = train_main.build_datasets(cfg, model)
     assert any(isinstance(t, ClipRandAugment) for t in train.transform.transforms)
     seeded = SeededDataset(train, seed=0)
     a, b = seeded[3][0], seeded[3][0]
@@ -404,6 +409,7 @@ def test_two_gloo_processes_with_repeated_aug_ema_and_precise_bn(data_root, tmp_
     sums = ckpt["replica_checksums"]
     assert len(sums) == 2 and sums[0] == sums[1]
     assert ckpt["ema"]["updates"] == 4  # after each of the 2 x 2 optimizer steps
-    assert ckpt["args"]["repeated_aug"] == 2 and ckpt["args"]["precise_bn"] == 1
+    recipe = ckpt["run_config"]["recipe"]
+    assert recipe["repeated_aug"] == 2 and recipe["precise_bn"] == 1
     ema_file = load_checkpoint(run_dir / EMA_CHECKPOINT)
     assert_same_state(ema_file["state_dict"], ckpt["ema"]["state_dict"])

@@ -196,14 +196,14 @@ def test_cli_same_run_name_with_other_flags_does_not_overwrite(data_root, tmp_pa
     assert "already holds this run" in line and "--resume auto" in line
     assert {f: sha(os.path.join(folder, f)) for f in before} == before
     with open(os.path.join(folder, "run_config.json")) as f:
-        assert json.load(f)["seed"] == 0
+        assert json.load(f)["loop"]["seed"] == 0
 
     # --overwrite replaces it and says so; the stored config is the new run's.
     proc = run_cli([*first, "--seed", "1", "--overwrite"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "--overwrite: removed the previous run's files" in proc.stderr
     with open(os.path.join(folder, "run_config.json")) as f:
-        assert json.load(f)["seed"] == 1
+        assert json.load(f)["loop"]["seed"] == 1
     with open(tmp_path / "log" / os.path.basename(folder) / "log.csv") as f:
         assert [r.split(",")[0] for r in f.read().split()] == ["epoch", "1"]
 

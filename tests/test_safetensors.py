@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 import main as train_main
 import test_models
-from ops.checkpoint import CheckpointError, load_checkpoint, load_model
+from ops.checkpoint import CheckpointError, load_checkpoint
+from ops.model_loading import load_model
 from tests import _eval_helpers as H
 from tools import export, predict
 
@@ -127,7 +128,7 @@ def test_tune_from_safetensors_starts_from_the_original_weights(ws, tmp_path):
     assert summary["val_top1"] == pytest.approx(top1)
     # the classifier lr x5 follows the sidecar's dataset (the same one: off), as for a pickle
     dry = train_main.main([*argv, "--tune_from", ws["converted"], "--dry_run"])
-    assert dry["resolved"]["fc_lr5"] is False
+    assert dry["config"]["optim"]["fc_lr5"] is False
 
 
 def test_converts_back_to_a_pth_tar(ws, tmp_path):

@@ -1,5 +1,5 @@
 """ops/engine/seeding.py: per-epoch sample order, per-sample random draws; the RNG state round
-trip of ops/checkpoint.py."""
+trip of a checkpoint (ops/engine/state.py)."""
 
 import io
 import random
@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ops.checkpoint import RunState, rng_state, set_rng_state
 from ops.engine.seeding import EpochSampler, SeededDataset, seed_all, start_epoch
+from ops.engine.state import RunState, rng_state, set_rng_state
 
 
 class Draws(Dataset):

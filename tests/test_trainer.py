@@ -5,9 +5,9 @@ manual all-reduce and DDP's no_sync, is tested with real processes in tests/test
 import torch
 from torch import nn
 
-from ops.checkpoint import RunState
 from ops.distributed import DistContext
 from ops.engine.lr_scheduler import WarmupSchedule
+from ops.engine.state import RunState
 from ops.engine.stop import StopRequest
 from ops.engine.trainer import LoopSettings, TrainParts, train_one_epoch, validate
 

@@ -23,7 +23,7 @@ import main
 import test_models
 from ops.data_problems import DataError
 from ops.dataset import TSNDataSet, collate
-from ops.dataset_config import VIDEO_TMPL, add_data_args, resolve_dataset
+from ops.dataset_config import DATA_FLAGS, VIDEO_TMPL, add_data_args, resolve_dataset
 from ops.transforms import (
     GroupMultiScaleCrop,
     GroupNormalize,
@@ -318,6 +318,11 @@ def test_check_data_probes_video_lists(data, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- registry and flags
+def resolve_flags(args: argparse.Namespace, modality: str):
+    """`resolve_dataset` with the data flags of a command line, as the CLIs call it."""
+    return resolve_dataset(args.dataset, modality, **{k: getattr(args, k) for k in DATA_FLAGS})
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset")
@@ -327,7 +332,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def test_registry_video_layout_follows_mmaction2(tmp_path):
     root = str(tmp_path)
-    n, train, val, videos, tmpl = resolve_dataset(
+    n, train, val, videos, tmpl = resolve_flags(
         parse(["--dataset", "kinetics", "--videos", "--data_root", root]), "RGB"
     )
     assert (n, tmpl) == (400, VIDEO_TMPL)
@@ -337,7 +342,7 @@ def test_registry_video_layout_follows_mmaction2(tmp_path):
         os.path.join(root, "kinetics400/videos_train"),
         os.path.join(root, "kinetics400/videos_val"),
     ]
-    n, train, _, videos, _ = resolve_dataset(
+    n, train, _, videos, _ = resolve_flags(
         parse(["--dataset", "somethingv2", "--video_root", "/v", "--data_root", root]), "RGB"
     )
     assert (n, train, videos) == (
@@ -362,7 +367,7 @@ def test_registry_video_layout_follows_mmaction2(tmp_path):
 )
 def test_video_flag_errors_are_one_line(argv, modality, needle):
     with pytest.raises(ValueError) as info:
-        resolve_dataset(parse(argv), modality)
+        resolve_flags(parse(argv), modality)
     assert needle in str(info.value) and "\n" not in str(info.value)
 
 

@@ -3,7 +3,7 @@
 - ``write_atomically`` (from ops/utils.py): an output file appears complete or not at all.
 - ``TOOL_ERRORS`` / ``fail``: the exceptions that mean "bad input" and the one-line message a tool
   prints for them before exiting with status 2 (no traceback). Tools that read checkpoints add
-  ``ops.checkpoint.CheckpointError`` (and load them with ``ops.checkpoint.load_model``).
+  ``ops.checkpoint.CheckpointError`` (and load them with ``ops.model_loading.load_model``).
 - ``frame_pattern`` / ``count_frames``: how many frames of a frame-name template a folder holds,
   as the frame-folder dataset will read them (1..n, no gap); ``frame_template``: the template of
   a frame folder, detected among the registry's when not given.

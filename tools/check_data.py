@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
-from ops.dataset_config import VIDEO_TMPL, add_data_args, resolve_dataset  # noqa: E402
+from ops.dataset_config import DATA_FLAGS, VIDEO_TMPL, add_data_args, resolve_dataset  # noqa: E402
 from ops.frames import (  # noqa: E402
     check_template,
     frame_files,
@@ -355,8 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
+        flags = {k: getattr(args, k) for k in DATA_FLAGS}
         num_class, train_list, val_list, root_path, image_tmpl = resolve_dataset(
-            args, args.modality
+            args.dataset, args.modality, **flags
         )
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -33,7 +33,7 @@ category file of its dataset under ``--data_root`` (none for published Kinetics 
 unless given). All files are written to a temporary name and renamed when complete.
 
 Every export is checked: the saved file is loaded back (safetensors and pth through
-``ops.checkpoint.load_model``, as the tools load them) and run on a random clip, and its output
+``ops.model_loading.load_model``, as the tools load them) and run on a random clip, and its output
 must match the eager model within ``--atol`` + ``--rtol`` x max|logit| (exit status 1 if not).
 The RNL blocks export with their fused attention (``scaled_dot_product_attention``, an ONNX
 ``Attention``/MatMul-Softmax pattern); ``--explicit_attention`` exports the materialised ``P x P``
@@ -60,11 +60,11 @@ import torch  # noqa: E402
 from ops.checkpoint import (  # noqa: E402
     SIDECAR_KEYS,
     CheckpointError,
-    file_sha256,
-    load_model,
+    model_checkpoint,
     save_checkpoint,
-    sidecar_path,
+    save_safetensors,
 )
+from ops.model_loading import load_model  # noqa: E402
 from ops.utils import nonfinite_tensors, setup_logging  # noqa: E402
 from tools._common import TOOL_ERRORS, fail, model_class_names, write_atomically  # noqa: E402
 
@@ -157,23 +157,16 @@ def write_json(path: str, info: dict) -> None:
 
 def export_safetensors(model, settings: dict, info: dict, path: str):
     """Write the weights to ``path`` and the sidecar (``info`` with ``settings`` and the weights'
-    SHA-256) next to it; returns the model loaded back from them as the tools load it."""
-    from safetensors.torch import save_file
-
-    # Own copies: safetensors refuses tensors that share memory, and needs contiguous ones.
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    link = {"file": os.path.basename(path), "sha256": file_sha256(path)}
-    write_json(sidecar_path(path), dict(info, **settings, safetensors=link))
-    info["safetensors"] = link
+    SHA-256) next to it (``ops.checkpoint.save_safetensors``); returns the model loaded back
+    from them as the tools load it."""
+    info["safetensors"] = save_safetensors(model.state_dict(), dict(info, **settings), path)
     return load_model(path)[0]
 
 
 def export_pth(model, settings: dict, path: str):
-    """Write one of our checkpoints (published keys without optimizer, plus the settings);
-    returns the model loaded back from it."""
-    contents = {"epoch": 0, "arch": model.base_model_name, "state_dict": model.state_dict()}
-    save_checkpoint(dict(contents, best_prec1=0.0, **settings), path)
+    """Write one of our checkpoints (``ops.checkpoint.model_checkpoint``: the published keys
+    without optimizer, plus the settings); returns the model loaded back from it."""
+    save_checkpoint(model_checkpoint(model.state_dict(), arch=model.base_model_name, **settings), path)
     return load_model(path)[0]
 
 

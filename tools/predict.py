@@ -16,7 +16,7 @@ centres; ``--twice_sample`` / ``--clips 2`` adds the segment starts, ``--dense_s
 ``--clips 10`` takes 10 dense clips), the frame-folder and video-file sources of the dataset
 decode them (a broken frame is replaced by its nearest readable neighbour and said so),
 ``ops.evaluation.build_test_transform`` crops them (``--crops`` 1, 3, 5 or 10, ``--full_res``)
-and ``ops.checkpoint.load_model`` builds the network. The probabilities are each view's softmax
+and ``ops.model_loading.load_model`` builds the network. The probabilities are each view's softmax
 averaged over the views (mmaction2's ``average_clips='prob'``), i.e. the scores of
 ``test_models.py --softmax --save_scores`` for the same video, views, segments and input size.
 
@@ -53,11 +53,12 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from ops import evaluation  # noqa: E402
-from ops.checkpoint import CheckpointError, load_model  # noqa: E402
+from ops.checkpoint import CheckpointError  # noqa: E402
 from ops.data_problems import DataProblems  # noqa: E402
 from ops.device_input import InputNorm  # noqa: E402
 from ops.frames import FrameFolders, decode_image  # noqa: E402
 from ops.lists import VideoRecord  # noqa: E402
+from ops.model_loading import load_model  # noqa: E402
 from ops.sampling import clip_frames  # noqa: E402
 from ops.utils import progress, setup_logging, to_device  # noqa: E402
 from ops.video import VideoError  # noqa: E402

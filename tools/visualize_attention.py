@@ -35,8 +35,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
-from ops.checkpoint import CheckpointError, load_model  # noqa: E402
+from ops.checkpoint import CheckpointError  # noqa: E402
 from ops.dataset_config import read_categories  # noqa: E402
+from ops.model_loading import load_model  # noqa: E402
 from ops.non_local import attention_modules  # noqa: E402
 from ops.sampling import clip_frames  # noqa: E402
 from ops.utils import setup_logging  # noqa: E402

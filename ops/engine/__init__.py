@@ -1,8 +1,12 @@
 """The training engine behind main.py (nothing else imports it).
 
-    run_config.py    what a command line resolves to: run name, dataset entry, TSN keywords, plan
+    config.py        RunConfig: the command line resolved once (frozen, serialised as
+                     run_config.json); run name, TSN keywords, pairs of options refused
+    state.py         the run's state and checkpoints: RunState, RNG, the collective save,
+                     resume, fine-tuning, the EMA file (one key schema)
     trainer.py       train_one_epoch / validate; LoopSettings (how the loop steps) and TrainParts
-                     (what it acts on); the run's position is ops.checkpoint.RunState
+                     (what it acts on); model_batch, the one way a batch reaches the model
+    loaders.py       every DataLoader of a run, from one function (collate, worker signals)
     data_wait.py     per-step data wait vs compute; the epoch's "waiting on data" warning
     stop.py          SIGTERM / SIGUSR1 / Ctrl-C as a flag the loop polls (save, then stop);
                      loader workers ignore them; SLURM requeue
@@ -15,8 +19,8 @@
     runtime_report.py  what actually runs (devices, backend, attention kernels), logged and saved
     recipe.py        the optional recipe flags (all off by default), their run-name tokens
     mixing.py        --mixup / --cutmix of whole clips, soft targets
-    ema.py           --ema: the weight average, its checkpoint key and ckpt.ema.pth.tar
+    ema.py           --ema: the weight average (saved by state.py)
     precise_bn.py    --precise_bn: BatchNorm statistics recomputed before validation
     repeated_aug.py  --repeated_aug: the sampler that repeats each index K times per epoch
-Checkpoints (saving, resuming) are ops/checkpoint.py, shared with test_models.py and tools/.
+Checkpoint files (the format) are ops/checkpoint.py, shared with test_models.py and tools/.
 """

@@ -8,26 +8,22 @@ starts at the weights after step 1). The averaging is torch's own
 it. Integer buffers (BatchNorm's `num_batches_tracked`) are copied from the weights.
 
 Under DDP every rank holds identical weights after each step, so every rank's EMA is identical
-too and needs no communication; rank 0 saves it. The EMA is saved twice: inside the training
-checkpoint (key ``ema``: its weights and the number of updates, so that `--resume` continues
-it bit for bit), and as ``ckpt.ema.pth.tar``, a checkpoint like any other whose ``state_dict`` is
-the EMA weights, so test_models.py, tools/predict.py and `--tune_from` take it unchanged.
+too and needs no communication; rank 0 saves it. The EMA is saved twice (ops/engine/state.py):
+inside the training checkpoint (key ``ema``: its weights and the number of updates, so that
+`--resume` continues it bit for bit), and as ``ckpt.ema.pth.tar``, a checkpoint like any other
+whose ``state_dict`` is the EMA weights, so test_models.py, tools/predict.py and `--tune_from`
+take it unchanged.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from ops.checkpoint import save_checkpoint
-
 logger = logging.getLogger(__name__)
-
-EMA_CHECKPOINT = "ckpt.ema.pth.tar"
 
 
 class WeightEMA:
@@ -79,34 +75,3 @@ class WeightEMA:
                 "--ema %s: the checkpoint's average was kept with decay %s; continuing with %s",
                 self.decay, state.get("decay"), self.decay,
             )  # fmt: skip
-
-
-def resume_ema(ema: WeightEMA, ckpt: dict | None, path: str | None) -> None:
-    """Restore the EMA from a resumed checkpoint; one that has none (its run had no --ema)
-    starts the average from the resumed weights, said in the log."""
-    if ckpt is None:
-        return
-    if isinstance(ckpt.get("ema"), dict):
-        ema.load_state_dict(ckpt["ema"])
-        logger.info("resumed the weight EMA of %s (%d updates)", path, ema.updates)
-    else:
-        logger.warning("%s has no weight EMA: --ema starts averaging from its weights", path)
-
-
-def save_ema_checkpoint(
-    model_dir: str, ema: WeightEMA, contents: dict, val_top1: float | None
-) -> str:
-    """Write ``ckpt.ema.pth.tar`` (rank 0 only): `contents` are the training checkpoint's
-    descriptive keys (arch, model_config, dataset, class_names, args, epoch), with the EMA
-    weights as ``state_dict`` and their validation top-1 as ``best_prec1``."""
-    path = os.path.join(model_dir, EMA_CHECKPOINT)
-    save_checkpoint(
-        dict(
-            contents,
-            state_dict=ema.module.state_dict(),
-            best_prec1=float(val_top1 or 0.0),
-            ema_of_weights={"decay": ema.decay, "updates": ema.updates},
-        ),
-        path,
-    )
-    return path

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 
@@ -31,12 +31,6 @@ class WarmupSchedule:
     use_warmup: bool = False
     warmup_epochs: float = 0.0
     weight_decay: float = 0.0
-
-    @classmethod
-    def from_args(cls, args) -> WarmupSchedule:
-        """The schedule of main.py's flags, which have the names of the fields (--lr, --epochs,
-        --lr_type, --lr_steps, --use_warmup, --warmup_epochs, --wd = weight_decay)."""
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
 
     def __post_init__(self) -> None:
         if self.lr_type not in ("step", "cos"):

@@ -2,59 +2,41 @@
 
 The run name leaves most flags out (``--seed``, ``--input_size``, ``--batch_size``, ...), so two
 different runs can get the same ``<root_model>/<run name>/`` folder. Each run therefore writes
-the flags that define it to ``run_config.json`` in that folder, and a new run refuses to start
-in a folder that already holds a run (a config file, a checkpoint, or logged epochs) unless
+its serialised ``RunConfig`` (ops/engine/config.py) to ``run_config.json`` in that folder, and a
+new run refuses to start in a folder that already holds a run (a config file, a checkpoint, or
+logged epochs) unless
 
-- ``--resume`` (a path or ``auto``) is given and the stored config has the same defining flags:
-  the run continues (a folder from before config files existed is taken as this run's); or
+- ``--resume`` (a path or ``auto``) is given and the stored config has the same defining fields:
+  the run continues (a folder from before config files existed is taken as this run's; a flat
+  flag file written before ``RunConfig`` is compared on the flags it recorded as given); or
 - ``--overwrite`` is given: the old run's files (ours only, by name) are removed first.
 
-Flags that only say where or how fast the run executes (paths, workers, launch, compile, batch
-split, ...) are not part of the config, so a run resumes on another machine or number of GPUs.
-Everything is decided by rank 0; the other ranks receive the decision (``claim_run_folder``).
-The same folder is also where stale temporary checkpoint files of a killed save are removed.
+The fields marked ``execution`` in ops/engine/config.py (paths, workers, launch, compile, batch
+split, ...) only say where or how fast the run executes and are not compared, so a run resumes
+on another machine or number of GPUs. Everything is decided by rank 0; the other ranks receive
+the decision. The same folder is also where stale temporary checkpoint files of a killed save
+are removed.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import glob
 import json
 import logging
 import os
 
+from ops.engine.config import RunConfig, defining, is_serialised, leaves, to_dict
+from ops.engine.state import CHECKPOINTS
+
 logger = logging.getLogger(__name__)
 
 RUN_CONFIG = "run_config.json"
-CHECKPOINTS = ("ckpt.pth.tar", "ckpt.best.pth.tar")
 LOG_FILES = ("log.csv", "log.txt", "args.txt")
-# Flags that do not change what a run computes, only where or how it executes: a run resumed
-# with other values of these is the same run.
-EXECUTION_FLAGS = frozenset(
-    {
-        "resume", "evaluate", "overwrite", "dry_run", "no_demo_eval", "stop_after_epochs",
-        "workers", "persistent_workers", "print_freq", "eval_freq", "root_model", "root_log",
-        "data_root", "multiprocessing_distributed", "world_size", "rank", "dist_url",
-        "dist_backend", "dist_timeout", "cpu_procs", "gpu", "available_gpus", "batch_size",
-        "amp", "channels_last", "compile", "compile_backend", "skip_bad_lines", "strict_data",
-        "recompute", "checkpoint_blocks",
-    }
-)  # fmt: skip
 
 
 class RunFolderError(ValueError):
     """A run folder holds another run, or cannot be written; the message says what to do."""
-
-
-def run_config(args: argparse.Namespace) -> dict:
-    """The flags that define a run (everything but ``EXECUTION_FLAGS``), JSON-ready."""
-    config = {}
-    for key, value in sorted(vars(args).items()):
-        if key in EXECUTION_FLAGS:
-            continue
-        config[key] = json.loads(json.dumps(value, default=str))  # tuples -> lists, as stored
-    return config
 
 
 def _logged_epochs(log_dir: str) -> bool:
@@ -80,10 +62,26 @@ def _stored_config(model_dir: str) -> dict | None:
     return stored if isinstance(stored, dict) else {}
 
 
-def _differences(stored: dict, now: dict) -> str:
-    keys = sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
-    shown = ", ".join(f"--{k} {stored.get(k)!r} there vs {now.get(k)!r} now" for k in keys[:4])
-    return shown + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+def differences(stored: dict, config: dict) -> list[tuple[str, object, object]]:
+    """``(setting, stored value, value now)`` for each defining setting that differs between a
+    stored run config and `config` (a serialised RunConfig). A flat flag dict written before
+    RunConfig existed is compared on the flags it recorded with a value (None: not given)."""
+    now = leaves(defining(config))
+    if is_serialised(stored):
+        was = leaves(defining(stored))
+        keys = sorted(set(was) | set(now))
+    else:
+        by_name = {path.rsplit(".", 1)[-1]: path for path in now}
+        was = {by_name[k]: v for k, v in stored.items() if k in by_name and v is not None}
+        was = json.loads(json.dumps(was))
+        keys = sorted(was)
+    changed = [k for k in keys if was.get(k) != now.get(k)]
+    return [(k.rsplit(".", 1)[-1], was.get(k), now.get(k)) for k in changed]
+
+
+def _describe(found: list[tuple[str, object, object]]) -> str:
+    shown = ", ".join(f"--{k} {a!r} there vs {b!r} now" for k, a, b in found[:4])
+    return shown + (f" (+{len(found) - 4} more)" if len(found) > 4 else "")
 
 
 def check_run_folder(
@@ -92,7 +90,7 @@ def check_run_folder(
     """Decide whether this run may use ``model_dir`` / ``log_dir``; returns what it does there:
     'new' (empty folder), 'resume' (the same run, continued) or 'overwrite'. Raises
     ``RunFolderError`` (one line) when the folder holds another run or the same run without
-    ``--resume``."""
+    ``--resume``. ``config``: this run's serialised RunConfig."""
     stored = _stored_config(model_dir)
     checkpoints = [c for c in CHECKPOINTS if os.path.isfile(os.path.join(model_dir, c))]
     occupied = stored is not None or checkpoints or _logged_epochs(log_dir)
@@ -100,9 +98,10 @@ def check_run_folder(
         return "new"
     if overwrite:
         return "overwrite"
-    if stored is not None and stored != config:
+    found = differences(stored, config) if stored is not None else []
+    if found:
         raise RunFolderError(
-            f"{model_dir} holds another run with the same name ({_differences(stored, config)}): "
+            f"{model_dir} holds another run with the same name ({_describe(found)}): "
             "give this run its own name with --suffix NAME, or pass --overwrite to replace it"
         )
     if resume:
@@ -125,7 +124,7 @@ def clear_run(model_dir: str, log_dir: str) -> None:
 
 
 def stale_temp_files(folder: str) -> list[str]:
-    """Temporary files that ``ops.checkpoint.save_checkpoint`` leaves when killed mid-save
+    """Temporary files that ``ops.checkpoint.atomic_write`` leaves when killed mid-save
     (``<checkpoint name>.<random>.tmp``)."""
     found = []
     for name in CHECKPOINTS:
@@ -134,7 +133,7 @@ def stale_temp_files(folder: str) -> list[str]:
 
 
 def write_run_config(model_dir: str, config: dict) -> None:
-    """Store the run's defining flags as ``run_config.json`` (atomically)."""
+    """Store the run's serialised RunConfig as ``run_config.json`` (atomically)."""
     path = os.path.join(model_dir, RUN_CONFIG)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -142,13 +141,13 @@ def write_run_config(model_dir: str, config: dict) -> None:
     os.replace(tmp, path)
 
 
-def claim_run_folder(model_dir: str, log_dir: str, args: argparse.Namespace) -> str:
+def claim_run_folder(cfg: RunConfig) -> str:
     """Check (``check_run_folder``), clear on ``--overwrite``, create the folders and write the
     config; removes stale temporary checkpoint files. Returns 'new', 'resume' or 'overwrite'.
     Output folders that cannot be created raise ``RunFolderError`` naming the path and flag."""
-    config = run_config(args)
+    model_dir, log_dir, config = cfg.paths.model_dir, cfg.paths.log_dir, to_dict(cfg)
     action = check_run_folder(
-        model_dir, log_dir, config, resume=args.resume, overwrite=args.overwrite
+        model_dir, log_dir, config, resume=cfg.paths.resume, overwrite=cfg.paths.overwrite
     )
     for folder, flag in ((model_dir, "--root_model"), (log_dir, "--root_log")):
         make_output_dir(folder, flag)

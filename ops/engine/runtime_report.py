@@ -14,18 +14,21 @@ means the ``P x P`` matrix is materialised, which is warned about.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import os
 import socket
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ops import distributed as du
 from ops.attention import record_attention_shapes, sdpa_kernel_used
+
+if TYPE_CHECKING:
+    from ops.engine.config import LoopConfig
 
 logger = logging.getLogger(__name__)
 
@@ -71,20 +74,20 @@ def attention_kernels(model: nn.Module, amp: str, device: torch.device) -> list[
     return found
 
 
-def compile_status(train_model: nn.Module, args: argparse.Namespace) -> str:
+def compile_status(train_model: nn.Module, loop: LoopConfig) -> str:
     """'off', 'on (<backend>)', or why it fell back to eager mode."""
-    if not args.compile:
+    if not loop.compile:
         return "off"
     failure = getattr(train_model, "failure", None)
     if failure:
         return f"fell back to eager mode ({failure})"
-    return f"on ({args.compile_backend})"
+    return f"on ({loop.compile_backend})"
 
 
 def runtime_report(
     model: nn.Module,
     train_model: nn.Module,
-    args: argparse.Namespace,
+    loop: LoopConfig,
     plan: du.LaunchPlan,
     ctx: du.DistContext,
 ) -> dict:
@@ -98,9 +101,9 @@ def runtime_report(
         "nodes": plan.nodes,
         "ranks": ranks,
         "cudnn_benchmark": all(r["cudnn_benchmark"] for r in ranks),
-        "amp": args.amp,
-        "channels_last": bool(args.channels_last),
-        "compile": compile_status(train_model, args),
+        "amp": loop.amp,
+        "channels_last": bool(loop.channels_last),
+        "compile": compile_status(train_model, loop),
         "nccl_async_error_handling": (
             os.environ.get("TORCH_NCCL_ASYNC_ERROR_HANDLING") if ctx.backend == "nccl" else None
         ),
@@ -109,7 +112,7 @@ def runtime_report(
     }
     if ctx.is_main:
         try:
-            report["attention"] = attention_kernels(model, args.amp, ctx.device)
+            report["attention"] = attention_kernels(model, loop.amp, ctx.device)
         except Exception as exc:  # a module without meta support: say so, train anyway
             report["attention_error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
         for line in report_lines(report):

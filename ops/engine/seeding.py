@@ -10,7 +10,7 @@ Three rules make a run resumed from a checkpoint give bit-identical weights on C
   batch size continues with another exactly where it was (`start_epoch`).
 - The main process's generators (dropout) are re-seeded at the start of every epoch by
   (seed, epoch, rank) (`seed_epoch`); mid-epoch checkpoints also store them
-  (`ops.checkpoint.rng_state`).
+  (`ops.engine.state.rng_state`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ops.checkpoint import RunState, set_rng_state
+from ops.engine.state import RunState, set_rng_state
 
 logger = logging.getLogger(__name__)
 

@@ -10,41 +10,45 @@ makes no optimizer step at all (nor any GradScaler call: fp16's scaler has nothi
 
 Every rank takes part in two tiny all-reduces per iteration, so all ranks always take the same
 decisions: before the forward, "has anyone been asked to stop (SIGTERM / Ctrl-C)?" and "is
-anyone's batch empty?"; after the backward, the summed loss / accuracy counts and "was any loss
-NaN or Inf?". A stop request ends the epoch at the next optimizer-step boundary (so a checkpoint
-written then is exactly resumable); a non-finite loss raises `NonFiniteLossError` before the
-optimizer step, so the weights are never updated with it. Validation asks the same stop question
-before every batch (while every rank still has one), so a stop during validation is honoured
-within a batch.
+anyone's batch too small?" (`_agree`); after the backward, the summed loss / accuracy counts
+and "was any loss NaN or Inf?" (`EpochMeter.add`). A stop request ends the epoch at the next
+optimizer-step boundary (so a checkpoint written then is exactly resumable); a non-finite loss
+raises `NonFiniteLossError` before the optimizer step, so the weights are never updated with it.
+Validation asks the same stop question before every batch (while every rank still has one), so
+a stop during validation is honoured within a batch (`stop_agreed`).
 
-What the loop needs comes grouped: `LoopSettings` (how it steps, from the command line),
-`TrainParts` (what it acts on: model, loss, optimizer, schedule, ...) and the run's position
-(`ops.checkpoint.RunState`). The batch reaches the device in `ops.utils.to_device` and the
-forward runs under `ops.utils.autocast`, both shared with evaluation.
+Every pass hands its batches to the model through `model_batch` (ops.utils.to_device: the
+transfer, the uint8 normalisation and --device_aug's decoding and augmentation), and its loader
+comes from `make_loader` (ops/engine/loaders.py): training, validation, precise BN and the
+demo's evaluation see their data the same way. What the loop needs comes grouped:
+`LoopSettings` (how it steps, fixed for a run), `TrainParts` (what it acts on: model, loss,
+optimizer, schedule, ...) and the run's position (`ops.engine.state.RunState`).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
-from ops.checkpoint import RunState
 from ops.device_input import InputNorm
 from ops.distributed import DistContext, all_reduce_min, all_reduce_sum, average_gradients
 from ops.engine.data_wait import StepTimer
 from ops.engine.lr_scheduler import WarmupSchedule
 from ops.engine.run_logger import RunLogger
+from ops.engine.state import RunState
 from ops.engine.stop import StopRequest, stop_signals_blocked
 from ops.utils import autocast, progress, to_device, topk_correct
+
+if TYPE_CHECKING:
+    from ops.engine.config import RunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +59,7 @@ class NonFiniteLossError(Exception):
 
 @dataclass(frozen=True)
 class LoopSettings:
-    """How the loops step, fixed for a run (from the command line)."""
+    """How the loops step, fixed for a run."""
 
     batch_multiplier: int = 1  # iterations whose gradients are accumulated per optimizer step
     clip_gradient: float | None = None  # gradient-norm clipping (--gd), None: off
@@ -66,20 +70,20 @@ class LoopSettings:
     input_norm: InputNorm | None = None  # the model's normalisation of uint8 clips (on the device)
 
     @classmethod
-    def from_args(
-        cls, args: argparse.Namespace, min_batch: int = 1, input_norm: InputNorm | None = None
-    ) -> LoopSettings:
-        """The settings of main.py's flags, which have the names of the fields (--gd is
-        clip_gradient), and the model's `min_batch` and `input_norm`."""
-        flags = [f.name for f in fields(cls) if f.name not in ("min_batch", "input_norm")]
+    def of(cls, cfg: RunConfig, min_batch: int, input_norm: InputNorm | None) -> LoopSettings:
+        """The settings of a run, with the model's `min_batch` and `input_norm`."""
         return cls(
-            **{name: getattr(args, name) for name in flags},
+            batch_multiplier=cfg.optim.batch_multiplier,
+            clip_gradient=cfg.optim.clip_gradient,
+            amp=cfg.loop.amp,
+            channels_last=cfg.loop.channels_last,
+            print_freq=cfg.loop.print_freq,
             min_batch=min_batch,
             input_norm=input_norm,
         )
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainParts:
     """What a training epoch acts on, built once by main.py."""
 
@@ -124,8 +128,67 @@ class EpochStats:
         return self.top1, self.top5, self.loss
 
 
+# --------------------------------------------------------------------------------------------
+# Batches and stops, shared by every pass
+# --------------------------------------------------------------------------------------------
+
+
+def model_batch(
+    batch: tuple, ctx: DistContext, settings: LoopSettings
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(data, target)` of a loader's batch on the device, as the model takes them: moved,
+    normalised from uint8 and, for --device_aug's encoded clips, decoded and augmented there
+    (ops.utils.to_device), channels-last with --channels_last."""
+    data, target = batch[0], batch[1]
+    data = to_device(data, ctx.device, settings.channels_last, settings.input_norm)
+    return data, target.to(ctx.device, non_blocking=True)
+
+
+def batch_size_of(batch: tuple | None) -> int:
+    """Clips in a loader's batch (0 for None: every video of the batch was unreadable)."""
+    return 0 if batch is None else len(batch[1])
+
+
+def stop_agreed(stop: StopRequest | None, ctx: DistContext) -> bool:
+    """Whether any rank has been asked to stop (every rank calls this: a collective)."""
+    asked = torch.tensor([float(stop is not None and stop.requested)], dtype=torch.float64)
+    return bool(all_reduce_sum(asked, ctx)[0] > 0)
+
+
+def _agree(parts: TrainParts, batch: tuple | None) -> tuple[bool, bool]:
+    """(has any rank been asked to stop, is any rank's batch too small): one all-reduce."""
+    stop = parts.stop is not None and parts.stop.requested
+    small = batch_size_of(batch) < parts.settings.min_batch
+    flags = all_reduce_sum(torch.tensor([float(stop), float(small)], dtype=torch.float64), parts.ctx)
+    return bool(flags[0] > 0), bool(flags[1] > 0)
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Group:
+    """The gradient-accumulation group of iteration `i`: iterations [start, end) of the epoch,
+    of which `size` run in this process (after a resume the first group may start part-way)."""
+
+    start: int
+    end: int
+    size: int
+
+    @classmethod
+    def of(cls, i: int, multiplier: int, n: int, first: int) -> Group:
+        start = (i // multiplier) * multiplier
+        end = min(start + multiplier, n)
+        return cls(start, end, end - max(start, first))
+
+    def last(self, i: int) -> bool:
+        return i == self.end - 1
+
+
 def train_one_epoch(
-    parts: TrainParts, loader: DataLoader, state: RunState, iters_per_epoch: int
+    parts: TrainParts, loader: Iterable, state: RunState, iters_per_epoch: int
 ) -> EpochStats:
     """Train epoch `state.epoch` (from 0) over `loader`, which yields its iterations
     `state.iteration .. iters_per_epoch - 1` (more than 0 after a mid-epoch resume).
@@ -134,155 +197,63 @@ def train_one_epoch(
     videos) are skipped on all ranks. Returns the epoch's stats; `stopped_at` is set when a stop
     request ended it early.
     """
-    model, settings, ctx = parts.model, parts.settings, parts.ctx
-    epoch, start_iter, n = state.epoch, state.iteration, iters_per_epoch
-    model.train()
-    distributed = ctx.distributed and hasattr(model, "no_sync")
-    params = [p for p in model.parameters() if p.requires_grad]
-    loss_sum = correct1 = correct5 = 0.0
-    clips = 0
-    skipped = 0
+    settings, n, first = parts.settings, iters_per_epoch, state.iteration
+    parts.model.train()
+    meter = EpochMeter(parts, state.epoch, first, n)
+    unsynced = parts.ctx.distributed and hasattr(parts.model, "no_sync")
     ran = 0  # iterations of the current gradient-accumulation group that ran forward + backward
-    lr: float = parts.schedule.lr_at(epoch + start_iter / n)
-    stats = EpochStats()
-    bar = progress(total=n, initial=start_iter, desc=f"epoch {epoch + 1}", enabled=ctx.is_main)
-    start_time = time.perf_counter()
     parts.optimizer.zero_grad(set_to_none=True)
-    timer = StepTimer()  # data wait vs compute, per step (ops/engine/data_wait.py)
-    timer.start()
+    meter.timer.start()
     with stop_signals_blocked():  # loader workers start here (see ops/engine/stop.py)
         batches = iter(loader)
-    for i, batch in enumerate(batches, start=start_iter):
-        timer.got_batch()
-        # The data layer's collate returns None when every clip of the batch was unreadable.
-        data, target = batch if batch is not None else (torch.zeros(0), torch.zeros(0))
-        group_start = (i // settings.batch_multiplier) * settings.batch_multiplier
-        group_end = min(group_start + settings.batch_multiplier, n)
-        # After a resume with another world size or batch the first group may start part-way.
-        group_size = group_end - max(group_start, start_iter)
-        last_in_group = i == group_end - 1
-
-        # Agree on stopping (only at a group boundary) and on empty batches.
-        stop_requested = parts.stop is not None and parts.stop.requested
-        flags = all_reduce_sum(
-            torch.tensor(
-                [float(stop_requested), float(len(target) < settings.min_batch)],
-                dtype=torch.float64,
-            ),
-            ctx,
-        )
-        if flags[0] > 0 and i == group_start:
-            stats.stopped_at = i
+    for i, batch in enumerate(batches, start=first):
+        meter.timer.got_batch()
+        group = Group.of(i, settings.batch_multiplier, n, first)
+        stop, too_small = _agree(parts, batch)
+        if stop and i == group.start:  # only at a group boundary: exactly resumable
+            meter.stopped_at = i
             break
-        if flags[1] > 0:
-            # Some rank's batch lost (nearly) all its clips to unreadable videos: all ranks skip
-            # it together (DDP needs every rank in every step), counted.
-            skipped += 1
-            if last_in_group:
-                step_lr = _finish_group(parts, params, epoch + i / n, ran, distributed)
-                lr, ran = (lr if step_lr is None else step_lr), 0
-            timer.step_done()
+        if too_small:  # some rank lost (nearly) all its clips: all skip it together, counted
+            meter.skipped += 1
+            if group.last(i):
+                meter.stepped(finish_group(parts, state.epoch + i / n, ran, unsynced))
+                ran = 0
+            meter.timer.step_done()
             continue
-
-        data = to_device(data, ctx.device, settings.channels_last, settings.input_norm)
-        target = target.to(ctx.device, non_blocking=True)  # [B]
-        loss_target = acc_target = target
-        if parts.mix is not None:
-            data, loss_target, acc_target = parts.mix(data, target)
-        sync = contextlib.nullcontext() if (last_in_group or not distributed) else model.no_sync()
-        with sync:
-            with autocast(ctx.device, settings.amp):
-                output = model(data)  # [B, K]
-                loss = parts.criterion(output, loss_target)
-            scaled = loss / group_size
-            (parts.scaler.scale(scaled) if parts.scaler is not None else scaled).backward()
+        loss, output, acc_target = forward_backward(parts, batch, group, last=group.last(i))
         ran += 1
-
-        b = target.size(0)
-        c1, c5 = topk_correct(output.detach().float(), acc_target)
-        loss_value = loss.item()
-        finite = math.isfinite(loss_value)
-        totals = all_reduce_sum(
-            torch.tensor(
-                [loss_value * b if finite else 0.0, c1, c5, b, float(not finite)],
-                dtype=torch.float64,
-            ),
-            ctx,
-        )
-        if totals[4] > 0:
-            raise NonFiniteLossError(
-                f"loss became {'NaN' if math.isnan(loss_value) else 'non-finite'} at epoch "
-                f"{epoch + 1}, iteration {i + 1}/{n} (on {int(totals[4])} rank(s)); no checkpoint "
-                "was written over the last good one: lower --lr, set --gd, or check the data"
-            )
-        loss_sum += float(totals[0])
-        correct1 += float(totals[1])
-        correct5 += float(totals[2])
-        clips += int(totals[3])
-
-        if last_in_group:
-            # DDP has just all-reduced the whole group's gradients (this step ran in sync).
-            lr, ran = _finish_group(parts, params, epoch + i / n, ran, False), 0
-
-        timer.step_done()  # the loss has been read (.item()), so the device's work is done
-        elapsed = time.perf_counter() - start_time
-        avg_loss = loss_sum / max(clips, 1)
-        top1 = 100.0 * correct1 / max(clips, 1)
-        bar.update(1)
-        bar.set_postfix(
-            loss=f"{avg_loss:.4f}",
-            top1=f"{top1:.1f}",
-            clips_s=f"{clips / elapsed:.1f}",
-            data=f"{100 * timer.wait_share:.0f}%",
-            lr=f"{lr:.2e}",
-        )
-        if (i + 1) % settings.print_freq == 0 or i + 1 == n:
-            line = (
-                f"Epoch: [{epoch + 1}][{i + 1}/{n}], lr: {lr:.5f}\tLoss {avg_loss:.4f}\t"
-                f"Prec@1 {top1:.3f}\tPrec@5 {100.0 * correct5 / max(clips, 1):.3f}\t"
-                f"clips/s {clips / elapsed:.1f}\t{timer.summary()}"
-            )
-            if ctx.is_main and bar.disable:
-                logger.info(line)
-            if parts.run_logger is not None:
-                parts.run_logger.line(line)
-                step = epoch * n + i + 1
-                parts.run_logger.scalars(
-                    {
-                        "loss/step": float(totals[0]) / max(int(totals[3]), 1),
-                        "lr/step": lr,
-                        "time/data_wait_s": timer.last_wait_s,
-                        "time/compute_s": timer.last_compute_s,
-                        "time/data_wait_share": timer.wait_share,
-                    },
-                    step,
-                )
-    bar.close()
-    warning = timer.warning(epoch + 1, getattr(loader, "num_workers", 0))
-    if warning is not None and ctx.is_main:
-        logger.warning(warning)
-        if parts.run_logger is not None:
-            parts.run_logger.line(f"WARNING: {warning}")
-    if skipped:
-        logger.warning(
-            "epoch %d: %d iteration(s) skipped: a batch had too few readable clips",
-            epoch + 1,
-            skipped,
-        )
-    stats.loss = loss_sum / max(clips, 1)
-    stats.top1 = 100.0 * correct1 / max(clips, 1)
-    stats.top5 = 100.0 * correct5 / max(clips, 1)
-    stats.clips = clips
-    stats.seconds = time.perf_counter() - start_time
-    stats.lr = lr
-    stats.skipped_batches = skipped
-    stats.data_wait_share = timer.wait_share
-    return stats
+        meter.add(i, loss, output, acc_target)
+        if group.last(i):  # DDP has just all-reduced the whole group's gradients
+            meter.stepped(finish_group(parts, state.epoch + i / n, ran, False))
+            ran = 0
+        meter.timer.step_done()  # the loss has been read (.item()): the device's work is done
+        meter.show(i)
+    return meter.finish(getattr(loader, "num_workers", 0))
 
 
-def _finish_group(
-    parts: TrainParts, params: list[torch.Tensor], epoch_float: float, ran: int, unsynced: bool
-) -> float | None:
+def forward_backward(
+    parts: TrainParts, batch: tuple, group: Group, last: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One iteration's forward and backward (its loss divided by the group's size; DDP's
+    gradient sync only on the group's last iteration). Returns (loss, output, the labels the
+    accuracy counts)."""
+    data, target = model_batch(batch, parts.ctx, parts.settings)
+    loss_target = acc_target = target
+    if parts.mix is not None:
+        data, loss_target, acc_target = parts.mix(data, target)
+    model = parts.model
+    distributed = parts.ctx.distributed and hasattr(model, "no_sync")
+    sync = contextlib.nullcontext() if (last or not distributed) else model.no_sync()
+    with sync:
+        with autocast(parts.ctx.device, parts.settings.amp):
+            output = model(data)  # [B, K]
+            loss = parts.criterion(output, loss_target)
+        scaled = loss / group.size
+        (parts.scaler.scale(scaled) if parts.scaler is not None else scaled).backward()
+    return loss, output, acc_target
+
+
+def finish_group(parts: TrainParts, epoch_float: float, ran: int, unsynced: bool) -> float | None:
     """End a gradient-accumulation group: the optimizer step, unless none of its iterations ran
     (then there are no gradients, and fp16's GradScaler would fail on a step without any).
     `unsynced`: the gradients were accumulated under DDP's no_sync and never all-reduced (the
@@ -291,12 +262,13 @@ def _finish_group(
     if ran == 0:
         parts.optimizer.zero_grad(set_to_none=True)
         return None
+    params = [p for p in parts.model.parameters() if p.requires_grad]
     if unsynced:
         average_gradients(params, parts.ctx)
-    return _optimizer_step(parts, params, epoch_float)
+    return optimizer_step(parts, params, epoch_float)
 
 
-def _optimizer_step(parts: TrainParts, params: list[torch.Tensor], epoch_float: float) -> float:
+def optimizer_step(parts: TrainParts, params: list[torch.Tensor], epoch_float: float) -> float:
     """Clip, set the LR for this position, step, zero the gradients; returns the base LR."""
     optimizer, scaler = parts.optimizer, parts.scaler
     if scaler is not None:
@@ -315,21 +287,138 @@ def _optimizer_step(parts: TrainParts, params: list[torch.Tensor], epoch_float: 
     return lr
 
 
+class EpochMeter:
+    """One training epoch's running sums over all ranks, its progress bar, log lines and
+    scalars, and its data-wait timer (ops/engine/data_wait.py)."""
+
+    def __init__(self, parts: TrainParts, epoch: int, first: int, n: int) -> None:
+        self.parts, self.epoch, self.n = parts, epoch, n
+        self.loss_sum = self.correct1 = self.correct5 = 0.0
+        self.clips = self.skipped = 0
+        self.last = torch.zeros(5, dtype=torch.float64)  # the last step's summed values
+        self.lr: float = parts.schedule.lr_at(epoch + first / n)
+        self.stopped_at: int | None = None
+        self.timer = StepTimer()
+        self.start = time.perf_counter()
+        self.bar = progress(
+            total=n, initial=first, desc=f"epoch {epoch + 1}", enabled=parts.ctx.is_main
+        )
+
+    def stepped(self, lr: float | None) -> None:
+        """An optimizer step ran at base LR `lr` (None: the group made none)."""
+        self.lr = self.lr if lr is None else lr
+
+    def add(self, i: int, loss: torch.Tensor, output: torch.Tensor, target: torch.Tensor) -> None:
+        """Count one iteration, summed over the ranks; a NaN / Inf loss on any rank raises
+        `NonFiniteLossError` (before the group's optimizer step)."""
+        b = target.size(0)
+        c1, c5 = topk_correct(output.detach().float(), target)
+        value = loss.item()
+        finite = math.isfinite(value)
+        local = [value * b if finite else 0.0, c1, c5, b, float(not finite)]
+        self.last = all_reduce_sum(torch.tensor(local, dtype=torch.float64), self.parts.ctx)
+        if self.last[4] > 0:
+            raise NonFiniteLossError(
+                f"loss became {'NaN' if math.isnan(value) else 'non-finite'} at epoch "
+                f"{self.epoch + 1}, iteration {i + 1}/{self.n} (on {int(self.last[4])} rank(s)); "
+                "no checkpoint was written over the last good one: lower --lr, set --gd, or "
+                "check the data"
+            )
+        self.loss_sum += float(self.last[0])
+        self.correct1 += float(self.last[1])
+        self.correct5 += float(self.last[2])
+        self.clips += int(self.last[3])
+
+    def averages(self) -> tuple[float, float, float]:
+        """(loss, top-1, top-5) so far."""
+        n = max(self.clips, 1)
+        return self.loss_sum / n, 100.0 * self.correct1 / n, 100.0 * self.correct5 / n
+
+    def show(self, i: int) -> None:
+        """The bar after iteration `i`; every `print_freq` iterations a log line (without a bar)
+        and the step's scalars."""
+        elapsed = time.perf_counter() - self.start
+        loss, top1, top5 = self.averages()
+        self.bar.update(1)
+        self.bar.set_postfix(
+            loss=f"{loss:.4f}",
+            top1=f"{top1:.1f}",
+            clips_s=f"{self.clips / elapsed:.1f}",
+            data=f"{100 * self.timer.wait_share:.0f}%",
+            lr=f"{self.lr:.2e}",
+        )
+        if (i + 1) % self.parts.settings.print_freq and i + 1 != self.n:
+            return
+        line = (
+            f"Epoch: [{self.epoch + 1}][{i + 1}/{self.n}], lr: {self.lr:.5f}\tLoss {loss:.4f}\t"
+            f"Prec@1 {top1:.3f}\tPrec@5 {top5:.3f}\t"
+            f"clips/s {self.clips / elapsed:.1f}\t{self.timer.summary()}"
+        )
+        if self.parts.ctx.is_main and self.bar.disable:
+            logger.info(line)
+        log = self.parts.run_logger
+        if log is not None:
+            log.line(line)
+            scalars = {
+                "loss/step": float(self.last[0]) / max(int(self.last[3]), 1),
+                "lr/step": self.lr,
+                "time/data_wait_s": self.timer.last_wait_s,
+                "time/compute_s": self.timer.last_compute_s,
+                "time/data_wait_share": self.timer.wait_share,
+            }
+            log.scalars(scalars, self.epoch * self.n + i + 1)
+
+    def finish(self, workers: int) -> EpochStats:
+        """Close the bar, warn about a loader that could not keep up and about skipped
+        iterations, and return the epoch's stats."""
+        self.bar.close()
+        warning = self.timer.warning(self.epoch + 1, workers)
+        if warning is not None and self.parts.ctx.is_main:
+            logger.warning(warning)
+            if self.parts.run_logger is not None:
+                self.parts.run_logger.line(f"WARNING: {warning}")
+        if self.skipped:
+            logger.warning(
+                "epoch %d: %d iteration(s) skipped: a batch had too few readable clips",
+                self.epoch + 1,
+                self.skipped,
+            )
+        loss, top1, top5 = self.averages()
+        return EpochStats(
+            loss=loss,
+            top1=top1,
+            top5=top5,
+            clips=self.clips,
+            seconds=time.perf_counter() - self.start,
+            lr=self.lr,
+            skipped_batches=self.skipped,
+            data_wait_share=self.timer.wait_share,
+            stopped_at=self.stopped_at,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------
+
+
 @torch.no_grad()
 def validate(
     model: nn.Module,
-    loader: DataLoader,
+    loader: Iterable,
     criterion: nn.Module,
     settings: LoopSettings,
     ctx: DistContext,
     desc: str = "val",
     stop: StopRequest | None = None,
+    outputs: list | None = None,
 ) -> EpochStats:
     """Loss and top-1/top-5 of `model` (unwrapped, eval mode) over every rank's shard of `loader`.
 
     With `stop`, the ranks agree before each batch whether a stop was requested (while every
     rank still has batches: shards may differ by one) and end early together; the result then
-    has `stopped_at` set and covers only the batches before it.
+    has `stopped_at` set and covers only the batches before it. `outputs`: a list that receives
+    each batch's `(scores [B, K] float32, labels [B])` on the CPU (the demo's evaluation).
     """
     model.eval()
     loss_sum = correct1 = correct5 = 0.0
@@ -341,17 +430,13 @@ def validate(
     with stop_signals_blocked():  # loader workers start here (see ops/engine/stop.py)
         batches = iter(loader)
     for index, batch in enumerate(batches):
-        if index < polls:
-            asked = torch.tensor([float(stop.requested)], dtype=torch.float64)
-            if all_reduce_sum(asked, ctx)[0] > 0:
-                stopped_at = index
-                break
+        if index < polls and stop_agreed(stop, ctx):
+            stopped_at = index
+            break
         if batch is None:  # every clip of the batch was unreadable (counted by the data layer)
             bar.update(1)
             continue
-        data, target = batch
-        data = to_device(data, ctx.device, settings.channels_last, settings.input_norm)
-        target = target.to(ctx.device, non_blocking=True)
+        data, target = model_batch(batch, ctx, settings)
         with autocast(ctx.device, settings.amp):
             output = model(data)  # [B, K]
             loss = criterion(output, target)
@@ -360,6 +445,8 @@ def validate(
         correct1 += c1
         correct5 += c5
         clips += target.size(0)
+        if outputs is not None:
+            outputs.append((output.float().cpu(), target.cpu()))
         bar.update(1)
     bar.close()
     totals = all_reduce_sum(
