@@ -181,12 +181,13 @@ class Saver:
         ranks waiting): the average's weights with `contents`' description of the model."""
         if self.ema is None or not self.ctx.is_main:
             return
-        path = os.path.join(self.cfg.paths.model_dir, EMA_CHECKPOINT)
+        folder = self.cfg.paths.model_dir
+        path = os.path.join(folder, EMA_CHECKPOINT)
         try:
             save_checkpoint(ema_checkpoint(contents, self.ema, top1), path)
             logger.info("saved %s", path)
         except CheckpointError as exc:
-            logger.error("%s (the EMA is also in %s)", exc, CHECKPOINT)
+            logger.error("%s (the EMA is also in %s)", exc, os.path.join(folder, CHECKPOINT))
 
 
 def run_checkpoint(
