@@ -70,11 +70,12 @@ class DataConfig:
     dense_sample: bool
     flip: bool  # horizontal flip in training (off for left/right datasets)
     device_aug: bool
-    class_names: tuple[str, ...] | None  # from the category file; stored in the checkpoints
     train_list: str = execution()
     val_list: str = execution()
     root_path: str = execution()  # frame folders, or the video folders (os.pathsep-joined)
     data_root: str = execution()
+    # from the category file, stored in the checkpoints (labels are indices: names only name them)
+    class_names: tuple[str, ...] | None = execution(None)
     skip_bad_lines: bool = execution(False)
     strict_data: bool = execution(False)
     note: str = execution("")  # how a dry run found the class count
