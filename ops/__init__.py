@@ -3,8 +3,9 @@
 The model, the files a researcher opens to try a new module:
     models.py          TSN: the 2-D backbone, temporal shift, attached blocks, head, partial BN
     temporal_shift.py  the temporal shift (TSM) and temporal pooling
-    non_local.py       attaching blocks after residual blocks; the block registry BLOCKS
-    rnl.py             the region-based non-local block (+ its registry builder and defaults)
+    non_local.py       attaching blocks after residual blocks (placement, NonLocalWrapper)
+    blocks.py          the block registry: @register_block("name") in the block's own file
+    rnl.py             the region-based non-local block (+ its builder "rnl" and defaults)
     region_conv.py     RNL's depthwise region convolution in the published weight layout
     attention.py       the (fused) attention core of the non-local blocks
     channel_gate.py    the global-context channel gate before the first RNL block

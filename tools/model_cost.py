@@ -42,8 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from ops import blocks  # noqa: E402
 from ops.checkpoint import CheckpointError, checkpoint_info, load_checkpoint  # noqa: E402
-from ops.non_local import BLOCKS, attached_parts  # noqa: E402
+from ops.non_local import attached_parts  # noqa: E402
 from ops.utils import setup_logging  # noqa: E402
 from tools._common import TOOL_ERRORS, fail  # noqa: E402
 
@@ -165,9 +166,12 @@ def model_cost(cfg: dict, size: int) -> Cost:
 # the table
 # ---------------------------------------------------------------------------------------------
 def variants(models: list[str] | None = None) -> dict[str, dict]:
-    """Name -> TSN keywords: TSN, TSM and TSM+<block> for every block in ops.non_local.BLOCKS."""
+    """Name -> TSN keywords: TSN, TSM and TSM+<block> for every registered block type
+    (ops/blocks.py): the published ones in the paper's order, then any other by name."""
     table = {"TSN": {"is_shift": False}, "TSM": {"is_shift": True}}
-    for nl_type in BLOCKS:
+    published = ["rnl", "nl", "gc"]
+    types = sorted(blocks.available())
+    for nl_type in [t for t in published if t in types] + [t for t in types if t not in published]:
         table[f"TSM+{nl_type.upper()}"] = {"is_shift": True, "non_local": True, "nl_type": nl_type}
     if models:
         unknown = [m for m in models if m not in table]
