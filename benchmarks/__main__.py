@@ -31,6 +31,8 @@ import subprocess
 import sys
 import tempfile
 
+import torch
+
 PARTS = ("step", "rnl", "data", "test", "growth", "saved")
 
 
@@ -110,8 +112,6 @@ def main(argv: list[str] | None = None) -> dict:
     for part in parts:
         print(f"== {part}", flush=True)
         rows.update(run_part(part, args.quick))
-    import torch
-
     suite = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.processor() or platform.platform()}",

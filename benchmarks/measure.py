@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 
 import torch
+from torch._C._profiler import _EventType
+from torch.profiler import ProfilerActivity, profile
 
 
 def current_rss_mib() -> float:
@@ -162,9 +164,6 @@ def allocated_peak_mib(work: Callable[[], None]) -> float:
     profiler's allocation events (each carries the allocator's running total). Unlike resident
     memory it does not depend on how the C library reuses freed memory or on other processes;
     memory allocated outside PyTorch's allocator (oneDNN caches, the C library) is not in it."""
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         work()
     totals = []

@@ -86,7 +86,7 @@ def _builder(nl_type: str) -> BuilderFn:
 class NonLocalWrapper(nn.Module):
     """Residual block followed by spatio-temporal modules applied on ``[N, C, T, H, W]``.
 
-    With ``recompute`` (set by ``ops.recompute.make_recompute``) the attached modules keep only
+    With ``recompute`` (set by ``ops.models.make_recompute``) the attached modules keep only
     their attention outputs for the backward and recompute the rest there.
     """
 

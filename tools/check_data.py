@@ -28,13 +28,11 @@ import multiprocessing
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from PIL import Image, UnidentifiedImageError  # noqa: E402
+from PIL import Image, UnidentifiedImageError
 
-from ops.dataset_config import VIDEO_TMPL, add_data_args, resolve_dataset  # noqa: E402
-from ops.frames import (  # noqa: E402
+from ops.dataset_config import VIDEO_TMPL, add_data_args, resolve_dataset
+from ops.frames import (
     check_template,
     frame_files,
     frames_on_disk,
@@ -43,14 +41,14 @@ from ops.frames import (  # noqa: E402
     read_frame_list,
     video_dir,
 )
-from ops.lists import (  # noqa: E402
+from ops.lists import (
     VideoRecord,
     parse_video_list_file,
-    short,  # noqa: E402
+    short,
 )
-from ops.utils import ensure_writable_file, progress, write_atomically  # noqa: E402
-from ops.video import VideoError, VideoReader  # noqa: E402
-from ops.video_files import find_video_file, video_roots  # noqa: E402
+from ops.utils import ensure_writable_file, progress, write_atomically
+from ops.video import VideoError, VideoReader
+from ops.video_files import find_video_file, video_roots
 
 VIDEO_PROBLEM_KINDS = (
     "missing_list",  # the list file does not exist

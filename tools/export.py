@@ -52,12 +52,10 @@ import math
 import os
 import sys
 import warnings
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import torch  # noqa: E402
+import torch
 
-from ops.checkpoint import (  # noqa: E402
+from ops.checkpoint import (
     SIDECAR_KEYS,
     CheckpointError,
     file_sha256,
@@ -65,8 +63,8 @@ from ops.checkpoint import (  # noqa: E402
     save_checkpoint,
     sidecar_path,
 )
-from ops.utils import nonfinite_tensors, setup_logging  # noqa: E402
-from tools._common import TOOL_ERRORS, fail, model_class_names, write_atomically  # noqa: E402
+from ops.utils import nonfinite_tensors, setup_logging
+from tools._common import TOOL_ERRORS, fail, model_class_names, write_atomically
 
 logger = logging.getLogger(__name__)
 

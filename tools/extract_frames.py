@@ -39,13 +39,12 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import av  # noqa: E402
-from PIL import Image  # noqa: E402
+import av
+from PIL import Image
 
-from ops.dataset_config import DATASETS, REGISTRY  # noqa: E402
-from ops.utils import progress, setup_logging  # noqa: E402
-from tools._common import (  # noqa: E402
+from ops.dataset_config import DATASETS, REGISTRY
+from ops.utils import progress, setup_logging
+from tools._common import (
     TOOL_ERRORS,
     VIDEO_EXTENSIONS,
     fail,

@@ -52,10 +52,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ops.dataset_config import REGISTRY, VIDEO_REGISTRY  # noqa: E402
-from ops.utils import progress, setup_logging  # noqa: E402
-from tools._common import (  # noqa: E402
+from ops.dataset_config import REGISTRY, VIDEO_REGISTRY, default_data_root
+from ops.utils import progress, setup_logging
+from tools._common import (
     TOOL_ERRORS,
     VIDEO_EXTENSIONS,
     count_frame_names,
@@ -637,8 +636,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ops.dataset_config import default_data_root
-
     args = get_args_parser().parse_args(argv)
     setup_logging()
     try:

@@ -44,25 +44,23 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import av  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image, ImageDraw, ImageFont  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import av
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from tqdm import tqdm
 
-from ops import evaluation  # noqa: E402
-from ops.checkpoint import CheckpointError, load_model  # noqa: E402
-from ops.data_problems import DataProblems  # noqa: E402
-from ops.device_input import InputNorm  # noqa: E402
-from ops.frames import FrameFolders, decode_image  # noqa: E402
-from ops.lists import VideoRecord  # noqa: E402
-from ops.sampling import clip_frames  # noqa: E402
-from ops.utils import progress, setup_logging, to_device  # noqa: E402
-from ops.video import VideoError  # noqa: E402
-from ops.video_files import VideoFiles  # noqa: E402
-from tools._common import (  # noqa: E402
+from ops import evaluation
+from ops.checkpoint import CheckpointError, load_model
+from ops.data_problems import DataProblems
+from ops.device_input import InputNorm
+from ops.frames import FrameFolders, decode_image
+from ops.lists import VideoRecord
+from ops.sampling import clip_frames
+from ops.utils import progress, setup_logging, to_device
+from ops.video import VideoError
+from ops.video_files import VideoFiles
+from tools._common import (
     TOOL_ERRORS,
     count_frames,
     fail,
