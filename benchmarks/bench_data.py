@@ -43,6 +43,7 @@ import torchvision
 from PIL import Image
 from torchvision.transforms import Compose
 
+from ops.atomic import write_atomically
 from ops.dataset import TSNDataSet
 from ops.dataset_config import VIDEO_TMPL
 from ops.device_augment import (
@@ -525,8 +526,7 @@ def main(argv=None):
             length_rows(Path(tmp), args)
     print("outputs identical (torch.equal / same pixels) for every row")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"rows": RESULTS}, f, indent=2)
+        write_atomically(args.json, json.dumps({"rows": RESULTS}, indent=2))
     return {"rows": RESULTS}
 
 

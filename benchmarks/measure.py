@@ -22,6 +22,8 @@ import torch
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
+from ops.atomic import write_atomically
+
 
 def current_rss_mib() -> float:
     with open("/proc/self/statm") as f:
@@ -101,8 +103,7 @@ def measure(work: Callable[[], None], repeats: int = 3, device: str = "cpu") -> 
 def save_result(result: dict, path: str | None) -> dict:
     """Write a benchmark's result dict as JSON to ``path`` (if given) and return it."""
     if path:
-        with open(path, "w") as f:
-            json.dump(result, f, indent=2)
+        write_atomically(path, json.dumps(result, indent=2))
     return result
 
 

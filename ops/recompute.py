@@ -26,6 +26,9 @@ recomputation. The state_dict and module names are unchanged (a block becomes an
 subclass of its own class whose forward checkpoints the original one; the attached modules are
 checkpointed by their ``NonLocalWrapper``). Under ``torch.compile`` the plain forward is traced
 (inductor chooses what to recompute itself).
+
+This module holds the mechanism (policies, ``checkpointed``, the recomputing block classes) and
+imports no model code; ``ops.models.make_recompute`` walks a model and switches its blocks over.
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
 """Helpers shared by the scripts in tools/ (and only by them).
 
-- ``write_atomically`` (from ops/utils.py): an output file appears complete or not at all.
 - ``TOOL_ERRORS`` / ``fail``: the exceptions that mean "bad input" and the one-line message a tool
   prints for them before exiting with status 2 (no traceback). Tools that read checkpoints add
   ``ops.checkpoint.CheckpointError`` (and load them with ``ops.checkpoint.load_model``).
@@ -21,7 +20,6 @@ import sys
 from collections.abc import Iterable
 
 from ops.dataset_config import REGISTRY, dataset_class_names, read_categories
-from ops.utils import write_atomically  # noqa: F401  (the tools import it from here)
 
 logger = logging.getLogger(__name__)
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
+from ops.atomic import write_atomically
 from ops.dataset_config import VIDEO_TMPL, add_data_args, resolve_dataset
 from ops.frames import (
     check_template,
@@ -46,7 +47,7 @@ from ops.lists import (
     parse_video_list_file,
     short,
 )
-from ops.utils import ensure_writable_file, progress, write_atomically
+from ops.utils import ensure_writable_file, progress
 from ops.video import VideoError, VideoReader
 from ops.video_files import find_video_file, video_roots
 
@@ -388,14 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     print(summary)
     if args.report is not None:
-
-        def write(tmp: str) -> None:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write("".join(line + "\n" for line in problems))
-                f.write(summary + "\n")
-
         try:
-            write_atomically(args.report, write)
+            write_atomically(args.report, "".join(line + "\n" for line in [*problems, summary]))
         except OSError as e:
             print(f"error: --report {args.report}: {e.strerror or e}", file=sys.stderr)
             return 2

@@ -42,6 +42,7 @@ from pathlib import Path
 import av
 from PIL import Image
 
+from ops.atomic import write_atomically
 from ops.dataset_config import DATASETS, REGISTRY
 from ops.utils import progress, setup_logging
 from tools._common import (
@@ -381,8 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     results = extract_all(videos, settings, workers=args.workers)
     failed = [r for r in results if r.status == "failed"]
     if args.failed_list:
-        with open(args.failed_list, "w", encoding="utf-8") as f:
-            f.writelines(f"{r.video}\t{r.message}\n" for r in failed)
+        write_atomically(args.failed_list, "".join(f"{r.video}\t{r.message}\n" for r in failed))
     print(summarize(results))
     return 1 if failed else 0
 

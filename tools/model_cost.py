@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ops.atomic import write_atomically
 from ops.checkpoint import CheckpointError, checkpoint_info, load_checkpoint
 from ops.models import TSN
 from ops.non_local import BLOCKS, attached_parts
@@ -267,8 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     except (*TOOL_ERRORS, CheckpointError) as exc:
         return fail(exc)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(rows, f, indent=1)
+        write_atomically(args.json, json.dumps(rows, indent=1))
     print(format_table(rows))
     print(f"\nFLOPs = multiply-adds per clip (one view); published: {PUBLISHED}.")
     return 0

@@ -44,6 +44,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import BinaryIO
 
 import av
 import torch
@@ -51,6 +52,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from ops import evaluation
+from ops.atomic import write_atomically
 from ops.checkpoint import CheckpointError, load_model
 from ops.data_problems import DataProblems
 from ops.device_input import InputNorm
@@ -67,7 +69,6 @@ from tools._common import (
     frame_pattern,
     frame_template,
     model_class_names,
-    write_atomically,
 )
 
 logger = logging.getLogger("predict")
@@ -348,9 +349,9 @@ def write_labelled(
     labelled = _labelled(frames, text, progress(total=total, desc="render", unit="frame"))
     written = []
     if os.path.splitext(out)[1].lower() == ".gif":
-        write_atomically(out, lambda tmp: written.append(_write_gif(labelled, tmp, fps)))
+        write_atomically(out, lambda f: written.append(_write_gif(labelled, f, fps)))
     else:
-        write_atomically(out, lambda tmp: written.append(_write_mp4(labelled, tmp, fps)))
+        write_atomically(out, lambda f: written.append(_write_mp4(labelled, f, fps)))
     return written[0]
 
 
@@ -363,20 +364,20 @@ def _labelled(frames: Iterator[Image.Image], text: str, bar) -> Iterator[Image.I
             bar.update(1)
 
 
-def _write_gif(frames: Iterator[Image.Image], path: str, fps: float) -> int:
+def _write_gif(frames: Iterator[Image.Image], f: BinaryIO, fps: float) -> int:
     drawn = list(frames)  # PIL writes an animation from a list of frames
     if not drawn:
         raise InputError("no frame decodes, nothing to write")
     duration = max(1, round(1000.0 / fps))  # ms per frame
     drawn[0].save(
-        path, format="GIF", save_all=True, append_images=drawn[1:], duration=duration, loop=0
+        f, format="GIF", save_all=True, append_images=drawn[1:], duration=duration, loop=0
     )
     return len(drawn)
 
 
-def _write_mp4(frames: Iterator[Image.Image], path: str, fps: float) -> int:
+def _write_mp4(frames: Iterator[Image.Image], f: BinaryIO, fps: float) -> int:
     written = 0
-    with av.open(path, mode="w", format="mp4") as container:
+    with av.open(f, mode="w", format="mp4") as container:
         stream = None
         for image in frames:
             image = _even(image)
