@@ -13,7 +13,8 @@ STAMP="$VENV/.installed-$(basename "$REQ")"
 if [ ! -f "$STAMP" ] || [ "$REQ" -nt "$STAMP" ] || [ requirements.txt -nt "$STAMP" ] \
     || [ pyproject.toml -nt "$STAMP" ]; then
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet -r "$REQ" -e .
+    # (UserWarnings off: setuptools prints a long notice on what an editable install is)
+    PYTHONWARNINGS=ignore::UserWarning "$VENV/bin/python" -m pip install --quiet -r "$REQ" -e .
     touch "$STAMP"
 fi
 PY="$VENV/bin/python"
