@@ -79,19 +79,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # run as `python benchmarks/gpu_check.py`
-    sys.path.insert(0, str(REPO))
+from ops import evaluation
+from ops.attention import _positions_last, nonlocal_attention
+from ops.checkpoint import load_checkpoint
+from ops.distributed import free_port
+from ops.region_conv import IMPLS, RegionConv3d
+from ops.synthetic import make_tiny
+from ops.temporal_shift import TemporalShift
+from ops.utils import autocast, setup_logging
 
-from ops import evaluation  # noqa: E402
-from ops.attention import _positions_last, nonlocal_attention  # noqa: E402
-from ops.checkpoint import load_checkpoint  # noqa: E402
-from ops.distributed import free_port  # noqa: E402
-from ops.region_conv import IMPLS, RegionConv3d  # noqa: E402
-from ops.synthetic import make_tiny  # noqa: E402
-from ops.temporal_shift import TemporalShift  # noqa: E402
-from ops.utils import autocast, setup_logging  # noqa: E402
-
+REPO = Path(__file__).resolve().parent.parent  # main.py and test_models.py, run from the checkout
 logger = logging.getLogger("gpu_check")
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -74,7 +74,7 @@ def block_settings(nl_type: str, options: dict | None = None) -> dict:
 class NonLocalWrapper(nn.Module):
     """Residual block followed by spatio-temporal modules applied on ``[N, C, T, H, W]``.
 
-    With ``recompute`` (set by ``ops.recompute.make_recompute``) the attached modules keep only
+    With ``recompute`` (set by ``ops.models.make_recompute``) the attached modules keep only
     their attention outputs for the backward and recompute the rest there.
     """
 
