@@ -312,6 +312,14 @@ def forget_handles() -> None:
     _handles = _Handles()
 
 
+def close_handles() -> None:
+    """Close every packed file this process holds open (the next read opens it again)."""
+    handles = _current()
+    with handles.lock:
+        while handles.files:
+            handles.files.popitem()[1].close()
+
+
 def open_handles() -> int:
     """Packed files currently open in this process."""
     return len(_current().files)
