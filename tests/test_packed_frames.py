@@ -532,3 +532,22 @@ def test_main_trains_and_test_models_scores_packed_frames_like_folders(tmp_path)
     assert scores["folders"]["scores"].shape[0] == 4  # 2 classes x 2 validation videos
     for key in ("scores", "labels", "indices"):
         assert np.array_equal(scores["folders"][key], scores["packed"][key]), key
+
+
+def test_temporary_files_of_other_hosts_are_kept_until_abandoned(tmp_path, capsys):
+    frames = tmp_path / "frames"
+    write_video(frames / "c" / "a", range(1, 4))
+    out = tmp_path / "out" / "c"
+    out.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = __import__("socket").gethostname()
+    mine = out / f".a.zip.partial-{host}-{dead.pid}-abc"  # this host, its process is gone
+    other = out / ".a.zip.partial-node17-4242-def"  # another node, still writing
+    old = out / ".b.zip.partial-node17-4243-ghi"  # another node, untouched for two hours
+    for p in (mine, other, old):
+        p.write_bytes(b"half a zip")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    assert pack_frames.main([str(frames), str(tmp_path / "out")]) == 0
+    assert not mine.exists() and other.exists() and not old.exists()
+    assert (out / "a.zip").is_file()

@@ -25,6 +25,7 @@ import shutil
 import socket
 import string
 import sys
+import time
 from collections.abc import Iterable
 
 from ops.dataset_config import REGISTRY, dataset_class_names, read_categories
@@ -165,12 +166,22 @@ def partial_prefix(name: str) -> str:
     return f".{name}{PARTIAL}"
 
 
-def owner_alive(partial_name: str, name: str) -> bool:
-    """Whether the process that writes this temporary output still runs (on this host)."""
+STALE_SECONDS = 3600  # a temporary output of another host, untouched this long, is abandoned
+
+
+def owner_alive(partial_name: str, name: str, path: str | None = None) -> bool:
+    """Whether the process that writes this temporary output still runs: on this host, whether
+    its pid lives; on another host (a shared file system), whether ``path`` was modified within
+    ``STALE_SECONDS``."""
     tag = partial_name[len(partial_prefix(name)) :]  # <host>-<pid>-<random>
     host, _, pid_text = tag.rpartition("-")[0].rpartition("-")
     if host != socket.gethostname() or not pid_text.isdigit():
-        return False
+        if path is None or not host:
+            return False
+        try:
+            return time.time() - os.lstat(path).st_mtime < STALE_SECONDS
+        except OSError:
+            return False
     pid = int(pid_text)
     if pid == os.getpid():
         return False
@@ -183,6 +194,17 @@ def owner_alive(partial_name: str, name: str) -> bool:
     return True
 
 
+def _remove_partial(path: str) -> bool:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+        return True
+    try:
+        os.remove(path)
+        return True
+    except OSError:
+        return False
+
+
 def remove_stale_partials(parent: str, name: str) -> int:
     """Delete the temporary outputs (folders or files) of ``name`` in ``parent`` left by runs
     that died; returns how many."""
@@ -191,17 +213,29 @@ def remove_stale_partials(parent: str, name: str) -> int:
         return 0
     prefix = partial_prefix(name)
     for entry in os.scandir(parent):
-        if entry.name.startswith(prefix) and not owner_alive(entry.name, name):
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
-            else:
-                try:
-                    os.remove(entry.path)
-                except OSError:
-                    continue
-            removed += 1
+        if entry.name.startswith(prefix) and not owner_alive(entry.name, name, entry.path):
+            removed += _remove_partial(entry.path)
     if removed:
         logger.info("removed %d unfinished output(s) of %s left by a killed run", removed, name)
+    return removed
+
+
+_PARTIAL_NAME = re.compile(r"\.(?P<name>.+?)" + re.escape(PARTIAL))
+
+
+def remove_stale_partials_under(root: str) -> int:
+    """``remove_stale_partials`` for every output under ``root``, in one walk (cheaper than a
+    listing of the parent folder per output); returns how many were deleted."""
+    removed = 0
+    for folder, dirs, files in os.walk(root):
+        for name in [*files, *dirs]:
+            m = _PARTIAL_NAME.match(name)
+            path = os.path.join(folder, name)
+            if m and not owner_alive(name, m["name"], path):
+                removed += _remove_partial(path)
+        dirs[:] = [d for d in dirs if not _PARTIAL_NAME.match(d)]
+    if removed:
+        logger.info("removed %d unfinished output(s) left by killed runs under %s", removed, root)
     return removed
 
 

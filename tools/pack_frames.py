@@ -20,7 +20,8 @@ under a temporary name beside its final one (``.<name>.zip.partial-<host>-<pid>-
 last, then re-read and verified (every member's name, size and CRC-32 against the bytes read from
 the folder, and the archive's consistency), and only then renamed into place; so a final file
 is always complete and verified, and the next run skips it (``--overwrite`` packs it again).
-Temporary files left by a killed run are deleted when their folder is packed again.
+Temporary files left by a killed run are deleted when the next run starts (one walk of
+``OUT_ROOT``; another host's are left alone until untouched for an hour).
 
 Folders that cannot be packed (unreadable files, names a zip cannot hold) are reported at the
 end (``--failed_list``) and the exit status is 1; bad arguments exit with status 2 and a
@@ -41,7 +42,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ops.packed_frames import EXT, write_packed  # noqa: E402
 from ops.utils import ensure_writable_dir, progress, setup_logging, write_atomically  # noqa: E402
-from tools._common import TOOL_ERRORS, fail, remove_stale_partials  # noqa: E402
+from tools._common import TOOL_ERRORS, fail, remove_stale_partials_under  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -119,10 +120,8 @@ def pack_folder(job: Job) -> Result:
     """Pack one folder into ``job.target`` (verified, atomic); never raises for a bad folder."""
     if not job.overwrite and os.path.isfile(job.target):
         return Result(job.rel, "skipped")
-    parent, name = os.path.split(job.target)
     try:
-        os.makedirs(parent, exist_ok=True)
-        remove_stale_partials(parent, name)
+        os.makedirs(os.path.dirname(job.target), exist_ok=True)
         count, size = write_packed(job.target, _members(job))
         bytes_in = sum(os.path.getsize(os.path.join(job.folder, n)) for n in job.frames)
         return Result(job.rel, "packed", count, bytes_in, size, job.others)
@@ -209,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     except TOOL_ERRORS as exc:
         return fail(exc)
 
+    remove_stale_partials_under(args.out_root)  # what killed runs left
     logger.info("%d frame folders -> %s, %d worker(s)", len(jobs), args.out_root, args.workers)
     results = pack_all(jobs, workers=args.workers)
     failed = [r for r in results if r.status == "failed"]
