@@ -252,21 +252,20 @@ def _to_8bit(im: Image.Image) -> Image.Image:
 
 def read_frame(paths: list[str], modality: str) -> list[Image.Image]:
     """Decode the file(s) of one frame into the images the transforms expect: [RGB] or [x, y]."""
-    if modality != "Flow":
-        return [decode_image(paths[0], "RGB")]
-    if len(paths) == 2:
-        return [decode_image(paths[0], "L"), decode_image(paths[1], "L")]
-    r, g, _ = decode_image(paths[0], "RGB").split()  # packed flow: x in R, y in G
-    return [r, g]
+    return _frame_images(paths, modality, decode_image)
 
 
 def read_frame_bytes(datas: list[bytes], modality: str) -> list[Image.Image]:
     """``read_frame`` of the frame's file bytes (a packed video's members)."""
+    return _frame_images(datas, modality, decode_bytes)
+
+
+def _frame_images(files: list, modality: str, decode: Callable) -> list[Image.Image]:
     if modality != "Flow":
-        return [decode_bytes(datas[0], "RGB")]
-    if len(datas) == 2:
-        return [decode_bytes(datas[0], "L"), decode_bytes(datas[1], "L")]
-    r, g, _ = decode_bytes(datas[0], "RGB").split()
+        return [decode(files[0], "RGB")]
+    if len(files) == 2:
+        return [decode(files[0], "L"), decode(files[1], "L")]
+    r, g, _ = decode(files[0], "RGB").split()  # packed flow: x in R, y in G
     return [r, g]
 
 
