@@ -6,20 +6,24 @@ the folder's frame files, stored byte for byte (method 0, no compression), named
 folder (no folder part). ``ops/frames.py`` reads it wherever it would read the folder (the rule
 is there, ``video_location``), so decoded frames, pixels and scores are the folder's exactly.
 
-Why a zip with stored members (measured on 300 frames of 340x256 JPEG, 17 KB each, one core):
+Why a zip with stored members (measured on 300 frames of 340x256 JPEG, 17 KB each, one process
+on a 2-core machine while it was quiet; the suite's ``data format:`` rows give the end-to-end
+clips/s of packed files against folders):
 - Standard: ``unzip -l``, ``python -m zipfile -l`` and every language's zip library list and
   extract it; nothing of ours is needed to get the frames back, and packing is reversible.
 - Random access at file cost: the central directory at the end of the file is the index
   (name, offset, size and CRC of every member). Opening reads it with one ``pread`` of the file's
   last 64 KiB (the directory of up to ~1000 frames fits in it; a longer one costs one more read);
-  parsing it here takes ~0.14 ms for 300 frames (Python's ``zipfile`` builds an object per
-  member: 0.7 ms). A member is then one ``pread`` of its local header and its bytes (1.4 us from
-  the page cache), against a ``stat`` + ``open`` + ``read`` + ``close`` per frame file (17 us).
+  parsing it here takes ~0.13 ms for 300 frames, a third of one frame's JPEG decode (0.38 ms)
+  and ~4% of a clip's eight (Python's ``zipfile`` builds an object per member: 0.7 ms). A member
+  is then one ``pread`` of its local header and its bytes (1.4 us), where a frame folder costs a
+  ``stat`` + ``open`` + ``read`` + ``close`` per frame file (17 us, each a metadata operation on a
+  network file system).
 - Small: 30 + 46 bytes of headers plus the name twice per member, 0.6% of a 17 KB frame
   (frames of a few KB: 2-3%).
-- Checked: every member carries a CRC-32 of its bytes, verified on every read (~4 us per 17 KB
-  frame against ~0.4 ms to decode it), so a damaged member is a bad frame, counted and replaced
-  as an undecodable frame file is, never silently wrong pixels.
+- Checked: every member carries a CRC-32 of its bytes, verified on every read (4 us for 17 KB,
+  1% of its decode), so a damaged member is a bad frame, counted and replaced as an undecodable
+  frame file is, never silently wrong pixels.
 A tar with an index would need a sidecar index or a scan of all headers to open; a custom
 header + offsets format would save the 0.1 ms parse at the cost of every standard tool.
 
