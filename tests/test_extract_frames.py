@@ -458,3 +458,15 @@ def test_reencode_never_writes_over_its_input(videos, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"--reencode would write {src / 'a.mp4'} over itself" in err
     assert (src / "a.mp4").read_bytes() == data
+
+
+def test_changing_the_output_kind_removes_old_outputs_but_never_an_input(videos, tmp_path):
+    folder = tmp_path / "v"  # videos and their outputs in one folder
+    folder.mkdir()
+    shutil.copy(videos / "carphone_distorted.mp4", folder / "a.mp4")
+    data = (folder / "a.mp4").read_bytes()
+    assert extract_frames.main([str(folder), str(folder), "--short_side", "64"]) == 0
+    assert (folder / "a").is_dir()
+    assert extract_frames.main([str(folder), str(folder), "--short_side", "64", "--pack", "--overwrite"]) == 0  # fmt: skip
+    assert not (folder / "a").exists() and (folder / "a.zip").is_file()  # the folder was stale
+    assert (folder / "a.mp4").read_bytes() == data  # the input is untouched

@@ -241,11 +241,18 @@ def output_path(settings: Settings, video_id: str) -> str:
     return os.path.join(settings.out_dir, video_id) + OUTPUTS[settings.output]
 
 
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif os.path.lexists(path):
-        os.remove(path)
+def _remove_outputs(settings: Settings, video: str, video_id: str, keep: str | None = None) -> None:
+    """Delete the outputs of ``video_id`` of every kind but ``keep``, never the input ``video``
+    itself (an output folder may hold the videos: ``<id>.mp4`` can be the input)."""
+    base = os.path.join(settings.out_dir, video_id)
+    source = os.path.realpath(video)
+    for path in (base + suffix for suffix in OUTPUTS.values()):
+        if path == keep or not os.path.lexists(path) or os.path.realpath(path) == source:
+            continue
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)
 
 
 def _frames(video: str, settings: Settings):
@@ -395,19 +402,14 @@ def extract_video(video: str, video_id: str, settings: Settings) -> Result:
         os.makedirs(parent, exist_ok=True)
         remove_stale_partials(parent, name)
         count = WRITERS[settings.output](video, final, settings)
-        if settings.overwrite:  # outputs of another kind for this video are stale now
-            base = os.path.join(settings.out_dir, video_id)
-            for suffix in OUTPUTS.values():
-                if base + suffix != final:
-                    _remove(base + suffix)
+        if settings.replacing:  # its outputs of another kind were made with the old settings
+            _remove_outputs(settings, video, video_id, keep=final)
         return Result(video, video_id, "done", frames=count)
     except (av.FFmpegError, OSError, ValueError, EOFError) as exc:
         if isinstance(exc, OSError) and os.path.isdir(final) and not settings.overwrite:
             return Result(video, video_id, "skipped")  # another run finished it meanwhile
         if settings.replacing:  # what is left of this video was made with the old settings
-            base = os.path.join(settings.out_dir, video_id)
-            for suffix in OUTPUTS.values():
-                _remove(base + suffix)
+            _remove_outputs(settings, video, video_id)
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return Result(video, video_id, "failed", message=f"{type(exc).__name__}: {message}")
 
@@ -520,8 +522,11 @@ def claim_output(settings: Settings, videos: list[tuple[str, str]]) -> Settings:
     if record is None:
         done = [
             i
-            for _, i in videos
-            if any(os.path.lexists(os.path.join(out, i) + suffix) for suffix in OUTPUTS.values())
+            for path, i in videos
+            if any(
+                os.path.lexists(out_path) and os.path.realpath(out_path) != os.path.realpath(path)
+                for out_path in (os.path.join(out, i) + suffix for suffix in OUTPUTS.values())
+            )
         ]
         if done and not settings.overwrite:
             raise ValueError(
