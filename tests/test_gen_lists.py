@@ -337,7 +337,7 @@ def test_missing_annotations_and_frames_are_one_line_errors(tmp_path, capsys):
     assert "extract the frames first" in capsys.readouterr().err
 
 
-def test_packed_frames_are_listed_like_their_folders(tmp_path):
+def test_packed_frames_are_listed_like_their_folders(tmp_path, capsys):
     from ops.packed_frames import write_packed
 
     ann = tmp_path / "ann"
@@ -358,6 +358,7 @@ def test_packed_frames_are_listed_like_their_folders(tmp_path):
         frames = [(f"img_{k:05d}.jpg", b"jpeg") for k in range(1, n + 1) if k not in skip]
         write_packed(str(images / f"{rel}.zip"), frames)
     (images / "abseiling" / "broken.zip").write_bytes(b"not a zip")  # skipped, not fatal
+    make_frames(images / "abseiling" / "ddddddddddd_000001_000011", 2)  # packed beside its folder
 
     rc = gen_lists.main(["kinetics", "--annotations", str(ann), "--data_root", str(tmp_path / "data")])  # fmt: skip
 
@@ -368,3 +369,4 @@ def test_packed_frames_are_listed_like_their_folders(tmp_path):
         "air_drumming/ccccccccccc_000000_000010 3 1",  # frames 1-3, then the gap
     ]
     assert read(labels / "val_videofolder.txt") == ["abseiling/ddddddddddd_000001_000011 2 0"]
+    assert "several folders" not in capsys.readouterr().out  # a folder and its .zip: one video

@@ -400,6 +400,8 @@ def index_frame_folders(root: str, image_tmpl: str) -> dict[str, list[tuple[str,
             continue
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(f for f in files if f.endswith(PACKED_EXT) and not f.startswith(".")):
+            if name[: -len(PACKED_EXT)] in dirs:
+                continue  # packed beside its folder: the loader reads the folder
             try:
                 with PackedFile(os.path.join(folder, name)) as pf:
                     usable, found = count_frame_names(pf.names, image_tmpl)
