@@ -41,7 +41,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ops.packed_frames import EXT, write_packed  # noqa: E402
-from ops.utils import ensure_writable_dir, progress, setup_logging, write_atomically  # noqa: E402
+from ops.utils import (  # noqa: E402
+    ensure_writable_dir,
+    ensure_writable_file,
+    progress,
+    setup_logging,
+    write_atomically,
+)
 from tools._common import TOOL_ERRORS, fail, remove_stale_partials_under  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -198,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             raise NotADirectoryError(f"output root {args.out_root} exists and is not a folder")
         ensure_writable_dir(args.out_root, "OUT_ROOT")
         if args.failed_list is not None:
-            ensure_writable_dir(os.path.dirname(os.path.abspath(args.failed_list)), "--failed_list")
+            ensure_writable_file(args.failed_list, "--failed_list")
         jobs = find_frame_folders(args.frames_root, args.out_root, args.overwrite)
         if not jobs:
             raise FileNotFoundError(
