@@ -441,7 +441,7 @@ def format_rows(tmp: Path, args) -> None:
         )
         RESULTS[f"format: {key}"] = {
             "clips_per_s": round(rate, 2),
-            "ratio": round(rate / base_rate, 3),
+            "speedup": round(rate / base_rate, 3),  # against the JPEG frame folders
             "bytes_per_video": round(size),
             "bytes_ratio": round(size / base_bytes, 4),
             "files_per_video": round(files, 1),
