@@ -93,6 +93,9 @@ def _fmt(r: dict) -> str:
         ("cpu_s_per_clip", "{:.4f} CPU s/clip"),
         ("cpu_ratio", "CPU x{}"),
         ("bytes_per_clip", "{} bytes/clip"),
+        ("bytes_per_video", "{} bytes/video"),
+        ("bytes_ratio", "bytes x{}"),
+        ("files_per_video", "{:g} files/video"),
     ]
     return ", ".join(fmt.format(r[k]) for k, fmt in keys if r.get(k) is not None)
 

@@ -15,7 +15,8 @@ The model, the files a researcher opens to try a new module:
 The data:
     dataset.py         TSNDataSet: list -> sampled frames -> transforms -> clip tensor
     lists.py           list files (records, malformed lines)
-    frames.py          frame folders: names, decoding, the frame-folder source
+    frames.py          frame folders: names, decoding, the frame-folder source (and packed files)
+    packed_frames.py   packed frames: a video's frame files in one stored zip (index, reads)
     video_files.py     video files as a source (decoded with video.py's reader)
     video.py           the PyAV video reader
     data_problems.py   bad data: counted, logged once per video, reported

@@ -335,3 +335,38 @@ def test_missing_annotations_and_frames_are_one_line_errors(tmp_path, capsys):
         == 2
     )
     assert "extract the frames first" in capsys.readouterr().err
+
+
+def test_packed_frames_are_listed_like_their_folders(tmp_path, capsys):
+    from ops.packed_frames import write_packed
+
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    header = "label,youtube_id,time_start,time_end,split\n"
+    (ann / "kinetics_train.csv").write_text(
+        header + "abseiling,aaaaaaaaaaa,14,24,train\nair drumming,ccccccccccc,0,10,train\n"
+    )
+    (ann / "kinetics_val.csv").write_text(header + "abseiling,ddddddddddd,1,11,val\n")
+    images = tmp_path / "data" / "kinetics" / "images"
+    # as extract_frames.py --pack writes them: <class>/<clip>.zip, no frame folders
+    for rel, n, skip in (
+        ("abseiling/aaaaaaaaaaa_000014_000024", 7, ()),
+        ("air_drumming/ccccccccccc_000000_000010", 6, (4,)),
+        ("abseiling/ddddddddddd_000001_000011", 2, ()),
+    ):
+        (images / rel).parent.mkdir(parents=True, exist_ok=True)
+        frames = [(f"img_{k:05d}.jpg", b"jpeg") for k in range(1, n + 1) if k not in skip]
+        write_packed(str(images / f"{rel}.zip"), frames)
+    (images / "abseiling" / "broken.zip").write_bytes(b"not a zip")  # skipped, not fatal
+    make_frames(images / "abseiling" / "ddddddddddd_000001_000011", 2)  # packed beside its folder
+
+    rc = gen_lists.main(["kinetics", "--annotations", str(ann), "--data_root", str(tmp_path / "data")])  # fmt: skip
+
+    assert rc == 0
+    labels = tmp_path / "data" / "kinetics" / "labels"
+    assert read(labels / "train_videofolder.txt") == [
+        "abseiling/aaaaaaaaaaa_000014_000024 7 0",
+        "air_drumming/ccccccccccc_000000_000010 3 1",  # frames 1-3, then the gap
+    ]
+    assert read(labels / "val_videofolder.txt") == ["abseiling/ddddddddddd_000001_000011 2 0"]
+    assert "several folders" not in capsys.readouterr().out  # a folder and its .zip: one video

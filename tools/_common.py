@@ -8,6 +8,8 @@
   a frame folder, detected among the registry's when not given.
 - ``model_class_names``: the names of a model's classes (``--category_file``, else stored in the
   checkpoint, else the category file of its dataset).
+- ``remove_stale_partials``: the temporary outputs (``.<name>.partial-<host>-<pid>-*``) that a
+  killed run of tools/extract_frames.py or tools/pack_frames.py left beside its final output.
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
+import socket
 import string
 import sys
+import time
 from collections.abc import Iterable
 
 from ops.dataset_config import REGISTRY, dataset_class_names, read_categories
@@ -103,11 +108,18 @@ def frame_template(folder: str, image_tmpl: str | None = None) -> str:
         return image_tmpl
     with os.scandir(folder) as entries:
         names = [e.name for e in entries]
+    return frame_template_of(names, folder)
+
+
+def frame_template_of(names: Iterable[str], where: str) -> str:
+    """The registry's RGB template that numbers the longest run of frames 1..n among the file
+    ``names`` of ``where`` (a folder or a packed file), as ``frame_template``."""
+    names = list(names)
     usable = {t: count_frame_names(names, t)[0] for t in RGB_TEMPLATES}
     best = max(RGB_TEMPLATES, key=lambda t: usable[t])
     if usable[best] == 0:
         raise FileNotFoundError(
-            f"no frames named like {', '.join(RGB_TEMPLATES)} (numbered from 1) in {folder}: "
+            f"no frames named like {', '.join(RGB_TEMPLATES)} (numbered from 1) in {where}: "
             "pass --image_tmpl, e.g. 'frame_{:04d}.png'"
         )
     return best
@@ -135,3 +147,88 @@ def model_class_names(
     if meta.get("class_names"):
         return list(meta["class_names"])
     return dataset_class_names(dataset or meta.get("dataset"), "RGB", data_root, None, num_class)
+
+
+# ---------------------------------------------------------------------------------------------
+# temporary outputs
+# ---------------------------------------------------------------------------------------------
+PARTIAL = ".partial-"
+
+
+def partial_prefix(name: str) -> str:
+    """Prefix of the temporary outputs of the final output ``name``: ``.<name>.partial-``,
+    followed by ``<host>-<pid>-<random>``."""
+    return f".{name}{PARTIAL}"
+
+
+STALE_SECONDS = 3600  # a temporary output of another host, untouched this long, is abandoned
+
+
+def owner_alive(partial_name: str, name: str, path: str | None = None) -> bool:
+    """Whether the process that writes this temporary output still runs: on this host, whether
+    its pid lives; on another host (a shared file system), whether ``path`` was modified within
+    ``STALE_SECONDS``."""
+    tag = partial_name[len(partial_prefix(name)) :]  # <host>-<pid>-<random>
+    host, _, pid_text = tag.rpartition("-")[0].rpartition("-")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        if path is None or not host:
+            return False
+        try:
+            return time.time() - os.lstat(path).st_mtime < STALE_SECONDS
+        except OSError:
+            return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_partial(path: str) -> bool:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+        return True
+    try:
+        os.remove(path)
+        return True
+    except OSError:
+        return False
+
+
+def remove_stale_partials(parent: str, name: str) -> int:
+    """Delete the temporary outputs (folders or files) of ``name`` in ``parent`` left by runs
+    that died; returns how many."""
+    removed = 0
+    if not os.path.isdir(parent):
+        return 0
+    prefix = partial_prefix(name)
+    for entry in os.scandir(parent):
+        if entry.name.startswith(prefix) and not owner_alive(entry.name, name, entry.path):
+            removed += _remove_partial(entry.path)
+    if removed:
+        logger.info("removed %d unfinished output(s) of %s left by a killed run", removed, name)
+    return removed
+
+
+_PARTIAL_NAME = re.compile(r"\.(?P<name>.+?)" + re.escape(PARTIAL))
+
+
+def remove_stale_partials_under(root: str) -> int:
+    """``remove_stale_partials`` for every output under ``root``, in one walk (cheaper than a
+    listing of the parent folder per output); returns how many were deleted."""
+    removed = 0
+    for folder, dirs, files in os.walk(root):
+        for name in [*files, *dirs]:
+            m = _PARTIAL_NAME.match(name)
+            path = os.path.join(folder, name)
+            if m and not owner_alive(name, m["name"], path):
+                removed += _remove_partial(path)
+        dirs[:] = [d for d in dirs if not _PARTIAL_NAME.match(d)]
+    if removed:
+        logger.info("removed %d unfinished output(s) left by killed runs under %s", removed, root)
+    return removed

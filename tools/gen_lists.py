@@ -5,7 +5,9 @@
     python tools/gen_lists.py somethingv2 --annotations ~/sthv2/labels --videos ~/sthv2/videos
 
 Reads the annotation files in their official formats and the extracted frame folders
-(tools/extract_frames.py), and writes what the frame-folder dataset reads, at the registry's paths
+(tools/extract_frames.py), or packed frames (``<video>.zip``, tools/pack_frames.py or
+``extract_frames.py --pack``: listed under the folder name the loader looks them up by), and
+writes what the frame-folder dataset reads, at the registry's paths
 under ``--data_root`` (ops/dataset_config.py, SPEC.md section 8):
 
 - the category file, one class name per line, line i is label i (for kinetics and hmdb51, whose
@@ -55,6 +57,8 @@ from pathlib import Path
 
 from ops.atomic import write_atomically
 from ops.dataset_config import REGISTRY, VIDEO_REGISTRY, default_data_root
+from ops.packed_frames import EXT as PACKED_EXT
+from ops.packed_frames import PackedFile
 from ops.utils import progress, setup_logging
 from tools._common import (
     TOOL_ERRORS,
@@ -380,9 +384,10 @@ def read_annotations(
 # what is on disk
 # ---------------------------------------------------------------------------------------------
 def index_frame_folders(root: str, image_tmpl: str) -> dict[str, list[tuple[str, int, int]]]:
-    """Every folder under ``root`` holding frames of ``image_tmpl``, by folder name:
-    ``name -> [(path relative to root, usable frames, frames found)]``. Frame folders are not
-    searched further."""
+    """Every folder under ``root`` holding frames of ``image_tmpl``, and every packed file
+    (``<folder>.zip``) holding them, by folder name: ``name -> [(path relative to root without
+    .zip, usable frames, frames found)]``. Frame folders are not searched further; a packed
+    file whose index does not read is skipped with a warning (tools/check_data.py names it)."""
     frame_pattern(image_tmpl)  # validate before walking a large tree
     index: dict[str, list[tuple[str, int, int]]] = {}
     walker = progress(os.walk(root), desc="scan frames", unit="dir", off_tty=True)
@@ -392,8 +397,21 @@ def index_frame_folders(root: str, image_tmpl: str) -> dict[str, list[tuple[str,
             rel = Path(os.path.relpath(folder, root)).as_posix()
             index.setdefault(os.path.basename(folder), []).append((rel, usable, found))
             dirs[:] = []
-        else:
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            continue
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(f for f in files if f.endswith(PACKED_EXT) and not f.startswith(".")):
+            if name[: -len(PACKED_EXT)] in dirs:
+                continue  # packed beside its folder: the loader reads the folder
+            try:
+                with PackedFile(os.path.join(folder, name)) as pf:
+                    usable, found = count_frame_names(pf.names, image_tmpl)
+            except OSError as exc:
+                logger.warning("skipped %s", str(exc).splitlines()[0])
+                continue
+            if found:
+                stem = name[: -len(PACKED_EXT)]
+                rel = Path(os.path.relpath(os.path.join(folder, stem), root)).as_posix()
+                index.setdefault(stem, []).append((rel, usable, found))
     walker.close()
     return index
 

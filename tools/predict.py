@@ -4,9 +4,11 @@
     python tools/predict.py --weights TSM_kinetics_RGB_resnet50_..._dense_nl_....pth.tar \\
         --category_file kinetics_classes.txt --clips 10 --crops 3 --full_res clip.mp4 --out labelled.mp4
 
-Inputs are video files (anything PyAV's FFmpeg reads, frames numbered exactly as by ops/video.py)
-and frame folders. A frame folder's file names follow ``--image_tmpl``; without it the template
-is detected: the registry's RGB templates (``img_{:05d}.jpg`` as Kinetics / UCF101 / HMDB51 and
+Inputs are video files (anything PyAV's FFmpeg reads, frames numbered exactly as by ops/video.py),
+frame folders and packed frames (``clip.zip`` from tools/pack_frames.py; a folder path that does
+not exist is read from ``<path>.zip`` when that exists, as the dataset does). A frame folder's
+(or packed file's) frame names follow ``--image_tmpl``; without it the template is detected:
+the registry's RGB templates (``img_{:05d}.jpg`` as Kinetics / UCF101 / HMDB51 and
 tools/extract_frames.py write them, ``{:05d}.jpg`` as Something-Something v1 and Jester,
 ``{:06d}.jpg`` as Something-Something v2) are tried, and the one that numbers the longest run of
 frames 1, 2, ... n is used; frames after a gap are not read, as the dataset would not read them.
@@ -56,18 +58,22 @@ from ops.atomic import write_atomically
 from ops.checkpoint import CheckpointError, load_model
 from ops.data_problems import DataProblems
 from ops.device_input import InputNorm
-from ops.frames import FrameFolders, decode_image
+from ops.frames import FrameFolders, decode_bytes, decode_image
 from ops.lists import VideoRecord
+from ops.packed_frames import EXT as PACKED_EXT
+from ops.packed_frames import PackedFile
 from ops.sampling import clip_frames
 from ops.utils import progress, setup_logging, to_device
 from ops.video import VideoError
 from ops.video_files import VideoFiles
 from tools._common import (
     TOOL_ERRORS,
+    count_frame_names,
     count_frames,
     fail,
     frame_pattern,
     frame_template,
+    frame_template_of,
     model_class_names,
 )
 
@@ -225,7 +231,7 @@ class _InputProblems(DataProblems):
 class Loaded:
     """The sampled frames of one input, how many frames it has, and what went wrong on the way."""
 
-    kind: str  # "video" or "frames"
+    kind: str  # "video", "frames" (a folder) or "packed" (packed frames)
     num_frames: int
     images: list[Image.Image]
     problems: list[str]
@@ -245,19 +251,30 @@ def load_input(path: str, predictor: Predictor) -> Loaded:
         return predictor.sample(num_frames)
 
     tmpl = None
-    if os.path.isdir(full):
+    packed = None  # the packed file, for packed frames
+    if full.endswith(PACKED_EXT) and os.path.isfile(full):
+        packed = full
+    elif not os.path.exists(full) and os.path.isfile(full + PACKED_EXT):
+        packed = full + PACKED_EXT
+    if os.path.isdir(full) or packed is not None:
         try:
-            tmpl = frame_template(full, predictor.image_tmpl)
-        except (FileNotFoundError, ValueError) as exc:
+            if packed is None:
+                tmpl = frame_template(full, predictor.image_tmpl)
+                usable, found = count_frames(full, tmpl)
+            else:
+                with PackedFile(packed) as pf:
+                    names = pf.names
+                tmpl = predictor.image_tmpl or frame_template_of(names, packed)
+                usable, found = count_frame_names(names, tmpl)
+        except (OSError, ValueError) as exc:
             raise InputError(str(exc)) from None
-        usable, found = count_frames(full, tmpl)
         if usable == 0:
             raise InputError(f"no frame {tmpl.format(1)} in the folder (template {tmpl!r})")
         if found > usable:
             problems.messages.append(
                 f"frame {usable + 1} is missing: only frames 1..{usable} are read"
             )
-        kind = "frames"
+        kind = "frames" if packed is None else "packed"
         source = FrameFolders(root, tmpl, "RGB", problems)
         record = VideoRecord(name, usable, 0)
     elif os.path.isfile(full):
@@ -315,6 +332,15 @@ def all_frames(path: str, loaded: Loaded, fps: float) -> tuple[Iterator[Image.Im
                 yield decode_image(file)
 
         return folder_frames(), fps
+    if loaded.kind == "packed":
+        packed = path if path.endswith(PACKED_EXT) and os.path.isfile(path) else path + PACKED_EXT
+
+        def packed_frames() -> Iterator[Image.Image]:
+            with PackedFile(packed) as pf:
+                for k in range(1, loaded.num_frames + 1):
+                    yield decode_bytes(pf.read(loaded.image_tmpl.format(k)))
+
+        return packed_frames(), fps
     container = av.open(path)
     stream = container.streams.video[0]
     rate = stream.average_rate or stream.guessed_rate or fps
@@ -444,7 +470,7 @@ def predict_one(path: str, predictor: Predictor, args: argparse.Namespace, sever
 
 
 def format_result(result: dict, views: Views) -> str:
-    what = "frame folder" if result["kind"] == "frames" else "video"
+    what = {"frames": "frame folder", "packed": "packed frames"}.get(result["kind"], "video")
     clips = f"{views.clips} clip{'s' if views.clips > 1 else ''}"
     crops = f"{views.crops} crop{'s' if views.crops > 1 else ''}"
     lines = [f"{result['input']} ({what}, {result['num_frames']} frames; {clips} x {crops})"]
