@@ -227,6 +227,10 @@ def slurm_env(rank: int, port: int, bin_dir: str, log: str) -> dict:
         SLURM_PROCID=str(rank),
         SLURM_LOCALID=str(rank),
         SLURM_NODEID="0",
+        SLURM_STEP_ID="0",  # srun's: the tasks of a job step
+        SLURM_STEP_NUM_TASKS="2",
+        SLURM_STEP_NUM_NODES="1",
+        SLURM_STEP_TASKS_PER_NODE="2",
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
         PATH=bin_dir + os.pathsep + env.get("PATH", ""),
