@@ -420,3 +420,23 @@ def test_a_localhost_master_addr_is_refused_across_nodes():
         plan(env=env, num_visible_gpus=4)
     one_node = _slurm_env(1, 4, 4, 1, MASTER_ADDR="127.0.0.1", MASTER_PORT="29500")
     assert plan(env=one_node, num_visible_gpus=4).world_size == 4  # one node: fine
+
+
+def test_the_published_command_in_a_batch_shell_as_users_run_it(tmp_path):
+    # `sbatch` script without srun: main.py's own process, the batch step's environment.
+    import shlex
+    import subprocess
+    import sys
+
+    from tests.test_opts import SOMETHING
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD"))}
+    env.update(_batch_shell_env(SLURM_STEP_ID="4294967291"))
+    proc = subprocess.run(
+        [sys.executable, os.path.join(repo, "main.py"), *shlex.split(SOMETHING), "--dry_run"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "SLURM_NTASKS=8, but this process is not a task of an srun job step" in proc.stderr
+    assert "world size 4" in proc.stdout, proc.stdout  # this node's 4 GPUs, not 8 ranks
