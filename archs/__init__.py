@@ -75,6 +75,11 @@ def build_backbone(name: str, pretrain: str = "imagenet") -> nn.Module:
     sd = load_imagenet_state_dict(name) if pretrain == "imagenet" else _read_state_dict(pretrain)
     if name == "mobilenetv2" and any(k.startswith("classifier.1.") for k in sd):
         sd = from_torchvision_state_dict(sd)
+    from ops.checkpoint import non_float_weights  # here: ops.checkpoint imports the models
+
+    wrong_type = non_float_weights(net.state_dict(), sd)
+    if wrong_type:
+        raise ValueError(f"--pretrain {pretrain}: {wrong_type}")
     try:
         missing, unexpected = net.load_state_dict(sd, strict=False)
     except RuntimeError as exc:  # tensors of other shapes

@@ -19,6 +19,7 @@ import sys
 
 import pytest
 import torch
+import torchvision
 
 import main as train_main
 from ops.checkpoint import load_checkpoint, save_checkpoint
@@ -283,8 +284,16 @@ def _bad_files(tmp_path) -> dict:
     truncated.write_bytes(data[: len(data) // 2])
     folder = tmp_path / "a_folder"
     folder.mkdir()
+    integers = tmp_path / "integers.pth"  # the right keys and shapes, cast to integers
+    model = train_main.TSN(2, 4, "RGB", base_model="resnet18", pretrain="scratch", is_shift=True,
+                           non_local=True, print_spec=False)  # fmt: skip
+    sd = {k: v.round().to(torch.int32) for k, v in model.state_dict().items()}
+    torch.save({"epoch": 1, "state_dict": sd}, integers)
+    backbone = tmp_path / "integer_backbone.pth"
+    net = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save({k: v.to(torch.int64) for k, v in net.items()}, backbone)
     return {"readme": readme, "payload": payload, "shapes": shapes, "truncated": truncated,
-            "folder": folder}  # fmt: skip
+            "folder": folder, "integers": integers, "integer_backbone": backbone}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -299,6 +308,9 @@ def _bad_files(tmp_path) -> dict:
         ("--tune_from", "folder", "is a folder, not a file"),
         ("--resume", "folder", "is a folder, not a file"),
         ("--resume", "readme", "is not a file written by torch.save"),
+        ("--tune_from", "integers", "are not floating point where the model's are"),
+        ("--resume", "integers", "are not floating point where the model's are"),
+        ("--pretrain", "integer_backbone", "are not floating point where the model's are"),
     ],
 )
 def test_bad_weight_files_are_one_line_naming_the_flag(data_root, tmp_path, flag, kind, expected):
