@@ -87,6 +87,7 @@ from ops.engine.trainer import (
 from ops.evaluation import build_test_transform, evaluate_model
 from ops.metrics import summarize
 from ops.models import TSN
+from ops.preflight import check_data_before_training
 from ops.randaugment import clip_randaugment
 from ops.synthetic import make_synthetic
 from ops.transforms import GroupCenterCrop, GroupScale, Stack
@@ -328,6 +329,7 @@ def train(
             args.epochs,
         )
     train_set, val_set = build_datasets(args, model, data)
+    check_data_before_training(None if args.evaluate else train_set, val_set, ctx.is_main)
     train_loader, val_loader, iters_per_epoch = build_loaders(args, train_set, val_set, batch, ctx)
     settings = LoopSettings.from_args(
         args, min_batch=min_batch(model, batch), input_norm=InputNorm.of(model)
