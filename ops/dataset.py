@@ -29,6 +29,7 @@ from ops.dataset_config import VIDEO_TMPL
 from ops.frames import FrameFolders, frames_on_disk
 from ops.lists import VideoRecord
 from ops.sampling import clip_frames
+from ops.transforms import FrameTooSmall
 from ops.video_files import VideoFiles
 
 logger = logging.getLogger(__name__)
@@ -164,7 +165,11 @@ class TSNDataSet(torch.utils.data.Dataset):
         images = self.load(record)
         if images is None:
             return None
-        data = self.transform(images) if self.transform is not None else images
+        try:
+            data = self.transform(images) if self.transform is not None else images
+        except FrameTooSmall as exc:  # counted and logged once, like an unreadable video
+            self.problems.problem(record, "videos_unreadable", str(exc))
+            return None
         if self.return_index:
             return data, record.label, index
         return data, record.label
