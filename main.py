@@ -59,6 +59,7 @@ from ops.engine.ema import WeightEMA, resume_ema, save_ema_checkpoint
 from ops.engine.lr_scheduler import WarmupSchedule
 from ops.engine.mixing import ClipMix
 from ops.engine.precise_bn import precise_bn
+from ops.engine.preflight import check_data_before_training
 from ops.engine.recipe import mixing_on, training_criterion
 from ops.engine.repeated_aug import RepeatedAugSampler
 from ops.engine.run_config import (
@@ -87,7 +88,6 @@ from ops.engine.trainer import (
 from ops.evaluation import build_test_transform, evaluate_model
 from ops.metrics import summarize
 from ops.models import TSN
-from ops.preflight import check_data_before_training
 from ops.randaugment import clip_randaugment
 from ops.synthetic import make_synthetic
 from ops.transforms import GroupCenterCrop, GroupScale, Stack
