@@ -43,17 +43,17 @@ import torchvision
 from PIL import Image
 from torchvision.transforms import Compose
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ops.dataset import TSNDataSet  # noqa: E402
-from ops.dataset_config import VIDEO_TMPL  # noqa: E402
-from ops.device_augment import (  # noqa: E402
+from ops.atomic import write_atomically
+from ops.dataset import TSNDataSet
+from ops.dataset_config import VIDEO_TMPL
+from ops.device_augment import (
     DeviceTrainAugment,
     EncodedBatch,
     use_device_decoding,
 )
-from ops.device_input import InputNorm, ToUint8Tensor  # noqa: E402
-from ops.sampling import clip_frames  # noqa: E402
-from ops.transforms import (  # noqa: E402
+from ops.device_input import InputNorm, ToUint8Tensor
+from ops.sampling import clip_frames
+from ops.transforms import (
     GroupFullResSample,
     GroupMultiScaleCrop,
     GroupNormalize,
@@ -61,8 +61,7 @@ from ops.transforms import (  # noqa: E402
     Stack,
     ToTorchFormatTensor,
 )
-from ops.video import VideoReader  # noqa: E402
-from tools._common import sample_videos_dir  # noqa: E402
+from ops.video import VideoReader, sample_videos_dir
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 TMPL = "img_{:05d}.jpg"
@@ -527,8 +526,7 @@ def main(argv=None):
             length_rows(Path(tmp), args)
     print("outputs identical (torch.equal / same pixels) for every row")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"rows": RESULTS}, f, indent=2)
+        write_atomically(args.json, json.dumps({"rows": RESULTS}, indent=2))
     return {"rows": RESULTS}
 
 

@@ -88,23 +88,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # run as `python benchmarks/gpu_check.py`
-    sys.path.insert(0, str(REPO))
+from ops import distributed as du
+from ops import evaluation
+from ops.attention import _positions_last, nonlocal_attention
+from ops.checkpoint import load_checkpoint
+from ops.device_augment import EncodedBatch, EncodedClip, EncodedFrame
+from ops.distributed import free_port
+from ops.engine.seeding import EpochSampler
+from ops.models import TSN
+from ops.region_conv import IMPLS, RegionConv3d
+from ops.synthetic import make_synthetic, make_tiny
+from ops.temporal_shift import TemporalShift
+from ops.utils import autocast, setup_logging
 
-from ops import evaluation  # noqa: E402
-from ops.attention import _positions_last, nonlocal_attention  # noqa: E402
-from ops.checkpoint import load_checkpoint  # noqa: E402
-from ops.distributed import free_port  # noqa: E402
-from ops.region_conv import IMPLS, RegionConv3d  # noqa: E402
-from ops.synthetic import make_tiny  # noqa: E402
-from ops.temporal_shift import TemporalShift  # noqa: E402
-from ops.utils import autocast, setup_logging  # noqa: E402
-
+REPO = Path(__file__).resolve().parent.parent  # main.py and test_models.py, run from the checkout
 logger = logging.getLogger("gpu_check")
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -848,8 +850,6 @@ def check_spawn_nccl(ctx: Context) -> dict:
 def check_nvjpeg(ctx: Context) -> dict:
     """The device path's batch decode (nvjpeg) against the same call on the CPU (libjpeg), on
     the synthetic dataset's JPEG frames, then a --device_aug training epoch."""
-    from ops.device_augment import EncodedBatch, EncodedClip, EncodedFrame
-
     data = ctx.data_root()
     jpegs = sorted(Path(data).glob("synthetic/frames/*/*.jpg"))[:16]
     frames = [EncodedFrame.from_file(str(p)) for p in jpegs]
@@ -894,8 +894,6 @@ def check_ema_precise_bn(ctx: Context) -> dict:
 def _ddp_case() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """A TSM+RNL ResNet-18 (4 frames, 32 px, recomputed backward, no dropout: deterministic) and
     4 clips with labels, the same in every process."""
-    from ops.models import TSN
-
     torch.manual_seed(0)
     model = TSN(4, 4, "RGB", base_model="resnet18", pretrain="scratch", is_shift=True,
                 non_local=True, dropout=0.0, partial_bn=False, input_size=32, recompute=True,
@@ -913,10 +911,6 @@ def _ddp_case() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     """One rank: SyncBatchNorm + DDP (NCCL) over its share of the clips, one forward and
     backward; and ops.distributed.average_gradients on gradients rank + 1. Saves what it got."""
-    import torch.distributed as dist
-
-    from ops import distributed as du
-
     torch.cuda.set_device(rank)
     dist.init_process_group(
         "nccl", init_method=f"tcp://127.0.0.1:{port}", world_size=world, rank=rank
@@ -1028,9 +1022,6 @@ def skip_one_micro_step(root: str) -> str:
     main.py's order for epoch 1 at seed 0) draws an unreadable video: that batch is too small
     for the channel gate and is skipped on every rank, inside a --batch_multiplier 2 group whose
     first gradients (under no_sync) differ per rank. Returns the data root."""
-    from ops.engine.seeding import EpochSampler
-    from ops.synthetic import make_synthetic
-
     make_synthetic(root, num_videos_per_class=8, num_val_per_class=1, num_frames=8,
                    size=(40, 32), num_classes=2, seed=3)  # fmt: skip
     index = list(EpochSampler(16, num_replicas=2, rank=1, seed=0))[2]

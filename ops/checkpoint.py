@@ -47,7 +47,6 @@ import torch
 from torch import nn
 
 from ops import distributed as du
-from ops.models import TSN
 from ops.non_local import block_settings
 
 logger = logging.getLogger(__name__)
@@ -536,6 +535,10 @@ def load_model(path: str | os.PathLike, **overrides) -> tuple[nn.Module, dict]:
     backbone is built from scratch: every weight comes from the checkpoint, nothing is
     downloaded. ``meta['model_config']`` is the rebuilt model's, overrides included.
     """
+    # Inside the function until load_model moves next to the model (issue 24): ops.models reads
+    # --pretrain files with read_torch_file from this module.
+    from ops.models import TSN
+
     ckpt = load_checkpoint(path)
     meta = checkpoint_info(ckpt, path)
     kwargs = dict(meta["model_config"])

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ops.attention import ACTIVATIONS, OutputProjection, attention_macs, nonlocal_attention
+from ops.blocks import register_block
 from ops.channel_gate import ChannelGate
 from ops.region_conv import RegionConv3d
 
@@ -149,6 +150,7 @@ def check_kernels(kernels) -> tuple[tuple[int, int, int], ...]:
     return tuple(tuple(k) for k in kernels)
 
 
+@register_block("rnl")
 def attach(
     channels: int,
     stage: int,
@@ -162,7 +164,7 @@ def attach(
     region_impl: str = "depthwise",
     **_,
 ) -> dict[str, nn.Module]:
-    """Registry builder (``ops/non_local.py``, ``rnl``): the published RNL parts after the residual
+    """Block type ``rnl`` (``ops/blocks.py``): the published RNL parts after the residual
     block of ResNet ``stage`` with ``channels`` outputs: the channel gate before the first RNL
     block (``first``), then the RNL operation with that stage's region kernel. Keyword-only
     arguments are the block's settings (``--nl_options``) and fast-path switches; options meant

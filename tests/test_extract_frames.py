@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ops.video import sample_videos_dir
 from tools import extract_frames
-from tools._common import sample_videos_dir
 
 REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "extract_frames.py"

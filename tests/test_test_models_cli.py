@@ -156,6 +156,59 @@ def test_ensemble_of_two_weights_with_coefficients(workspace, tmp_path, capsys):
     H.assert_close(scores_of(out)[0], (a + 0.5 * b) / 2)
 
 
+def _save_own(path: str, model) -> str:
+    """One of our checkpoints: the model settings inside, any file name."""
+    torch.save({"model_config": model.model_config(), "state_dict": model.state_dict()}, path)
+    return path
+
+
+def test_settings_not_given_are_the_checkpoints(workspace, tmp_path, capsys):
+    """Issue 24: without --test_segments and --input_size a 4-segment, 32 px checkpoint is tested
+    at 4 segments and 32 px (the --test_segments default used to test it at 8)."""
+    m4 = H.make_model(2, **H.small_model_config(num_segments=4, input_size=32))
+    weights = _save_own(str(tmp_path / "four_frames.weights"), m4)
+    out = str(tmp_path / "s.npz")
+    argv = ["synthetic", f"--weights={weights}", "-j", "0", "--data_root", workspace["data_root"]]
+    code, stdout, err = run_cli(argv + ["--save_scores", out, "--device", "cpu"], capsys)
+    assert code == 0, err
+    H.assert_close(scores_of(out)[0], H.reference_scores(m4, workspace["data_root"], 4, 1))
+    # the same weights at 8 segments give other scores, so the check above tells them apart
+    at8 = H.make_model(0, **H.small_model_config(num_segments=8, input_size=32))
+    at8.load_state_dict(m4.state_dict())
+    other = H.reference_scores(at8, workspace["data_root"], 8, 1)
+    assert np.abs(scores_of(out)[0] - other).max() > 0.1
+
+
+def test_ensemble_without_segments_tests_each_checkpoint_at_its_own(workspace, tmp_path, capsys):
+    m4 = H.make_model(3, **H.small_model_config(num_segments=4))
+    m8 = H.make_model(4, **H.small_model_config(num_segments=8))
+    a4, a8 = _save_own(str(tmp_path / "a.pth"), m4), _save_own(str(tmp_path / "b.pth"), m8)
+    out = str(tmp_path / "ens.npz")
+    argv = ["synthetic", f"--weights={a4},{a8}", "-j", "0", "--softmax", "--save_scores", out]
+    code, _, err = run_cli(
+        argv + ["--data_root", workspace["data_root"], "--device", "cpu"], capsys
+    )
+    assert code == 0, err
+    a = H.reference_scores(m4, workspace["data_root"], 4, 1, softmax=True)
+    b = H.reference_scores(m8, workspace["data_root"], 8, 1, softmax=True)
+    H.assert_close(scores_of(out)[0], (a + b) / 2)
+
+
+def test_segments_given_override_the_checkpoints(workspace, tmp_path, capsys):
+    """As the published commands do: --test_segments=8 tests a 4-segment checkpoint at 8."""
+    m4 = H.make_model(2, **H.small_model_config(num_segments=4, input_size=32))
+    weights = _save_own(str(tmp_path / "four_frames.weights"), m4)
+    out = str(tmp_path / "s.npz")
+    argv = ["synthetic", f"--weights={weights}", "--test_segments=8", "-j", "0", "--save_scores"]
+    code, _, err = run_cli(
+        argv + [out, "--data_root", workspace["data_root"], "--device", "cpu"], capsys
+    )
+    assert code == 0, err
+    at8 = H.make_model(0, **H.small_model_config(num_segments=8, input_size=32))
+    at8.load_state_dict(m4.state_dict())  # the same weights, shift and blocks over 8 frames
+    H.assert_close(scores_of(out)[0], H.reference_scores(at8, workspace["data_root"], 8, 1))
+
+
 def test_checkpoint_written_by_main_py_renamed(workspace, tmp_path, capsys, monkeypatch):
     """Train one tiny epoch with main.py, rename its best checkpoint, evaluate it."""
     import main

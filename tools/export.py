@@ -52,12 +52,11 @@ import math
 import os
 import sys
 import warnings
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import torch  # noqa: E402
+import torch
 
-from ops.checkpoint import (  # noqa: E402
+from ops.atomic import write_atomically
+from ops.checkpoint import (
     SIDECAR_KEYS,
     CheckpointError,
     file_sha256,
@@ -65,8 +64,8 @@ from ops.checkpoint import (  # noqa: E402
     save_checkpoint,
     sidecar_path,
 )
-from ops.utils import nonfinite_tensors, setup_logging  # noqa: E402
-from tools._common import TOOL_ERRORS, fail, model_class_names, write_atomically  # noqa: E402
+from ops.utils import nonfinite_tensors, setup_logging
+from tools._common import TOOL_ERRORS, fail, model_class_names
 
 logger = logging.getLogger(__name__)
 
@@ -99,13 +98,13 @@ def export_torchscript(model, example: torch.Tensor, path: str):
         warnings.filterwarnings("ignore", category=FutureWarning)  # trace is deprecated, not gone
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         traced = torch.jit.trace(model, example, check_trace=False)
-        traced.save(path)
+        write_atomically(path, lambda f: torch.jit.save(traced, f))
         return torch.jit.load(path)
 
 
 def export_pt2(model, example: torch.Tensor, path: str):
     program = torch.export.export(model, (example,))
-    torch.export.save(program, path)
+    write_atomically(path, lambda f: torch.export.save(program, f))
     return torch.export.load(path).module()
 
 
@@ -148,21 +147,17 @@ def export_onnx(model, example: torch.Tensor, path: str, opset: int | None = Non
 
 
 def write_json(path: str, info: dict) -> None:
-    def dump(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(info, f, indent=1)
-
-    write_atomically(path, dump)
+    write_atomically(path, json.dumps(info, indent=1))
 
 
 def export_safetensors(model, settings: dict, info: dict, path: str):
     """Write the weights to ``path`` and the sidecar (``info`` with ``settings`` and the weights'
     SHA-256) next to it; returns the model loaded back from them as the tools load it."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     # Own copies: safetensors refuses tensors that share memory, and needs contiguous ones.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    write_atomically(path, save(tensors, metadata={"format": "pt"}))
     link = {"file": os.path.basename(path), "sha256": file_sha256(path)}
     write_json(sidecar_path(path), dict(info, **settings, safetensors=link))
     info["safetensors"] = link

@@ -39,13 +39,13 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import av  # noqa: E402
-from PIL import Image  # noqa: E402
+import av
+from PIL import Image
 
-from ops.dataset_config import DATASETS, REGISTRY  # noqa: E402
-from ops.utils import progress, setup_logging  # noqa: E402
-from tools._common import (  # noqa: E402
+from ops.atomic import write_atomically
+from ops.dataset_config import DATASETS, REGISTRY
+from ops.utils import progress, setup_logging
+from tools._common import (
     TOOL_ERRORS,
     VIDEO_EXTENSIONS,
     fail,
@@ -382,8 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     results = extract_all(videos, settings, workers=args.workers)
     failed = [r for r in results if r.status == "failed"]
     if args.failed_list:
-        with open(args.failed_list, "w", encoding="utf-8") as f:
-            f.writelines(f"{r.video}\t{r.message}\n" for r in failed)
+        write_atomically(args.failed_list, "".join(f"{r.video}\t{r.message}\n" for r in failed))
     print(summarize(results))
     return 1 if failed else 0
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import os
@@ -52,16 +53,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ops.dataset_config import REGISTRY, VIDEO_REGISTRY  # noqa: E402
-from ops.utils import progress, setup_logging  # noqa: E402
-from tools._common import (  # noqa: E402
+from ops.atomic import write_atomically
+from ops.dataset_config import REGISTRY, VIDEO_REGISTRY, default_data_root
+from ops.utils import progress, setup_logging
+from tools._common import (
     TOOL_ERRORS,
     VIDEO_EXTENSIONS,
     count_frame_names,
     fail,
     frame_pattern,
-    write_atomically,
 )
 
 logger = logging.getLogger(__name__)
@@ -434,14 +434,15 @@ def resolve(ann: Annotation, index: dict[str, list], path_of=lambda c: c) -> tup
 # writing
 # ---------------------------------------------------------------------------------------------
 def write_list(path: str, rows: list[tuple]) -> None:
-    """One row per line, space separated; comma separated (CSV) when a path contains a space."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        if any(re.search(r"\s", str(row[0])) for row in rows):
-            logger.info("%s: some paths contain spaces, writing comma-separated fields", path)
-            csv.writer(f, lineterminator="\n").writerows(rows)
-        else:
-            f.writelines(" ".join(str(x) for x in row) + "\n" for row in rows)
+    """One row per line, space separated; comma separated (CSV) when a path contains a space.
+    Written atomically (the folder created if needed)."""
+    text = io.StringIO()
+    if any(re.search(r"\s", str(row[0])) for row in rows):
+        logger.info("%s: some paths contain spaces, writing comma-separated fields", path)
+        csv.writer(text, lineterminator="\n").writerows(rows)
+    else:
+        text.writelines(" ".join(str(x) for x in row) + "\n" for row in rows)
+    write_atomically(path, text.getvalue())
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -449,11 +450,6 @@ def _same_file(a: str, b: str) -> bool:
         return os.path.samefile(a, b)
     except OSError:  # one of them does not exist
         return False
-
-
-def _write_lines(path: str, lines: list[str]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(line + "\n" for line in lines)
 
 
 def output_paths(
@@ -534,7 +530,7 @@ def generate(
         # file (read_categories reads UCF101's numbered classInd.txt); never overwrite an input.
         logger.info("kept %s: it is the annotation file the classes were read from", category_file)
     else:
-        write_atomically(category_file, lambda tmp: _write_lines(tmp, classes))
+        write_atomically(category_file, "".join(c + "\n" for c in classes))
 
     reports = {}
     for split in SPLITS:
@@ -567,8 +563,7 @@ def generate(
             os.path.dirname(list_files[split]), "missing_" + os.path.basename(list_files[split])
         )
         if report.missing:
-            with open(missing_file, "w", encoding="utf-8") as f:
-                f.writelines(m + "\n" for m in report.missing)
+            write_atomically(missing_file, "".join(m + "\n" for m in report.missing))
         elif os.path.exists(missing_file):
             os.remove(missing_file)  # from an earlier run; nothing is missing now
         reports[split] = report
@@ -637,8 +632,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ops.dataset_config import default_data_root
-
     args = get_args_parser().parse_args(argv)
     setup_logging()
     try:

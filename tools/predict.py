@@ -44,32 +44,31 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
-from pathlib import Path
+from typing import BinaryIO
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import av  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image, ImageDraw, ImageFont  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import av
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from tqdm import tqdm
 
-from ops import evaluation  # noqa: E402
-from ops.checkpoint import CheckpointError, load_model  # noqa: E402
-from ops.data_problems import DataProblems  # noqa: E402
-from ops.device_input import InputNorm  # noqa: E402
-from ops.frames import FrameFolders, decode_image  # noqa: E402
-from ops.lists import VideoRecord  # noqa: E402
-from ops.sampling import clip_frames  # noqa: E402
-from ops.utils import progress, setup_logging, to_device  # noqa: E402
-from ops.video import VideoError  # noqa: E402
-from ops.video_files import VideoFiles  # noqa: E402
-from tools._common import (  # noqa: E402
+from ops import evaluation
+from ops.atomic import write_atomically
+from ops.checkpoint import CheckpointError, load_model
+from ops.data_problems import DataProblems
+from ops.device_input import InputNorm
+from ops.frames import FrameFolders, decode_image
+from ops.lists import VideoRecord
+from ops.sampling import clip_frames
+from ops.utils import progress, setup_logging, to_device
+from ops.video import VideoError
+from ops.video_files import VideoFiles
+from tools._common import (
     TOOL_ERRORS,
     count_frames,
     fail,
     frame_pattern,
     frame_template,
     model_class_names,
-    write_atomically,
 )
 
 logger = logging.getLogger("predict")
@@ -350,9 +349,9 @@ def write_labelled(
     labelled = _labelled(frames, text, progress(total=total, desc="render", unit="frame"))
     written = []
     if os.path.splitext(out)[1].lower() == ".gif":
-        write_atomically(out, lambda tmp: written.append(_write_gif(labelled, tmp, fps)))
+        write_atomically(out, lambda f: written.append(_write_gif(labelled, f, fps)))
     else:
-        write_atomically(out, lambda tmp: written.append(_write_mp4(labelled, tmp, fps)))
+        write_atomically(out, lambda f: written.append(_write_mp4(labelled, f, fps)))
     return written[0]
 
 
@@ -365,20 +364,20 @@ def _labelled(frames: Iterator[Image.Image], text: str, bar) -> Iterator[Image.I
             bar.update(1)
 
 
-def _write_gif(frames: Iterator[Image.Image], path: str, fps: float) -> int:
+def _write_gif(frames: Iterator[Image.Image], f: BinaryIO, fps: float) -> int:
     drawn = list(frames)  # PIL writes an animation from a list of frames
     if not drawn:
         raise InputError("no frame decodes, nothing to write")
     duration = max(1, round(1000.0 / fps))  # ms per frame
     drawn[0].save(
-        path, format="GIF", save_all=True, append_images=drawn[1:], duration=duration, loop=0
+        f, format="GIF", save_all=True, append_images=drawn[1:], duration=duration, loop=0
     )
     return len(drawn)
 
 
-def _write_mp4(frames: Iterator[Image.Image], path: str, fps: float) -> int:
+def _write_mp4(frames: Iterator[Image.Image], f: BinaryIO, fps: float) -> int:
     written = 0
-    with av.open(path, mode="w", format="mp4") as container:
+    with av.open(f, mode="w", format="mp4") as container:
         stream = None
         for image in frames:
             image = _even(image)

@@ -24,6 +24,8 @@ import json
 import logging
 import os
 
+from ops.atomic import temp_files, write_atomically
+
 logger = logging.getLogger(__name__)
 
 RUN_CONFIG = "run_config.json"
@@ -126,20 +128,14 @@ def clear_run(model_dir: str, log_dir: str) -> None:
 
 def stale_temp_files(folder: str) -> list[str]:
     """Temporary files that ``ops.checkpoint.save_checkpoint`` leaves when killed mid-save
-    (``<checkpoint name>.<random>.tmp``)."""
-    found = []
-    for name in CHECKPOINTS:
-        found += glob.glob(os.path.join(glob.escape(folder), glob.escape(name) + ".*.tmp"))
-    return found
+    (``<checkpoint name>.<random>.tmp``, ``ops.atomic``'s)."""
+    return [tmp for name in CHECKPOINTS for tmp in temp_files(os.path.join(folder, name))]
 
 
 def write_run_config(model_dir: str, config: dict) -> None:
     """Store the run's defining flags as ``run_config.json`` (atomically)."""
     path = os.path.join(model_dir, RUN_CONFIG)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(config, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(config, indent=1, sort_keys=True))
 
 
 def claim_run_folder(model_dir: str, log_dir: str, args: argparse.Namespace) -> str:

@@ -24,10 +24,13 @@ raises.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
 import time
+
+from ops.atomic import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -99,11 +102,10 @@ class RunLogger:
         kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= epochs]
         if len(kept) == len(rows):
             return
-        tmp = self._csv_path + ".tmp"
+        text = io.StringIO()
+        csv.writer(text).writerows(kept)
         try:
-            with open(tmp, "w", newline="") as f:
-                csv.writer(f).writerows(kept)
-            os.replace(tmp, self._csv_path)
+            write_atomically(self._csv_path, text.getvalue())
         except OSError as exc:
             raise _error(exc, self._csv_path) from None
         logger.info("log.csv: dropped %d row(s) after epoch %d", len(rows) - len(kept), epochs)
