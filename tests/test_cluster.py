@@ -459,7 +459,6 @@ def test_resume_auto_is_rank_0s_choice_and_its_file_reaches_ranks_without_it(tmp
 
 _WORKER_START = """
 import json, os, signal, sys, threading, time
-sys.path.insert(0, {repo!r})
 from torch.utils.data import DataLoader, Dataset
 from ops.engine.stop import StopRequest, loader_worker_init, stop_signals_blocked
 
@@ -496,9 +495,10 @@ def test_a_sigterm_while_loader_workers_start_reaches_only_the_training_process(
     # forkserver (Python 3.14's default) or spawn, a SIGTERM to the group during their start-up
     # killed them ("DataLoader worker exited unexpectedly").
     script = tmp_path / "workers.py"
-    script.write_text(_WORKER_START.format(repo=REPO))
+    script.write_text(_WORKER_START)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run(
-        [sys.executable, str(script), method, str(delay)],
+        [sys.executable, str(script), method, str(delay)], env=env,
         capture_output=True, text=True, timeout=300, start_new_session=True,  # its own group
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
