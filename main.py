@@ -59,6 +59,7 @@ from ops.engine.ema import WeightEMA, resume_ema, save_ema_checkpoint
 from ops.engine.lr_scheduler import WarmupSchedule
 from ops.engine.mixing import ClipMix
 from ops.engine.precise_bn import precise_bn
+from ops.engine.preflight import check_data_before_training
 from ops.engine.recipe import mixing_on, training_criterion
 from ops.engine.repeated_aug import RepeatedAugSampler
 from ops.engine.run_config import (
@@ -328,6 +329,7 @@ def train(
             args.epochs,
         )
     train_set, val_set = build_datasets(args, model, data)
+    check_data_before_training(None if args.evaluate else train_set, val_set, ctx.is_main)
     train_loader, val_loader, iters_per_epoch = build_loaders(args, train_set, val_set, batch, ctx)
     settings = LoopSettings.from_args(
         args, min_batch=min_batch(model, batch), input_norm=InputNorm.of(model)

@@ -77,6 +77,18 @@ def build_backbone(
     label = source or (pretrain if isinstance(pretrain, str) else "state_dict")
     if name == "mobilenetv2" and any(k.startswith("classifier.1.") for k in sd):
         sd = from_torchvision_state_dict(sd)
+    own = net.state_dict()  # the weights-file rule of ops.checkpoint.non_float_weights
+    ints = [
+        f"{k} {str(v.dtype).removeprefix('torch.')}"
+        for k, v in sd.items()
+        if isinstance(v, torch.Tensor) and k in own and own[k].is_floating_point()
+        and not v.is_floating_point()
+    ]  # fmt: skip
+    if ints:
+        raise ValueError(
+            f"--pretrain {label}: {len(ints)} weight tensor(s) are not floating point where the "
+            f"model's are ({', '.join(ints[:3])}): a weights file must hold floating-point tensors"
+        )
     try:
         missing, unexpected = net.load_state_dict(sd, strict=False)
     except RuntimeError as exc:  # tensors of other shapes

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import pickle
 import shutil
@@ -19,6 +20,7 @@ import sys
 
 import pytest
 import torch
+import torchvision
 
 import main as train_main
 from ops.checkpoint import load_checkpoint, save_checkpoint
@@ -135,20 +137,57 @@ def own_data(tmp_path):
     return root
 
 
-def test_an_epoch_that_saw_no_clip_is_an_error(own_data, tmp_path):
+def test_a_training_list_that_reads_nothing_is_an_error_before_the_first_step(own_data, tmp_path):
     shutil.rmtree(own_data / "synthetic" / "frames")  # every frame folder missing
     argv = tiny_args(str(own_data), str(tmp_path / "out"), "--epochs", "1")
     message = one_line_exit(argv)
-    assert "training epoch 1 saw 0 clips" in message and "train_videofolder.txt" in message
+    assert "--train_list" in message and "train_videofolder.txt" in message
+    assert "none of its first 8 videos can be read" in message and "frame folder" in message
     assert not os.path.exists(os.path.join(run_dir(str(tmp_path / "out"), argv), "ckpt.pth.tar"))
 
 
-def test_a_validation_that_saw_no_clip_is_an_error(own_data, tmp_path):
+def test_a_validation_list_whose_frames_are_all_missing_is_an_error_before_training(
+    own_data, tmp_path, capsys
+):
+    # It was noticed only after the first epoch, whose weights were then not saved.
     with open(own_data / "synthetic" / "val_videofolder.txt") as f:
         for line in f:
-            shutil.rmtree(own_data / "synthetic" / "frames" / line.split()[0])
-    message = one_line_exit(tiny_args(str(own_data), str(tmp_path / "out"), "--epochs", "1"))
-    assert "validation after epoch 1 saw 0 clips" in message and "val_videofolder" in message
+            for jpg in (own_data / "synthetic" / "frames" / line.split()[0]).iterdir():
+                jpg.unlink()  # the folders stay, every frame is missing
+    argv = tiny_args(str(own_data), str(tmp_path / "out"), "--epochs", "1")
+    message = one_line_exit(argv)
+    assert "--val_list" in message and "val_videofolder.txt" in message
+    assert "none of its first 4 videos can be read" in message
+    assert "Epoch: [1]" not in capsys.readouterr().err  # no training step ran
+    assert not os.path.exists(os.path.join(run_dir(str(tmp_path / "out"), argv), "ckpt.pth.tar"))
+
+
+def test_a_validation_list_equal_to_the_training_list_is_warned(
+    data_root, tmp_path, caplog, monkeypatch
+):
+    monkeypatch.setattr(train_main, "setup_logging", lambda rank=0: None)  # keep caplog's handler
+    train_list = os.path.join(data_root, "synthetic", "train_videofolder.txt")
+    argv = tiny_args(data_root, str(tmp_path / "out"), "--epochs", "1", "--val_list", train_list)
+    with caplog.at_level(logging.WARNING):
+        train_main.main(argv)
+    warned = [r.getMessage() for r in caplog.records if "--val_list" in r.getMessage()]
+    assert len(warned) == 1 and "the same file" in warned[0] and "training accuracy" in warned[0]
+
+
+def test_validation_videos_that_are_also_training_videos_are_counted(
+    own_data, tmp_path, caplog, monkeypatch
+):
+    monkeypatch.setattr(train_main, "setup_logging", lambda rank=0: None)  # keep caplog's handler
+    lists = own_data / "synthetic"
+    val = (lists / "val_videofolder.txt").read_text().splitlines()
+    train = (lists / "train_videofolder.txt").read_text().splitlines()
+    mixed = tmp_path / "val.txt"
+    mixed.write_text("\n".join(val[:2] + train[:3]) + "\n")
+    argv = tiny_args(str(own_data), str(tmp_path / "out"), "--epochs", "1", "--val_list", str(mixed))
+    with caplog.at_level(logging.WARNING):
+        train_main.main(argv)
+    warned = [r.getMessage() for r in caplog.records if "also" in r.getMessage()]
+    assert len(warned) == 1 and "3 of the 5 videos of --val_list" in warned[0]
 
 
 @pytest.mark.parametrize("resume", [[], ["--resume", "auto"]])
@@ -283,8 +322,16 @@ def _bad_files(tmp_path) -> dict:
     truncated.write_bytes(data[: len(data) // 2])
     folder = tmp_path / "a_folder"
     folder.mkdir()
+    integers = tmp_path / "integers.pth"  # the right keys and shapes, cast to integers
+    model = train_main.TSN(2, 4, "RGB", base_model="resnet18", pretrain="scratch", is_shift=True,
+                           non_local=True, print_spec=False)  # fmt: skip
+    sd = {k: v.round().to(torch.int32) for k, v in model.state_dict().items()}
+    torch.save({"epoch": 1, "state_dict": sd}, integers)
+    backbone = tmp_path / "integer_backbone.pth"
+    net = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save({k: v.to(torch.int64) for k, v in net.items()}, backbone)
     return {"readme": readme, "payload": payload, "shapes": shapes, "truncated": truncated,
-            "folder": folder}  # fmt: skip
+            "folder": folder, "integers": integers, "integer_backbone": backbone}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -299,6 +346,9 @@ def _bad_files(tmp_path) -> dict:
         ("--tune_from", "folder", "is a folder, not a file"),
         ("--resume", "folder", "is a folder, not a file"),
         ("--resume", "readme", "is not a file written by torch.save"),
+        ("--tune_from", "integers", "are not floating point where the model's are"),
+        ("--resume", "integers", "are not floating point where the model's are"),
+        ("--pretrain", "integer_backbone", "are not floating point where the model's are"),
     ],
 )
 def test_bad_weight_files_are_one_line_naming_the_flag(data_root, tmp_path, flag, kind, expected):

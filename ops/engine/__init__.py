@@ -8,6 +8,7 @@
                      loader workers ignore them; SLURM requeue
     lr_scheduler.py  the published per-iteration warmup + cosine / step schedule
     seeding.py       reproducible sample order and augmentation, epoch by epoch, resumable
+    preflight.py     the data checked before the first step: each list reads, train = val
     run_logger.py    tensorboardX scalars, log.csv and log.txt of a run
     run_folder.py    whose a run folder is: run_config.json, refusing another run's folder
                      (unless --resume / --overwrite), output folders that cannot be written
