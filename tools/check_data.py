@@ -33,7 +33,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
-from ops.dataset_config import VIDEO_TMPL, add_data_args, resolve_dataset  # noqa: E402
+from ops.dataset_config import (  # noqa: E402
+    REGISTRY,
+    VIDEO_TMPL,
+    add_data_args,
+    category_file,
+    default_data_root,
+    resolve_dataset,
+)
 from ops.frames import (  # noqa: E402
     check_template,
     frame_files,
@@ -48,6 +55,7 @@ from ops.lists import (  # noqa: E402
     parse_video_list_file,
     short,  # noqa: E402
 )
+from ops.output_paths import check_outputs  # noqa: E402
 from ops.utils import ensure_writable_file, progress, write_atomically  # noqa: E402
 from ops.video import VideoError, VideoReader  # noqa: E402
 from ops.video_files import find_video_file, video_roots  # noqa: E402
@@ -338,6 +346,13 @@ def check(
     return problems, len(jobs)
 
 
+def registered_category_file(args: argparse.Namespace) -> str | None:
+    """The category file the registry gives the dataset (None for a class count or none)."""
+    if args.dataset not in REGISTRY or args.modality not in REGISTRY[args.dataset]:
+        return None
+    return category_file(args.dataset, args.modality, args.data_root or default_data_root())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Report every problem in a dataset's list files and frame folders.",
@@ -361,16 +376,20 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.test_list is not None:
+        named = {"--test_list": args.test_list}
+    else:
+        named = {f"--{s}_list": {"train": train_list, "val": val_list}[s] for s in args.split}
+    lists = list(named.values())
     if args.report is not None:
-        try:  # before the scan, which may take hours
+        try:  # before the scan, which may take hours; never over a file it reads
             ensure_writable_file(args.report, "--report")
+            classes = args.category_file or registered_category_file(args)
+            inputs = [*named.items(), ("--category_file", classes)]
+            check_outputs(inputs, [("--report", args.report)])
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-    if args.test_list is not None:
-        lists = [args.test_list]
-    else:
-        lists = [{"train": train_list, "val": val_list}[s] for s in args.split]
 
     try:
         problems, scanned = check(

@@ -17,6 +17,10 @@ Resumable and crash-safe: a video is decoded into a hidden temporary folder next
 So a final folder always holds a complete video and is skipped by the next run (``--overwrite``
 redoes it); a temporary folder left by a killed run is deleted when its video is redone.
 
+Before any work, a frame folder that would be a video or hold one (``OUT`` inside ``VIDEOS_DIR``
+with a video ``cls.mp4`` beside the class folder ``cls/``: --overwrite would delete that folder)
+and a ``--failed_list`` that is a video are refused (``ops/output_paths.py``).
+
 Unreadable videos (missing, truncated, not a video, decoding error, no frame, or fewer frames than
 the container declares) are not fatal: they are counted and listed at the end (and written to
 ``--failed_list``), no folder is left for them, and the exit status is 1. Bad arguments exit with
@@ -44,6 +48,7 @@ import av  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ops.dataset_config import DATASETS, REGISTRY  # noqa: E402
+from ops.output_paths import check_outputs  # noqa: E402
 from ops.utils import progress, setup_logging  # noqa: E402
 from tools._common import (  # noqa: E402
     TOOL_ERRORS,
@@ -359,6 +364,11 @@ def main(argv: list[str] | None = None) -> int:
         videos = find_videos(args.src, extensions=exts, flat=args.flat)
         if not videos:
             raise FileNotFoundError(f"no video file ({', '.join(exts)}) found under {args.src}")
+        check_outputs(  # a frame folder never is, nor holds, a video (ops/output_paths.py)
+            [("the video", path) for path, _ in videos],
+            [("OUT", args.out), ("--failed_list", args.failed_list)],
+            replaced=[(f"OUT ({vid}'s frames)", os.path.join(args.out, vid)) for _, vid in videos],
+        )
     except TOOL_ERRORS as exc:
         return fail(exc)
 

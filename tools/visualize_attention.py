@@ -38,6 +38,7 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from ops.checkpoint import CheckpointError, load_model  # noqa: E402
 from ops.dataset_config import read_categories  # noqa: E402
 from ops.non_local import attention_modules  # noqa: E402
+from ops.output_paths import check_outputs, weights_inputs  # noqa: E402
 from ops.sampling import clip_frames  # noqa: E402
 from ops.utils import setup_logging  # noqa: E402
 from tools._common import (  # noqa: E402
@@ -345,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     setup_logging()
     try:
+        inputs = weights_inputs("--weights", args.weights) + [("--video", args.video)]
+        check_outputs(inputs + [("--category_file", args.category_file)], [("--out", args.out)])
         names = read_categories(args.category_file) if args.category_file else None
         # the flags of the same names as visualize()'s keywords
         same = ("query", "top", "image_tmpl", "segments", "cell", "data_root")
