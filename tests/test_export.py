@@ -11,6 +11,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -170,3 +172,16 @@ def test_safetensors_round_trip_to_the_same_name_keeps_the_sidecar_valid(trained
     # ... but not to --format safetensors: that would be the weights themselves
     rc = export.main(["--weights", out + ".safetensors", "--out", out, "--format", "safetensors"])
     assert rc == 2
+
+
+def test_export_cli_refuses_its_weights_as_out_as_users_run_it(trained, tmp_path):
+    # the command of issue 25, in a subprocess: one line, exit 2, the checkpoint untouched
+    _, path = trained
+    ckpt = tmp_path / "ckpt.pth.tar"
+    shutil.copy(path, ckpt)
+    tool = os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools", "export.py")
+    argv = [sys.executable, tool, "--weights", str(ckpt), "--out", str(tmp_path / "ckpt")]
+    proc = subprocess.run([*argv, "--format", "pth"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines()[-1].startswith(f"error: --out (pth) {ckpt} is the input ")
+    assert "Traceback" not in proc.stderr and sha(ckpt) == sha(path)

@@ -7,6 +7,7 @@ command line in a subprocess, the others call ``main.main`` in-process (seconds 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -385,9 +386,11 @@ def test_cli_one_live_run_per_folder_and_a_killed_run_leaves_no_lock(data_root, 
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=60)
-    third = run_cli([*argv, "--resume", "auto", "--stop_after_epochs", "1"], tmp_path)
+    ckpt = os.path.join(folder, "ckpt.pth.tar")  # the epochs the first run saved before its death
+    done = load_checkpoint(ckpt)["epoch"] if os.path.exists(ckpt) else 0
+    third = run_cli([*argv, "--resume", "auto", "--stop_after_epochs", str(done + 1)], tmp_path)
     assert third.returncode == 0, third.stderr[-3000:]
-    assert load_checkpoint(os.path.join(folder, "ckpt.pth.tar"))["epoch"] == 1
+    assert load_checkpoint(ckpt)["epoch"] == done + 1
 
 
 def test_resume_auto_refuses_a_run_whose_training_state_was_deleted(data_root, tmp_path):
@@ -469,3 +472,30 @@ def test_tune_from_the_runs_own_checkpoint_with_overwrite_is_refused(data_root, 
             f"--root_model (ckpt.best.pth.tar) {best} is the input --tune_from {source}" in message
         )
     assert {f: sha(os.path.join(folder, f)) for f in os.listdir(folder)} == before
+
+
+@pytest.mark.slow
+def test_cli_spawned_rank_0_holds_the_folder_and_a_second_launch_is_refused_before_spawning(
+    data_root, tmp_path
+):
+    # --multiprocessing-distributed: rank 0 is a spawned process; it holds the folder, and a
+    # second launch of the same command is refused by its launching process before it spawns.
+    spawn = ["--multiprocessing-distributed", "--cpu_procs", "2", "--batch_size", "4"]
+    argv = tiny_args(data_root, str(tmp_path), "--epochs", "50", *spawn)
+    first, ranks = start_cli(argv, tmp_path), []
+    try:
+        wait_for(first, "Epoch: [1][1/", timeout=300)
+        ranks = subprocess.run(
+            ["pgrep", "-P", str(first.pid), "-f", "spawn_main"], capture_output=True, text=True
+        ).stdout.split()
+        proc = run_cli([*argv, "--resume", "auto"], tmp_path)
+        line = error_line(proc)
+        holder = line.split(" pid ")[1].split(",")[0]
+        assert "is in use by a live run" in line and holder in ranks, (line, ranks)
+        assert "spawn_main" not in proc.stderr and first.poll() is None
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+        for pid in ranks:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
