@@ -27,6 +27,7 @@ import torch
 import main as train_main
 from ops.checkpoint import load_checkpoint, save_checkpoint
 from ops.engine import run_logger
+from ops.engine.run_folder import clear_run
 from ops.synthetic import make_tiny
 from tests.test_main import tiny_args
 
@@ -499,3 +500,15 @@ def test_cli_spawned_rank_0_holds_the_folder_and_a_second_launch_is_refused_befo
         for pid in ranks:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGKILL)
+
+
+def test_overwrite_removes_the_previous_runs_ema_checkpoint_too(tmp_path):
+    # --overwrite left ckpt.ema.pth.tar of the old run beside the new run's checkpoints, where
+    # test_models.py / predict.py would take it for the new run's weight average.
+    model_dir, log_dir = tmp_path / "ckpt", tmp_path / "log"
+    for path in [model_dir / n for n in ("ckpt.pth.tar", "ckpt.best.pth.tar", "ckpt.ema.pth.tar",
+                                         "run_config.json", "notes.txt")] + [log_dir / "log.csv"]:  # fmt: skip
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("old run")
+    clear_run(str(model_dir), str(log_dir))
+    assert os.listdir(model_dir) == ["notes.txt"] and os.listdir(log_dir) == []  # not ours: kept
