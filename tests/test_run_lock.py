@@ -33,9 +33,10 @@ HOLDER = textwrap.dedent(
     run_lock.hold(sys.argv[1])
     child = os.fork() if len(sys.argv) > 2 else None
     if child == 0:  # a forked worker (as a DataLoader's) that outlives its parent
+        os.write(1, b"child\\n")  # running: the fork hooks are done (one write: no interleaving)
         time.sleep(120)
         os._exit(0)
-    print("held", child, flush=True)
+    os.write(1, f"held {child}\\n".encode())
     time.sleep(120)
     """
 )
@@ -50,9 +51,10 @@ def _release():
 def start_holder(folder, fork: bool = False) -> tuple[subprocess.Popen, int | None]:
     argv = [sys.executable, "-c", HOLDER, str(folder)] + (["fork"] if fork else [])
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline().split()
-    assert line and line[0] == "held", line
-    return proc, (int(line[1]) if fork else None)
+    lines = [proc.stdout.readline().split() for _ in range(2 if fork else 1)]
+    held = [line for line in lines if line and line[0] == "held"]
+    assert held and (not fork or ["child"] in lines), lines
+    return proc, (int(held[0][1]) if fork else None)
 
 
 def kill(proc: subprocess.Popen) -> None:
