@@ -35,7 +35,8 @@ Checkpoints, evaluation, shared helpers:
     distributed.py     launch plans and process groups (torchrun, SLURM, spawn)
     utils.py           logging, autocast, moving a batch to the device, top-k, progress bars,
                        output paths checked writable before the work
-    atomic.py          the one atomic file write (temporary file, fsync, rename): every writer's
+    atomic.py          the one atomic file write (temporary file, fsync, rename) every writer uses
+    output_paths.py    no command writes over one of its inputs (the one rule every tool applies)
 engine/                the training engine, used only by main.py (see engine/__init__.py)
 
 Imports run one way: main.py, test_models.py, tools/, benchmarks/ -> engine/ -> ops -> archs/

@@ -16,6 +16,13 @@ from PIL import Image, ImageDraw
 from ops.atomic import write_atomically
 from ops.metrics import confusion_matrix, per_class_accuracy
 
+# The files of a report folder (write_report), by kind.
+REPORT_FILES = {
+    "png": "confusion_matrix.png",
+    "npy": "confusion_matrix.npy",
+    "csv": "per_class_accuracy.csv",
+}
+
 
 def save_scores(
     path: str,
@@ -109,11 +116,7 @@ def write_report(
     os.makedirs(report_dir, exist_ok=True)
     cm = confusion_matrix(labels_np, scores.argmax(dim=1).numpy(), num_classes=k)
     acc = per_class_accuracy(cm)
-    paths = {
-        "png": os.path.join(report_dir, "confusion_matrix.png"),
-        "npy": os.path.join(report_dir, "confusion_matrix.npy"),
-        "csv": os.path.join(report_dir, "per_class_accuracy.csv"),
-    }
+    paths = {kind: os.path.join(report_dir, name) for kind, name in REPORT_FILES.items()}
     image = confusion_matrix_image(cm)
     write_atomically(paths["png"], lambda f: image.save(f, format="PNG"))
     write_atomically(paths["npy"], lambda f: np.save(f, cm))

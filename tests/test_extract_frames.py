@@ -470,3 +470,29 @@ def test_changing_the_output_kind_removes_old_outputs_but_never_an_input(videos,
     assert extract_frames.main([str(folder), str(folder), "--short_side", "64", "--pack", "--overwrite"]) == 0  # fmt: skip
     assert not (folder / "a").exists() and (folder / "a.zip").is_file()  # the folder was stale
     assert (folder / "a.mp4").read_bytes() == data  # the input is untouched
+def test_a_frame_folder_is_never_a_video_nor_holds_one(videos, tmp_path, capsys):
+    # Frames written beside the videos (OUT = VIDEOS_DIR), where a video cls.mp4 sits beside the
+    # class folder cls/: cls.mp4's frame folder would be cls/, which holds cls/a.mp4, and
+    # --overwrite swaps that folder out and deletes it (without it, cls.mp4 is "already done").
+    sample = min(videos.glob("*.mp4"), key=lambda p: p.stat().st_size)
+    src = tmp_path / "v"
+    (src / "cls").mkdir(parents=True)
+    shutil.copy(sample, src / "cls.mp4")
+    shutil.copy(sample, src / "cls" / "a.mp4")
+    for extra in ([], ["--overwrite"]):
+        rc = extract_frames.main([str(src), str(src), *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and err[-1].startswith("error: "), err
+        assert f"OUT (cls's frames) {src / 'cls'} holds the input the video " in err[-1]
+    assert sorted(str(p.relative_to(src)) for p in src.rglob("*")) == [
+        "cls",
+        "cls.mp4",
+        "cls/a.mp4",
+    ]
+    # --failed_list naming a video, and OUT naming the video itself, are refused too
+    for argv in ([str(src / "cls.mp4"), str(src / "cls.mp4")],
+                 [str(src), str(tmp_path / "o"), "--failed_list", str(src / "cls" / "a.mp4")]):  # fmt: skip
+        assert extract_frames.main(argv) == 2
+        assert "is the input the video" in capsys.readouterr().err
+    assert (src / "cls" / "a.mp4").read_bytes() == sample.read_bytes()
+    assert not (tmp_path / "o").exists()

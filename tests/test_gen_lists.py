@@ -370,3 +370,36 @@ def test_packed_frames_are_listed_like_their_folders(tmp_path, capsys):
     ]
     assert read(labels / "val_videofolder.txt") == ["abseiling/ddddddddddd_000001_000011 2 0"]
     assert "several folders" not in capsys.readouterr().out  # a folder and its .zip: one video
+@pytest.mark.parametrize(
+    "outs, needle",
+    [
+        (
+            ("ann/train.csv", "val.txt", "classes.txt"),
+            "is the input the train annotations (--train) ",
+        ),
+        (("alias/validate.csv", "val.txt", "c.txt"), "is the input the val annotations (--val) "),
+        (("lists.txt", "lists.txt", "classes.txt"), "and the train list (--train_out) "),
+        (("train.txt", "val.txt", "train.txt"), "and the train list (--train_out) "),
+    ],
+)
+def test_outputs_are_never_an_input_nor_each_other(tmp_path, capsys, outs, needle):
+    # One rule (ops/output_paths.py): an annotation file is never overwritten (also through a
+    # symlinked folder), and two outputs that are one file are refused before anything is written.
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    (tmp_path / "alias").symlink_to(ann)
+    header = "label,youtube_id,time_start,time_end,split\n"
+    (ann / "train.csv").write_text(header + "air drumming,xxxxxxxxxxx,3,13,train\n")
+    (ann / "validate.csv").write_text(header + "abseiling,yyyyyyyyyyy,0,10,val\n")
+    before = {p.name: p.read_bytes() for p in ann.iterdir()}
+    make_frames(tmp_path / "frames" / "yyyyyyyyyyy", 5)
+    flags = ("--train_out", "--val_out", "--category_out")
+    argv = ["kinetics", "--annotations", str(ann), "--frames", str(tmp_path / "frames")]
+    for flag, out in zip(flags, outs):
+        argv += [flag, str(tmp_path / out)]
+    assert gen_lists.main(argv) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and needle in errors[0] and "Traceback" not in err, err
+    assert {p.name: p.read_bytes() for p in ann.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alias", "ann", "frames"]

@@ -35,7 +35,14 @@ from dataclasses import dataclass
 from PIL import Image, UnidentifiedImageError
 
 from ops.atomic import write_atomically
-from ops.dataset_config import VIDEO_TMPL, add_data_args, resolve_dataset
+from ops.dataset_config import (
+    REGISTRY,
+    VIDEO_TMPL,
+    add_data_args,
+    category_file,
+    default_data_root,
+    resolve_dataset,
+)
 from ops.frames import (
     check_template,
     frame_files,
@@ -52,6 +59,7 @@ from ops.lists import (
     parse_video_list_file,
     short,
 )
+from ops.output_paths import check_outputs
 from ops.packed_frames import EXT as PACKED_EXT
 from ops.packed_frames import PackedFile
 from ops.utils import ensure_writable_file, progress
@@ -404,6 +412,13 @@ def check(
     return problems, len(jobs)
 
 
+def registered_category_file(args: argparse.Namespace) -> str | None:
+    """The category file the registry gives the dataset (None for a class count or none)."""
+    if args.dataset not in REGISTRY or args.modality not in REGISTRY[args.dataset]:
+        return None
+    return category_file(args.dataset, args.modality, args.data_root or default_data_root())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Report every problem in a dataset's list files and frame folders.",
@@ -427,16 +442,20 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.test_list is not None:
+        named = {"--test_list": args.test_list}
+    else:
+        named = {f"--{s}_list": {"train": train_list, "val": val_list}[s] for s in args.split}
+    lists = list(named.values())
     if args.report is not None:
-        try:  # before the scan, which may take hours
+        try:  # before the scan, which may take hours; never over a file it reads
             ensure_writable_file(args.report, "--report")
+            classes = args.category_file or registered_category_file(args)
+            inputs = [*named.items(), ("--category_file", classes)]
+            check_outputs(inputs, [("--report", args.report)])
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-    if args.test_list is not None:
-        lists = [args.test_list]
-    else:
-        lists = [{"train": train_list, "val": val_list}[s] for s in args.split]
 
     try:
         problems, scanned = check(

@@ -30,7 +30,9 @@ parsed from its file name) becomes ``.safetensors`` + sidecar holding those pars
 the converted file needs no published name; ``--weights x.safetensors --format pth`` turns it
 back into a ``.pth.tar``. Class names: the checkpoint's, else ``--category_file``, else the
 category file of its dataset under ``--data_root`` (none for published Kinetics checkpoints
-unless given). All files are written to a temporary name and renamed when complete.
+unless given). All files are written to a temporary name and renamed when complete; none may be the
+``--weights`` file or the category file (``ops/output_paths.py``: refused before any work, also
+through a link).
 
 Every export is checked: the saved file is loaded back (safetensors and pth through
 ``ops.checkpoint.load_model``, as the tools load them) and run on a random clip, and its output
@@ -64,6 +66,7 @@ from ops.checkpoint import (
     save_checkpoint,
     sidecar_path,
 )
+from ops.output_paths import check_outputs, weights_inputs
 from ops.utils import nonfinite_tensors, setup_logging
 from tools._common import TOOL_ERRORS, fail, model_class_names
 
@@ -217,6 +220,7 @@ def export(
     to ``<out>.json`` (with a ``checks`` entry per format; with safetensors also the sidecar)."""
     if batch < 1:
         raise ValueError(f"--batch must be >= 1, got {batch}")
+    check_outputs(export_inputs(weights, out, category_file), export_outputs(out, formats))
     overrides = {"rnl_fused": False} if explicit_attention else {}
     model, meta = load_model(weights, num_segments=segments, input_size=input_size, **overrides)
     bad = nonfinite_tensors(model.state_dict())
@@ -272,6 +276,23 @@ def export(
         checks[fmt] = {"file": path, "checked": True, **check(run, model, example, atol, rtol)}
     write_json(out + ".json", info)
     return info
+
+
+def export_outputs(out: str, formats: tuple[str, ...]) -> list:
+    """The files an export writes (``<out>.json`` last), for ``ops.output_paths``."""
+    return [(f"--out ({fmt})", out + SUFFIX[fmt]) for fmt in formats] + [
+        ("--out (description)", out + ".json")
+    ]
+
+
+def export_inputs(weights: str, out: str, category_file: str | None) -> list:
+    """The files an export reads. The sidecar of ``--weights x.safetensors`` is not one when
+    ``--out x`` (``--format pth``): ``x.json`` is then rewritten as the description of the same
+    export, keeping its link to ``x.safetensors`` (``keep_link``), and stays its sidecar."""
+    inputs = weights_inputs("--weights", weights)
+    if os.path.realpath(weights) == os.path.realpath(out + SUFFIX["safetensors"]):
+        inputs = inputs[:1]
+    return inputs + [("--category_file", category_file)]
 
 
 def keep_link(out: str, info: dict, exporting_safetensors: bool) -> None:

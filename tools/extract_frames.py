@@ -42,6 +42,10 @@ is written (packed files and videos are also re-read and verified first). So a f
 always holds a complete video and is skipped by the next run (``--overwrite`` redoes it); a
 temporary output left by a killed run is deleted when its video is redone.
 
+Before any work, a frame folder that would be a video or hold one (``OUT`` inside ``VIDEOS_DIR``
+with a video ``cls.mp4`` beside the class folder ``cls/``: --overwrite would delete that folder)
+and a ``--failed_list`` that is a video are refused (``ops/output_paths.py``).
+
 Unreadable videos (missing, truncated, not a video, decoding error, no frame, or fewer frames than
 the container declares) are not fatal: they are counted and listed at the end (and written to
 ``--failed_list``), no output is left for them, and the exit status is 1. Bad arguments, and an
@@ -72,6 +76,7 @@ from PIL import Image
 
 from ops.atomic import write_atomically
 from ops.dataset_config import DATASETS, REGISTRY
+from ops.output_paths import check_outputs
 from ops.packed_frames import EXT as PACKED_EXT
 from ops.packed_frames import write_packed
 from ops.utils import ensure_writable_dir, ensure_writable_file, progress, setup_logging
@@ -720,6 +725,13 @@ def main(argv: list[str] | None = None) -> int:
                     raise ValueError(
                         f"--reencode would write {path} over itself: give another output folder"
                     )
+        check_outputs(  # an output never is, nor holds, a video (ops/output_paths.py)
+            [("the video", path) for path, _ in videos],
+            [("OUT", args.out), ("--failed_list", args.failed_list)],
+            replaced=[
+                (f"OUT ({vid}'s frames)", output_path(settings, vid)) for _, vid in videos
+            ],
+        )
         check_output_dir(args.out)
         if args.failed_list is not None:
             ensure_writable_file(args.failed_list, "--failed_list")

@@ -57,6 +57,7 @@ from pathlib import Path
 
 from ops.atomic import write_atomically
 from ops.dataset_config import REGISTRY, VIDEO_REGISTRY, default_data_root
+from ops.output_paths import check_outputs
 from ops.packed_frames import EXT as PACKED_EXT
 from ops.packed_frames import PackedFile
 from ops.utils import progress, setup_logging
@@ -504,19 +505,21 @@ def generate(
     frames_root: str | None = None,
     video_roots: list[str] | None = None,
     image_tmpl: str = "img_{:05d}.jpg",
-    inputs: tuple[str, ...] = (),
+    inputs: dict[str, str] | None = None,
 ) -> dict[str, SplitReport]:
     """Match the annotations with the folders (or video files) on disk and write the files;
-    ``inputs`` (the annotation files read) are never overwritten."""
+    ``inputs`` (the annotation files read, by role: labels, train, val) are never overwritten
+    (``ops/output_paths.py``), and the outputs are distinct files."""
     if (frames_root is None) == (video_roots is None):
         raise ValueError("give exactly one of a frames root and video roots")
-    for split, path in list_files.items():
-        clash = next((f for f in inputs if _same_file(path, f)), None)
-        if clash:
-            raise ValueError(
-                f"the {split} list {path} is the annotation file {clash} it is made from: "
-                f"pass --{split}_out FILE"
-            )
+    inputs = inputs or {}
+    outputs = [(f"the {s} list (--{s}_out)", p) for s, p in list_files.items()]
+    # --annotations is the registry's label folder: the official class file is the category
+    # file (read_categories reads UCF101's numbered classInd.txt): kept, not written.
+    category_is_input = "labels" in inputs and _same_file(category_file, inputs["labels"])
+    if not category_is_input:
+        outputs.append(("the category file (--category_out)", category_file))
+    check_outputs([(f"the {r} annotations (--{r})", f) for r, f in inputs.items()], outputs)
     if frames_root is not None and not os.path.isdir(frames_root):
         raise FileNotFoundError(
             f"frames folder {frames_root} does not exist: extract the frames first "
@@ -543,9 +546,7 @@ def generate(
         index = index_frame_folders(frames_root, image_tmpl)
     else:
         index = index_video_files(video_roots)
-    if any(_same_file(category_file, f) for f in inputs):
-        # --annotations is the registry's label folder: the official class file is the category
-        # file (read_categories reads UCF101's numbered classInd.txt); never overwrite an input.
+    if category_is_input:
         logger.info("kept %s: it is the annotation file the classes were read from", category_file)
     else:
         write_atomically(category_file, "".join(c + "\n" for c in classes))
@@ -690,7 +691,7 @@ def main(argv: list[str] | None = None) -> int:
             frames_root=frames,
             video_roots=video_roots,
             image_tmpl=args.image_tmpl or entry["image_tmpl"],
-            inputs=tuple(f for f in files.values() if isinstance(f, str)),
+            inputs={r: f for r, f in files.items() if isinstance(f, str)},
         )
     except (*TOOL_ERRORS, OSError, json.JSONDecodeError, csv.Error) as exc:
         return fail(exc)

@@ -31,7 +31,11 @@ Output: per input, its top-5 (``--topk``) as ``probability  name`` lines on stdo
 ``--json`` one JSON document for all inputs. ``--out FILE.mp4|FILE.gif`` writes the input with its
 top-1 class and probability drawn in the top-left corner (mp4: H.264 by PyAV at the video's frame
 rate, ``--fps`` for frame folders; gif: PIL, which stores identical consecutive frames once with
-their durations added; written to a temporary file and renamed when complete); with several inputs ``--out`` must contain ``{name}``, replaced by each input's name.
+their durations added; written to a temporary file and renamed when complete); with several
+inputs ``--out`` must contain ``{name}``, replaced by each input's name. Before any work, ``--out``
+is refused (``ops/output_paths.py``) where it would write over an input (a video, the weights,
+the category file; also through a link) or where two inputs get the same file (``x/clip`` and
+``y/clip`` both give ``{name}`` = ``clip``).
 An input that cannot be read gets one line on stderr (``error: <input>: <why>``) and the others
 still run; the exit status is then 1 (2 for a bad checkpoint or bad flags).
 """
@@ -60,6 +64,7 @@ from ops.data_problems import DataProblems
 from ops.device_input import InputNorm
 from ops.frames import FrameFolders, decode_bytes, decode_image
 from ops.lists import VideoRecord
+from ops.output_paths import check_outputs, weights_inputs
 from ops.packed_frames import EXT as PACKED_EXT
 from ops.packed_frames import PackedFile
 from ops.sampling import clip_frames
@@ -485,8 +490,10 @@ def run(args: argparse.Namespace) -> int:
     if args.out and os.path.splitext(args.out)[1].lower() not in OUT_FORMATS:
         raise ValueError(f"--out must end in {' or '.join(OUT_FORMATS)}, got {args.out}")
     several = len(args.inputs) > 1
-    if args.out:
-        out_path(args.out, args.inputs[0], several)  # a bad --out fails before any work
+    if args.out:  # a bad --out fails before any work: a template without {name}, or a clash
+        outputs = [(f"--out (for {p})", out_path(args.out, p, several)) for p in args.inputs]
+        inputs = [("", p) for p in args.inputs] + weights_inputs("--weights", args.weights)
+        check_outputs(inputs + [("--category_file", args.category_file)], outputs)
     predictor = build_predictor(args)
     results, failed = [], 0
     bar = progress(args.inputs, desc="predict", unit="input", enabled=several)

@@ -37,6 +37,7 @@ from ops.checkpoint import CheckpointError, load_model
 from ops.dataset_config import read_categories
 from ops.device_input import InputNorm, ToUint8Tensor
 from ops.non_local import attention_modules
+from ops.output_paths import check_outputs, weights_inputs
 from ops.sampling import clip_frames
 from ops.transforms import GroupCenterCrop, GroupScale, Stack
 from ops.utils import setup_logging, to_device
@@ -341,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     setup_logging()
     try:
+        inputs = weights_inputs("--weights", args.weights) + [("--video", args.video)]
+        check_outputs(inputs + [("--category_file", args.category_file)], [("--out", args.out)])
         names = read_categories(args.category_file) if args.category_file else None
         # the flags of the same names as visualize()'s keywords
         same = ("query", "top", "image_tmpl", "segments", "cell", "data_root")
