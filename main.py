@@ -53,7 +53,7 @@ from ops.dataset import TSNDataSet
 from ops.dataset_config import DATA_FLAGS, default_data_root
 from ops.device_augment import DeviceTrainAugment, use_device_decoding
 from ops.device_input import InputNorm, ToUint8Tensor
-from ops.engine import config
+from ops.engine import config, run_lock
 from ops.engine.compile import maybe_compile
 from ops.engine.config import (
     LaunchConfig,
@@ -73,9 +73,16 @@ from ops.engine.loaders import make_loader
 from ops.engine.lr_scheduler import WarmupSchedule
 from ops.engine.mixing import ClipMix
 from ops.engine.precise_bn import precise_bn
+from ops.engine.preflight import check_data_before_training
 from ops.engine.recipe import mixing_on, training_criterion
 from ops.engine.repeated_aug import RepeatedAugSampler
-from ops.engine.run_folder import RunFolderError, claim_run_folder, output_error_message
+from ops.engine.run_folder import (
+    RunFolderError,
+    check_run_paths,
+    check_training_state,
+    claim_run_folder,
+    output_error_message,
+)
 from ops.engine.run_logger import RunLogError, RunLogger
 from ops.engine.runtime_report import compile_status, runtime_report
 from ops.engine.seeding import EpochSampler, SeededDataset, derive_seed, seed_all, start_epoch
@@ -374,6 +381,8 @@ def build(cfg: RunConfig, ctx: du.DistContext) -> Built:
     model, settings = prepare_model(cfg, ctx)
     optimizer, scaler = build_optimizer(model, cfg)
     train_set, val_set = build_datasets(cfg, model)
+    # each list has a video that reads (the random generators untouched: ops/engine/preflight.py)
+    check_data_before_training(None if cfg.loop.evaluate else train_set, val_set, ctx.is_main)
     loaders = build_loaders(cfg, train_set, val_set, ctx)
     return Built(model, settings, optimizer, scaler, train_set, val_set, loaders)
 
@@ -394,6 +403,8 @@ def train(ctx: du.DistContext, cfg: RunConfig, stop: StopRequest) -> dict:
                else "none were given")  # fmt: skip
             + ": pass --resume PATH/TO/ckpt.best.pth.tar (random weights are never scored)"
         )
+    if found and not cfg.loop.evaluate:  # an export, a published or an EMA file: weights only
+        check_training_state(*found)
     run_log = start_run(cfg, ctx)
     try:
         state = RunState()
@@ -656,6 +667,9 @@ def start_run(cfg: RunConfig, ctx: du.DistContext) -> RunLogger:
     error, action = None, ""
     if ctx.is_main and not cfg.loop.evaluate:
         try:
+            check_run_paths(cfg)  # no output is an input
+            run_lock.hold(cfg.paths.model_dir)  # one live run per folder, until this process ends
+            run_lock.hold(cfg.paths.log_dir, "--root_log")
             action = claim_run_folder(cfg)
         except RunFolderError as exc:
             error = str(exc)
@@ -765,6 +779,7 @@ def worker(local_rank: int, cfg: RunConfig) -> dict:
             sys.stderr.flush()
             os._exit(1)
     finally:
+        run_lock.release_all()
         stop.uninstall()
     du.cleanup(ctx)
     return summary
@@ -812,6 +827,8 @@ def _run(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     plan = cfg.launch.plan
     if plan.mode == "spawn":
+        if plan.node_rank == 0 and not cfg.loop.evaluate:  # refused before spawning (rank 0 locks)
+            run_lock.check_free(cfg.paths.model_dir)
         du.spawn(_spawn_entry, plan.nprocs, (cfg,))
         summary = {"run_name": cfg.name, "model_dir": cfg.paths.model_dir}
     else:

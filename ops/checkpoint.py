@@ -1,8 +1,8 @@
 """Checkpoint files: the file-format leaf that main.py, test_models.py and tools/ read and write
 through (it imports no model, no distributed and no training code).
 
-- Writing: ``atomic_write`` (a temporary file in the same folder, fsync, rename) under
-  ``save_checkpoint`` (``torch.save``) and ``save_safetensors`` (weights + JSON sidecar).
+- Writing: ``atomic_write`` (``ops.atomic.write_atomically``, its errors as ``CheckpointError``)
+  under ``save_checkpoint`` (``torch.save``) and ``save_safetensors`` (weights + JSON sidecar).
 - Reading: ``load_checkpoint`` is the one loading path and dispatches on the file type. It never
   unpickles arbitrary objects: ``torch.load(weights_only=True)`` accepts tensors and plain Python
   containers / numbers / strings, plus numpy scalars and dtypes, which older checkpoints sometimes
@@ -28,21 +28,20 @@ through (it imports no model, no distributed and no training code).
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import hashlib
 import json
 import logging
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Callable
 from typing import BinaryIO
 
 import numpy as np
 import torch
 from torch import nn
+
+from ops.atomic import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -54,43 +53,18 @@ class CheckpointError(Exception):
 # ---------------------------------------------------------------------------------------------
 # saving
 # ---------------------------------------------------------------------------------------------
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
-    """Write ``path`` atomically with ``write(binary file)``: a temporary file in the same folder,
-    fsync, rename.
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """Write ``path`` atomically with ``write(binary file)`` (``ops.atomic.write_atomically``:
+    a temporary file in the same folder, fsync, rename; what killed earlier saves of the same path
+    left is removed first, as one process writes a given checkpoint path).
 
-    A crash or a full disk leaves either the old file or the new one, never half a file. On failure
-    the temporary file is removed and ``CheckpointError`` says that the previous file is intact.
-    Temporary files of an earlier save of the same path that was killed (``kill -9``) are removed
-    first: one process writes a given checkpoint path. The file gets the permissions of any new
-    file (the umask), not the private ones of a temporary file.
+    A crash or a full disk leaves either the old file or the new one, never half a file; a failure
+    raises ``CheckpointError`` saying whether a previous file there is intact.
     """
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = None
     try:
-        os.makedirs(folder, exist_ok=True)
-        prefix = os.path.basename(path) + "."
-        for stale in glob.glob(os.path.join(glob.escape(folder), glob.escape(prefix) + "*.tmp")):
-            with contextlib.suppress(OSError):
-                os.remove(stale)
-        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-        tmp = None
-        with contextlib.suppress(OSError):  # make the rename itself durable where the OS allows it
-            dir_fd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+        write_atomically(path, write, clear_stale=True)
     except Exception as exc:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
         previous = (
             "the previous checkpoint there is intact"
             if os.path.exists(path)
@@ -104,13 +78,6 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
     """``torch.save(state)`` to ``path`` atomically (``atomic_write``)."""
     atomic_write(path, lambda f: torch.save(state, f))
-
-
-def _umask() -> int:
-    """The process's umask (read by setting it and putting it back: there is no getter)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 # ---------------------------------------------------------------------------------------------
@@ -500,6 +467,29 @@ def same_dataset(path: str | os.PathLike, dataset: str, ckpt: dict | None = None
 # ---------------------------------------------------------------------------------------------
 # models
 # ---------------------------------------------------------------------------------------------
+def non_float_weights(own: dict, state_dict: dict) -> str | None:
+    """Why ``state_dict`` cannot load into a model whose state is ``own``, when tensors whose
+    model counterpart is floating point are not (BatchNorm's ``num_batches_tracked`` is int64 in
+    both); None when every one is. Copied into float weights they would load without a word and
+    score chance (a file converted to integers)."""
+    bad = [
+        f"{k} {str(v.dtype).removeprefix('torch.')}"
+        for k, v in state_dict.items()
+        if isinstance(v, torch.Tensor)
+        and isinstance(own.get(k), torch.Tensor)
+        and own[k].is_floating_point()
+        and not v.is_floating_point()
+    ]
+    if not bad:
+        return None
+    more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+    return (
+        f"{len(bad)} weight tensor(s) are not floating point where the model's are "
+        f"({', '.join(bad[:3])}{more}): a weights file must hold floating-point tensors; save or "
+        "export the weights again"
+    )
+
+
 def load_weights(model: nn.Module, state_dict: dict) -> None:
     """Load a (published or own) state_dict into ``model``, strictly.
 
@@ -516,6 +506,9 @@ def load_weights(model: nn.Module, state_dict: dict) -> None:
                 and f"base_model.classifier.{suffix}" not in own
             ):
                 sd[f"new_fc.{suffix}"] = sd.pop(f"base_model.classifier.{suffix}")
+    wrong_type = non_float_weights(own, sd)
+    if wrong_type:
+        raise CheckpointError(wrong_type)
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     mismatched = [

@@ -19,8 +19,10 @@ from ops.checkpoint import (
     is_safetensors,
     load_checkpoint,
     load_weights,
+    non_float_weights,
     sidecar_path,
     stored_model_config,
+    strip_module_prefix,
 )
 from ops.models import TSN
 from ops.non_local import block_settings
@@ -57,6 +59,9 @@ def load_model(path: str | os.PathLike, **overrides) -> tuple[nn.Module, dict]:
             f"the model settings of {where} do not build a model ({exc}): "
             "export or save the checkpoint again"
         ) from None
+    wrong_type = non_float_weights(model.state_dict(), strip_module_prefix(ckpt["state_dict"]))
+    if wrong_type:  # the weights' fault, not the sidecar's
+        raise CheckpointError(f"{path}: {wrong_type}")
     try:
         load_weights(model, ckpt["state_dict"])
     except CheckpointError as exc:

@@ -173,6 +173,8 @@ def test_the_config_is_frozen_and_a_checkpoint_of_an_older_version_still_resumes
         dense_sample=False, class_names=None, epoch=1, best_prec1=50.0,
         args={"lr": 0.01, "seed": 0, "randaugment": None},
     )  # fmt: skip
+    # a training checkpoint holds its optimizer state (--resume refuses weights alone)
+    contents["optimizer"] = torch.optim.SGD(model.get_optim_policies(), lr=0.01).state_dict()
     path = tmp_path / "old.pth.tar"
     save_checkpoint(contents, path)
     argv = tiny_args(data_root, str(tmp_path / "out"), "--epochs", "2", "--resume", str(path))

@@ -44,7 +44,7 @@ from ops.dataset_config import (
     default_data_root,
     resolve_dataset,
 )
-from ops.engine.recipe import OFF, active_options, describe_recipe, run_name_part
+from ops.engine.recipe import RecipeConfig, active_options, describe_recipe, run_name_part
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ class DataConfig:
     val_list: str = execution()
     root_path: str = execution()  # frame folders, or the video folders (os.pathsep-joined)
     data_root: str = execution()
+    category_file: str | None = execution(None)  # --category_file, when given
     # from the category file, stored in the checkpoints (labels are indices: names only name them)
     class_names: tuple[str, ...] | None = execution(None)
     skip_bad_lines: bool = execution(False)
@@ -152,21 +153,6 @@ class LoopConfig:
     stop_after_epochs: int | None = execution()
     evaluate: bool = execution()
     demo_eval: bool = execution()  # the demo's final evaluation (off with --no_demo_eval)
-
-
-@dataclass(frozen=True, kw_only=True)
-class RecipeConfig:
-    """The recipe options (ops/engine/recipe.py), each at its `OFF` value by default."""
-
-    label_smoothing: float = OFF["label_smoothing"]
-    mixup: float = OFF["mixup"]
-    cutmix: float = OFF["cutmix"]
-    mix_prob: float = OFF["mix_prob"]
-    mix_switch_prob: float = OFF["mix_switch_prob"]
-    randaugment: tuple[int, int] | None = OFF["randaugment"]
-    repeated_aug: int = OFF["repeated_aug"]
-    ema: float = OFF["ema"]
-    precise_bn: int = OFF["precise_bn"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -315,6 +301,7 @@ def resolve_data(
         val_list=val_list,
         root_path=root_path,
         data_root=root,
+        category_file=overrides.get("category_file"),
         skip_bad_lines=skip_bad_lines,
         strict_data=strict_data,
         note=note,

@@ -84,9 +84,9 @@ def precise_bn(
     used = 0
     model.train()
     bar = progress(total=num_batches, desc="precise BN", enabled=ctx.is_main)
-    with stop_signals_blocked():  # loader workers start here (see ops/engine/stop.py)
-        batches = iter(batches)
     with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
+        with stop_signals_blocked(batches):  # loader workers start here (ops/engine/stop.py)
+            batches = iter(batches)
         for batch in batches:
             if used >= num_batches:
                 break

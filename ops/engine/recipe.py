@@ -22,12 +22,9 @@ it computed before they existed. Each flag that is on is recorded in the checkpo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from torch import nn
-
-if TYPE_CHECKING:  # type hints only: the config imports this module
-    from ops.engine.config import RecipeConfig
 
 # The value of each flag that means "off" (the published recipe).
 OFF: dict[str, object] = {
@@ -41,6 +38,22 @@ OFF: dict[str, object] = {
     "ema": 0.0,
     "precise_bn": 0,
 }
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecipeConfig:
+    """The recipe options, each at its `OFF` value by default (a part of the run's `RunConfig`,
+    ops/engine/config.py)."""
+
+    label_smoothing: float = OFF["label_smoothing"]
+    mixup: float = OFF["mixup"]
+    cutmix: float = OFF["cutmix"]
+    mix_prob: float = OFF["mix_prob"]
+    mix_switch_prob: float = OFF["mix_switch_prob"]
+    randaugment: tuple[int, int] | None = OFF["randaugment"]
+    repeated_aug: int = OFF["repeated_aug"]
+    ema: float = OFF["ema"]
+    precise_bn: int = OFF["precise_bn"]
 
 
 def training_criterion(recipe: RecipeConfig) -> nn.Module:

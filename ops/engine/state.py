@@ -416,7 +416,10 @@ def resume(
                 f"{path} was trained with other model settings ({pairs}): pass the same flags "
                 "to resume"
             )
-    load_weights(model, ckpt["state_dict"])
+    try:
+        load_weights(model, ckpt["state_dict"])
+    except CheckpointError as exc:
+        raise CheckpointError(f"--resume {path}: {exc}") from None
     if optimizer is not None and "optimizer" in ckpt:
         try:
             optimizer.load_state_dict(ckpt["optimizer"])

@@ -204,7 +204,7 @@ def train_one_epoch(
     ran = 0  # iterations of the current gradient-accumulation group that ran forward + backward
     parts.optimizer.zero_grad(set_to_none=True)
     meter.timer.start()
-    with stop_signals_blocked():  # loader workers start here (see ops/engine/stop.py)
+    with stop_signals_blocked(loader):  # loader workers start here (see ops/engine/stop.py)
         batches = iter(loader)
     for i, batch in enumerate(batches, start=first):
         meter.timer.got_batch()
@@ -427,7 +427,7 @@ def validate(
     polls = all_reduce_min(len(loader), ctx) if stop is not None else 0
     bar = progress(total=len(loader), desc=desc, enabled=ctx.is_main)
     start_time = time.perf_counter()
-    with stop_signals_blocked():  # loader workers start here (see ops/engine/stop.py)
+    with stop_signals_blocked(loader):  # loader workers start here (see ops/engine/stop.py)
         batches = iter(loader)
     for index, batch in enumerate(batches):
         if index < polls and stop_agreed(stop, ctx):
