@@ -709,7 +709,16 @@ def prepare_demo_data(data_root: str) -> None:
 def demo_evaluation(cfg: RunConfig) -> dict | None:
     """Score the demo's best checkpoint on the validation videos (the published test
     transform, one view), through the training loop's loader and batch path; None when a stop
-    request ended it (the training is saved: run the demo again to evaluate)."""
+    request ended it (the training is saved: run the demo again to evaluate). Stop requests are
+    caught from the start, before the line that announces the evaluation."""
+    stop = StopRequest().install()
+    try:
+        return _demo_evaluation(cfg, stop)
+    finally:
+        stop.uninstall()
+
+
+def _demo_evaluation(cfg: RunConfig, stop: StopRequest) -> dict | None:
     model, _ = load_model(os.path.join(cfg.paths.model_dir, BEST))
     transform = build_test_transform(
         1, model.scale_size, model.crop_size, model.input_mean, model.input_std
@@ -730,11 +739,7 @@ def demo_evaluation(cfg: RunConfig) -> dict | None:
     logger.info("demo: evaluating the best checkpoint on %d validation videos", len(dataset))
     cpu = du.DistContext(False, 0, 1, 0, 1, torch.device("cpu"), None)
     outputs: list = []
-    stop = StopRequest().install()
-    try:
-        stats = validate(model, loader, nn.CrossEntropyLoss(), settings, cpu, "test", stop, outputs)
-    finally:
-        stop.uninstall()
+    stats = validate(model, loader, nn.CrossEntropyLoss(), settings, cpu, "test", stop, outputs)
     if stats.stopped_at is not None:
         logger.warning("demo evaluation stopped by %s: run the demo again for it", stop.signal_name)
         return None
