@@ -1,7 +1,9 @@
-"""Backbones: torchvision's ResNets and a TSM-layout MobileNetV2, with offline-friendly ImageNet
-weights.
+"""Backbones: torchvision's ResNets, a TSM-layout MobileNetV2 and inflated 3-D ResNets (I3D,
+``archs/i3d.py``), with offline-friendly ImageNet weights.
 
-``build_backbone(name, pretrain)`` returns the 2-D network before any temporal module is added.
+``build_backbone(name, pretrain)`` returns the 2-D network before any temporal module is added,
+or for ``i3d_resnet50`` / ``i3d_resnet101`` the 3-D one, whose ImageNet weights are torchvision's
+2-D ones inflated (``archs.i3d.inflate_2d_state_dict``).
 ``pretrain`` is ``'imagenet'`` (torchvision's IMAGENET1K_V1 weights, the ones the published models
 started from), ``'scratch'`` or a path to a backbone state_dict in torchvision's layout.
 ImageNet weights are read from the torch hub cache; when absent they are downloaded if the machine
@@ -17,6 +19,7 @@ import torch
 import torchvision
 from torch import nn
 
+from archs.i3d import I3D_ARCHS, ResNet3d, inflate_2d_state_dict
 from archs.mobilenet_v2 import MobileNetV2, from_torchvision_state_dict
 
 logger = logging.getLogger(__name__)
@@ -26,7 +29,8 @@ ARCHS = RESNETS + ("mobilenetv2",)
 
 
 def imagenet_weights_url(name: str) -> str:
-    tv_name = "mobilenet_v2" if name == "mobilenetv2" else name
+    """torchvision's ImageNet weights of ``name`` (an I3D network: of the 2-D ResNet it inflates)."""
+    tv_name = "mobilenet_v2" if name == "mobilenetv2" else name.removeprefix("i3d_")
     return torchvision.models.get_model_weights(tv_name)["IMAGENET1K_V1"].url
 
 
@@ -64,7 +68,36 @@ def _read_state_dict(path: str) -> dict:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
+def build_i3d(name: str, pretrain: str = "imagenet") -> ResNet3d:
+    """The I3D ResNet ``name``; ``pretrain`` 'imagenet' inflates torchvision's 2-D ResNet weights,
+    a path gives a state_dict of either a 2-D ResNet (inflated) or this 3-D network."""
+    net = ResNet3d(I3D_ARCHS[name])
+    if pretrain == "scratch" or not pretrain:
+        return net
+    imagenet = pretrain == "imagenet"
+    sd = load_imagenet_state_dict(name) if imagenet else _read_state_dict(pretrain)
+    what = f"ImageNet weights of {name[4:]}" if imagenet else f"--pretrain {pretrain}"
+    conv1 = sd.get("conv1.weight")
+    inflated = isinstance(conv1, torch.Tensor) and conv1.dim() == 4
+    if inflated:
+        sd = inflate_2d_state_dict(sd, net, what)  # strict, one-line errors
+    own = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+    bad = sorted(set(own) ^ set(sd)) + [k for k in own if k in sd and sd[k].shape != own[k].shape]
+    if bad:
+        raise ValueError(
+            f"{what} does not fit {name} ({len(bad)} tensors missing, unexpected or of other "
+            f"shapes, e.g. {bad[0]}): give a torchvision ResNet state_dict (2-D, inflated) or an "
+            f"{name} backbone state_dict"
+        )
+    net.load_state_dict(sd, strict=False)
+    logger.info("loaded %s backbone weights (%s%s)", name, pretrain, ", inflated" * inflated)
+    return net
+
+
 def build_backbone(name: str, pretrain: str = "imagenet") -> nn.Module:
+    if name in I3D_ARCHS:
+        return build_i3d(name, pretrain)
     if name not in ARCHS:
         raise ValueError(f"unknown base model {name!r}: choose one of {', '.join(ARCHS)}")
     net = (

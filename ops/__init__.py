@@ -1,14 +1,15 @@
 """What lives where in ops/ (one idea per file).
 
 The model, the files a researcher opens to try a new module:
-    models.py          TSN: the 2-D backbone, temporal shift, attached blocks, head, partial BN
+    models.py          TSN: the 2-D backbone, temporal shift, attached blocks, head, partial BN;
+                       I3D on the 3-D backbone of archs/i3d.py; build_model picks one
     temporal_shift.py  the temporal shift (TSM) and temporal pooling
     non_local.py       attaching blocks after residual blocks; the block registry BLOCKS
     rnl.py             the region-based non-local block (+ its registry builder and defaults)
     region_conv.py     RNL's depthwise region convolution in the published weight layout
     attention.py       the (fused) attention core of the non-local blocks
     channel_gate.py    the global-context channel gate before the first RNL block
-    nl.py              the classic embedded-Gaussian non-local block
+    nl.py              the classic non-local block (embedded Gaussian, dot product, Gaussian)
     param_groups.py    optimizer groups (lr / weight-decay multipliers) from named_parameters()
 The data:
     dataset.py         TSNDataSet: list -> sampled frames -> transforms -> clip tensor

@@ -45,6 +45,8 @@ from torch.utils.checkpoint import (
 )
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from archs.i3d import Bottleneck3d, ResNet3d
+
 aten = torch.ops.aten
 
 # The attention kernels (fused, per device) and the explicit path's matrix products.
@@ -155,7 +157,15 @@ class RecomputedBasicBlock(_Recomputed, BasicBlock):
     pass
 
 
-RECOMPUTED = {Bottleneck: RecomputedBottleneck, BasicBlock: RecomputedBasicBlock}
+class RecomputedBottleneck3d(_Recomputed, Bottleneck3d):
+    pass
+
+
+RECOMPUTED = {
+    Bottleneck: RecomputedBottleneck,
+    BasicBlock: RecomputedBasicBlock,
+    Bottleneck3d: RecomputedBottleneck3d,
+}
 
 
 class RecomputedResNet(ResNet):
@@ -172,9 +182,16 @@ class RecomputedResNet(ResNet):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+class RecomputedResNet3d(ResNet3d):
+    """The I3D ResNet whose stem keeps only the first convolution's output (as above)."""
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return checkpointed(super()._stem, [self.bn1], keep_attention, x)
+
+
 def make_recompute(net: nn.Module, checkpoint_blocks: bool = False) -> None:
     """Recompute cheap activations in the stem and every residual block of the torchvision ResNet
-    ``net`` (layer1..4) and in the modules attached after them (``NonLocalWrapper.recompute``);
+    (or I3D ResNet, ``archs/i3d.py``) ``net`` (layer1..4) and in the modules attached after them (``NonLocalWrapper.recompute``);
     ``checkpoint_blocks`` recomputes the residual blocks entirely. Call after the temporal shift
     and the non-local blocks are in. Each block becomes the ``Recomputed`` subclass of its class
     (same parameters and buffers, so the state_dict is unchanged)."""
@@ -183,6 +200,8 @@ def make_recompute(net: nn.Module, checkpoint_blocks: bool = False) -> None:
 
     if type(net) is ResNet:
         net.__class__ = RecomputedResNet
+    elif type(net) is ResNet3d:
+        net.__class__ = RecomputedResNet3d
     for stage in range(1, 5):
         layer = getattr(net, f"layer{stage}")
         for unit in layer.net if isinstance(layer, TemporalPool) else layer:
