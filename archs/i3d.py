@@ -134,14 +134,19 @@ class ResNet3d(nn.Module):
         return nn.Sequential(*blocks)
 
     def reset_parameters(self) -> None:
-        """torchvision's ResNet initialisation (and mmaction2's from scratch): He-normal
-        (fan out) convolutions, BatchNorm scale 1 and shift 0."""
+        """mmaction2's ResNet3d initialisation from scratch: He-normal (fan out) convolutions,
+        BatchNorm scale 1 and shift 0, except the last BN of every block, whose scale starts at
+        0 (``zero_init_residual``, its default), so a new block is the identity and a deep
+        network trains from scratch. ImageNet or checkpoint weights replace all of it."""
         for m in self.modules():
             if isinstance(m, nn.Conv3d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm3d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        for m in self.modules():
+            if isinstance(m, Bottleneck3d):
+                nn.init.zeros_(m.bn3.weight)
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         """BN, ReLU and max-pool after ``conv1`` (ops/recompute.py recomputes them)."""
