@@ -10,7 +10,8 @@ the tensors: depth, non-local places, sub-sampling, classes; the non-local mode 
 config text or its published name, since the embedded-Gaussian and dot-product blocks have the
 same tensors) and the state_dict under our names. The mapping is strict: every tensor of the
 file is used, every tensor of the model comes from the file, every shape is checked; anything
-else is a one-line error naming the mmaction2 keys.
+else is a one-line error naming the mmaction2 keys. (An unpublished file's data preprocessor
+``mean`` / ``std`` are checked to be the ImageNet normalisation and left out.)
 
 The name mapping (ours -> mmaction2, ``mmaction_key``):
 ``base_model.conv1`` / ``bn1`` -> ``backbone.conv1.conv`` / ``.bn``; ``layerS.B[.block].convN`` /
@@ -154,6 +155,24 @@ def model_config_of(sd: dict, meta, path: str) -> dict:
     return cfg
 
 
+def _without_normalisation(sd: dict, model, path: str) -> dict:
+    """``sd`` without the data preprocessor's mean and std (unpublished mmaction2 files keep
+    them; ``tools/deployment/publish_model.py`` removes them), after checking that they are our
+    model's normalisation in 0-255 units."""
+    ours = {"mean": model.input_mean, "std": model.input_std}
+    for name, values in ours.items():
+        key = f"data_preprocessor.{name}"
+        if key in sd:
+            given = sd[key].flatten().double()
+            wanted = torch.tensor(values, dtype=torch.float64) * 255
+            if given.shape != wanted.shape or not torch.allclose(given, wanted, atol=1e-3):
+                raise ValueError(
+                    f"{path}: its {key} {given.tolist()} is not the ImageNet normalisation "
+                    f"{wanted.tolist()} the models here take"
+                )
+    return {k: v for k, v in sd.items() if not k.startswith("data_preprocessor.")}
+
+
 def convert(ckpt: dict, path: str | os.PathLike) -> dict:
     """One of our checkpoints (``state_dict`` under our names, ``model_config``, ``dataset``,
     ``dense_sample``) from a loaded mmaction2 checkpoint; ValueError (one line) when its tensors
@@ -164,6 +183,7 @@ def convert(ckpt: dict, path: str | os.PathLike) -> dict:
     cfg = model_config_of(sd, meta, path)
     with torch.device("meta"):  # shapes only
         model = build_model(**cfg, pretrain="scratch", print_spec=False, partial_bn=False)
+    sd = _without_normalisation(sd, model, path)
     sub_sample = cfg["nl_options"].get("sub_sample", True)
     wanted = {mmaction_key(k, sub_sample): (k, v.shape) for k, v in model.state_dict().items()}
     wanted.pop(None, None)

@@ -495,6 +495,11 @@ def build_model(**kwargs) -> VideoModel:
     """The video model of TSN keywords (``TSN(**kwargs)``'s): an ``I3D`` when ``base_model``
     names an I3D network (``i3d_resnet50``, ``i3d_resnet101``), else a ``TSN``. Checkpoints,
     ``main.py`` and the tools build their models through it."""
-    if is_i3d(kwargs.get("base_model", "")):
+    base_model = kwargs.get("base_model", "resnet101")  # TSN's default
+    if is_i3d(base_model):
         return I3D(**kwargs)
+    if base_model not in ARCHS:
+        raise ValueError(
+            f"unknown base model {base_model!r}: choose one of {', '.join(ARCHS + tuple(I3D_ARCHS))}"
+        )
     return TSN(**kwargs)

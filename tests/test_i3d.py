@@ -138,9 +138,7 @@ def test_imagenet_pretrain_inflates_the_hub_cache_file_and_refuses_others(tmp_pa
     os.makedirs(os.path.dirname(path))
     torch.save(sd2d, path)
     net = build_backbone("i3d_resnet50", "imagenet")
-    torch.testing.assert_close(
-        net.layer3[0].conv1.weight.sum(dim=2), sd2d["layer3.0.conv1.weight"]
-    )
+    torch.testing.assert_close(net.layer3[0].conv1.weight.sum(dim=2), sd2d["layer3.0.conv1.weight"])
     torch.testing.assert_close(net.layer4[0].conv1.weight[:, :, 0], sd2d["layer4.0.conv1.weight"])
 
     # a 3-D state_dict of this network loads as it is; a ResNet-18's is refused in one line
@@ -277,6 +275,11 @@ def test_tsn_keywords_that_mean_nothing_for_i3d_are_refused():
         _i3d(num_segments=4)
     with pytest.raises(TypeError, match="unexpected keyword argument 'shift'"):
         _i3d(shift=True)
+    with pytest.raises(
+        ValueError,
+        match="unknown base model 'i3d_resnet5': choose one of .*i3d_resnet50, i3d_resnet101",
+    ):
+        build_model(num_class=2, num_segments=8, base_model="i3d_resnet5", pretrain="scratch")
     # TSN keywords at their "off" value, as main.py passes them, are fine
     model = _i3d(is_shift=False, shift_div=8, shift_place="blockres", temporal_pool=False,
                  consensus_type="avg", img_feature_dim=256)  # fmt: skip

@@ -133,3 +133,27 @@ def test_nl_i3d_learns_the_demo_data(tmp_path, capsys):
     # frames is capped at 50%, TSN reached 31.9%
     assert summary["val_top1"] >= 16.7 + 10.0
     assert summary["best_prec1"] >= 16.7 + 15.0
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--shift"], "--shift does not apply to --arch i3d_resnet50 (a 3-D network models time"),
+        (["--temporal_pool"], "--temporal_pool does not apply to --arch i3d_resnet50"),
+        (["--modality", "Flow"], "--arch i3d_resnet50 takes RGB clips: drop --modality Flow"),
+        (["--num_segments", "4"], "--arch i3d_resnet50 needs --num_segments >= 5, got 4"),
+        (["--clip_sampling", "mmaction"], "--clip_sampling given without --dense_sample"),
+    ],
+)
+def test_flags_that_cannot_work_with_i3d_are_refused_at_start(flags, message, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--dataset", "kinetics", "--arch", "i3d_resnet50", *flags])
+    err = capsys.readouterr().err
+    assert message in err and len([line for line in err.splitlines() if "error" in line]) == 1
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_demo_with_an_i3d_arch_has_no_shift():
+    args = parse_args(["--arch", "i3d_resnet50", "--nl_type", "nl"])
+    assert args.demo and not args.shift and args.non_local and args.num_segments == 8
+    assert parse_args([]).shift  # the TSM demo keeps it

@@ -191,3 +191,15 @@ def test_a_plain_i3d_without_non_local_blocks_loads_too(tmp_path, weights):
         model.base_model.bn1.running_var, sd["backbone.conv1.bn.running_var"]
     )
     torch.testing.assert_close(model.new_fc.bias, sd["cls_head.fc_cls.bias"])
+
+
+def test_an_unpublished_files_normalisation_is_checked_and_left_out(tmp_path, weights):
+    sd = dict(weights)
+    sd["data_preprocessor.mean"] = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1, 1)
+    sd["data_preprocessor.std"] = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1, 1)
+    path = write_mmaction(tmp_path / NAME.format("embedded-gaussian"), sd)
+    assert "data_preprocessor.mean" not in load_checkpoint(path)["state_dict"]
+    sd["data_preprocessor.std"] = torch.ones(3, 1, 1, 1)
+    path = write_mmaction(tmp_path / NAME.format("embedded-gaussian"), sd)
+    with pytest.raises(CheckpointError, match=r"data_preprocessor.std \[1.0, 1.0, 1.0\] is not"):
+        load_checkpoint(path)
