@@ -427,10 +427,13 @@ class I3D(VideoModel):
         self.new_length, self.fc_lr5, self.input_size = 1, fc_lr5, input_size
         self.non_local, self.nl_type = non_local, nl_type
         self.nl_where = list(nl_where) if nl_where else None
-        defaults = I3D_BLOCK_DEFAULTS.get(nl_type, {})
-        self.nl_options = (
-            block_settings(nl_type, {**defaults, **(nl_options or {})}) if non_local else {}
-        )
+        self.nl_options = {}
+        if non_local:
+            defaults = I3D_BLOCK_DEFAULTS.get(nl_type, {})
+            resolved = {**defaults, **(nl_options or {})}
+            self.nl_options = block_settings(nl_type, resolved)
+            # recorded whatever their value: they are not the block's defaults on an I3D
+            self.nl_options.update({key: resolved[key] for key in defaults})
         self.input_mean = [0.485, 0.456, 0.406]
         self.input_std = [0.229, 0.224, 0.225]
         self._channels_last = False

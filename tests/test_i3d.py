@@ -262,6 +262,11 @@ def test_non_local_options_are_checked_and_recorded_only_when_set():
     rebuilt = build_model(**dot.model_config(), pretrain="scratch", print_spec=False)
     assert isinstance(rebuilt, I3D) and rebuilt.base_model.layer2[1].nl.mode == "dot_product"
     assert list(rebuilt.state_dict()) == list(dot.state_dict())
+    # an output-conv bias asked for on an I3D is recorded, so the checkpoint rebuilds it
+    biased = _i3d(non_local=True, nl_type="nl", nl_options={"out_bias": True})
+    assert biased.model_config()["nl_options"] == {"sub_sample": True, "out_bias": True}
+    rebuilt = build_model(**biased.model_config(), pretrain="scratch", print_spec=False)
+    assert rebuilt.base_model.layer2[1].nl.W[0].bias is not None
 
 
 def test_tsn_keywords_that_mean_nothing_for_i3d_are_refused():
