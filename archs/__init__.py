@@ -5,7 +5,8 @@
 or for ``i3d_resnet50`` / ``i3d_resnet101`` the 3-D one, whose ImageNet weights are torchvision's
 2-D ones inflated (``archs.i3d.inflate_2d_state_dict``).
 ``pretrain`` is ``'imagenet'`` (torchvision's IMAGENET1K_V1 weights, the ones the published models
-started from), ``'scratch'`` or a path to a backbone state_dict in torchvision's layout.
+started from), ``'scratch'`` or a backbone state_dict in torchvision's layout (``ops.models`` reads
+a ``--pretrain PATH`` file into one: this package imports nothing from ``ops``).
 ImageNet weights are read from the torch hub cache; when absent they are downloaded if the machine
 can, and otherwise a clear error names the file to provide.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 
 import torch
 import torchvision
@@ -54,31 +56,52 @@ def load_imagenet_state_dict(name: str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _read_state_dict(path: str) -> dict:
-    from ops.checkpoint import read_torch_file  # here: ops.checkpoint imports the models
-
-    sd = read_torch_file(path, what="--pretrain file")  # one-line errors, never unpickles code
-    for key in ("state_dict", "model"):
-        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-            sd = sd[key]
-    if not isinstance(sd, dict):
+def _refuse_non_float(sd: Mapping[str, torch.Tensor], net: nn.Module, label: str) -> None:
+    """The weights-file rule of ops.checkpoint.non_float_weights: a one-line error when a tensor
+    of ``sd`` is not floating point where ``net``'s is."""
+    own = net.state_dict()
+    ints = [
+        f"{k} {str(v.dtype).removeprefix('torch.')}"
+        for k, v in sd.items()
+        if isinstance(v, torch.Tensor) and k in own and own[k].is_floating_point()
+        and not v.is_floating_point()
+    ]  # fmt: skip
+    if ints:
         raise ValueError(
-            f"--pretrain {path} does not hold a state_dict: expected a dict of tensors"
+            f"--pretrain {label}: {len(ints)} weight tensor(s) are not floating point where the "
+            f"model's are ({', '.join(ints[:3])}): a weights file must hold floating-point tensors"
         )
-    return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
-def build_i3d(name: str, pretrain: str = "imagenet") -> ResNet3d:
+def _named_weights(
+    name: str, pretrain: str | Mapping[str, torch.Tensor], source: str | None
+) -> tuple[dict | None, str]:
+    """``pretrain``'s state_dict (None for none) and the label naming it in errors and the log."""
+    if isinstance(pretrain, str):
+        if pretrain == "scratch" or not pretrain:
+            return None, pretrain
+        if pretrain != "imagenet":
+            raise ValueError(
+                f"pretrain {pretrain!r}: give 'imagenet', 'scratch' or a state_dict "
+                "(ops.models.read_backbone_weights reads one from a file)"
+            )
+        return load_imagenet_state_dict(name), source or pretrain
+    return dict(pretrain), source or "state_dict"
+
+
+def build_i3d(
+    name: str, pretrain: str | Mapping[str, torch.Tensor] = "imagenet", source: str | None = None
+) -> ResNet3d:
     """The I3D ResNet ``name``; ``pretrain`` 'imagenet' inflates torchvision's 2-D ResNet weights,
-    a path gives a state_dict of either a 2-D ResNet (inflated) or this 3-D network."""
+    a state_dict is either a 2-D ResNet's (inflated) or this 3-D network's."""
     net = ResNet3d(I3D_ARCHS[name])
-    if pretrain == "scratch" or not pretrain:
+    sd, label = _named_weights(name, pretrain, source)
+    if sd is None:
         return net
-    imagenet = pretrain == "imagenet"
-    sd = load_imagenet_state_dict(name) if imagenet else _read_state_dict(pretrain)
-    what = f"ImageNet weights of {name[4:]}" if imagenet else f"--pretrain {pretrain}"
+    what = f"ImageNet weights of {name[4:]}" if pretrain == "imagenet" else f"--pretrain {label}"
     conv1 = sd.get("conv1.weight")
     inflated = isinstance(conv1, torch.Tensor) and conv1.dim() == 4
+    _refuse_non_float(sd, net, label)  # before inflating (its division would make them float)
     if inflated:
         sd = inflate_2d_state_dict(sd, net, what)  # strict, one-line errors
     own = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
@@ -91,29 +114,35 @@ def build_i3d(name: str, pretrain: str = "imagenet") -> ResNet3d:
             f"{name} backbone state_dict"
         )
     net.load_state_dict(sd, strict=False)
-    logger.info("loaded %s backbone weights (%s%s)", name, pretrain, ", inflated" * inflated)
+    logger.info("loaded %s backbone weights (%s%s)", name, label, ", inflated" * inflated)
     return net
 
 
-def build_backbone(name: str, pretrain: str = "imagenet") -> nn.Module:
+def build_backbone(
+    name: str, pretrain: str | Mapping[str, torch.Tensor] = "imagenet", source: str | None = None
+) -> nn.Module:
+    """The backbone ``name`` with ``pretrain``'s weights: ``'imagenet'``, ``'scratch'`` (or empty:
+    none) or a state_dict (the classifier's weights in it are ignored). ``source`` names a
+    state_dict's origin (its file) in the errors and the log."""
     if name in I3D_ARCHS:
-        return build_i3d(name, pretrain)
+        return build_i3d(name, pretrain, source)
     if name not in ARCHS:
         raise ValueError(f"unknown base model {name!r}: choose one of {', '.join(ARCHS)}")
     net = (
         MobileNetV2() if name == "mobilenetv2" else getattr(torchvision.models, name)(weights=None)
     )
-    if pretrain == "scratch" or not pretrain:
+    sd, label = _named_weights(name, pretrain, source)
+    if sd is None:
         return net
-    sd = load_imagenet_state_dict(name) if pretrain == "imagenet" else _read_state_dict(pretrain)
     if name == "mobilenetv2" and any(k.startswith("classifier.1.") for k in sd):
         sd = from_torchvision_state_dict(sd)
+    _refuse_non_float(sd, net, label)
     try:
         missing, unexpected = net.load_state_dict(sd, strict=False)
     except RuntimeError as exc:  # tensors of other shapes
         shapes = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
         raise ValueError(
-            f"--pretrain {pretrain} does not fit {name}: {len(shapes)} tensor(s) of other shapes "
+            f"--pretrain {label} does not fit {name}: {len(shapes)} tensor(s) of other shapes "
             f"({shapes[0][:150] if shapes else exc}): give a {name} backbone state_dict"
         ) from None
     head = ("fc.", "classifier.")
@@ -124,5 +153,5 @@ def build_backbone(name: str, pretrain: str = "imagenet") -> nn.Module:
             f"pretrained weights do not fit {name}: missing {missing[:5]}, unexpected {unexpected[:5]}"
             " (expected a torchvision-layout backbone state_dict)"
         )
-    logger.info("loaded %s backbone weights (%s)", name, pretrain)
+    logger.info("loaded %s backbone weights (%s)", name, label)
     return net

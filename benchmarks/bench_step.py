@@ -29,6 +29,9 @@ import sys
 import torch
 
 from benchmarks.measure import limit_address_space, measure, run_child, save_result
+from benchmarks.published_memory import keep_like_published
+from ops.engine.compile import CompiledWithFallback
+from ops.models import I3D, TSN
 
 PLAIN = dict(rnl_fused=False, region_impl="masked", shift_recompute=False, recompute=False)
 FAST = dict(rnl_fused=True, region_impl="depthwise", shift_recompute=True)  # + recompute: defaults
@@ -57,9 +60,6 @@ MODELS = ("rnl_tsm", "nl_i3d")
 
 
 def build(config: str, frames: int, device: str, net: str = "rnl_tsm"):
-    from benchmarks.published_memory import keep_like_published
-    from ops.models import I3D, TSN
-
     fast, amp, channels_last = CONFIGS[config]
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     if net == "nl_i3d":
@@ -133,8 +133,6 @@ def _measure_child(args: argparse.Namespace) -> None:
 
     work = train_step if args.mode == "train" else infer
     if args.config.endswith("compiled"):
-        from ops.engine.compile import CompiledWithFallback
-
         model = CompiledWithFallback(model)
         work()  # compiles, for these shapes and this mode
         if not model.compiled:

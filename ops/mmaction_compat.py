@@ -25,18 +25,29 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 
 import torch
+from torch import nn
 
 from archs.i3d import I3D_ARCHS, STAGE_BLOCKS
-from ops.models import build_model
 
 HEAD = "cls_head.fc_cls."
+# ops.models.build_model, registered by ops.models when it is imported: ops.checkpoint converts
+# these files on reading them and ops.models imports ops.checkpoint, so this module cannot
+# import ops.models (a cycle) and the checkpoint file format does not import the model.
+_build_model: Callable[..., nn.Module] | None = None
 MODE_NAMES = {  # the non-local mode as the published file names and config texts write it
     "embedded_gaussian": ("nl-embedded-gaussian", "embedded_gaussian"),
     "dot_product": ("nl-dot-product", "dot_product"),
     "gaussian": ("nl-gaussian", "gaussian"),
 }
+
+
+def register_model_builder(build: Callable[..., nn.Module]) -> None:
+    """Called by ``ops.models`` with its ``build_model`` (see ``_build_model``)."""
+    global _build_model
+    _build_model = build
 
 
 def is_mmaction_checkpoint(ckpt: dict) -> bool:
@@ -181,8 +192,10 @@ def convert(ckpt: dict, path: str | os.PathLike) -> dict:
     sd, meta = ckpt["state_dict"], ckpt.get("meta")
     meta = meta if isinstance(meta, dict) else {}
     cfg = model_config_of(sd, meta, path)
+    if _build_model is None:
+        raise ValueError(f"{path} is an mmaction2 checkpoint: import ops.models to read it")
     with torch.device("meta"):  # shapes only
-        model = build_model(**cfg, pretrain="scratch", print_spec=False, partial_bn=False)
+        model = _build_model(**cfg, pretrain="scratch", print_spec=False, partial_bn=False)
     sd = _without_normalisation(sd, model, path)
     sub_sample = cfg["nl_options"].get("sub_sample", True)
     wanted = {mmaction_key(k, sub_sample): (k, v.shape) for k, v in model.state_dict().items()}

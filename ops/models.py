@@ -26,10 +26,13 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from archs import ARCHS, RESNETS, build_backbone
 from archs.i3d import I3D_ARCHS
 from archs.mobilenet_v2 import InvertedResidual
-from ops.non_local import attached_parts, block_settings, make_non_local
+from ops import mmaction_compat
+from ops.checkpoint import read_torch_file
+from ops.non_local import NonLocalWrapper, attached_parts, block_settings, make_non_local
 from ops.param_groups import check_param_groups, param_groups
-from ops.recompute import make_recompute
-from ops.temporal_shift import TemporalShift, make_temporal_shift
+from ops.recompute import RECOMPUTED, RECOMPUTED_NETS, keep_attention, keep_block_outputs
+from ops.temporal_shift import TemporalPool, TemporalShift, make_temporal_shift
+from ops.transforms import GroupMultiScaleCrop, GroupRandomHorizontalFlip
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +66,6 @@ class VideoModel(nn.Module):
 
     def get_augmentation(self, flip: bool = True) -> torchvision.transforms.Compose:
         """Training augmentation: multi-scale crop (+ horizontal flip unless ``flip=False``)."""
-        from ops.transforms import GroupMultiScaleCrop, GroupRandomHorizontalFlip
-
         crop = GroupMultiScaleCrop(self.input_size, **self.train_crop)
         if not flip:
             return torchvision.transforms.Compose([crop])
@@ -234,7 +235,10 @@ class TSN(VideoModel):
 
     # ---- construction -------------------------------------------------------------------
     def _prepare_base_model(self) -> None:
-        self.base_model = build_backbone(self.base_model_name, self.pretrain)
+        pretrain = self.pretrain
+        if pretrain not in ("imagenet", "scratch", ""):  # a file
+            pretrain = read_backbone_weights(self.pretrain)
+        self.base_model = build_backbone(self.base_model_name, pretrain, source=self.pretrain)
         if self.base_model_name in RESNETS:
             self.base_model.last_layer_name = "fc"
             if self.is_shift:
@@ -438,7 +442,10 @@ class I3D(VideoModel):
         self.input_std = [0.229, 0.224, 0.225]
         self._channels_last = False
 
-        self.base_model = build_backbone(base_model, pretrain)
+        weights = pretrain
+        if pretrain not in ("imagenet", "scratch", ""):  # a file
+            weights = read_backbone_weights(pretrain)
+        self.base_model = build_backbone(base_model, weights, source=pretrain)
         self.base_model.last_layer_name = "fc"
         if non_local:
             make_non_local(
@@ -506,3 +513,56 @@ def build_model(**kwargs) -> VideoModel:
             f"unknown base model {base_model!r}: choose one of {', '.join(ARCHS + tuple(I3D_ARCHS))}"
         )
     return TSN(**kwargs)
+
+
+mmaction_compat.register_model_builder(build_model)  # it reads mmaction2 files with it
+
+
+# ---------------------------------------------------------------------------------------------
+# the backbone's weights from a file (--pretrain PATH)
+# ---------------------------------------------------------------------------------------------
+def read_backbone_weights(path: str) -> dict[str, torch.Tensor]:
+    """The backbone state_dict in the file ``path``: a state_dict, or a checkpoint holding one
+    under ``state_dict`` / ``model``, without ``module.`` prefixes. Read with ``weights_only=True``
+    (``read_torch_file``): a one-line ``CheckpointError`` naming ``--pretrain file`` for a folder,
+    a missing, damaged or foreign file, or a pickle that would run code; ValueError for a file
+    that holds no dict."""
+    sd = read_torch_file(path, what="--pretrain file")
+    for key in ("state_dict", "model"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    if not isinstance(sd, dict):
+        raise ValueError(
+            f"--pretrain {path} does not hold a state_dict: expected a dict of tensors"
+        )
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# recompute: the walker that turns the model's residual blocks into recomputing ones
+# ---------------------------------------------------------------------------------------------
+def make_recompute(net: nn.Module, checkpoint_blocks: bool = False) -> None:
+    """Recompute cheap activations in the stem and every residual block of the torchvision ResNet
+    or I3D ResNet (``archs/i3d.py``) ``net`` (layer1..4) and in the modules attached after them (``NonLocalWrapper.recompute``);
+    ``checkpoint_blocks`` recomputes the residual blocks entirely (see ``ops/recompute.py`` for
+    the policies). Call after the temporal shift and the non-local blocks are in. Each block
+    becomes the ``Recomputed`` subclass of its class (same parameters and buffers, so the
+    state_dict is unchanged)."""
+    if type(net) in RECOMPUTED_NETS:
+        net.__class__ = RECOMPUTED_NETS[type(net)]
+    for stage in range(1, 5):
+        layer = getattr(net, f"layer{stage}")
+        for unit in layer.net if isinstance(layer, TemporalPool) else layer:
+            if isinstance(unit, NonLocalWrapper):
+                unit.recompute = True
+                unit = unit.block
+            block = unit.net if isinstance(unit, TemporalShift) else unit  # place='block'
+            if type(block) not in RECOMPUTED:
+                raise ValueError(f"recompute: unexpected residual block {type(block).__name__}")
+            block.__class__ = RECOMPUTED[type(block)]
+            block.recompute_policy = keep_attention if checkpoint_blocks else keep_block_outputs
+            for shift in block.modules():
+                # the block's replay re-shifts already; the shift+conv that re-shifts in its own
+                # backward would shift a third time
+                if isinstance(shift, TemporalShift):
+                    shift.recompute = False

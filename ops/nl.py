@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ops.attention import OutputProjection, attention_macs, nonlocal_attention
+from ops.blocks import register_block
 
 MODES = ("embedded_gaussian", "dot_product", "gaussian")
 
@@ -96,6 +97,7 @@ class NonLocalBlock(nn.Module):
         )
 
 
+@register_block("nl")
 def attach(
     channels: int,
     stage: int,
@@ -108,7 +110,7 @@ def attach(
     fused: bool = True,
     **_,
 ) -> dict[str, nn.Module]:
-    """Registry builder (``ops/non_local.py``, ``nl``): one classic non-local block as ``.nl``
+    """Block type ``nl`` (``ops/blocks.py``): one classic non-local block as ``.nl``
     after every chosen residual block (the same at every stage)."""
     block = NonLocalBlock(
         channels, 2, sub_sample, fused, mode=mode, use_scale=use_scale, out_bias=out_bias

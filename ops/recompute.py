@@ -26,6 +26,10 @@ recomputation. The state_dict and module names are unchanged (a block becomes an
 subclass of its own class whose forward checkpoints the original one; the attached modules are
 checkpointed by their ``NonLocalWrapper``). Under ``torch.compile`` the plain forward is traced
 (inductor chooses what to recompute itself).
+
+This module holds the mechanism (policies, ``checkpointed``, the recomputing block classes) and
+imports no model code beyond the backbones' block classes (torchvision's, ``archs/i3d.py``);
+``ops.models.make_recompute`` walks a model and switches its blocks over.
 """
 
 from __future__ import annotations
@@ -189,32 +193,6 @@ class RecomputedResNet3d(ResNet3d):
         return checkpointed(super()._stem, [self.bn1], keep_attention, x)
 
 
-def make_recompute(net: nn.Module, checkpoint_blocks: bool = False) -> None:
-    """Recompute cheap activations in the stem and every residual block of the torchvision ResNet
-    (or I3D ResNet, ``archs/i3d.py``) ``net`` (layer1..4) and in the modules attached after them (``NonLocalWrapper.recompute``);
-    ``checkpoint_blocks`` recomputes the residual blocks entirely. Call after the temporal shift
-    and the non-local blocks are in. Each block becomes the ``Recomputed`` subclass of its class
-    (same parameters and buffers, so the state_dict is unchanged)."""
-    from ops.non_local import NonLocalWrapper  # noqa: PLC0415 (non_local imports this module)
-    from ops.temporal_shift import TemporalPool, TemporalShift  # noqa: PLC0415
-
-    if type(net) is ResNet:
-        net.__class__ = RecomputedResNet
-    elif type(net) is ResNet3d:
-        net.__class__ = RecomputedResNet3d
-    for stage in range(1, 5):
-        layer = getattr(net, f"layer{stage}")
-        for unit in layer.net if isinstance(layer, TemporalPool) else layer:
-            if isinstance(unit, NonLocalWrapper):
-                unit.recompute = True
-                unit = unit.block
-            block = unit.net if isinstance(unit, TemporalShift) else unit  # place='block'
-            if type(block) not in RECOMPUTED:
-                raise ValueError(f"recompute: unexpected residual block {type(block).__name__}")
-            block.__class__ = RECOMPUTED[type(block)]
-            block.recompute_policy = keep_attention if checkpoint_blocks else keep_block_outputs
-            for shift in block.modules():
-                # the block's replay re-shifts already; the shift+conv that re-shifts in its own
-                # backward would shift a third time
-                if isinstance(shift, TemporalShift):
-                    shift.recompute = False
+# The network classes whose stem recomputes (``ops.models.make_recompute`` switches a backbone
+# of a key's class to its value).
+RECOMPUTED_NETS = {ResNet: RecomputedResNet, ResNet3d: RecomputedResNet3d}

@@ -16,7 +16,7 @@ from torch import nn
 
 from archs import build_backbone, imagenet_weights_path
 from archs.i3d import INFLATE, ResNet3d, inflate_2d_state_dict
-from ops.models import I3D, TSN, build_model
+from ops.models import I3D, TSN, build_model, read_backbone_weights
 from ops.nl import NonLocalBlock
 from ops.non_local import NonLocalWrapper
 from ops.param_groups import check_param_groups
@@ -144,14 +144,14 @@ def test_imagenet_pretrain_inflates_the_hub_cache_file_and_refuses_others(tmp_pa
     # a 3-D state_dict of this network loads as it is; a ResNet-18's is refused in one line
     own = tmp_path / "i3d.pth"
     torch.save({"state_dict": net.state_dict()}, own)
-    again = build_backbone("i3d_resnet50", str(own))
+    again = build_backbone("i3d_resnet50", read_backbone_weights(str(own)), source=str(own))
     torch.testing.assert_close(again.conv1.weight, net.conv1.weight)
     r18 = tmp_path / "r18.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), r18)
     with pytest.raises(
         ValueError, match=r"^--pretrain .*r18.pth do not inflate into an I3D ResNet-50 \("
     ) as exc:
-        build_backbone("i3d_resnet50", str(r18))
+        build_backbone("i3d_resnet50", read_backbone_weights(str(r18)), source=str(r18))
     assert "\n" not in str(exc.value)
 
 
