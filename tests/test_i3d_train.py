@@ -157,3 +157,27 @@ def test_the_demo_with_an_i3d_arch_has_no_shift():
     args = parse_args(["--arch", "i3d_resnet50", "--nl_type", "nl"])
     assert args.demo and not args.shift and args.non_local and args.num_segments == 8
     assert parse_args([]).shift  # the TSM demo keeps it
+
+
+@pytest.mark.parametrize(
+    "options, built",
+    [
+        (None, ("embedded_gaussian", False, True, False)),  # mmaction2's NL I3D
+        ('{"mode": "dot_product"}', ("dot_product", False, True, False)),
+        ('{"mode": "gaussian", "sub_sample": false}', ("gaussian", False, False, False)),
+        ('{"use_scale": true, "out_bias": true}', ("embedded_gaussian", True, True, True)),
+    ],
+)
+def test_i3d_block_modes_pass_the_parse_time_block_check_and_build(options, built):
+    """opts checks --nl_options by building the block (ops.non_local.check_block_options) before
+    anything runs: every mode of mmcv's NonLocal3d that the mmaction2 files use must pass it, and
+    the I3D built from the parsed flags must hold blocks of the settings asked for (mode,
+    use_scale, sub_sample, output-conv bias; an I3D's default is no bias, as mmaction2's)."""
+    flags = ["--nl_options", options] if options else []
+    args = parse_args(i3d_args("data", "x", "--num_segments", "8", *flags))
+    with torch.device("meta"):
+        model = build_model(**model_kwargs(args, 5, "scratch"), print_spec=False)
+    blocks = [m.nl for m in model.modules() if type(m).__name__ == "NonLocalWrapper"]
+    assert len(blocks) == 5
+    for nl in blocks:
+        assert (nl.mode, nl.use_scale, nl.sub_sample, nl.W[0].bias is not None) == built
