@@ -95,6 +95,7 @@ from ops.engine.trainer import (
 from ops.evaluation import build_test_transform, evaluate_model
 from ops.metrics import summarize
 from ops.models import TSN
+from ops.models import build_model as build_video_model
 from ops.randaugment import clip_randaugment
 from ops.synthetic import make_synthetic
 from ops.transforms import GroupCenterCrop, GroupScale, Stack
@@ -134,6 +135,7 @@ def build_datasets(args: argparse.Namespace, model: TSN, data: dict):
         modality=args.modality,
         image_tmpl=data["image_tmpl"],
         dense_sample=args.dense_sample,
+        clip_sampling=args.clip_sampling,
         num_class=data["num_class"],
         skip_bad_lines=args.skip_bad_lines,
         strict_data=args.strict_data,
@@ -248,7 +250,9 @@ def build_model(
     """The TSN of the command line on this rank's device: identical initial weights on every
     rank, --tune_from weights, SyncBatchNorm where it applies, in train mode."""
     seed_all(args.seed)
-    model = TSN(**model_kwargs(args, num_class, args.pretrain), print_spec=ctx.is_main)
+    model = build_video_model(
+        **model_kwargs(args, num_class, args.pretrain), print_spec=ctx.is_main
+    )
     if args.tune_from:
         tune_from(model, args.tune_from, args.dataset)
     if resolve_sync_bn(args, plan):
@@ -643,7 +647,9 @@ def _run(args: argparse.Namespace) -> dict:
     plan = plan_launch(args)
     if args.dry_run:
         lines = describe(args, plan, data, name) + [check_pretrained(args, dry_run=True)]
-        model = TSN(**model_kwargs(args, data["num_class"], "scratch"), print_spec=False)
+        model = build_video_model(
+            **model_kwargs(args, data["num_class"], "scratch"), print_spec=False
+        )
         n_params = sum(p.numel() for p in model.parameters())
         lines.append(f"model built: {n_params / 1e6:.2f}M parameters (weights not loaded)")
         print("\n".join(["dry run: nothing was trained or read"] + lines))

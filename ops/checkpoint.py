@@ -10,14 +10,16 @@ tools/ all come here).
   checkpoints store besides the weights (``SIDECAR_KEYS``) and the checksum of the weights it
   was written with (``tools/export.py --format safetensors`` writes both).
 - What a checkpoint says about itself (``checkpoint_info``): its *model config*, which always
-  means the ``TSN`` constructor keywords that rebuild its network (``TSN.model_config()``), the
+  means the constructor keywords that rebuild its network (``model_config()`` of a ``TSN`` or an
+  ``I3D``; ``ops.models.build_model`` picks the class), the
   dataset it was trained on, whether with dense sampling, and where it stood (epoch, best top-1).
   Published checkpoints (SPEC section 6) are ``{'epoch', 'arch', 'state_dict', 'optimizer',
   'best_prec1'}`` with ``module.``-prefixed keys and the settings only in the file name, e.g.
   ``TSM_kinetics_RGB_resnet50_shift8_blockres_avg_segment8_e100_cos_dense_nl_lr0.02_wd2.0e-04.pth.tar``;
   ours store them inside (and the class names, ``class_names``), so their file name does not
   matter; a converted published checkpoint carries the settings parsed from its name in its
-  sidecar (or in the converted ``.pth.tar``).
+  sidecar (or in the converted ``.pth.tar``). mmaction2's I3D checkpoints are read as they are
+  published and converted to ours on loading (``ops/mmaction_compat.py``).
 - Models: ``load_model(path, **overrides) -> (model, meta)`` for evaluation and the tools;
   ``load_weights`` (strict, with a one-line list of what does not fit).
 - Training: the contents of a run's checkpoint (``save_training_checkpoint``: weights, optimizer,
@@ -47,6 +49,7 @@ import torch
 from torch import nn
 
 from ops import distributed as du
+from ops import mmaction_compat
 from ops.non_local import block_settings
 
 logger = logging.getLogger(__name__)
@@ -188,7 +191,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     (``load_safetensors``), anything else with ``torch.load(weights_only=True)``
     (``read_torch_file``).
 
-    A bare state_dict file is returned as ``{'state_dict': sd}``.
+    A bare state_dict file is returned as ``{'state_dict': sd}``; an mmaction2 I3D checkpoint as
+    one of ours (``ops/mmaction_compat.py``).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -202,10 +206,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         )
     if "state_dict" not in ckpt:
         if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-            return {"state_dict": ckpt}
-        raise CheckpointError(
-            f"{path} is not a checkpoint: it has no 'state_dict' (keys: {sorted(ckpt)[:8]})"
-        )
+            ckpt = {"state_dict": ckpt}
+        else:
+            raise CheckpointError(
+                f"{path} is not a checkpoint: it has no 'state_dict' (keys: {sorted(ckpt)[:8]})"
+            )
+    if mmaction_compat.is_mmaction_checkpoint(ckpt):  # read as one of ours (I3D settings inside)
+        try:
+            return mmaction_compat.convert(ckpt, path)
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
     return ckpt
 
 
@@ -528,7 +538,8 @@ def load_weights(model: nn.Module, state_dict: dict) -> None:
 
 
 def load_model(path: str | os.PathLike, **overrides) -> tuple[nn.Module, dict]:
-    """The ``TSN`` a checkpoint holds, with its weights, in eval mode, and ``checkpoint_info``.
+    """The model (``TSN`` or ``I3D``) a checkpoint holds, with its weights, in eval mode, and
+    ``checkpoint_info``.
 
     ``overrides`` change TSN keywords that the weights do not depend on (``num_segments``,
     ``input_size``, fast-path switches such as ``rnl_fused``); None values are ignored. The
@@ -537,7 +548,7 @@ def load_model(path: str | os.PathLike, **overrides) -> tuple[nn.Module, dict]:
     """
     # Inside the function until load_model moves next to the model (issue 24): ops.models reads
     # --pretrain files with read_torch_file from this module.
-    from ops.models import TSN
+    from ops.models import build_model
 
     ckpt = load_checkpoint(path)
     meta = checkpoint_info(ckpt, path)
@@ -546,7 +557,7 @@ def load_model(path: str | os.PathLike, **overrides) -> tuple[nn.Module, dict]:
     # The settings of a .safetensors file come from its sidecar: a mismatch is the sidecar's.
     where = f"the sidecar {sidecar_path(path)} of {path}" if is_safetensors(path) else str(path)
     try:
-        model = TSN(**kwargs, pretrain="scratch", print_spec=False)
+        model = build_model(**kwargs, pretrain="scratch", print_spec=False)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(
             f"the model settings of {where} do not build a model ({exc}): "

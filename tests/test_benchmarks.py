@@ -39,6 +39,7 @@ def test_quick_suite_writes_every_row_with_its_ratio(tmp_path):
     rows = suite["rows"]
     expected = (
         [f"step {m}: {c}" for m in ("train", "infer") for c in ("plain", "fast fp32", "fast bf16")]
+        + [f"i3d {m}: {c}" for m in ("train", "infer") for c in ("plain", "fast fp32")]
         + [f"rnl block {s}: {c}" for s in ("layer2", "layer3")
            for c in ("plain (explicit + masked conv)", "explicit + depthwise", "fused + masked conv", "fused + depthwise")]
         + ["data train: 8 seg, 224, multi-scale crop + flip", "data test: 8 seg, 3 crops 256 x 10 dense clips",
@@ -55,12 +56,15 @@ def test_quick_suite_writes_every_row_with_its_ratio(tmp_path):
     )  # fmt: skip
     missing = [r for r in expected if r not in rows]
     assert not missing, missing
-    for mode in ("train", "infer"):  # ratios recomputed from the raw figures
-        base = rows[f"step {mode}: plain"]
-        for c in ("fast fp32", "fast bf16"):
-            r = rows[f"step {mode}: {c}"]
-            assert r["speedup"] == pytest.approx(r["clips_per_s"] / base["clips_per_s"], rel=0.02)
-            assert r["mem_ratio"] == pytest.approx(r["peak_mib"] / base["peak_mib"], rel=0.02)
+    for part, fast in (("step", ("fast fp32", "fast bf16")), ("i3d", ("fast fp32",))):
+        for mode in ("train", "infer"):  # ratios recomputed from the raw figures
+            base = rows[f"{part} {mode}: plain"]
+            for c in fast:
+                r = rows[f"{part} {mode}: {c}"]
+                assert r["speedup"] == pytest.approx(
+                    r["clips_per_s"] / base["clips_per_s"], rel=0.02
+                )
+                assert r["mem_ratio"] == pytest.approx(r["peak_mib"] / base["peak_mib"], rel=0.02)
     for f, s in ((4, 64), (8, 64), (4, 96)):  # layer2 positions: frames x (size / 8)^2
         assert rows[f"growth {f} frames x {s} px: plain"]["positions"] == f * (s // 8) ** 2
         fast = rows[f"growth {f} frames x {s} px: fast fp32"]

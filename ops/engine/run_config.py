@@ -42,7 +42,7 @@ def run_name(args: argparse.Namespace) -> str:
     if args.lr_type != "step":
         name += f"_{args.lr_type}"
     if args.dense_sample:
-        name += "_dense"
+        name += "_dense" + ("_mmaction" if args.clip_sampling == "mmaction" else "")
     if args.non_local:
         name += "_nl" if args.nl_type == "rnl" else f"_nl_{args.nl_type}"
     name += f"_lr{args.lr}_wd{args.weight_decay:.1e}_do{args.dropout}"
@@ -207,7 +207,8 @@ def describe(args: argparse.Namespace, plan: du.LaunchPlan, data: dict, name: st
         f"  train list: {data['train_list']}",
         f"  val list: {data['val_list']}",
         f"  frames: {data['root_path']} / {data['image_tmpl']}",
-        f"  sampling: {'dense' if args.dense_sample else 'TSN segments'}, "
+        f"  sampling: {'dense' if args.dense_sample else 'TSN segments'}"
+        f"{' (clip starts as mmaction2)' if args.clip_sampling == 'mmaction' else ''}, "
         f"{args.num_segments} segments, flip {'on' if cfg['flip'] else 'off'}",
         f"model: {args.arch}, input {args.input_size}, dropout {args.dropout}, "
         f"partial BN {'off' if args.no_partialbn else 'on'}, pretrain {args.pretrain}",
