@@ -85,6 +85,7 @@ from ops.engine.trainer import (
     validate,
 )
 from ops.evaluation import build_test_transform, evaluate_model
+from ops.fast_augment import fast_train_augment, use_fast_decoding
 from ops.metrics import summarize
 from ops.models import TSN
 from ops.randaugment import clip_randaugment
@@ -131,7 +132,11 @@ def build_datasets(args: argparse.Namespace, model: TSN, data: dict):
         strict_data=args.strict_data,
     )
     flip = args.dataset not in NO_FLIP_DATASETS
-    train_tf = torchvision.transforms.Compose(
+    fast = None  # --train_pixels fast (ops/fast_augment.py); None: PIL's pixels
+    if not args.device_aug:
+        aug = model.get_augmentation(flip=flip)
+        fast = fast_train_augment(args.train_pixels, args.modality, aug, args.randaugment)
+    train_tf = fast or torchvision.transforms.Compose(
         [
             model.get_augmentation(flip=flip),
             *clip_randaugment(args.randaugment),  # [] unless --randaugment
@@ -152,6 +157,8 @@ def build_datasets(args: argparse.Namespace, model: TSN, data: dict):
     train = TSNDataSet(data["root_path"], data["train_list"], transform=train_tf, **common)
     if args.device_aug:
         use_device_decoding(train)
+    elif fast is not None:
+        use_fast_decoding(train, fast)
     val = TSNDataSet(
         data["root_path"], data["val_list"], transform=val_tf, random_shift=False, **common
     )
