@@ -334,4 +334,5 @@ def fast_train_augment(
         what = "flow clips" if modality != "RGB" else f"the augmentation {augmentation!r}"
         logger.info("--train_pixels fast: %s keep PIL's training pixels (RGB crop+flip only)", what)
         return None
+    logger.info("training pixels: fast (ops/fast_augment.py; --train_pixels pil for PIL's)")
     return fast
