@@ -86,6 +86,7 @@ from ops.engine.trainer import (
 )
 from ops.evaluation import build_test_transform, evaluate_model
 from ops.fast_augment import fast_train_augment, use_fast_decoding
+from ops.memory import pin_mmap_threshold
 from ops.metrics import summarize
 from ops.models import TSN
 from ops.randaugment import clip_randaugment
@@ -581,6 +582,7 @@ def worker(local_rank: int, plan: du.LaunchPlan, args: argparse.Namespace, name:
     notice on their own through the collective timeout.
     """
     stop = StopRequest().install()
+    pin_mmap_threshold()  # freed activations leave resident memory (ops/memory.py)
     try:
         ctx = du.init_worker(plan, local_rank, args.dist_timeout)
         # Per process: workers started by --multiprocessing-distributed do not inherit it.
