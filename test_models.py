@@ -48,7 +48,8 @@ from ops.dataset_config import (
 )
 from ops.device_augment import use_device_decoding
 from ops.metrics import summarize
-from ops.reports import save_scores, write_prediction_csv, write_report
+from ops.output_paths import check_outputs, weights_inputs
+from ops.reports import REPORT_FILES, save_scores, write_prediction_csv, write_report
 from ops.utils import (
     AMP_CHOICES,
     ensure_writable_dir,
@@ -337,13 +338,27 @@ def check_outputs_writable(args: argparse.Namespace) -> None:
         ensure_writable_dir(args.report_dir, "--report_dir")
 
 
-def class_names(args: argparse.Namespace, modality: str, num_class: int) -> list[str]:
-    """Category names (the category file given or registered), else the class indices."""
-    path = args.category_file or (
+def output_files(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """The files this evaluation writes (--save_scores, --csv_file, --report_dir's)."""
+    outputs = [("--save_scores", args.save_scores), ("--csv_file", args.csv_file)]
+    if args.report_dir:
+        names = REPORT_FILES.values()
+        outputs += [(f"--report_dir ({n})", os.path.join(args.report_dir, n)) for n in names]
+    return outputs
+
+
+def category_path(args: argparse.Namespace, modality: str) -> str | None:
+    """The category file the class names are read from: the one given, else the registered."""
+    return args.category_file or (
         category_file(args.dataset, modality, args.data_root or default_data_root())
         if args.dataset in REGISTRY
         else None
     )
+
+
+def class_names(args: argparse.Namespace, modality: str, num_class: int) -> list[str]:
+    """Category names (the category file given or registered), else the class indices."""
+    path = category_path(args, modality)
     if path and os.path.isfile(path):
         names = read_categories(path)
         if len(names) == num_class:
@@ -425,6 +440,12 @@ def main(args: argparse.Namespace) -> dict | None:
             len(dataset),
         )
 
+    check_outputs(  # before the evaluation: no output is an input (ops/output_paths.py)
+        [i for w in weights for i in weights_inputs("--weights", w)]
+        + [("--test_list", d.list_file) for d in datasets]
+        + [("--category_file", category_path(args, modality))],
+        output_files(args),
+    )
     result = evaluation.evaluate_ensemble(
         models,
         loaders,

@@ -71,10 +71,28 @@ def block_settings(nl_type: str, options: dict | None = None) -> dict:
     return json.loads(json.dumps({**defaults, **(options or {})}))
 
 
+def check_block_options(nl_type: str, options: dict | None = None) -> dict:
+    """``block_settings``, then the block built once for each ResNet stage at a small width, so
+    that settings its builder cannot use (a kernel list of the wrong length or shape, even region
+    kernels) are a one-line ``ValueError`` when the command line is read, not an error in the
+    middle of the first training step. Returns the settings."""
+    settings = block_settings(nl_type, options)
+    builder = _builder(nl_type)
+    for stage in range(1, 5):
+        try:
+            builder(16, stage, stage == 1, **settings)
+        except (TypeError, ValueError, IndexError, KeyError) as exc:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(
+                f"block type {nl_type!r} does not build with these settings: {text}"
+            ) from None
+    return settings
+
+
 class NonLocalWrapper(nn.Module):
     """Residual block followed by spatio-temporal modules applied on ``[N, C, T, H, W]``.
 
-    With ``recompute`` (set by ``ops.recompute.make_recompute``) the attached modules keep only
+    With ``recompute`` (set by ``ops.models.make_recompute``) the attached modules keep only
     their attention outputs for the backward and recompute the rest there.
     """
 

@@ -30,6 +30,7 @@ from ops.fast_augment import (
     use_fast_decoding,
 )
 from ops.frames import decode_image
+from ops.packed_frames import write_packed
 from ops.randaugment import ClipRandAugment
 from ops.transforms import GroupMultiScaleCrop, GroupRandomHorizontalFlip, Stack
 
@@ -295,6 +296,34 @@ def test_packed_member_bytes_decode_like_frame_files(frames_root):
         fast.read_frame_bytes([open(path, "rb").read()], "RGB"),
     )
     assert isinstance(a, DecodedFrame) and torch.equal(a.pixels, b.pixels) and a.size == b.size
+
+
+def test_packed_files_give_the_folders_fast_clips(frames_root, tmp_path):
+    """A packed file (one zip per video, read where the folder would be) gives the fast training
+    clips of its frame folder bit for bit, with a damaged frame (the same cut-short JPEG bytes as
+    a file and as a member) replaced and counted alike."""
+    folders, packed = tmp_path / "folders", tmp_path / "packed"
+    folders.mkdir()
+    packed.mkdir()
+    for v in range(len(SIZES)):
+        names = sorted(os.listdir(frames_root / f"v{v}"))
+        datas = [(frames_root / f"v{v}" / n).read_bytes() for n in names]
+        if v == 1:
+            datas[2] = datas[2][: len(datas[2]) // 3]  # img_00003.jpg cut short
+        os.makedirs(folders / f"v{v}")
+        for n, d in zip(names, datas):
+            (folders / f"v{v}" / n).write_bytes(d)
+        write_packed(str(packed / f"v{v}.zip"), zip(names, datas))
+    for root in (folders, packed):
+        (root / "list.txt").write_text((frames_root / "list.txt").read_text())
+    a, b = _datasets(folders)[1], _datasets(packed)[1]
+    assert isinstance(b.source, FastFrameFolders)
+    for seed in range(6):
+        for i in range(len(SIZES)):
+            clip = _item(a, i, seed)
+            assert clip.dtype == torch.uint8 and torch.equal(clip, _item(b, i, seed))
+    got_a, got_b = a.bad_data_counts(), b.bad_data_counts()
+    assert got_a == got_b and sum(got_a.values()) > 0  # the cut-short frame was sampled, counted
 
 
 def test_real_loader_workers_give_the_in_process_clips(frames_root):
