@@ -93,6 +93,8 @@ from ops.engine.trainer import (
     validate,
 )
 from ops.evaluation import build_test_transform, evaluate_model
+from ops.fast_augment import fast_train_augment, use_fast_decoding
+from ops.memory import pin_mmap_threshold
 from ops.metrics import summarize
 from ops.models import TSN
 from ops.models import build_model as build_video_model
@@ -141,7 +143,11 @@ def build_datasets(args: argparse.Namespace, model: TSN, data: dict):
         strict_data=args.strict_data,
     )
     flip = args.dataset not in NO_FLIP_DATASETS
-    train_tf = torchvision.transforms.Compose(
+    fast = None  # --train_pixels fast (ops/fast_augment.py); None: PIL's pixels
+    if not args.device_aug:
+        aug = model.get_augmentation(flip=flip)
+        fast = fast_train_augment(args.train_pixels, args.modality, aug, args.randaugment)
+    train_tf = fast or torchvision.transforms.Compose(
         [
             model.get_augmentation(flip=flip),
             *clip_randaugment(args.randaugment),  # [] unless --randaugment
@@ -162,6 +168,8 @@ def build_datasets(args: argparse.Namespace, model: TSN, data: dict):
     train = TSNDataSet(data["root_path"], data["train_list"], transform=train_tf, **common)
     if args.device_aug:
         use_device_decoding(train)
+    elif fast is not None:
+        use_fast_decoding(train, fast)
     val = TSNDataSet(
         data["root_path"], data["val_list"], transform=val_tf, random_shift=False, **common
     )
@@ -592,6 +600,7 @@ def worker(local_rank: int, plan: du.LaunchPlan, args: argparse.Namespace, name:
     notice on their own through the collective timeout.
     """
     stop = StopRequest().install()
+    pin_mmap_threshold()  # freed activations leave resident memory (ops/memory.py)
     try:
         ctx = du.init_worker(plan, local_rank, args.dist_timeout)
         # Per process: workers started by --multiprocessing-distributed do not inherit it.

@@ -326,6 +326,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "device (ops/device_augment.py; RGB only; same crop boxes as the PIL path, resampling "
         "within 1 grey level on CPU). Validation and test_models.py stay on PIL",
     )
+    g.add_argument(
+        "--train_pixels",
+        choices=("fast", "pil"),
+        default="fast",
+        help="training clips' pixels: 'fast' (default) decodes JPEGs with libjpeg-turbo through "
+        "torchvision (PIL's pixels) and resizes the crops with torch's antialiased bilinear "
+        "filter (within 2 grey levels of PIL's), about twice the clips/s per worker; 'pil' gives "
+        "the published training pixels (PIL crop and resize). Same crop boxes and flips for the "
+        "same seed; RGB (flow keeps PIL); validation and test_models.py always use PIL "
+        "(ops/fast_augment.py, docs/loader_and_step.md)",
+    )
     g.add_argument("--seed", type=int, default=0, help="seed of model init, sampling and dropout")
     g.add_argument(
         "--stop_after_epochs",
@@ -477,6 +488,11 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, given:
         unused = [f"--{k}" for k in flags if k in given]
         if unused and not getattr(args, needed):
             parser.error(f"{' '.join(unused)} given without --{needed}: add --{needed} or drop it")
+    if args.device_aug and "train_pixels" in given and args.train_pixels == "pil":
+        parser.error(
+            "--train_pixels pil keeps PIL's training pixels, --device_aug decodes and resizes on "
+            "the device: drop one"
+        )
     if args.overwrite and (args.resume or args.evaluate):
         flag = "--resume" if args.resume else "--evaluate"
         parser.error(f"--overwrite starts a run afresh, {flag} uses its checkpoint: give one")

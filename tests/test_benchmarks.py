@@ -14,7 +14,9 @@ LOADER_PATHS = (
     "ours PIL, uint8 (normalised on the device)",
     "device path, worker: JPEG bytes + crop draw",
     "device path, decode+augment with device=cpu",
+    "ours fast pixels, uint8 (--train_pixels fast)",
 )
+LARGE_FRAME_PATHS = LOADER_PATHS[0], "ours PIL, uint8", LOADER_PATHS[5]
 FORMATS = (
     "JPEG frame folders",
     "packed frames (one zip per video)",
@@ -45,6 +47,7 @@ def test_quick_suite_writes_every_row_with_its_ratio(tmp_path):
         + ["data train: 8 seg, 224, multi-scale crop + flip", "data test: 8 seg, 3 crops 256 x 10 dense clips",
            "data train: 8 seg, 224, mp4 short side 256"]
         + [f"data loader: {p}" for p in LOADER_PATHS]
+        + [f"data loader 1280x720: {p}" for p in LARGE_FRAME_PATHS]
         + [f"data format: {f}" for f in FORMATS]
         + ["test plain (explicit attention, masked conv)", "test fast (fused, depthwise)"]
         + [f"growth {f} frames x {s} px: {c}" for f, s in ((4, 64), (8, 64), (4, 96))
@@ -95,6 +98,11 @@ def test_quick_suite_writes_every_row_with_its_ratio(tmp_path):
     assert plain["bytes_per_clip"] == loader[LOADER_PATHS[1]]["bytes_per_clip"] == float_bytes
     assert loader[LOADER_PATHS[2]]["bytes_per_clip"] == 8 * 3 * 224**2
     assert 0 < loader[LOADER_PATHS[3]]["bytes_per_clip"] < 8 * 3 * 224**2 / 4
+    assert loader[LOADER_PATHS[5]]["bytes_per_clip"] == 8 * 3 * 224**2  # fast pixels: uint8
+    large = [rows[f"data loader 1280x720: {p}"] for p in LARGE_FRAME_PATHS]
+    for r in large:  # CPU time ratios against plain, recomputed
+        ratio = large[0]["cpu_s_per_clip"] / r["cpu_s_per_clip"]
+        assert r["speedup"] == pytest.approx(ratio, rel=0.05)
     for name, r in rows.items():
         if name.startswith("saved plain keeps:"):  # plain keeps what the published code keeps
             assert r["plain_mib"] == pytest.approx(r["published_mib"], rel=1e-6), name

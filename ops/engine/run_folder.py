@@ -42,7 +42,7 @@ EXECUTION_FLAGS = frozenset(
         "data_root", "multiprocessing_distributed", "world_size", "rank", "dist_url",
         "dist_backend", "dist_timeout", "cpu_procs", "gpu", "available_gpus", "batch_size",
         "amp", "channels_last", "compile", "compile_backend", "skip_bad_lines", "strict_data",
-        "recompute", "checkpoint_blocks",
+        "recompute", "checkpoint_blocks", "train_pixels",
     }
 )  # fmt: skip
 
