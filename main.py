@@ -107,9 +107,12 @@ from ops.engine.trainer import (
     validate,
 )
 from ops.evaluation import build_test_transform
+from ops.fast_augment import fast_train_augment, use_fast_decoding
+from ops.memory import pin_mmap_threshold
 from ops.metrics import summarize
 from ops.model_loading import load_model
 from ops.models import TSN
+from ops.models import build_model as build_video_model
 from ops.randaugment import clip_randaugment
 from ops.synthetic import make_synthetic
 from ops.transforms import GroupCenterCrop, GroupScale, Stack
@@ -148,7 +151,9 @@ def resolve(args: argparse.Namespace) -> RunConfig:
         args.modality,
         {k: getattr(args, k) for k in DATA_FLAGS},
         dense_sample=args.dense_sample,
+        clip_sampling=args.clip_sampling,
         device_aug=args.device_aug,
+        train_pixels=args.train_pixels,
         skip_bad_lines=args.skip_bad_lines,
         strict_data=args.strict_data,
         dry_run=args.dry_run,
@@ -216,16 +221,19 @@ def build_datasets(cfg: RunConfig, model: TSN) -> tuple[TSNDataSet, TSNDataSet]:
         modality=d.modality,
         image_tmpl=d.image_tmpl,
         dense_sample=d.dense_sample,
+        clip_sampling=d.clip_sampling,
         num_class=d.num_class,
         skip_bad_lines=d.skip_bad_lines,
         strict_data=d.strict_data,
     )
     augmentation = model.get_augmentation(flip=d.flip)
+    fast = None  # --train_pixels fast (ops/fast_augment.py); None: PIL's pixels
     if d.device_aug:
         train_tf = DeviceTrainAugment.like(augmentation)
     else:
+        fast = fast_train_augment(d.train_pixels, d.modality, augmentation, cfg.recipe.randaugment)
         randaugment = clip_randaugment(cfg.recipe.randaugment)  # [] unless --randaugment
-        train_tf = torchvision.transforms.Compose(
+        train_tf = fast or torchvision.transforms.Compose(
             [augmentation, *randaugment, Stack(roll=False), ToUint8Tensor()]
         )
     val_tf = torchvision.transforms.Compose(
@@ -239,6 +247,8 @@ def build_datasets(cfg: RunConfig, model: TSN) -> tuple[TSNDataSet, TSNDataSet]:
     train = TSNDataSet(d.root_path, d.train_list, transform=train_tf, **common)
     if d.device_aug:
         use_device_decoding(train)
+    elif fast is not None:
+        use_fast_decoding(train, fast)
     val = TSNDataSet(d.root_path, d.val_list, transform=val_tf, random_shift=False, **common)
     return train, val
 
@@ -307,7 +317,7 @@ def bad_data_counts(datasets: list[TSNDataSet], ctx: du.DistContext) -> dict[str
 def build_model(cfg: RunConfig, ctx: du.DistContext) -> TSN:
     """The TSN of the run with its first weights (identical on every rank; --tune_from's)."""
     seed_all(cfg.loop.seed)
-    model = TSN(**tsn_kwargs(cfg), print_spec=ctx.is_main)
+    model = build_video_model(**tsn_kwargs(cfg), print_spec=ctx.is_main)
     if cfg.model.tune_from:
         tune_from(model, cfg.model.tune_from, cfg.model.tune_same_dataset)
     return model
@@ -763,6 +773,7 @@ def worker(local_rank: int, cfg: RunConfig) -> dict:
     notice on their own through the collective timeout.
     """
     stop = StopRequest().install()
+    pin_mmap_threshold()  # freed activations leave resident memory (ops/memory.py)
     try:
         ctx = du.init_worker(cfg.launch.plan, local_rank, cfg.launch.dist_timeout)
         # Per process: workers started by --multiprocessing-distributed do not inherit it.
@@ -814,7 +825,7 @@ def dry_run(cfg: RunConfig) -> dict:
     (the model is built with random weights to count its parameters)."""
     lines = describe(cfg)
     lines.append(config.check_pretrained(cfg.model.pretrain, cfg.model.arch, dry_run=True))
-    model = TSN(**tsn_kwargs(cfg, pretrain="scratch"), print_spec=False)
+    model = build_video_model(**tsn_kwargs(cfg, pretrain="scratch"), print_spec=False)
     n_params = sum(p.numel() for p in model.parameters())
     lines.append(f"model built: {n_params / 1e6:.2f}M parameters (weights not loaded)")
     text = ["dry run: nothing was trained or read", *lines, "run config:", config.to_json(cfg)]

@@ -149,6 +149,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         action="store_true",
         help="I3D-style dense sampling (64-frame window) as for Kinetics",
     )
+    g.add_argument(
+        "--clip_sampling",
+        default="tsm",
+        choices=["tsm", "mmaction"],
+        help="with --dense_sample: where clips start, as the published TSM code (tsm) or as "
+        "mmaction2's SampleFrames (mmaction: its NL I3D recipe; ops/sampling.py)",
+    )
     add_data_args(parser)
 
     g = parser.add_argument_group("model")
@@ -379,6 +386,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "device (ops/device_augment.py; RGB only; same crop boxes as the PIL path, resampling "
         "within 1 grey level on CPU). Validation and test_models.py stay on PIL",
     )
+    g.add_argument(
+        "--train_pixels",
+        choices=("fast", "pil"),
+        default="fast",
+        help="training clips' pixels: 'fast' (default) decodes JPEGs with libjpeg-turbo through "
+        "torchvision (PIL's pixels) and resizes the crops with torch's antialiased bilinear "
+        "filter (within 2 grey levels of PIL's), about twice the clips/s per worker; 'pil' gives "
+        "the published training pixels (PIL crop and resize). Same crop boxes and flips for the "
+        "same seed; RGB (flow keeps PIL); validation and test_models.py always use PIL "
+        "(ops/fast_augment.py, docs/loader_and_step.md)",
+    )
     g.add_argument("--seed", type=int, default=0, help="seed of model init, sampling and dropout")
     g.add_argument(
         "--stop_after_epochs",
@@ -416,8 +434,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     given = set(vars(explicit))
     if args.demo:
         for key, value in DEMO_DEFAULTS.items():
-            if key not in given:
-                setattr(args, key, value)
+            if key not in given and not (key == "shift" and args.arch.startswith("i3d_")):
+                setattr(args, key, value)  # (the demo's temporal shift is for 2-D backbones)
         if "resume" not in given and args.overwrite:
             args.resume = ""  # the demo resumes its finished run unless told to start afresh
     check_args(parser, args, given)
@@ -496,6 +514,7 @@ def check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
 
 # Flags that only mean something with another one: written without it they are refused.
 NEEDS = {
+    "dense_sample": ("clip_sampling",),
     "shift": ("shift_div", "shift_place"),
     "non_local": ("nl_where", "nl_options", "nl_type"),
 }
@@ -516,10 +535,24 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, given:
             f"--shift_div {args.shift_div} must be >= 3: 1/shift_div of the channels shift each "
             "way, so smaller values shift no channel or all of them (8 as published)"
         )
+    if args.arch.startswith("i3d_"):  # a 3-D network: no shift, RGB clips of >= 5 frames
+        for flag, used in (("--shift", args.shift), ("--temporal_pool", args.temporal_pool)):
+            if used:
+                parser.error(f"{flag} does not apply to --arch {args.arch} (a 3-D network "
+                             f"models time itself): drop {flag}")  # fmt: skip
+        if args.modality != "RGB":
+            parser.error(f"--arch {args.arch} takes RGB clips: drop --modality {args.modality}")
+        if args.num_segments < 5:
+            parser.error(f"--arch {args.arch} needs --num_segments >= 5, got {args.num_segments}")
     for needed, flags in NEEDS.items():
         unused = [f"--{k}" for k in flags if k in given]
         if unused and not getattr(args, needed):
             parser.error(f"{' '.join(unused)} given without --{needed}: add --{needed} or drop it")
+    if args.device_aug and "train_pixels" in given and args.train_pixels == "pil":
+        parser.error(
+            "--train_pixels pil keeps PIL's training pixels, --device_aug decodes and resizes on "
+            "the device: drop one"
+        )
     if args.overwrite and (args.resume or args.evaluate):
         flag = "--resume" if args.resume else "--evaluate"
         parser.error(f"--overwrite starts a run afresh, {flag} uses its checkpoint: give one")

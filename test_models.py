@@ -52,6 +52,7 @@ from ops.metrics import summarize
 from ops.model_loading import load_model
 from ops.output_paths import check_outputs, weights_inputs
 from ops.reports import REPORT_FILES, save_scores, write_prediction_csv, write_report
+from ops.sampling import CLIP_SAMPLING
 from ops.utils import (
     AMP_CHOICES,
     ensure_writable_dir,
@@ -101,6 +102,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="crop the scale size (256) instead of the input size (224), as in non-local I3D",
     )
     parser.add_argument("--dense_sample", action="store_true", help="10 dense clips (I3D style)")
+    parser.add_argument(
+        "--clip_sampling",
+        default="tsm",
+        choices=CLIP_SAMPLING,
+        help="with --dense_sample: where the 10 clips start, as the published TSM code (tsm) or "
+        "as mmaction2's SampleFrames (mmaction: its NL I3D protocol; ops/sampling.py)",
+    )
     parser.add_argument("--twice_sample", action="store_true", help="2 clips per video")
     parser.add_argument(
         "--device_views",
@@ -238,6 +246,10 @@ def split_list_args(args: argparse.Namespace) -> tuple[list, list, list, list]:
     if args.batch_size <= 0:
         raise ValueError(f"--batch_size must be positive, got {args.batch_size}")
     evaluation.num_test_clips(dense_sample=args.dense_sample, twice_sample=args.twice_sample)
+    if args.clip_sampling != "tsm" and not args.dense_sample:
+        raise ValueError(
+            f"--clip_sampling {args.clip_sampling} places dense clips: add --dense_sample"
+        )
     return weights, segments, coeffs, test_lists
 
 
@@ -405,6 +417,7 @@ def main(args: argparse.Namespace) -> dict | None:
             test_mode=True,
             dense_sample=args.dense_sample,
             twice_sample=args.twice_sample,
+            clip_sampling=args.clip_sampling,
             num_class=num_class,
             skip_bad_lines=args.skip_bad_lines,
             strict_data=args.strict_data,

@@ -1,7 +1,9 @@
-"""Backbones: torchvision's ResNets and a TSM-layout MobileNetV2, with offline-friendly ImageNet
-weights.
+"""Backbones: torchvision's ResNets, a TSM-layout MobileNetV2 and inflated 3-D ResNets (I3D,
+``archs/i3d.py``), with offline-friendly ImageNet weights.
 
-``build_backbone(name, pretrain)`` returns the 2-D network before any temporal module is added.
+``build_backbone(name, pretrain)`` returns the 2-D network before any temporal module is added,
+or for ``i3d_resnet50`` / ``i3d_resnet101`` the 3-D one, whose ImageNet weights are torchvision's
+2-D ones inflated (``archs.i3d.inflate_2d_state_dict``).
 ``pretrain`` is ``'imagenet'`` (torchvision's IMAGENET1K_V1 weights, the ones the published models
 started from), ``'scratch'`` or a backbone state_dict in torchvision's layout (``ops.models`` reads
 a ``--pretrain PATH`` file into one: this package imports nothing from ``ops``).
@@ -19,6 +21,7 @@ import torch
 import torchvision
 from torch import nn
 
+from archs.i3d import I3D_ARCHS, ResNet3d, inflate_2d_state_dict
 from archs.mobilenet_v2 import MobileNetV2, from_torchvision_state_dict
 
 logger = logging.getLogger(__name__)
@@ -28,7 +31,8 @@ ARCHS = RESNETS + ("mobilenetv2",)
 
 
 def imagenet_weights_url(name: str) -> str:
-    tv_name = "mobilenet_v2" if name == "mobilenetv2" else name
+    """torchvision's ImageNet weights of ``name`` (an I3D network: of the 2-D ResNet it inflates)."""
+    tv_name = "mobilenet_v2" if name == "mobilenetv2" else name.removeprefix("i3d_")
     return torchvision.models.get_model_weights(tv_name)["IMAGENET1K_V1"].url
 
 
@@ -52,32 +56,10 @@ def load_imagenet_state_dict(name: str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def build_backbone(
-    name: str, pretrain: str | Mapping[str, torch.Tensor] = "imagenet", source: str | None = None
-) -> nn.Module:
-    """The backbone ``name`` with ``pretrain``'s weights: ``'imagenet'``, ``'scratch'`` (or empty:
-    none) or a state_dict (the classifier's weights in it are ignored). ``source`` names a
-    state_dict's origin (its file) in the errors and the log."""
-    if name not in ARCHS:
-        raise ValueError(f"unknown base model {name!r}: choose one of {', '.join(ARCHS)}")
-    net = (
-        MobileNetV2() if name == "mobilenetv2" else getattr(torchvision.models, name)(weights=None)
-    )
-    if isinstance(pretrain, str):
-        if pretrain == "scratch" or not pretrain:
-            return net
-        if pretrain != "imagenet":
-            raise ValueError(
-                f"pretrain {pretrain!r}: give 'imagenet', 'scratch' or a state_dict "
-                "(ops.models.read_backbone_weights reads one from a file)"
-            )
-        sd = load_imagenet_state_dict(name)
-    else:
-        sd = dict(pretrain)
-    label = source or (pretrain if isinstance(pretrain, str) else "state_dict")
-    if name == "mobilenetv2" and any(k.startswith("classifier.1.") for k in sd):
-        sd = from_torchvision_state_dict(sd)
-    own = net.state_dict()  # the weights-file rule of ops.checkpoint.non_float_weights
+def _refuse_non_float(sd: Mapping[str, torch.Tensor], net: nn.Module, label: str) -> None:
+    """The weights-file rule of ops.checkpoint.non_float_weights: a one-line error when a tensor
+    of ``sd`` is not floating point where ``net``'s is."""
+    own = net.state_dict()
     ints = [
         f"{k} {str(v.dtype).removeprefix('torch.')}"
         for k, v in sd.items()
@@ -89,6 +71,72 @@ def build_backbone(
             f"--pretrain {label}: {len(ints)} weight tensor(s) are not floating point where the "
             f"model's are ({', '.join(ints[:3])}): a weights file must hold floating-point tensors"
         )
+
+
+def _named_weights(
+    name: str, pretrain: str | Mapping[str, torch.Tensor], source: str | None
+) -> tuple[dict | None, str]:
+    """``pretrain``'s state_dict (None for none) and the label naming it in errors and the log."""
+    if isinstance(pretrain, str):
+        if pretrain == "scratch" or not pretrain:
+            return None, pretrain
+        if pretrain != "imagenet":
+            raise ValueError(
+                f"pretrain {pretrain!r}: give 'imagenet', 'scratch' or a state_dict "
+                "(ops.models.read_backbone_weights reads one from a file)"
+            )
+        return load_imagenet_state_dict(name), source or pretrain
+    return dict(pretrain), source or "state_dict"
+
+
+def build_i3d(
+    name: str, pretrain: str | Mapping[str, torch.Tensor] = "imagenet", source: str | None = None
+) -> ResNet3d:
+    """The I3D ResNet ``name``; ``pretrain`` 'imagenet' inflates torchvision's 2-D ResNet weights,
+    a state_dict is either a 2-D ResNet's (inflated) or this 3-D network's."""
+    net = ResNet3d(I3D_ARCHS[name])
+    sd, label = _named_weights(name, pretrain, source)
+    if sd is None:
+        return net
+    what = f"ImageNet weights of {name[4:]}" if pretrain == "imagenet" else f"--pretrain {label}"
+    conv1 = sd.get("conv1.weight")
+    inflated = isinstance(conv1, torch.Tensor) and conv1.dim() == 4
+    _refuse_non_float(sd, net, label)  # before inflating (its division would make them float)
+    if inflated:
+        sd = inflate_2d_state_dict(sd, net, what)  # strict, one-line errors
+    own = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+    bad = sorted(set(own) ^ set(sd)) + [k for k in own if k in sd and sd[k].shape != own[k].shape]
+    if bad:
+        raise ValueError(
+            f"{what} does not fit {name} ({len(bad)} tensors missing, unexpected or of other "
+            f"shapes, e.g. {bad[0]}): give a torchvision ResNet state_dict (2-D, inflated) or an "
+            f"{name} backbone state_dict"
+        )
+    net.load_state_dict(sd, strict=False)
+    logger.info("loaded %s backbone weights (%s%s)", name, label, ", inflated" * inflated)
+    return net
+
+
+def build_backbone(
+    name: str, pretrain: str | Mapping[str, torch.Tensor] = "imagenet", source: str | None = None
+) -> nn.Module:
+    """The backbone ``name`` with ``pretrain``'s weights: ``'imagenet'``, ``'scratch'`` (or empty:
+    none) or a state_dict (the classifier's weights in it are ignored). ``source`` names a
+    state_dict's origin (its file) in the errors and the log."""
+    if name in I3D_ARCHS:
+        return build_i3d(name, pretrain, source)
+    if name not in ARCHS:
+        raise ValueError(f"unknown base model {name!r}: choose one of {', '.join(ARCHS)}")
+    net = (
+        MobileNetV2() if name == "mobilenetv2" else getattr(torchvision.models, name)(weights=None)
+    )
+    sd, label = _named_weights(name, pretrain, source)
+    if sd is None:
+        return net
+    if name == "mobilenetv2" and any(k.startswith("classifier.1.") for k in sd):
+        sd = from_torchvision_state_dict(sd)
+    _refuse_non_float(sd, net, label)
     try:
         missing, unexpected = net.load_state_dict(sd, strict=False)
     except RuntimeError as exc:  # tensors of other shapes

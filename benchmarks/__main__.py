@@ -8,6 +8,8 @@
 Parts (each runs in processes of its own and writes JSON; this merges them):
 
 - ``step``: RNL-TSM-ResNet50 training step and inference forward (benchmarks/bench_step.py)
+- ``i3d``: the same for NL I3D-ResNet50, 2 clips of 32 frames (``--quick``: 8 frames, 64 px);
+  plain is mmaction2's computation (bench_step.py ``--model nl_i3d``)
 - ``rnl``: one RNL block at layer2 and at layer3 size (benchmarks/bench_rnl.py)
 - ``data``: the data pipelines, frames and video files (benchmarks/bench_data.py)
 - ``test``: test-time throughput through ops/evaluation.py (benchmarks/bench_test.py)
@@ -35,7 +37,7 @@ import torch
 
 from ops.atomic import write_atomically
 
-PARTS = ("step", "rnl", "data", "test", "growth", "saved")
+PARTS = ("step", "i3d", "rnl", "data", "test", "growth", "saved")
 
 
 def _run(module: str, args: list[str]) -> dict:
@@ -58,6 +60,12 @@ def run_part(part: str, quick: bool) -> dict[str, dict]:
     if part == "step":
         for name, r in _run("benchmarks.bench_step", q)["rows"].items():
             rows[f"step {name}"] = r
+    elif part == "i3d":
+        frames = ["--frames", "8" if quick else "32"]
+        for name, r in _run("benchmarks.bench_step", [*q, "--model", "nl_i3d", *frames])[
+            "rows"
+        ].items():
+            rows[f"i3d {name}"] = r
     elif part == "rnl":
         for stage in ("layer2", "layer3"):
             for name, r in _run("benchmarks.bench_rnl", [*q, "--stage", stage])["rows"].items():

@@ -60,6 +60,7 @@ from ops.device_augment import (
     use_device_decoding,
 )
 from ops.device_input import InputNorm, ToUint8Tensor
+from ops.fast_augment import FastTrainAugment, use_fast_decoding
 from ops.packed_frames import close_handles, write_packed
 from ops.sampling import clip_frames
 from ops.transforms import (
@@ -275,11 +276,16 @@ def _clip_bytes(item) -> int:
     return sum(f.data.numel() for f in item.frames)
 
 
+FAST_ROW = "ours fast pixels, uint8 (--train_pixels fast)"
+
+
 def loader_rows(root: str, list_file: str, records, args) -> None:
     """The training loader's paths (issue 16): per worker process (one thread), clips/s and CPU
     seconds per clip, and the bytes per clip that travel through the loader:
     plain PIL float32 (the published loader), ours float32 (normalised in the worker), ours
-    uint8 (normalised on the device), and the device path (the worker reads JPEG bytes and draws
+    uint8 (normalised on the device), the fast training pixels (ops/fast_augment.py: the same
+    crops, torchvision's libjpeg-turbo decode and torch's resize; within 2 grey levels of PIL,
+    checked), and the device path (the worker reads JPEG bytes and draws
     the crop; decoding and augmentation run where the model runs: here device='cpu', shown as a
     separate row because on a GPU that work leaves the CPU)."""
     cfg = dict(num_segments=8, mode="train", dense=False, crop=224, flip=True)
@@ -296,6 +302,9 @@ def loader_rows(root: str, list_file: str, records, args) -> None:
         root, list_file, num_segments=8, transform=DeviceTrainAugment.like(Compose(aug))
     )
     use_device_decoding(dev)
+    fast_tf = FastTrainAugment.like(Compose(aug))
+    fast_u8 = TSNDataSet(root, list_file, num_segments=8, transform=fast_tf)
+    use_fast_decoding(fast_u8, fast_tf)
     norm = InputNorm(tuple(MEAN), tuple(STD))
 
     def on_cpu(i):  # the device half, device='cpu'
@@ -305,6 +314,7 @@ def loader_rows(root: str, list_file: str, records, args) -> None:
         "plain PIL, float32 (published)": plain,
         "ours PIL, float32": fast,
         "ours PIL, uint8 (normalised on the device)": lambda i: u8[i],
+        FAST_ROW: lambda i: fast_u8[i],
         "device path, worker: JPEG bytes + crop draw": lambda i: dev[i],
         "device path, decode+augment with device=cpu": on_cpu,
     }
@@ -321,6 +331,9 @@ def loader_rows(root: str, list_file: str, records, args) -> None:
         assert torch.equal(norm(got["ours PIL, uint8 (normalised on the device)"][None])[0], ref)
         diff = (got["device path, decode+augment with device=cpu"][0] - ref).abs().max()
         assert diff <= 1 / 255 / min(STD) + 1e-6, f"device path {diff} from PIL"
+        # fast training pixels: the same box and flip, PIL's decode, torch's resize (2 levels)
+        levels = got[FAST_ROW].int() - got["ours PIL, uint8 (normalised on the device)"].int()
+        assert levels.abs().max() <= 2 and levels.abs().float().mean() < 0.05, "fast pixels"
     sizes = {name: _clip_bytes(v) for name, v in got.items()}
     sizes["device path, decode+augment with device=cpu"] = 0  # nothing crosses the loader
     print(f"\ntraining loader paths (8 seg, 224, {args.train_clips} clips per round, per worker)")
@@ -353,6 +366,60 @@ def loader_rows(root: str, list_file: str, records, args) -> None:
             "cpu_s_per_clip": round(cpu_clip, 5),
             "cpu_ratio": round(cpu_clip / plain_cpu, 3),
             "bytes_per_clip": sizes[name],
+        }
+
+
+def large_frame_rows(tmp: Path, args) -> None:
+    """The training loader on frames far larger than the crop (1280x720, as extracted from HD
+    videos without resizing): plain, ours with PIL's pixels, and the fast pixels, whose decoder
+    reduces such frames by libjpeg's DCT scaling (1/2 here: every crop is >= 475 px >= 2 x 224)
+    before the crop is resized; per worker, best of rounds, CPU seconds per clip."""
+    root = tmp / "hd_frames"
+    videos = {"hd_a": 40, "hd_b": 36}
+    make_frames(root, videos, width=1280, height=720)
+    records = [(n, f, 0) for n, f in videos.items()]
+    list_file = tmp / "hd.txt"
+    list_file.write_text("".join(f"{n} {f} 0\n" for n, f, _ in records))
+    aug = [GroupMultiScaleCrop(224, [1, 0.875, 0.75, 0.66]), GroupRandomHorizontalFlip()]
+    u8 = TSNDataSet(
+        str(root),
+        str(list_file),
+        num_segments=8,
+        transform=torchvision.transforms.Compose([*aug, Stack(), ToUint8Tensor()]),
+    )
+    fast_tf = FastTrainAugment.like(Compose(aug))
+    fast = TSNDataSet(str(root), str(list_file), num_segments=8, transform=fast_tf)
+    use_fast_decoding(fast, fast_tf)
+    paths = {
+        "plain PIL, float32 (published)": PlainLoader(
+            str(root), records, 8, "train", False, 224, True
+        ),
+        "ours PIL, uint8": lambda i: u8[i],
+        FAST_ROW: lambda i: fast[i],
+    }
+    for seed in range(2):  # same boxes: the DCT-scaled pixels stay close to PIL's
+        outs = []
+        for fn in (paths["ours PIL, uint8"], paths[FAST_ROW]):
+            random.seed(seed)
+            np.random.seed(seed)
+            outs.append(fn(seed)[0].int())
+        assert (outs[0] - outs[1]).abs().float().mean() < 1.5, "DCT-scaled pixels"
+    n = max(args.train_clips // 2, 2)
+    cpus = [float("inf")] * len(paths)
+    for r in range(args.rounds):
+        for j, fn in enumerate(paths.values()):
+            random.seed(r)
+            np.random.seed(r)
+            c0 = time.process_time()
+            for i in range(n):
+                fn(i % len(records))
+            cpus[j] = min(cpus[j], (time.process_time() - c0) / n)
+    print(f"\ntraining loader on 1280x720 JPEGs (8 seg, 224, {n} clips per round, per worker)")
+    for name, cpu in zip(paths, cpus):
+        print(f"{name:<46} {cpu:>10.4f} CPU s/clip {cpus[0] / cpu:>6.2f}x plain", flush=True)
+        RESULTS[f"loader 1280x720: {name}"] = {
+            "cpu_s_per_clip": round(cpu, 5),
+            "speedup": round(cpus[0] / cpu, 3),
         }
 
 
@@ -629,11 +696,15 @@ def main(argv=None):
                 flip=True,
             )
         loader_rows(str(root), *lists["long"], args)
+        large_frame_rows(Path(tmp), args)
         if not args.no_video:
             format_rows(Path(tmp), args)
             video_rows(Path(tmp), args)
             length_rows(Path(tmp), args)
-    print("outputs identical (torch.equal / same pixels) for every row")
+    print(
+        "outputs identical (torch.equal / same pixels) for every row but the fast pixels (within"
+        " 2 grey levels of PIL, checked) and the device path (1 level)"
+    )
     if args.json:
         write_atomically(args.json, json.dumps({"rows": RESULTS}, indent=2))
     return {"rows": RESULTS}

@@ -1,9 +1,14 @@
-"""Whole-model training step and inference forward of RNL-TSM-ResNet50: the published way of
-computing ("plain") against our fast paths, each in a fresh process.
+"""Whole-model training step and inference forward of RNL-TSM-ResNet50 (or NL I3D-ResNet50): the
+published way of computing ("plain") against our fast paths, each in a fresh process.
 
     python -m benchmarks.bench_step                  # 2 clips x 8 frames x 224 px, CPU
     python -m benchmarks.bench_step --quick          # 2 clips x 8 frames x 64 px (CI)
     python -m benchmarks.bench_step --device cuda --batch 16
+    python -m benchmarks.bench_step --model nl_i3d --frames 32   # NL I3D-ResNet50, 32 frames
+
+For NL I3D "plain" is mmaction2's computation (explicit ``P x P_source`` affinity in every
+non-local block, everything kept for the backward); its fast paths are the fused attention and the
+recompute of cheap activations (there is no region conv or shift: ``I3D_CONFIGS``).
 
 A training step is forward + cross-entropy + backward + SGD (momentum 0.9) on random clips.
 "plain" reproduces the published implementation's computation: explicit P x P affinity, masked
@@ -12,7 +17,10 @@ block keeping its input and affinity until its next forward, as the published mo
 keeps for the backward exactly what the published code keeps (benchmarks/bench_saved.py counts
 both). "fast fp32" is the defaults: fused attention, depthwise region conv, and the cheap
 activations (BatchNorm/ReLU outputs, the shift, theta and the region features) recomputed in the
-backward (ops/recompute.py); "checkpoint_blocks" recomputes whole residual blocks.
+backward (ops/recompute.py); "checkpoint_blocks" recomputes whole residual blocks. Our
+configurations run, as main.py's training processes do, with glibc's mmap threshold pinned
+(ops/memory.py: freed activations leave resident memory); "plain" and "fast fp32 glibc default
+malloc" run with glibc's defaults, as the published code's process does.
 """
 
 from __future__ import annotations
@@ -26,7 +34,8 @@ import torch
 from benchmarks.measure import limit_address_space, measure, run_child, save_result
 from benchmarks.published_memory import keep_like_published
 from ops.engine.compile import CompiledWithFallback
-from ops.models import TSN
+from ops.memory import pin_mmap_threshold
+from ops.models import I3D, TSN
 
 PLAIN = dict(rnl_fused=False, region_impl="masked", shift_recompute=False, recompute=False)
 FAST = dict(rnl_fused=True, region_impl="depthwise", shift_recompute=True)  # + recompute: defaults
@@ -41,16 +50,34 @@ CONFIGS = {
     "fast bf16": (FAST, "bf16", False),
     "fast bf16 channels_last": (FAST, "bf16", True),
 }
+# Our training process pins glibc's mmap threshold (ops/memory.py, main.py); the published code's
+# process runs with glibc's defaults, as does this row, which shows the allocator's share.
+CONFIGS["fast fp32 glibc default malloc"] = CONFIGS["fast fp32"]
+GLIBC_DEFAULTS = {"plain", "fast fp32 glibc default malloc"}
 # torch.compile (inductor) of a configuration above: its first step, which compiles (minutes on a
 # CPU), is a warm-up outside the measurement. Run on request: --configs "fast fp32 compiled".
 for _name in ("fast fp32", "fast bf16 channels_last"):
     CONFIGS[f"{_name} compiled"] = CONFIGS[_name]
 DEFAULT_CONFIGS = tuple(c for c in CONFIGS if not c.endswith("compiled"))
 QUICK_CONFIGS = ("plain", "fast fp32", "fast bf16")
+# NL I3D: the configurations that differ for a network without region conv and shift
+I3D_CONFIGS = ("plain", "fast fp32 no recompute", "fast fp32", "fast fp32 checkpoint_blocks",
+               "fast fp32 channels_last", "fast bf16")  # fmt: skip
+I3D_QUICK_CONFIGS = ("plain", "fast fp32")
+MODELS = ("rnl_tsm", "nl_i3d")
 
 
-def build(config: str, frames: int, device: str):
+def build(config: str, frames: int, device: str, net: str = "rnl_tsm"):
     fast, amp, channels_last = CONFIGS[config]
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    if net == "nl_i3d":
+        model = I3D(
+            400, frames, base_model="i3d_resnet50", non_local=True, nl_type="nl", dropout=0.5,
+            pretrain="scratch", partial_bn=False, print_spec=False, **fast,
+        ).to(device)  # fmt: skip
+        if channels_last:
+            model = model.to_channels_last()
+        return model, dtype, False  # the clip goes in as [N, T*3, H, W]; I3D converts it
     model = TSN(
         400,
         frames,
@@ -85,9 +112,14 @@ def _child(args: argparse.Namespace) -> None:
 
 
 def _measure_child(args: argparse.Namespace) -> None:
+    if args.config not in GLIBC_DEFAULTS:
+        pin_mmap_threshold()  # as main.py's training processes do
     torch.manual_seed(0)
-    model, dtype, channels_last = build(args.config, args.frames, args.device)
-    x = torch.randn(args.batch * args.frames, 3, args.size, args.size, device=args.device)
+    model, dtype, channels_last = build(args.config, args.frames, args.device, args.model)
+    shape = (
+        (args.batch * args.frames, 3) if args.model == "rnl_tsm" else (args.batch, args.frames * 3)
+    )
+    x = torch.randn(*shape, args.size, args.size, device=args.device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 400, (args.batch,), device=args.device)
@@ -135,6 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--model", default="rnl_tsm", choices=MODELS, help="RNL-TSM-R50 or NL I3D-R50")
     p.add_argument("--configs", default="", help="comma-separated subset of: " + ", ".join(CONFIGS))
     p.add_argument("--modes", default="train,infer")
     p.add_argument("--json", help="write the results here")
@@ -152,9 +185,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.child:
         _child(args)
         return {}
-    configs = [c for c in args.configs.split(",") if c] or list(
-        QUICK_CONFIGS if args.quick else DEFAULT_CONFIGS
-    )
+    defaults = {
+        "rnl_tsm": QUICK_CONFIGS if args.quick else DEFAULT_CONFIGS,
+        "nl_i3d": I3D_QUICK_CONFIGS if args.quick else I3D_CONFIGS,
+    }
+    configs = [c for c in args.configs.split(",") if c] or list(defaults[args.model])
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
         p.error(f"unknown configuration(s) {unknown}: choose from {list(CONFIGS)}")
@@ -180,13 +215,16 @@ def main(argv: list[str] | None = None) -> dict:
                 args.device,
                 "--mem_limit_gib",
                 str(args.mem_limit_gib),
+                "--model",
+                args.model,
             ]
             rows[f"{mode}: {name}"] = run_child("benchmarks.bench_step", child)
             print(
                 f"  measured {mode}: {name}: {rows[f'{mode}: {name}']}", file=sys.stderr, flush=True
             )
+    title = {"rnl_tsm": "RNL-TSM-ResNet50", "nl_i3d": "NL I3D-ResNet50"}[args.model]
     print(
-        f"RNL-TSM-ResNet50 {args.batch} clip(s) x {args.frames} frames x {args.size} px on {args.device}, "
+        f"{title} {args.batch} clip(s) x {args.frames} frames x {args.size} px on {args.device}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
     print(
@@ -212,6 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
         "frames": args.frames,
         "size": args.size,
         "device": args.device,
+        "model": args.model,
         "rows": rows,
     }
     return save_result(result, args.json)

@@ -2,6 +2,7 @@
 
 The model, the files a researcher opens to try a new module:
     models.py          TSN: the 2-D backbone, temporal shift, attached blocks, head, partial BN;
+                       I3D on the 3-D backbone of archs/i3d.py; build_model picks one;
                        the recompute walker (make_recompute), --pretrain files
     temporal_shift.py  the temporal shift (TSM) and temporal pooling
     non_local.py       attaching blocks after residual blocks (placement, NonLocalWrapper)
@@ -10,7 +11,8 @@ The model, the files a researcher opens to try a new module:
     region_conv.py     RNL's depthwise region convolution in the published weight layout
     attention.py       the (fused) attention core of the non-local blocks
     channel_gate.py    the global-context channel gate before the first RNL block
-    nl.py              the classic embedded-Gaussian non-local block
+    nl.py              the classic non-local block (embedded Gaussian, dot product, Gaussian)
+    mmaction_compat.py mmaction2's I3D checkpoints read as they are (key mapping, settings)
     param_groups.py    optimizer groups (lr / weight-decay multipliers) from named_parameters()
 The data:
     dataset.py         TSNDataSet: list -> sampled frames -> transforms -> clip tensor

@@ -1,9 +1,11 @@
-"""The attention core shared by the non-local blocks (RNL and the classic embedded-Gaussian one).
+"""The attention core shared by the non-local blocks (RNL and the classic non-local one).
 
-``y_n = sum_m a[m, n] v_m`` with ``a[m, n] = softmax_m(k_m . q_n)`` (no scaling), or
-``relu(k_m . q_n) / P_source``. Softmax attention runs through ``F.scaled_dot_product_attention``
-with ``scale=1`` unless the caller wants the affinity matrix back: the fused kernel never
-materialises the ``P x P_source`` matrix. Its inputs are made contiguous in ``[N, P, C]`` first,
+``y_n = sum_m a[m, n] v_m`` with ``a[m, n] = softmax_m(s * k_m . q_n)`` (``s = 1``: no scaling,
+unless the caller asks), ``relu(k_m . q_n) / P_source``, or ``(k_m . q_n) / P_source`` (the
+'linear' activation: the dot-product non-local block). Softmax attention runs through
+``F.scaled_dot_product_attention`` unless the caller wants the affinity matrix back: the fused
+kernel never materialises the ``P x P_source`` matrix; fused linear attention computes
+``(v k^T) q / P_source``, which does not either. Its inputs are made contiguous in ``[N, P, C]`` first,
 because strided inputs silently send the CPU kernel down the math path (PERF_NOTES).
 
 Which kernel really runs depends on the device, dtype and head dimension (the RNL-R50 blocks
@@ -22,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ACTIVATIONS = ("softmax", "relu")
+ACTIVATIONS = ("softmax", "relu", "linear")
 
 _recording: list | None = None  # shapes of the fused calls, inside record_attention_shapes()
 
@@ -30,11 +32,13 @@ _recording: list | None = None  # shapes of the fused calls, inside record_atten
 class OutputProjection(nn.Sequential):
     """The non-local blocks' output ``W``: ``Conv3d_1x1(C' -> C)`` then ``BN3d(C)``, whose scale
     and shift start at zero so that a new block adds nothing to its input (the identity). The
-    parts are ``W.0`` and ``W.1``, as in the published checkpoints."""
+    parts are ``W.0`` and ``W.1``, as in the published checkpoints. ``bias=False`` leaves out
+    the conv's bias (which the BN makes redundant), as mmcv's ``NonLocal3d`` does."""
 
-    def __init__(self, inter_channels: int, channels: int) -> None:
+    def __init__(self, inter_channels: int, channels: int, bias: bool = True) -> None:
         super().__init__(
-            nn.Conv3d(inter_channels, channels, kernel_size=1), nn.BatchNorm3d(channels)
+            nn.Conv3d(inter_channels, channels, kernel_size=1, bias=bias),
+            nn.BatchNorm3d(channels),
         )
         self.reset_parameters()
 
@@ -43,13 +47,17 @@ class OutputProjection(nn.Sequential):
         nn.init.zeros_(self[1].bias)
 
 
-def attention_macs(x_shape: torch.Size, inter_channels: int, sub_sample: bool) -> dict[str, int]:
+def attention_macs(
+    x_shape: torch.Size, inter_channels: int, sub_sample: bool, key_channels: int | None = None
+) -> dict[str, int]:
     """Multiply-adds of a non-local block's attention on input ``[N, C, T, H, W]``: the affinity
-    ``[Ps, C'] x [C', P]`` and the aggregation ``[C', Ps] x [Ps, P]`` (``Ps = T*(H//2)*(W//2)``
-    with ``sub_sample``), counted by ``tools/model_cost.py``."""
+    ``[Ps, Ck] x [Ck, P]`` and the aggregation ``[C', Ps] x [Ps, P]`` (``Ps = T*(H//2)*(W//2)``
+    with ``sub_sample``; ``Ck = key_channels``, by default ``C'``), counted by
+    ``tools/model_cost.py``, as the explicit computation does them."""
     n, _, t, h, w = x_shape
     p_src = t * (h // 2) * (w // 2) if sub_sample else t * h * w
-    return {"attention": 2 * n * t * h * w * p_src * inter_channels}
+    ck = inter_channels if key_channels is None else key_channels
+    return {"attention": n * t * h * w * p_src * (ck + inter_channels)}
 
 
 def _positions_last(t: torch.Tensor) -> torch.Tensor:
@@ -64,14 +72,18 @@ def nonlocal_attention(
     activation: str = "softmax",
     fused: bool = True,
     return_attention: bool = False,
+    scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attend from targets to sources.
 
     Args:
         q: targets ``[N, Cq, P]``; k: sources ``[N, Cq, Ps]``; v: values ``[N, Cv, Ps]``.
-        activation: ``'softmax'`` over the sources, or ``'relu'`` divided by ``Ps``.
-        fused: use the fused kernel for softmax (ignored when ``return_attention``).
+        activation: ``'softmax'`` over the sources, ``'relu'`` divided by ``Ps``, or
+            ``'linear'`` (the affinity divided by ``Ps``).
+        fused: use the fused kernel for softmax, the ``(v k^T) q`` order for linear (ignored
+            when ``return_attention``).
         return_attention: also return the normalised affinity ``[N, Ps, P]``.
+        scale: factor of the affinity before the softmax (1: none, as the published blocks).
 
     Returns:
         ``(y [N, Cv, P], attention or None)``.
@@ -84,10 +96,16 @@ def nonlocal_attention(
         q4, k4, v4 = _positions_last(q), _positions_last(k), _positions_last(v)
         if _recording is not None:
             _recording.append((tuple(q4.shape), tuple(k4.shape), tuple(v4.shape)))
-        y = F.scaled_dot_product_attention(q4, k4, v4, scale=1.0)
+        y = F.scaled_dot_product_attention(q4, k4, v4, scale=scale)
         return y.squeeze(1).transpose(1, 2), None  # (N, Cv, P)
+    if fused and activation == "linear" and not return_attention:
+        vk = torch.bmm(v, k.transpose(1, 2))  # (N, Cv, Cq): no P x Ps matrix
+        return torch.bmm(vk, q) / k.shape[2], None  # (N, Cv, P)
     a = torch.bmm(k.transpose(1, 2), q)  # (N, Ps, P): source m, target n
-    a = F.softmax(a, dim=1) if activation == "softmax" else F.relu(a) / a.shape[1]
+    if activation == "softmax":
+        a = F.softmax(a * scale if scale != 1.0 else a, dim=1)
+    else:
+        a = (F.relu(a) if activation == "relu" else a) / a.shape[1]
     return torch.bmm(v, a), (a.detach() if return_attention else None)
 
 

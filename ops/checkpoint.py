@@ -12,14 +12,16 @@ through (it imports no model, no distributed and no training code).
   weights (``SIDECAR_KEYS``) and the checksum of the weights it was written with.
 - The keys of a model checkpoint (``model_checkpoint``): the published ones (SPEC section 6:
   ``{'epoch', 'arch', 'state_dict', 'optimizer', 'best_prec1'}``) and ours that describe the
-  model (``SIDECAR_KEYS``: its *model config*, the ``TSN`` constructor keywords that rebuild its
-  network, the dataset, dense sampling, the class names). A run's checkpoint adds its training
+  model (``SIDECAR_KEYS``: its *model config*, the constructor keywords that rebuild its
+  network, a ``TSN`` or an ``I3D``, the dataset, dense sampling, the class names). A run's checkpoint adds its training
   state on top (ops/engine/state.py).
 - What a checkpoint says about itself (``checkpoint_info``): published checkpoints have
   ``module.``-prefixed keys and the settings only in the file name, e.g.
   ``TSM_kinetics_RGB_resnet50_shift8_blockres_avg_segment8_e100_cos_dense_nl_lr0.02_wd2.0e-04.pth.tar``;
   ours store them inside, so their file name does not matter; a converted published checkpoint
   carries the settings parsed from its name in its sidecar (or in the converted ``.pth.tar``).
+  mmaction2's I3D checkpoints are read as they are published and converted to ours on loading
+  (``ops/mmaction_compat.py``).
   ``same_dataset`` is the one rule for "trained on this dataset", used both to keep the
   classifier when fine-tuning and to switch off the classifier's lr x5.
 - Weights: ``load_weights`` (strict, with a one-line list of what does not fit). Building the
@@ -41,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ops import mmaction_compat
 from ops.atomic import write_atomically
 
 logger = logging.getLogger(__name__)
@@ -143,7 +146,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     (``load_safetensors``), anything else with ``torch.load(weights_only=True)``
     (``read_torch_file``).
 
-    A bare state_dict file is returned as ``{'state_dict': sd}``.
+    A bare state_dict file is returned as ``{'state_dict': sd}``; an mmaction2 I3D checkpoint as
+    one of ours (``ops/mmaction_compat.py``).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -157,10 +161,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         )
     if "state_dict" not in ckpt:
         if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-            return {"state_dict": ckpt}
-        raise CheckpointError(
-            f"{path} is not a checkpoint: it has no 'state_dict' (keys: {sorted(ckpt)[:8]})"
-        )
+            ckpt = {"state_dict": ckpt}
+        else:
+            raise CheckpointError(
+                f"{path} is not a checkpoint: it has no 'state_dict' (keys: {sorted(ckpt)[:8]})"
+            )
+    if mmaction_compat.is_mmaction_checkpoint(ckpt):  # read as one of ours (I3D settings inside)
+        try:
+            return mmaction_compat.convert(ckpt, path)
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
     return ckpt
 
 

@@ -49,7 +49,8 @@ class TSNDataSet(torch.utils.data.Dataset):
     Mode: `test_mode` -> test sampling (1 clip, 2 with `twice_sample`, 10 with `dense_sample`);
     else `random_shift` -> training sampling, otherwise validation sampling.
     Extra keywords beyond TSM's: `num_class` (labels are checked against it), `skip_bad_lines`,
-    `strict_data`, `return_index`, `max_workers` (DataLoader workers the counters can hold).
+    `strict_data`, `return_index`, `max_workers` (DataLoader workers the counters can hold),
+    `clip_sampling` (where dense clips start: "tsm" or mmaction2's "mmaction", ops/sampling.py).
     `image_tmpl=VIDEO_TMPL` reads a video list and decodes video files under `root_path`.
     """
 
@@ -72,6 +73,7 @@ class TSNDataSet(torch.utils.data.Dataset):
         strict_data: bool = False,
         return_index: bool = False,
         max_workers: int = 128,
+        clip_sampling: str = "tsm",
     ) -> None:
         self.root_path = root_path
         self.list_file = list_file
@@ -89,6 +91,7 @@ class TSNDataSet(torch.utils.data.Dataset):
         self.skip_bad_lines = skip_bad_lines
         self.strict_data = strict_data
         self.return_index = return_index
+        self.clip_sampling = clip_sampling
         if modality not in ("RGB", "Flow"):
             raise ValueError(f"modality must be RGB or Flow, got {modality!r}")
         # The published loader keeps only videos of >= 3 frames for training (and with
@@ -158,6 +161,7 @@ class TSNDataSet(torch.utils.data.Dataset):
             dense_sample=self.dense_sample,
             twice_sample=self.twice_sample,
             rng=rng,
+            clip_sampling=self.clip_sampling,
         )
 
     def __getitem__(self, index: int):

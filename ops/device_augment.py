@@ -12,9 +12,11 @@ data to the model) decodes the whole batch at once with `torchvision.io.decode_j
 CUDA), crops, resizes with antialiased bilinear interpolation, flips and normalises on the
 device. On a CPU the same code runs with device='cpu' (tests/test_device_augment.py).
 
-Only the resampling differs from the PIL path: torchvision's antialiased bilinear resize of uint8
+Only the resampling differs from the PIL path: torch's antialiased bilinear resize of uint8
 images follows PIL's filter but rounds its fixed-point arithmetic differently, and nvjpeg's IDCT
-differs from libjpeg's; pixels agree within a few grey levels (the test states the bound).
+differs from libjpeg's; pixels agree within a few grey levels (the test states the bound). On a
+CPU the resize is torch's uint8 kernel itself (`_resize`), on every torch / torchvision release
+and every CPU; on CUDA, which has no uint8 kernel, it goes through float32 (torchvision's resize).
 RGB only. Evaluation keeps the PIL path by default (the published accuracy was measured with
 it); `DeviceTestViews` (`test_models.py --device_views`) cuts the test views on the device as an
 option. A frame file that is not a JPEG is decoded in the worker (PIL) and travels as
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF2
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
@@ -227,6 +230,21 @@ class DeviceTestViews:
         return EncodedClip(frames, index, views, (self.crop_size, self.crop_size), scale)
 
 
+def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Antialiased bilinear resize of uint8 `[N, 3, H, W]` to `height` x `width`.
+
+    On a CPU, torch's uint8 kernel (PIL's fixed-point filter), called directly: torchvision < 0.24
+    sends uint8 images on CPUs that report AVX512 through float32 instead (it tested for "AVX2"
+    only), which put 13% of the pixels of noisy test frames a grey level off PIL's instead of 2%,
+    and made `--device_aug`'s first training loss 3.4% off the PIL path's (now equal). Elsewhere
+    (CUDA has no uint8 kernel) torchvision's resize, which goes through float32."""
+    if x.device.type == "cpu":
+        return F.interpolate(
+            x, size=(height, width), mode="bilinear", align_corners=False, antialias=True
+        )
+    return TF2.resize(x, [height, width], antialias=True)
+
+
 @dataclass
 class EncodedBatch:
     """A batch of `EncodedClip`s; `to_model_input` gives the float `[B, T*3, H, W]` batch."""
@@ -258,13 +276,13 @@ class EncodedBatch:
         for clip, frames in zip(self.clips, self.decode(device)):
             x_all = torch.stack(frames)  # [U, 3, H0, W0]
             if clip.scale is not None:
-                x_all = TF2.resize(x_all, [clip.scale[1], clip.scale[0]], antialias=True)
+                x_all = _resize(x_all, clip.scale[1], clip.scale[0])
             out_w, out_h = clip.out_size
             views = []
             for (x, y, w, h), flip in clip.views:
                 crops = x_all[:, :, y : y + h, x : x + w]  # [U, 3, h, w]
                 if (w, h) != (out_w, out_h):
-                    crops = TF2.resize(crops, [out_h, out_w], antialias=True)
+                    crops = _resize(crops, out_h, out_w)
                 if flip:
                     crops = crops.flip(-1)
                 views.append(crops[clip.index].reshape(-1, out_h, out_w))  # [T*3, H, W]

@@ -15,6 +15,7 @@ build with fast-math) in the same order on the same values; tests/test_device_in
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -96,10 +97,23 @@ class InputNorm:
         out = data.contiguous().to(torch.float32).div_(255)
         h, w = out.shape[-2:]
         view = out.view(-1, c, h, w)  # [B*N, C, H, W]
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=out.device).view(c, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32, device=out.device).view(c, 1, 1)
+        mean, std = _mean_std(self.mean, self.std, out.device)
         view.sub_(mean).div_(std)
         return out
+
+
+@functools.lru_cache(maxsize=64)
+def _mean_std(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`mean` and `std` as float32 `[C, 1, 1]` tensors on `device`, built once per device (a
+    tensor built from a list on a GPU is a host-to-device copy, which waits for the device: once
+    per run, not once per batch). Read-only by convention: `InputNorm` only reads them."""
+    c = len(mean)
+    return (
+        torch.tensor(mean, dtype=torch.float32, device=device).view(c, 1, 1),
+        torch.tensor(std, dtype=torch.float32, device=device).view(c, 1, 1),
+    )
 
 
 def norm_from(mean: Sequence[float], std: Sequence[float]) -> InputNorm:

@@ -24,7 +24,7 @@ from ops.checkpoint import (
     stored_model_config,
     strip_module_prefix,
 )
-from ops.models import TSN
+from ops.models import build_model
 from ops.non_local import block_settings
 
 
@@ -39,7 +39,8 @@ def model_config_of(ckpt: dict) -> dict:
 
 
 def load_model(path: str | os.PathLike, **overrides) -> tuple[nn.Module, dict]:
-    """The ``TSN`` a checkpoint holds, with its weights, in eval mode, and ``checkpoint_info``.
+    """The model (``TSN`` or ``I3D``) a checkpoint holds, with its weights, in eval mode, and
+    ``checkpoint_info``.
 
     ``overrides`` change TSN keywords that the weights do not depend on (``num_segments``,
     ``input_size``, fast-path switches such as ``rnl_fused``); None values are ignored. The
@@ -53,7 +54,7 @@ def load_model(path: str | os.PathLike, **overrides) -> tuple[nn.Module, dict]:
     # The settings of a .safetensors file come from its sidecar: a mismatch is the sidecar's.
     where = f"the sidecar {sidecar_path(path)} of {path}" if is_safetensors(path) else str(path)
     try:
-        model = TSN(**kwargs, pretrain="scratch", print_spec=False)
+        model = build_model(**kwargs, pretrain="scratch", print_spec=False)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(
             f"the model settings of {where} do not build a model ({exc}): "

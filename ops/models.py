@@ -1,9 +1,14 @@
-"""TSN wrapper (Wang et al., ECCV 2016) with temporal shift (TSM) and region-based non-local blocks.
+"""The video models: the TSN wrapper (Wang et al., ECCV 2016) with temporal shift (TSM) and
+region-based non-local blocks, and the inflated 3-D ResNet (I3D) with non-local blocks.
 
-The backbone sees a clip of ``T = num_segments`` frames as a batch of images ``[N*T, C, H, W]``;
-per-frame logits ``[N, T, K]`` are averaged over time (the consensus). The constructor keeps TSM's
-keyword names so research code written against TSM/RNL keeps working, and the module tree gives
-the published state_dict layout (``base_model.*``, ``new_fc.*``).
+TSN: the backbone sees a clip of ``T = num_segments`` frames as a batch of images
+``[N*T, C, H, W]``; per-frame logits ``[N, T, K]`` are averaged over time (the consensus). The
+constructor keeps TSM's keyword names so research code written against TSM/RNL keeps working,
+and the module tree gives the published state_dict layout (``base_model.*``, ``new_fc.*``).
+
+I3D: the same clips ``[N, T*3, H, W]`` become ``[N, 3, T, H, W]`` for a 3-D ResNet
+(``archs/i3d.py``). ``build_model(**keywords)`` returns the one ``base_model`` names; both share
+``VideoModel`` (sizes, augmentation, partial BN, optimizer groups, ``model_config()``).
 """
 
 from __future__ import annotations
@@ -17,14 +22,15 @@ import torch
 import torchvision
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torchvision.models.resnet import ResNet
 
 from archs import ARCHS, RESNETS, build_backbone
+from archs.i3d import I3D_ARCHS
 from archs.mobilenet_v2 import InvertedResidual
+from ops import mmaction_compat
 from ops.checkpoint import read_torch_file
 from ops.non_local import NonLocalWrapper, attached_parts, block_settings, make_non_local
 from ops.param_groups import check_param_groups, param_groups
-from ops.recompute import RECOMPUTED, RecomputedResNet, keep_attention, keep_block_outputs
+from ops.recompute import RECOMPUTED, RECOMPUTED_NETS, keep_attention, keep_block_outputs
 from ops.temporal_shift import TemporalPool, TemporalShift, make_temporal_shift
 from ops.transforms import GroupMultiScaleCrop, GroupRandomHorizontalFlip
 
@@ -40,7 +46,72 @@ MODEL_SETTINGS = (
 CONSENSUS = ("avg", "identity")
 
 
-class TSN(nn.Module):
+class VideoModel(nn.Module):
+    """What the engine and the tools use of a clip classifier, shared by ``TSN`` and ``I3D``:
+    crop and resize sizes, the training augmentation, partial BN, the optimizer groups. A
+    subclass sets ``input_size``, ``modality``, ``fc_lr5``, ``base_model`` (with
+    ``last_layer_name``) and ``new_fc`` (None: the classifier is the backbone's last layer)."""
+
+    # GroupMultiScaleCrop's settings of the training augmentation (TSN's)
+    train_crop: dict = dict(scales=[1, 0.875, 0.75, 0.66], max_distort=1, more_fix_crop=True)
+
+    # ---- sizes and augmentation ----------------------------------------------------------
+    @property
+    def crop_size(self) -> int:
+        return self.input_size
+
+    @property
+    def scale_size(self) -> int:
+        return self.input_size * 256 // 224
+
+    def get_augmentation(self, flip: bool = True) -> torchvision.transforms.Compose:
+        """Training augmentation: multi-scale crop (+ horizontal flip unless ``flip=False``)."""
+        crop = GroupMultiScaleCrop(self.input_size, **self.train_crop)
+        if not flip:
+            return torchvision.transforms.Compose([crop])
+        return torchvision.transforms.Compose(
+            [crop, GroupRandomHorizontalFlip(is_flow=self.modality == "Flow")]
+        )
+
+    # ---- partial BN and optimiser groups ----------------------------------------------------
+    def partialBN(self, enable: bool) -> None:  # noqa: N802 (TSM's name)
+        """Partial BN (TSN): every BN of the backbone but the first keeps its ImageNet statistics
+        (eval mode in training) and its affine parameters stay frozen (``requires_grad=False``,
+        so they are in no optimizer group). BNs of the attached blocks always train."""
+        self._enable_pbn = enable
+        for bn in self._backbone_bns()[1:]:
+            for p in bn.parameters():
+                p.requires_grad_(not enable)
+
+    def _backbone_bns(self) -> list[_BatchNorm]:
+        """BN layers of the backbone proper (not inside attached blocks), in module order."""
+        parts = set()
+        for part in attached_parts(self).values():
+            parts.update(id(m) for m in part.modules())
+        return [m for m in self.modules() if isinstance(m, _BatchNorm) and id(m) not in parts]
+
+    def train(self, mode: bool = True) -> VideoModel:
+        """Train mode; with partial BN the frozen backbone BNs stay in eval mode."""
+        super().train(mode)
+        if self._enable_pbn and mode:
+            for bn in self._backbone_bns()[1:]:
+                bn.eval()
+        return self
+
+    def get_optim_policies(self) -> list[dict]:
+        """Optimizer parameter groups (TSM's name), each with ``lr_mult`` and ``decay_mult``:
+        the rules of ``ops/param_groups.py``, checked to hold every trainable parameter once."""
+        classifier = (
+            self.new_fc
+            if self.new_fc is not None
+            else getattr(self.base_model, self.base_model.last_layer_name)
+        )
+        groups = param_groups(self, classifier, self.fc_lr5, flow=self.modality == "Flow")
+        check_param_groups(self, groups)
+        return groups
+
+
+class TSN(VideoModel):
     """Temporal Segment Network with optional temporal shift and non-local blocks.
 
     Args (TSM's names): num_class, num_segments, modality ('RGB' or 'Flow'), base_model
@@ -254,61 +325,6 @@ class TSN(nn.Module):
                 p.data = p.data.contiguous(memory_format=torch.channels_last)
         return self
 
-    # ---- sizes and augmentation ----------------------------------------------------------
-    @property
-    def crop_size(self) -> int:
-        return self.input_size
-
-    @property
-    def scale_size(self) -> int:
-        return self.input_size * 256 // 224
-
-    def get_augmentation(self, flip: bool = True) -> torchvision.transforms.Compose:
-        """Training augmentation: multi-scale crop (+ horizontal flip unless ``flip=False``)."""
-        crop = GroupMultiScaleCrop(self.input_size, [1, 0.875, 0.75, 0.66])
-        if not flip:
-            return torchvision.transforms.Compose([crop])
-        return torchvision.transforms.Compose(
-            [crop, GroupRandomHorizontalFlip(is_flow=self.modality == "Flow")]
-        )
-
-    # ---- partial BN and optimiser groups ----------------------------------------------------
-    def partialBN(self, enable: bool) -> None:  # noqa: N802 (TSM's name)
-        """Partial BN (TSN): every BN of the backbone but the first keeps its ImageNet statistics
-        (eval mode in training) and its affine parameters stay frozen (``requires_grad=False``,
-        so they are in no optimizer group). BNs of the attached blocks always train."""
-        self._enable_pbn = enable
-        for bn in self._backbone_bns()[1:]:
-            for p in bn.parameters():
-                p.requires_grad_(not enable)
-
-    def _backbone_bns(self) -> list[_BatchNorm]:
-        """BN layers of the backbone proper (not inside attached blocks), in module order."""
-        parts = set()
-        for part in attached_parts(self).values():
-            parts.update(id(m) for m in part.modules())
-        return [m for m in self.modules() if isinstance(m, _BatchNorm) and id(m) not in parts]
-
-    def train(self, mode: bool = True) -> TSN:
-        """Train mode; with partial BN the frozen backbone BNs stay in eval mode."""
-        super().train(mode)
-        if self._enable_pbn and mode:
-            for bn in self._backbone_bns()[1:]:
-                bn.eval()
-        return self
-
-    def get_optim_policies(self) -> list[dict]:
-        """Optimizer parameter groups (TSM's name), each with ``lr_mult`` and ``decay_mult``:
-        the rules of ``ops/param_groups.py``, checked to hold every trainable parameter once."""
-        classifier = (
-            self.new_fc
-            if self.new_fc is not None
-            else getattr(self.base_model, self.base_model.last_layer_name)
-        )
-        groups = param_groups(self, classifier, self.fc_lr5, flow=self.modality == "Flow")
-        check_param_groups(self, groups)
-        return groups
-
     # ---- forward --------------------------------------------------------------------------
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         channels = (3 if self.modality == "RGB" else 2) * self.new_length
@@ -324,6 +340,182 @@ class TSN(nn.Module):
         if self.consensus_type == "identity":
             return base_out
         return base_out.mean(dim=1)  # (N, K)
+
+
+# Residual blocks the non-local blocks follow in NL I3D-ResNet50 (mmaction2's non_local
+# ((0, 0, 0), (0, 1, 0, 1), (0, 1, 0, 1, 0, 1), (0, 0, 0)): res3 blocks 1, 3 and res4 blocks 1, 3,
+# 5, counted from 0); ResNet-101 uses the same five.
+I3D_NL_WHERE = ("layer2.1", "layer2.3", "layer3.1", "layer3.3", "layer3.5")
+# Block settings that differ on I3D by default: mmaction2's non-local block has no bias in its
+# output conv (a BN follows it).
+I3D_BLOCK_DEFAULTS = {"nl": {"out_bias": False}}
+I3D_SETTINGS = (
+    "num_class", "num_segments", "modality", "dropout", "non_local", "nl_type", "nl_where",
+    "nl_options", "input_size",
+)  # fmt: skip
+# TSN keywords an I3D takes only at the value that means "not used" (anything else is an error).
+TSN_ONLY = {
+    "is_shift": False, "temporal_pool": False, "consensus_type": "avg", "new_length": (None, 1),
+    "before_softmax": True,
+}  # fmt: skip
+TSN_IGNORED = ("shift_div", "shift_place", "shift_recompute", "img_feature_dim", "crop_num")
+
+
+class I3D(VideoModel):
+    """Inflated 3-D ResNet (``archs/i3d.py``) on the project's clips: ``[N, T*3, H, W]`` frames in
+    time order (normalised as for TSN) -> ``[N, num_class]`` logits. The clip becomes
+    ``[N, 3, T, H, W]``; the backbone's res5 features are averaged over time and space, then
+    dropout and ``new_fc`` (mmaction2's ``I3DHead``: weights normal std 0.01, bias 0).
+
+    Non-local blocks come from the same registry as the TSM models (``ops/non_local.py``),
+    placed by default after ``I3D_NL_WHERE`` (NL I3D-ResNet50's places); ``nl_type='nl'`` is
+    mmaction2's embedded-Gaussian block (``--nl_options '{"mode": "dot_product"}'`` or
+    ``"gaussian"`` for the others), ``'rnl'`` an RNL I3D. Partial BN and the optimizer groups
+    follow the TSN rules; mmaction2 trains every BN (``partial_bn=False``, ``--npb``).
+
+    Keywords are TSN's (``ops.models.build_model`` passes the same set to either model); those
+    that mean nothing here are accepted only at their "off" value (``TSN_ONLY``) or ignored
+    (``TSN_IGNORED``). ``num_segments`` is the clip length (at least 5 frames: res3 must see
+    one).
+    """
+
+    train_crop = dict(scales=[1, 0.8], max_distort=0, more_fix_crop=False)  # mmaction2's
+
+    def __init__(
+        self,
+        num_class: int,
+        num_segments: int,
+        modality: str = "RGB",
+        base_model: str = "i3d_resnet50",
+        dropout: float = 0.5,
+        partial_bn: bool = True,
+        print_spec: bool = True,
+        pretrain: str = "imagenet",
+        fc_lr5: bool = False,
+        non_local: bool = False,
+        nl_type: str = "rnl",
+        nl_where: Sequence[str] | str | None = None,
+        nl_options: dict | None = None,
+        rnl_fused: bool = True,
+        region_impl: str = "depthwise",
+        recompute: bool = True,
+        checkpoint_blocks: bool = False,
+        input_size: int = 224,
+        **tsn_keywords,
+    ):
+        super().__init__()
+        for key, value in tsn_keywords.items():
+            if key in TSN_IGNORED:
+                continue
+            if key not in TSN_ONLY:
+                raise TypeError(f"I3D got an unexpected keyword argument {key!r}")
+            allowed = TSN_ONLY[key] if isinstance(TSN_ONLY[key], tuple) else (TSN_ONLY[key],)
+            if value not in allowed:
+                raise ValueError(
+                    f"{key}={value!r} does not apply to {base_model}: a 3-D network models time "
+                    f"itself (use {allowed[0]!r})"
+                )
+        if base_model not in I3D_ARCHS:
+            raise ValueError(f"unknown I3D model {base_model!r}: choose one of {list(I3D_ARCHS)}")
+        if modality != "RGB":
+            raise ValueError(f"{base_model} takes RGB clips, not {modality}")
+        if num_segments < 5:
+            raise ValueError(
+                f"{base_model} needs clips of at least 5 frames (its stem and pool2 divide time "
+                f"by 8), got {num_segments}"
+            )
+        if isinstance(nl_where, str):
+            nl_where = [w for w in nl_where.split(",") if w]
+        self.num_class, self.num_segments, self.modality = num_class, num_segments, modality
+        self.base_model_name, self.dropout, self.pretrain = base_model, dropout, pretrain
+        self.new_length, self.fc_lr5, self.input_size = 1, fc_lr5, input_size
+        self.non_local, self.nl_type = non_local, nl_type
+        self.nl_where = list(nl_where) if nl_where else None
+        self.nl_options = {}
+        if non_local:
+            defaults = I3D_BLOCK_DEFAULTS.get(nl_type, {})
+            resolved = {**defaults, **(nl_options or {})}
+            self.nl_options = block_settings(nl_type, resolved)
+            # recorded whatever their value: they are not the block's defaults on an I3D
+            self.nl_options.update({key: resolved[key] for key in defaults})
+        self.input_mean = [0.485, 0.456, 0.406]
+        self.input_std = [0.229, 0.224, 0.225]
+        self._channels_last = False
+
+        weights = pretrain
+        if pretrain not in ("imagenet", "scratch", ""):  # a file
+            weights = read_backbone_weights(pretrain)
+        self.base_model = build_backbone(base_model, weights, source=pretrain)
+        self.base_model.last_layer_name = "fc"
+        if non_local:
+            make_non_local(
+                self.base_model, None, nl_type=nl_type, where=self.nl_where or I3D_NL_WHERE,
+                fused=rnl_fused, region_impl=region_impl, **self.nl_options,
+            )  # fmt: skip
+        if recompute or checkpoint_blocks:
+            make_recompute(self.base_model, checkpoint_blocks=checkpoint_blocks)
+        feature_dim = self.base_model.fc.in_features
+        self.base_model.fc = nn.Dropout(p=dropout)
+        self.new_fc = nn.Linear(feature_dim, num_class)
+        nn.init.normal_(self.new_fc.weight, 0, 0.01)
+        nn.init.zeros_(self.new_fc.bias)
+        self.partialBN(partial_bn)
+        if print_spec:
+            logger.info(
+                "I3D: %s, %d frames, dropout %s, non-local %s",
+                base_model,
+                num_segments,
+                dropout,
+                f"{nl_type} at {','.join(self.nl_where or I3D_NL_WHERE)}" if non_local else "off",
+            )
+
+    def model_config(self) -> dict:
+        """The model settings (``build_model(**cfg)`` rebuilds this network); checkpoints store
+        them. As for TSN, training-only switches and fast paths are not settings."""
+        cfg = {key: copy.deepcopy(getattr(self, key)) for key in I3D_SETTINGS}
+        cfg["base_model"] = self.base_model_name
+        return cfg
+
+    def to_channels_last(self) -> I3D:
+        """Store the 3-D conv weights channels-last (``channels_last_3d``, ``--channels_last``);
+        the clip is converted to match in ``forward``."""
+        for p in self.parameters():
+            if p.dim() == 5:
+                p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
+        self._channels_last = True
+        return self
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        n = input.shape[0]
+        x = input.reshape(n, -1, 3, *input.shape[-2:]).transpose(1, 2)  # (N, 3, T, H, W)
+        x = x.contiguous(
+            memory_format=torch.channels_last_3d if self._channels_last else torch.contiguous_format
+        )
+        x = self.base_model.features(x)  # (N, 2048, T/8, H/32, W/32)
+        x = self.base_model.fc(torch.flatten(self.base_model.avgpool(x), 1))  # dropout
+        return self.new_fc(x)  # (N, K)
+
+
+def is_i3d(base_model: str) -> bool:
+    """Whether ``base_model`` names a 3-D network (``I3D``) rather than a TSN backbone."""
+    return base_model in I3D_ARCHS
+
+
+def build_model(**kwargs) -> VideoModel:
+    """The video model of TSN keywords (``TSN(**kwargs)``'s): an ``I3D`` when ``base_model``
+    names an I3D network (``i3d_resnet50``, ``i3d_resnet101``), else a ``TSN``. Checkpoints,
+    ``main.py`` and the tools build their models through it."""
+    base_model = kwargs.get("base_model", "resnet101")  # TSN's default
+    if is_i3d(base_model):
+        return I3D(**kwargs)
+    if base_model not in ARCHS:
+        raise ValueError(
+            f"unknown base model {base_model!r}: choose one of {', '.join(ARCHS + tuple(I3D_ARCHS))}"
+        )
+    return TSN(**kwargs)
+
+
+mmaction_compat.register_model_builder(build_model)  # it reads mmaction2 files with it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,13 +543,13 @@ def read_backbone_weights(path: str) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------------------------------------
 def make_recompute(net: nn.Module, checkpoint_blocks: bool = False) -> None:
     """Recompute cheap activations in the stem and every residual block of the torchvision ResNet
-    ``net`` (layer1..4) and in the modules attached after them (``NonLocalWrapper.recompute``);
+    or I3D ResNet (``archs/i3d.py``) ``net`` (layer1..4) and in the modules attached after them (``NonLocalWrapper.recompute``);
     ``checkpoint_blocks`` recomputes the residual blocks entirely (see ``ops/recompute.py`` for
     the policies). Call after the temporal shift and the non-local blocks are in. Each block
     becomes the ``Recomputed`` subclass of its class (same parameters and buffers, so the
     state_dict is unchanged)."""
-    if type(net) is ResNet:
-        net.__class__ = RecomputedResNet
+    if type(net) in RECOMPUTED_NETS:
+        net.__class__ = RECOMPUTED_NETS[type(net)]
     for stage in range(1, 5):
         layer = getattr(net, f"layer{stage}")
         for unit in layer.net if isinstance(layer, TemporalPool) else layer:

@@ -17,6 +17,10 @@ block it was trained with. The published blocks are imported here; a new block f
 is found by the registry the first time its name is asked for, so adding a block edits no other
 file.
 
+A 3-D backbone (I3D, ``archs/i3d.py``) already computes on ``[N, C, T, H, W]``: there the
+wrapper has no ``n_segment`` (None) and applies the attached modules to the block's output as it
+is; names, registry and settings are the same.
+
 Placement (``where``): residual block names such as ``layer2.0``. The published placement for
 ResNet-50 is ``DEFAULT_WHERE`` (every other block of res3 and res4, five in all) with the channel
 gate before the first RNL block; we use the same pattern for ResNet-101 (the published code has
@@ -53,6 +57,7 @@ def block_settings(nl_type: str, options: dict | None = None) -> dict:
     excepted), updated with ``options``, as plain JSON values (tuples become lists).
 
     An option the builder does not take is an error, so a typo does not train the default block.
+    Options the builder lists in ``recorded_if_set`` are left out while at their default.
     """
     builder = _builder(nl_type)
     params = inspect.signature(builder).parameters.values()
@@ -68,7 +73,12 @@ def block_settings(nl_type: str, options: dict | None = None) -> dict:
             f"unknown option(s) {', '.join(unknown)} for block type {nl_type!r} "
             f"(--nl_options): it takes {takes}"
         )
-    return json.loads(json.dumps({**defaults, **(options or {})}))
+    # Settings a block gained after checkpoints recorded its settings are recorded only when
+    # they differ from their default, so the settings of the existing models stay as they were.
+    later = getattr(builder, "recorded_if_set", ())
+    settings = {**defaults, **(options or {})}
+    settings = {k: v for k, v in settings.items() if k not in later or v != defaults[k]}
+    return json.loads(json.dumps(settings))
 
 
 def check_block_options(nl_type: str, options: dict | None = None) -> dict:
@@ -92,12 +102,14 @@ def check_block_options(nl_type: str, options: dict | None = None) -> dict:
 class NonLocalWrapper(nn.Module):
     """Residual block followed by spatio-temporal modules applied on ``[N, C, T, H, W]``.
 
-    With ``recompute`` (set by ``ops.models.make_recompute``) the attached modules keep only
+    ``n_segment``: frames per clip of a 2-D backbone's ``[N*T, C, H, W]`` output, or None for a
+    3-D backbone, whose block output is already ``[N, C, T, H, W]``. With ``recompute`` (set by
+    ``ops.models.make_recompute``) the attached modules keep only
     their attention outputs for the backward and recompute the rest there.
     """
 
     def __init__(
-        self, block: nn.Module, n_segment: int, parts: dict[str, nn.Module], where: str = ""
+        self, block: nn.Module, n_segment: int | None, parts: dict[str, nn.Module], where: str = ""
     ):
         super().__init__()
         self.block = block
@@ -113,15 +125,19 @@ class NonLocalWrapper(nn.Module):
             x = getattr(self, name)(x)
         return x
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.block(x)  # (N*T, C, H, W)
-        nt, c, h, w = x.shape
-        x = x.view(nt // self.n_segment, self.n_segment, c, h, w).transpose(1, 2)  # (N, C, T, H, W)
+    def run_attached(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, T, H, W)
         if self.recompute:
             parts = [getattr(self, name) for name in self.part_names]
-            x = checkpointed(self.attached, parts, keep_attention, x)
-        else:
-            x = self.attached(x)
+            return checkpointed(self.attached, parts, keep_attention, x)
+        return self.attached(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block(x)  # (N*T, C, H, W); a 3-D backbone's (N, C, T, H, W)
+        if self.n_segment is None:
+            return self.run_attached(x)
+        nt, c, h, w = x.shape
+        x = x.view(nt // self.n_segment, self.n_segment, c, h, w).transpose(1, 2)  # (N, C, T, H, W)
+        x = self.run_attached(x)
         return x.transpose(1, 2).contiguous().view(nt, c, h, w)
 
 
@@ -175,16 +191,18 @@ def residual_block_names(net: nn.Module) -> list[str]:
 
 def make_non_local(
     net: nn.Module,
-    n_segment: int,
+    n_segment: int | None,
     nl_type: str = "rnl",
     where: Sequence[str] | None = None,
     temporal_pool: bool = False,
     **options,
 ) -> None:
-    """Attach block type ``nl_type`` (``BLOCKS``) after the residual blocks named in ``where`` of ResNet ``net``.
+    """Attach block type ``nl_type`` (``BLOCKS``) after the residual blocks named in ``where`` of
+    ResNet ``net``.
 
     ``where=None`` is the published placement (``DEFAULT_WHERE``, restricted to the blocks the
-    network has). ``temporal_pool`` must match the one given to ``make_temporal_shift``: stages
+    network has). ``n_segment`` None: ``net`` is a 3-D backbone (no folding of time into the
+    batch). ``temporal_pool`` must match the one given to ``make_temporal_shift``: stages
     after layer1 then see ``n_segment // 2`` frames. ``options`` (block settings and fast-path
     switches) go to the builder, which takes what it uses.
     """
@@ -210,7 +228,7 @@ def make_non_local(
             )
     for i, name in enumerate(sorted(set(where), key=valid.index)):
         stage, index = int(name[5]), int(name.split(".")[1])
-        segments = n_segment // 2 if (temporal_pool and stage > 1) else n_segment
+        segments = n_segment // 2 if (temporal_pool and stage > 1 and n_segment) else n_segment
         layer = _unwrap(getattr(net, f"layer{stage}"))
         block = layer[index]
         parts = builder(_out_channels(block), stage, i == 0, **options)

@@ -28,7 +28,8 @@ checkpointed by their ``NonLocalWrapper``). Under ``torch.compile`` the plain fo
 (inductor chooses what to recompute itself).
 
 This module holds the mechanism (policies, ``checkpointed``, the recomputing block classes) and
-imports no model code; ``ops.models.make_recompute`` walks a model and switches its blocks over.
+imports no model code beyond the backbones' block classes (torchvision's, ``archs/i3d.py``);
+``ops.models.make_recompute`` walks a model and switches its blocks over.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ from torch.utils.checkpoint import (
     create_selective_checkpoint_contexts,
 )
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from archs.i3d import Bottleneck3d, ResNet3d
 
 aten = torch.ops.aten
 
@@ -158,7 +161,15 @@ class RecomputedBasicBlock(_Recomputed, BasicBlock):
     pass
 
 
-RECOMPUTED = {Bottleneck: RecomputedBottleneck, BasicBlock: RecomputedBasicBlock}
+class RecomputedBottleneck3d(_Recomputed, Bottleneck3d):
+    pass
+
+
+RECOMPUTED = {
+    Bottleneck: RecomputedBottleneck,
+    BasicBlock: RecomputedBasicBlock,
+    Bottleneck3d: RecomputedBottleneck3d,
+}
 
 
 class RecomputedResNet(ResNet):
@@ -173,3 +184,15 @@ class RecomputedResNet(ResNet):
         x = checkpointed(self._stem, [self.bn1], keep_attention, self.conv1(x))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class RecomputedResNet3d(ResNet3d):
+    """The I3D ResNet whose stem keeps only the first convolution's output (as above)."""
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return checkpointed(super()._stem, [self.bn1], keep_attention, x)
+
+
+# The network classes whose stem recomputes (``ops.models.make_recompute`` switches a backbone
+# of a key's class to its value).
+RECOMPUTED_NETS = {ResNet: RecomputedResNet, ResNet3d: RecomputedResNet3d}

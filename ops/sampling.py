@@ -11,6 +11,18 @@ reproducible; pass a `np.random.RandomState` as `rng` to get a deterministic dra
 
 Notation (as in SPEC.md): F = number of frames, S = number of segments, L = frames per snippet
 (`new_length`: 1 for RGB, 5 for optical flow).
+
+Dense clips (S frames `64 // S` apart, wrapping around short videos) start where the published
+TSM code starts them (`clip_sampling="tsm"`, SPEC section 4) or where mmaction2's
+`SampleFrames(clip_len=S, frame_interval=64 // S)` does (`clip_sampling="mmaction"`, the NL I3D
+protocol: 32 frames at interval 2). The two differ only in the starts; with `w = 64` for
+training and `w = 63` (the clip's span) for testing:
+
+| mode  | tsm (published TSM)                            | mmaction (SampleFrames)                      |
+| ----- | ---------------------------------------------- | -------------------------------------------- |
+| train | uniform in 0 .. F-65 (F > 64), else 0          | uniform in 0 .. F-64 (F >= 64), else 0       |
+| val   | a random start, as train (the published quirk) | the centre: max(F - 63, 0) // 2              |
+| test  | int(linspace(0, max(F - 64, 0), 10)) (floor)   | round(k * max(F - 63, 0) / 9), k = 0..9      |
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 MODES = ("train", "val", "test")
+CLIP_SAMPLING = ("tsm", "mmaction")  # where dense clips start (see the module docstring)
 DENSE_WINDOW = 64  # dense sampling covers a window of 64 frames (I3D convention)
 DENSE_TEST_CLIPS = 10  # dense test mode: clips whose starts spread evenly over the video
 
@@ -61,6 +74,19 @@ def _dense_random_start(F: int, rng: np.random.RandomState | None) -> int:
     return 0 if sample_pos == 1 else int(_randint(rng, 0, sample_pos - 1))
 
 
+def _mmaction_starts(F: int, S: int, mode: str, clips: int, rng) -> list[int]:
+    # mmaction2's SampleFrames (clip_len S, frame_interval 64 // S, out_of_bound 'loop'): its
+    # window is S * interval frames for training and (S - 1) * interval + 1 for testing.
+    interval = DENSE_WINDOW // S
+    if mode == "train":
+        span = F - S * interval + 1
+        return [int(_randint(rng, span)) if span > 0 else 0]
+    max_offset = max(F - ((S - 1) * interval + 1), 0)
+    if mode == "val" or clips == 1:
+        return [max_offset // 2]
+    return [int(x) for x in np.round(np.arange(clips) * (max_offset / (clips - 1)))]
+
+
 def sample_clips(
     num_frames: int,
     num_segments: int,
@@ -70,6 +96,7 @@ def sample_clips(
     twice_sample: bool = False,
     rng: np.random.RandomState | None = None,
     num_dense_clips: int = DENSE_TEST_CLIPS,
+    clip_sampling: str = "tsm",
 ) -> list[list[int]]:
     """1-based start frame of every snippet, one list of `num_segments` numbers per clip.
 
@@ -77,7 +104,8 @@ def sample_clips(
     mode "val":   TSN segment centres (or a random dense window, as published); one clip.
     mode "test":  TSN segment centres; with `twice_sample` a second clip of segment starts;
                   with `dense_sample` `num_dense_clips` windows with evenly spread starts.
-    `twice_sample` only changes test mode, as in the published code.
+    `twice_sample` only changes test mode, as in the published code. `clip_sampling`
+    ("tsm" or "mmaction", dense sampling only) says where dense windows start (module docstring).
     """
     F, S, L = int(num_frames), int(num_segments), int(new_length)
     if F < 1:
@@ -90,7 +118,14 @@ def sample_clips(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if dense_sample and S > DENSE_WINDOW:
         raise ValueError(f"dense sampling needs num_segments <= {DENSE_WINDOW}, got {S}")
+    if clip_sampling not in CLIP_SAMPLING:
+        raise ValueError(f"clip_sampling must be one of {CLIP_SAMPLING}, got {clip_sampling!r}")
+    if clip_sampling != "tsm" and not dense_sample:
+        raise ValueError(f"clip_sampling {clip_sampling!r} places dense clips: it needs dense_sample")
 
+    if dense_sample and clip_sampling == "mmaction":
+        starts = _mmaction_starts(F, S, mode, num_dense_clips, rng)
+        return [_dense_clip(F, S, start) for start in starts]
     if dense_sample:
         if mode == "test":
             sample_pos = max(1, 1 + F - DENSE_WINDOW)
@@ -129,7 +164,8 @@ def snippet_frames(starts: list[int], new_length: int, num_frames: int) -> list[
 def clip_frames(num_frames: int, num_segments: int, new_length: int = 1, **sampling) -> list[int]:
     """All 1-based frame numbers an item reads, clip after clip (`sample_clips` + `snippet_frames`).
 
-    `sampling`: the other keywords of `sample_clips` (mode, dense_sample, twice_sample, rng).
+    `sampling`: the other keywords of `sample_clips` (mode, dense_sample, twice_sample, rng,
+    clip_sampling).
     Length: clips * num_segments * new_length. A frame may appear several times (short videos,
     overlapping dense clips); readers should decode each distinct frame once.
     """

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from tqdm import tqdm
@@ -105,6 +106,40 @@ def progress(
         ascii=not tty,
         disable=not enabled or not (tty or off_tty),
     )
+
+
+def map_with_progress(
+    fn: Callable, items: Sequence, workers: int = 1, *, desc: str, unit: str, chunksize: int = 1
+) -> list:
+    """``[fn(item) for item in items]`` in ``workers`` processes (``fn`` must pickle), results in
+    the order of ``items``, with a progress bar that also prints off a terminal (the data tools).
+    A worker takes the next item as soon as it is free, so one slow item holds up no other."""
+    results: list = [None] * len(items)
+    bar = progress(total=len(items), desc=desc, unit=unit, off_tty=True)
+    try:
+        if workers <= 1:
+            for i, item in enumerate(items):
+                results[i] = fn(item)
+                bar.update(1)
+        else:
+            with multiprocessing.Pool(workers) as pool:
+                indexed = pool.imap_unordered(_Indexed(fn), enumerate(items), chunksize)
+                for i, result in indexed:
+                    results[i] = result
+                    bar.update(1)
+    finally:
+        bar.close()
+    return results
+
+
+class _Indexed:
+    """``fn`` of an ``(index, item)`` pair, returning the index with the result (picklable)."""
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn = fn
+
+    def __call__(self, pair: tuple) -> tuple:
+        return pair[0], self.fn(pair[1])
 
 
 class StderrHandler(logging.StreamHandler):

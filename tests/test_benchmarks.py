@@ -14,7 +14,9 @@ LOADER_PATHS = (
     "ours PIL, uint8 (normalised on the device)",
     "device path, worker: JPEG bytes + crop draw",
     "device path, decode+augment with device=cpu",
+    "ours fast pixels, uint8 (--train_pixels fast)",
 )
+LARGE_FRAME_PATHS = LOADER_PATHS[0], "ours PIL, uint8", LOADER_PATHS[5]
 FORMATS = (
     "JPEG frame folders",
     "packed frames (one zip per video)",
@@ -39,11 +41,13 @@ def test_quick_suite_writes_every_row_with_its_ratio(tmp_path):
     rows = suite["rows"]
     expected = (
         [f"step {m}: {c}" for m in ("train", "infer") for c in ("plain", "fast fp32", "fast bf16")]
+        + [f"i3d {m}: {c}" for m in ("train", "infer") for c in ("plain", "fast fp32")]
         + [f"rnl block {s}: {c}" for s in ("layer2", "layer3")
            for c in ("plain (explicit + masked conv)", "explicit + depthwise", "fused + masked conv", "fused + depthwise")]
         + ["data train: 8 seg, 224, multi-scale crop + flip", "data test: 8 seg, 3 crops 256 x 10 dense clips",
            "data train: 8 seg, 224, mp4 short side 256"]
         + [f"data loader: {p}" for p in LOADER_PATHS]
+        + [f"data loader 1280x720: {p}" for p in LARGE_FRAME_PATHS]
         + [f"data format: {f}" for f in FORMATS]
         + ["test plain (explicit attention, masked conv)", "test fast (fused, depthwise)"]
         + [f"growth {f} frames x {s} px: {c}" for f, s in ((4, 64), (8, 64), (4, 96))
@@ -55,12 +59,15 @@ def test_quick_suite_writes_every_row_with_its_ratio(tmp_path):
     )  # fmt: skip
     missing = [r for r in expected if r not in rows]
     assert not missing, missing
-    for mode in ("train", "infer"):  # ratios recomputed from the raw figures
-        base = rows[f"step {mode}: plain"]
-        for c in ("fast fp32", "fast bf16"):
-            r = rows[f"step {mode}: {c}"]
-            assert r["speedup"] == pytest.approx(r["clips_per_s"] / base["clips_per_s"], rel=0.02)
-            assert r["mem_ratio"] == pytest.approx(r["peak_mib"] / base["peak_mib"], rel=0.02)
+    for part, fast in (("step", ("fast fp32", "fast bf16")), ("i3d", ("fast fp32",))):
+        for mode in ("train", "infer"):  # ratios recomputed from the raw figures
+            base = rows[f"{part} {mode}: plain"]
+            for c in fast:
+                r = rows[f"{part} {mode}: {c}"]
+                assert r["speedup"] == pytest.approx(
+                    r["clips_per_s"] / base["clips_per_s"], rel=0.02
+                )
+                assert r["mem_ratio"] == pytest.approx(r["peak_mib"] / base["peak_mib"], rel=0.02)
     for f, s in ((4, 64), (8, 64), (4, 96)):  # layer2 positions: frames x (size / 8)^2
         assert rows[f"growth {f} frames x {s} px: plain"]["positions"] == f * (s // 8) ** 2
         fast = rows[f"growth {f} frames x {s} px: fast fp32"]
@@ -91,6 +98,11 @@ def test_quick_suite_writes_every_row_with_its_ratio(tmp_path):
     assert plain["bytes_per_clip"] == loader[LOADER_PATHS[1]]["bytes_per_clip"] == float_bytes
     assert loader[LOADER_PATHS[2]]["bytes_per_clip"] == 8 * 3 * 224**2
     assert 0 < loader[LOADER_PATHS[3]]["bytes_per_clip"] < 8 * 3 * 224**2 / 4
+    assert loader[LOADER_PATHS[5]]["bytes_per_clip"] == 8 * 3 * 224**2  # fast pixels: uint8
+    large = [rows[f"data loader 1280x720: {p}"] for p in LARGE_FRAME_PATHS]
+    for r in large:  # CPU time ratios against plain, recomputed
+        ratio = large[0]["cpu_s_per_clip"] / r["cpu_s_per_clip"]
+        assert r["speedup"] == pytest.approx(ratio, rel=0.05)
     for name, r in rows.items():
         if name.startswith("saved plain keeps:"):  # plain keeps what the published code keeps
             assert r["plain_mib"] == pytest.approx(r["published_mib"], rel=1e-6), name

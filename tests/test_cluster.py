@@ -470,13 +470,17 @@ if __name__ == "__main__":
     stop = StopRequest().install()
     loader = DataLoader(Slow(), batch_size=2, num_workers=2, multiprocessing_context=method,
                         worker_init_fn=loader_worker_init())
+    timer = threading.Timer(delay, os.killpg, (0, signal.SIGTERM))
     if delay > 0:  # while the workers still start (spawn / forkserver workers import torch)
-        threading.Timer(delay, os.killpg, (0, signal.SIGTERM)).start()
+        timer.start()
     with stop_signals_blocked(loader):  # as the training loop starts its workers
         batches = iter(loader)
         if delay == 0:
             os.killpg(0, signal.SIGTERM)  # a scheduler's SIGTERM to the whole process group
     got = [b.tolist() for b in batches]
+    if delay > 0:  # forked workers may deliver every batch before the timer fires
+        timer.join()
+        time.sleep(0.2)  # the handler runs in this thread at its next instruction
     print(json.dumps(dict(got=got, requested=stop.requested, by=stop.signal_name)))
 """
 

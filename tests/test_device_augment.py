@@ -8,6 +8,8 @@ import csv
 import io
 import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -28,6 +30,8 @@ from ops.device_input import InputNorm, ToUint8Tensor
 from ops.transforms import GroupMultiScaleCrop, GroupRandomHorizontalFlip, Stack
 from ops.utils import to_device
 from tests._eval_helpers import frame_pixels
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCALES = [1, 0.875, 0.75, 0.66]
 SIZES = [(120, 90), (84, 100), (171, 128)]  # landscape, portrait, another aspect
@@ -74,7 +78,7 @@ def _item(ds, i, seed):
 @pytest.mark.parametrize("flip", [True, False])
 def test_same_boxes_and_flips_as_the_pil_path_for_the_same_seed(frames_root, flip):
     pil, dev = _datasets(frames_root, flip=flip)
-    boxes, flips = set(), set()
+    boxes, flips, diffs = set(), set(), []
     for seed in range(10):
         for i in range(len(SIZES)):
             expected = _item(pil, i, seed)  # uint8 [T*3, 64, 64]
@@ -98,9 +102,52 @@ def test_same_boxes_and_flips_as_the_pil_path_for_the_same_seed(frames_root, fli
             got = EncodedBatch([clip]).augment("cpu")[0]
             diff = (got.int() - expected.int()).abs()
             assert diff.max() <= 1, f"seed {seed} video {i}: {diff.max()} grey levels apart"
-            assert diff.float().mean() < 0.3
+            diffs.append(diff.flatten())
+    # torch's uint8 resize follows PIL's fixed-point filter: 1.4% of the pixels are a grey level
+    # off. A round trip through float32 (torchvision's resize on a CPU reporting AVX512 before
+    # 0.24) puts 15.5% a grey level off: it made the training loss 3.4% off the PIL path's.
+    off = (torch.cat(diffs) > 0).float().mean().item()
+    assert off < 0.05, f"{off:.1%} of the pixels differ from PIL's"
     assert len(boxes) > 10  # the seeds cover many boxes ...
     assert flips == ({True, False} if flip else {False})  # ... and both flips
+
+
+_CLIP_PIXELS = """
+import sys, torch
+from ops.device_augment import EncodedBatch, EncodedClip, EncodedFrame
+frames = [EncodedFrame.from_file(p) for p in sys.argv[2:]]
+train = EncodedClip(frames, [0, 1, 1, 0], [((7, 5, 90, 70), True)], (64, 48))
+views = [((0, 0, 40, 40), False), ((15, 2, 40, 40), True)]
+test = EncodedClip(frames, [0, 1], views, (40, 40), (57, 43))
+torch.save([EncodedBatch([c]).augment("cpu") for c in (train, test)], sys.argv[1])
+"""
+
+
+def test_cpu_pixels_do_not_depend_on_the_cpu_capability(frames_root, tmp_path):
+    """The device path's CPU resize is torch's uint8 kernel on any CPU: with ATEN_CPU_CAPABILITY
+    set to default (no AVX), where torchvision's resize goes through float32 instead, the
+    pixels are the same as with the CPU's own capability."""
+    frames = [str(frames_root / "v0" / f"img_{i:05d}.jpg") for i in (1, 2)]
+    out = {}
+    for cap in ("", "default"):
+        env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
+        if cap:
+            env["ATEN_CPU_CAPABILITY"] = cap
+        path = str(tmp_path / f"pixels{cap}.pt")
+        proc = subprocess.run(
+            [sys.executable, "-c", _CLIP_PIXELS, path, *frames],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        out[cap] = torch.load(path, weights_only=True)
+    assert [t.shape for t in out[""]] == [(1, 12, 48, 64), (1, 12, 40, 40)]
+    for name, a, b in zip(("training view", "test views"), out[""], out["default"]):
+        off = (a != b).float().mean().item()
+        assert off == 0, f"{name}: {off:.1%} of the pixels change with no AVX"
 
 
 def test_non_jpeg_frames_travel_as_pixels(frames_root):

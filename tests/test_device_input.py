@@ -53,6 +53,36 @@ def test_flow_clips_one_channel_normalisation():
     assert torch.equal(got[0], expected)
 
 
+def test_mean_and_std_are_built_once_per_device_not_per_batch(monkeypatch):
+    """Building a tensor from a list on a GPU waits for the device; InputNorm builds its mean/std
+    once per device (counted through `torch.tensor`), and every batch gets the same values."""
+    built = []
+    make = torch.tensor
+
+    def counting(*args, **kwargs):
+        built.append(str(kwargs.get("device")))
+        return make(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "tensor", counting)
+    mean, std = (0.375, 0.5, 0.625), (0.25, 0.125, 0.5)  # values no other test uses
+    norm = InputNorm(mean, std)
+    x = torch.arange(2 * 6 * 2 * 2, dtype=torch.int64).remainder(256).to(torch.uint8)
+    x = x.view(2, 6, 2, 2)  # 2 clips of 2 frames
+    expected = (
+        x.double() / 255 - torch.as_tensor(mean, dtype=torch.float64).repeat(2)[:, None, None]
+    ) / torch.as_tensor(std, dtype=torch.float64).repeat(2)[:, None, None]
+    for _ in range(5):
+        got = norm(x)
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=0, atol=1e-5)
+    assert built == ["cpu", "cpu"]  # mean and std, once, for 5 batches
+    InputNorm(mean, std)(x)  # another InputNorm of the same values shares them
+    assert built == ["cpu", "cpu"]
+    meta = norm(x.to("meta"))  # another device: built once more, there
+    assert meta.device.type == "meta" and built == ["cpu", "cpu", "meta", "meta"]
+    norm(x.to("meta"))
+    assert len(built) == 4
+
+
 def test_uint8_without_normalisation_is_a_clear_error():
     with pytest.raises(ValueError, match="norm=InputNorm.of"):
         to_device(torch.zeros(1, 3, 2, 2, dtype=torch.uint8), torch.device("cpu"))

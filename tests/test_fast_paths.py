@@ -200,3 +200,43 @@ def test_bf16_autocast_stays_within_bf16_precision(fast, clip, reference_eval):
     assert _rel(got[0], reference_eval[0]) < 1e-2
     grads_rel = sorted(_rel(a, b) for a, b in zip(got[1:], reference_eval[1:]))
     assert grads_rel[len(grads_rel) // 2] < 0.15
+
+
+LEAN = [DEFAULTS, {**DEFAULTS, "checkpoint_blocks": True}]
+LEAN_IDS = ["defaults", "defaults-checkpoint-blocks"]
+
+
+def _channels_last(model: TSN, x: torch.Tensor) -> tuple[TSN, torch.Tensor]:
+    return model.to_channels_last(), x.contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("fast", LEAN, ids=LEAN_IDS)
+def test_channels_last_with_recompute_trains_like_plain(fast, clip):
+    # The lean fp32 step (docs/loader_and_step.md): the defaults with channels-last weights and
+    # clips, in train mode (batch statistics), with the ResNet-50 bottlenecks whose cheap 1x1
+    # convolutions are replayed. In float64, forward, every gradient and the running statistics
+    # equal the plain contiguous step's up to summation order (the channels-last kernels add in
+    # another order).
+    x = clip[:, :, :32, :32].double()
+    plain = _model("resnet50").double()
+    lean, x_cl = _channels_last(_model("resnet50", **fast).double(), x)
+    got, want = _run(lean, x_cl), _run(plain, x)
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        # floor: gradients that are zero in exact arithmetic (a conv bias in front of a
+        # train-mode BN) carry only float64 rounding noise (~1e-12 here)
+        assert (a - b).norm().item() <= 1e-9 * b.norm().item() + 1e-10
+    for (name, a), (_, b) in zip(lean.named_buffers(), plain.named_buffers()):
+        assert (a.double() - b.double()).abs().max().item() <= 1e-9 * (1 + b.abs().max().item()), name
+
+
+def test_channels_last_replay_gives_the_kept_bits(clip):
+    # The replay in the backward runs the channels-last kernels on the channels-last tensors the
+    # forward ran them on: in fp32, the recomputing step gives the bits of the step that keeps
+    # every activation (forward and every gradient).
+    x = clip[:, :, :32, :32]
+    kept = _run(*_channels_last(_model("resnet50", **{**DEFAULTS, "recompute": False}), x))
+    recomputed = _run(*_channels_last(_model("resnet50", **DEFAULTS), x))
+    assert len(kept) == len(recomputed)
+    for a, b in zip(recomputed, kept):
+        assert torch.equal(a, b)

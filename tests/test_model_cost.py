@@ -84,3 +84,69 @@ def test_cli_prints_the_table_and_rejects_unknown_models(capsys):
     assert model_cost.main(["--models", "TSM+XYZ"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: unknown model") and len(err.strip().splitlines()) == 1
+
+
+def _bn_elements(cfg: dict, size: int) -> int:
+    """Output elements of every BatchNorm of the model for one clip (what mmaction2's FLOP
+    counter adds, 2 per element, to the multiply-adds)."""
+    from ops.models import build_model
+
+    with torch.device("meta"):
+        model = build_model(**cfg, pretrain="scratch", print_spec=False, input_size=size).eval()
+    total = [0]
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm3d):
+            m.register_forward_hook(
+                lambda mod, a, out: total.__setitem__(0, total[0] + out.numel())
+            )
+    with torch.no_grad():
+        model(torch.empty(1, cfg["num_segments"] * 3, size, size, device="meta"))
+    return total[0]
+
+
+@pytest.mark.parametrize("non_local, mmaction2", [(True, 59_308_244_992), (False, 43_455_873_024)])
+def test_i3d_matches_mmaction2s_published_flops(non_local, mmaction2):
+    # mmaction2's configs/recognition/i3d/README.md: NL I3D-R50 59.3 G, I3D-R50 43.5 G FLOPs.
+    # Their tool (tools/analysis_tools/get_flops.py: mmengine's get_model_complexity_info on the
+    # backbone, without the head) gives exactly 59,308,244,992 and 43,455,873,024 for clips of
+    # 32 x 256 x 256 (run on mmaction2's models of the two configs); it counts BatchNorm as 2
+    # FLOPs per element, which our multiply-adds leave out.
+    cfg = dict(num_class=400, num_segments=32, modality="RGB", base_model="i3d_resnet50",
+               dropout=0.5, non_local=non_local, nl_type="nl")  # fmt: skip
+    cost = model_cost.model_cost(cfg, 256)
+    assert cost.by_kind["linear"] == 2048 * 400
+    assert cost.macs - cost.by_kind["linear"] + 2 * _bn_elements(cfg, 256) == mmaction2
+    assert round(cost.params / 1e6, 1) == (35.4 if non_local else 28.0)
+
+
+def test_nl_i3d_adds_exactly_its_five_non_local_blocks():
+    cfg = dict(num_class=400, num_segments=32, modality="RGB", base_model="i3d_resnet50",
+               dropout=0.5)  # fmt: skip
+    plain = model_cost.model_cost(cfg, 224)
+    nl = model_cost.model_cost(dict(cfg, non_local=True, nl_type="nl"), 224)
+
+    def block(c: int, p: int) -> int:  # theta, phi, g and W convs on all P; attention P x P/4
+        ci = c // 2
+        return 4 * c * ci * p + 2 * p * (p // 4) * ci
+
+    p2, p3 = 4 * 28 * 28, 4 * 14 * 14  # res3 / res4 positions: 32 frames -> 4, 224 px -> 28, 14
+    added = 2 * block(512, p2) + 3 * block(1024, p3)
+    assert nl.macs - plain.macs == added == nl.nonlocal_macs
+
+
+def test_seed_comparison_table(capsys):
+    assert model_cost.main(["--seed_comparison"]) == 0
+    out = capsys.readouterr().out
+    rows = model_cost.comparison_rows()
+    assert [(r["model"], r["frames"], r["views"]) for r in rows] == [
+        ("NL I3D-ResNet50", 32, 30),
+        ("RNL TSM-ResNet50", 8, 30),
+        ("RNL TSM-ResNet50", 16, 30),
+    ]
+    rnl8 = model_cost.model_cost(
+        dict(num_class=400, num_segments=8, modality="RGB", base_model="resnet50", dropout=0.5,
+             is_shift=True, non_local=True), 256,
+    )  # fmt: skip
+    assert rows[1]["GFLOPs_view"] == rnl8.gflops and rows[1]["GFLOPs_video"] == 30 * rnl8.gflops
+    assert rows[0]["GFLOPs_view_224"] == pytest.approx(44.34, abs=0.01)
+    assert "| NL I3D-ResNet50 | 32 x 10 x 3 | 35.40 | 44.3 | 59.1 | 30 | 1773 | 74.9% |" in out

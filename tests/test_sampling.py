@@ -161,3 +161,69 @@ def test_bad_arguments(kwargs):
     args = dict(num_frames=10, num_segments=4, new_length=1, mode="train") | kwargs
     with pytest.raises(ValueError):
         sample_clips(**args)
+
+
+# ----------------------------------------------------------------------------- mmaction2 clips
+# mmaction2's SampleFrames(clip_len=32, frame_interval=2, num_clips=1 | 10, test_mode) worked out
+# by hand from its formulas: training window 32 * 2 = 64 frames, offset randint(F - 64 + 1) when
+# F - 63 > 0 else 0; testing span (32 - 1) * 2 + 1 = 63, max_offset = max(F - 63, 0), ten clips
+# at round(k * max_offset / 9), one clip at max_offset // 2; frames offset + 2i modulo F
+# (0-based; +1 here).
+def mm(F, mode, seed=None, S=32, clips=10):
+    rng = None if seed is None else np.random.RandomState(seed)
+    return sample_clips(
+        F, S, mode=mode, dense_sample=True, rng=rng, clip_sampling="mmaction", num_dense_clips=clips
+    )
+
+
+def test_mmaction_test_clips_start_as_sampleframes():
+    # F=300: max_offset 237, 237 / 9 = 26.33: 0, 26.33, 52.67, 79, 105.33, 131.67, 158, 184.33,
+    # 210.67, 237 -> rounded 0 26 53 79 105 132 158 184 211 237
+    got = mm(300, "test")
+    assert [c[0] - 1 for c in got] == [0, 26, 53, 79, 105, 132, 158, 184, 211, 237]
+    assert got[2] == [53 + 2 * i + 1 for i in range(32)]
+    # the published TSM dense test: int(linspace(0, 236, 10)) = 0 26 52 78 104 131 157 183 209 236
+    tsm = clips(300, 32, "test", dense=True)
+    assert [c[0] - 1 for c in tsm] == [0, 26, 52, 78, 104, 131, 157, 183, 209, 236]
+    # F=72: max_offset 9, one frame apart: 0 .. 9
+    assert [c[0] - 1 for c in mm(72, "test")] == list(range(10))
+    # one test clip: the centre, max_offset // 2 = 237 // 2 = 118
+    assert [c[0] - 1 for c in mm(300, "test", clips=1)] == [118]
+
+
+def test_mmaction_short_videos_loop():
+    # F=40 < 63: every clip starts at 0 and wraps: 0 2 .. 38, then 0 2 .. 22 (frames +1)
+    frames = [2 * i % 40 + 1 for i in range(32)]
+    assert frames[:22] == list(range(1, 40, 2)) + [1, 3]
+    assert mm(40, "test") == [frames] * 10
+    assert mm(40, "val") == [frames]
+    assert mm(40, "train", seed=0) == [frames]
+    # F=63: the test span fits exactly (max_offset 0); training needs 64 (offset 0 too)
+    assert mm(63, "test")[9][0] == 1 and mm(63, "train", seed=3) == mm(63, "val")
+
+
+def test_mmaction_val_is_the_centre_clip():
+    # F=100: (100 - 63) // 2 = 18; F=64: 1 // 2 = 0
+    assert mm(100, "val")[0][0] == 19
+    assert mm(64, "val")[0][0] == 1
+
+
+def test_mmaction_train_offsets_cover_zero_to_f_minus_64():
+    # F=100: randint(37), the same draw from the same RandomState
+    r = int(np.random.RandomState(4).randint(37))
+    assert mm(100, "train", seed=4)[0][0] == r + 1
+    starts = {mm(100, "train", seed=s)[0][0] - 1 for s in range(600)}
+    assert starts == set(range(37))  # 0 .. F - 64 = 36
+    tsm = {clips(100, 32, "train", dense=True, seed=s)[0][0] - 1 for s in range(600)}
+    assert tsm == set(range(36))  # the published TSM code never starts at F - 64
+    # F=64: randint(1) = 0
+    assert {mm(64, "train", seed=s)[0][0] for s in range(20)} == {1}
+
+
+def test_mmaction_sampling_needs_dense_and_a_known_name():
+    with pytest.raises(ValueError, match="needs dense_sample"):
+        sample_clips(100, 8, mode="test", clip_sampling="mmaction")
+    with pytest.raises(ValueError, match="clip_sampling must be one of"):
+        sample_clips(100, 8, mode="test", dense_sample=True, clip_sampling="slowfast")
+    # 8 frames: interval 64 // 8 = 8, training window 64, test span 57
+    assert mm(200, "test", S=8)[9][:3] == [143 + 1, 151 + 1, 159 + 1]  # round(9 * 143 / 9) = 143

@@ -59,7 +59,6 @@ import io
 import json
 import logging
 import math
-import multiprocessing
 import os
 import shutil
 import socket
@@ -79,7 +78,12 @@ from ops.dataset_config import DATASETS, REGISTRY
 from ops.output_paths import check_outputs
 from ops.packed_frames import EXT as PACKED_EXT
 from ops.packed_frames import write_packed
-from ops.utils import ensure_writable_dir, ensure_writable_file, progress, setup_logging
+from ops.utils import (
+    ensure_writable_dir,
+    ensure_writable_file,
+    map_with_progress,
+    setup_logging,
+)
 from ops.video import VideoReader
 from tools._common import (
     TOOL_ERRORS,
@@ -426,22 +430,7 @@ def extract_all(
     """Extract ``(path, video id)`` pairs with ``workers`` processes; results in input order."""
     os.makedirs(settings.out_dir, exist_ok=True)
     job = partial(_extract_job, settings=settings)
-    results: list[Result] = []
-    bar = progress(total=len(videos), desc="extract", unit="video", off_tty=True)
-    try:
-        if workers <= 1:
-            for item in videos:
-                results.append(job(item))
-                bar.update(1)
-        else:
-            with multiprocessing.Pool(workers) as pool:
-                for result in pool.imap_unordered(job, videos, chunksize=1):
-                    results.append(result)
-                    bar.update(1)
-    finally:
-        bar.close()
-    order = {video_id: i for i, (_, video_id) in enumerate(videos)}
-    return sorted(results, key=lambda r: order[r.video_id])
+    return map_with_progress(job, videos, workers, desc="extract", unit="video")
 
 
 def summarize(results: list[Result]) -> str:

@@ -1,8 +1,10 @@
-"""Parameters and FLOPs per clip of TSN, TSM and TSM with non-local blocks.
+"""Parameters and FLOPs per clip of TSN, TSM and TSM with non-local blocks, and of I3D.
 
     python tools/model_cost.py                                  # R50/R101, 8 and 16 frames, 224 px
     python tools/model_cost.py --arch resnet50 --segments 8 --size 256
+    python tools/model_cost.py --arch i3d_resnet50 --segments 32  # I3D, NL I3D, RNL I3D
     python tools/model_cost.py --weights checkpoint.pth.tar     # the network of a checkpoint
+    python tools/model_cost.py --seed_comparison                # NL I3D vs RNL TSM, per video
 
 Convention (the TSM paper's): FLOPs are multiply-adds of one clip (one view: ``T`` frames at
 ``size x size``), so TSM-ResNet50 at 8 frames and 224 px is about 8 x 4.1 = 33 GFLOPs. Counted:
@@ -44,7 +46,7 @@ from torch import nn
 from ops import blocks
 from ops.atomic import write_atomically
 from ops.checkpoint import CheckpointError, checkpoint_info, load_checkpoint
-from ops.models import TSN
+from ops.models import build_model, is_i3d
 from ops.non_local import attached_parts
 from ops.utils import setup_logging
 from tools._common import TOOL_ERRORS, fail
@@ -52,6 +54,23 @@ from tools._common import TOOL_ERRORS, fail
 logger = logging.getLogger(__name__)
 
 PUBLISHED = "TSM paper: TSM-ResNet50, 8 frames, 224 px: 33 GFLOPs and 24.3 M parameters (Kinetics)"
+# The RNL paper's Kinetics comparison, as its test protocol runs it: 10 clips x 3 crops of 256 px
+# (test_models.py --dense_sample --test_crops 3 --full_res) for every model. Name, model keywords,
+# published top-1 (RNL paper, arXiv 2007.09033, Kinetics-400 table).
+SEED_COMPARISON = (
+    ("NL I3D-ResNet50", dict(base_model="i3d_resnet50", num_segments=32, non_local=True,
+                             nl_type="nl"), 74.9),
+    ("RNL TSM-ResNet50", dict(base_model="resnet50", num_segments=8, is_shift=True,
+                              non_local=True), 75.6),
+    ("RNL TSM-ResNet50", dict(base_model="resnet50", num_segments=16, is_shift=True,
+                              non_local=True), 77.2),
+)  # fmt: skip
+TEST_CLIPS, TEST_CROPS, TEST_SIZE = 10, 3, 256
+MMACTION2_PUBLISHED = (
+    "mmaction2 (configs/recognition/i3d/README.md): NL I3D-R50 32x2x1 (embedded Gaussian or dot "
+    "product) 59.3 GFLOPs, 35.4 M parameters; I3D-R50 43.5 GFLOPs, 28.0 M: their FLOP counter "
+    "(mmengine) at 32 x 256 x 256, which also counts BatchNorm"
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,11 +167,12 @@ def count_params(model: nn.Module) -> tuple[int, int]:
 
 
 def model_cost(cfg: dict, size: int) -> Cost:
-    """Cost of one clip of ``TSN(**cfg)`` at ``size x size``, computed on the meta device."""
+    """Cost of one clip of the model of ``cfg`` (``build_model``: a TSN or an I3D) at
+    ``size x size``, computed on the meta device."""
     # partial_bn off: every parameter counts as learnable (partial BN freezes some for training)
     cfg = dict(cfg, pretrain="scratch", print_spec=False, input_size=size, partial_bn=False)
     with torch.device("meta"):
-        model = TSN(**cfg)
+        model = build_model(**cfg)
     model.eval()
     channels = (3 if cfg.get("modality", "RGB") == "RGB" else 2) * model.new_length
     x = torch.empty(1, cfg["num_segments"] * channels, size, size, device="meta")
@@ -164,14 +184,23 @@ def model_cost(cfg: dict, size: int) -> Cost:
 # ---------------------------------------------------------------------------------------------
 # the table
 # ---------------------------------------------------------------------------------------------
-def variants(models: list[str] | None = None) -> dict[str, dict]:
-    """Name -> TSN keywords: TSN, TSM and TSM+<block> for every registered block type
-    (ops/blocks.py): the published ones in the paper's order, then any other by name."""
-    table = {"TSN": {"is_shift": False}, "TSM": {"is_shift": True}}
+def variants(models: list[str] | None = None, arch: str = "resnet50") -> dict[str, dict]:
+    """Name -> model keywords: TSN, TSM and TSM+<block> for every registered block type
+    (ops/blocks.py), the published ones in the paper's order, then any other by name; for an I3D
+    backbone I3D and <block> I3D (NL I3D: the classic block)."""
     published = ["rnl", "nl", "gc"]
     types = sorted(blocks.available())
-    for nl_type in [t for t in published if t in types] + [t for t in types if t not in published]:
-        table[f"TSM+{nl_type.upper()}"] = {"is_shift": True, "non_local": True, "nl_type": nl_type}
+    types = [t for t in published if t in types] + [t for t in types if t not in published]
+    if is_i3d(arch):
+        table = {"I3D": {}}
+        for nl_type in types:
+            table[f"{nl_type.upper()} I3D"] = {"non_local": True, "nl_type": nl_type}
+    else:
+        table = {"TSN": {"is_shift": False}, "TSM": {"is_shift": True}}
+        for nl_type in types:
+            table[f"TSM+{nl_type.upper()}"] = {
+                "is_shift": True, "non_local": True, "nl_type": nl_type,
+            }  # fmt: skip
     if models:
         unknown = [m for m in models if m not in table]
         if unknown:
@@ -192,7 +221,7 @@ def cost_rows(
     rows = []
     for arch in archs:
         for t in segments:
-            for name, extra in variants(models).items():
+            for name, extra in variants(models, arch).items():
                 cfg = dict(
                     num_class=num_class,
                     num_segments=t,
@@ -239,6 +268,50 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def comparison_rows(num_class: int = 400) -> list[dict]:
+    """The seed's comparison (``SEED_COMPARISON``): per model the parameters, GFLOPs of one view
+    at 224 px (the papers' per-clip figure) and at the test crop (256 px), the views of the test
+    protocol and the GFLOPs of scoring one video."""
+    views = TEST_CLIPS * TEST_CROPS
+    rows = []
+    for name, extra, top1 in SEED_COMPARISON:
+        cfg = dict(num_class=num_class, modality="RGB", dropout=0.5, **extra)
+        at224, at_test = model_cost(cfg, 224), model_cost(cfg, TEST_SIZE)
+        rows.append(
+            {
+                "model": name,
+                "frames": cfg["num_segments"],
+                "clips": TEST_CLIPS,
+                "crops": TEST_CROPS,
+                "crop_size": TEST_SIZE,
+                "params_M": at_test.params / 1e6,
+                "GFLOPs_view_224": at224.gflops,
+                "GFLOPs_view": at_test.gflops,
+                "views": views,
+                "GFLOPs_video": views * at_test.gflops,
+                "published_top1": top1,
+                "uncounted": at_test.uncounted,
+            }
+        )
+    return rows
+
+
+def format_comparison(rows: list[dict]) -> str:
+    """Markdown table of ``comparison_rows``."""
+    lines = [
+        "| model | frames x clips x crops | params (M) | GFLOPs / view at 224 | GFLOPs / view "
+        f"({TEST_SIZE} px) | views | GFLOPs / video | published top-1 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['frames']} x {r['clips']} x {r['crops']} | {r['params_M']:.2f} | "
+            f"{r['GFLOPs_view_224']:.1f} | {r['GFLOPs_view']:.1f} | {r['views']} | "
+            f"{r['GFLOPs_video']:.0f} | {r['published_top1']}% |"
+        )
+    return "\n".join(lines)
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Parameters and FLOPs (multiply-adds) per clip of TSN / TSM / TSM + non-local "
@@ -254,6 +327,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--weights", default=None, help="cost of the network of this checkpoint instead"
     )
+    parser.add_argument(
+        "--seed_comparison",
+        action="store_true",
+        help="the RNL paper's Kinetics comparison: NL I3D-R50 32 frames and RNL TSM-R50 8 and 16 "
+        "frames, 10 clips x 3 crops of 256 px each (per view and per video)",
+    )
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     return parser
 
@@ -264,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.size < 32 or any(t < 1 for t in args.segments) or args.num_class < 1:
             raise ValueError("--size must be >= 32, --segments and --num_class >= 1")
-        if args.weights:
+        if args.seed_comparison:
+            rows = comparison_rows(args.num_class)
+        elif args.weights:
             cfg = checkpoint_info(load_checkpoint(args.weights), args.weights)["model_config"]
             rows = [describe(Path(args.weights).name, cfg, args.size)]
         else:
@@ -273,6 +354,14 @@ def main(argv: list[str] | None = None) -> int:
         return fail(exc)
     if args.json:
         write_atomically(args.json, json.dumps(rows, indent=1))
+    if args.seed_comparison:
+        print(format_comparison(rows))
+        print(
+            "\nFLOPs = multiply-adds; the test protocol scores each video on "
+            f"{TEST_CLIPS} clips x {TEST_CROPS} crops of {TEST_SIZE} px. Published: "
+            f"{MMACTION2_PUBLISHED}."
+        )
+        return 0
     print(format_table(rows))
     print(f"\nFLOPs = multiply-adds per clip (one view); published: {PUBLISHED}.")
     return 0

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import multiprocessing
 import os
 import re
 import sys
@@ -40,7 +39,12 @@ from dataclasses import dataclass
 
 from ops.atomic import write_atomically
 from ops.packed_frames import EXT, write_packed
-from ops.utils import ensure_writable_dir, ensure_writable_file, progress, setup_logging
+from ops.utils import (
+    ensure_writable_dir,
+    ensure_writable_file,
+    map_with_progress,
+    setup_logging,
+)
 from tools._common import TOOL_ERRORS, fail, remove_stale_partials_under
 
 logger = logging.getLogger(__name__)
@@ -131,22 +135,7 @@ def pack_folder(job: Job) -> Result:
 
 def pack_all(jobs: list[Job], workers: int = 1) -> list[Result]:
     """Pack with ``workers`` processes and a progress bar; results in job order."""
-    results: list[Result] = []
-    bar = progress(total=len(jobs), desc="pack", unit="video", off_tty=True)
-    try:
-        if workers <= 1:
-            for job in jobs:
-                results.append(pack_folder(job))
-                bar.update(1)
-        else:
-            with multiprocessing.Pool(workers) as pool:
-                for result in pool.imap_unordered(pack_folder, jobs, chunksize=4):
-                    results.append(result)
-                    bar.update(1)
-    finally:
-        bar.close()
-    order = {job.rel: i for i, job in enumerate(jobs)}
-    return sorted(results, key=lambda r: order[r.rel])
+    return map_with_progress(pack_folder, jobs, workers, desc="pack", unit="video", chunksize=4)
 
 
 def summarize(results: list[Result]) -> str:

@@ -68,7 +68,7 @@ from ops.model_loading import load_model
 from ops.output_paths import check_outputs, weights_inputs
 from ops.packed_frames import EXT as PACKED_EXT
 from ops.packed_frames import PackedFile
-from ops.sampling import clip_frames
+from ops.sampling import CLIP_SAMPLING, clip_frames
 from ops.utils import progress, setup_logging, to_device
 from ops.video import VideoError
 from ops.video_files import VideoFiles
@@ -104,6 +104,7 @@ class Views:
     full_res: bool = False
     dense_sample: bool = False
     twice_sample: bool = False
+    clip_sampling: str = "tsm"  # where dense clips start (ops/sampling.py)
 
     @property
     def clips(self) -> int:
@@ -115,7 +116,12 @@ class Views:
 
 
 def resolve_views(
-    clips: int | None, crops: int, full_res: bool, dense_sample: bool, twice_sample: bool
+    clips: int | None,
+    crops: int,
+    full_res: bool,
+    dense_sample: bool,
+    twice_sample: bool,
+    clip_sampling: str = "tsm",
 ) -> Views:
     """``--clips N`` as the published protocol with N clips (2: twice, 10: dense sampling), or
     the test_models.py flags themselves; ValueError when they contradict each other."""
@@ -134,7 +140,9 @@ def resolve_views(
             )
         dense_sample, twice_sample = wanted
     evaluation.views_per_video(crops, dense_sample, twice_sample)  # one-line ValueError if bad
-    return Views(crops, full_res, dense_sample, twice_sample)
+    if clip_sampling != "tsm" and not dense_sample:
+        raise ValueError(f"--clip_sampling {clip_sampling} places dense clips: add --clips 10")
+    return Views(crops, full_res, dense_sample, twice_sample, clip_sampling)
 
 
 @dataclass
@@ -167,6 +175,7 @@ class Predictor:
             mode="test",
             dense_sample=self.views.dense_sample,
             twice_sample=self.views.twice_sample,
+            clip_sampling=self.views.clip_sampling,
         )
 
     @torch.no_grad()
@@ -183,7 +192,12 @@ class Predictor:
 def build_predictor(args: argparse.Namespace) -> Predictor:
     """The model of ``--weights`` on the device, its views and class names (tool errors raise)."""
     views = resolve_views(
-        args.clips, args.crops, args.full_res, args.dense_sample, args.twice_sample
+        args.clips,
+        args.crops,
+        args.full_res,
+        args.dense_sample,
+        args.twice_sample,
+        args.clip_sampling,
     )
     if args.topk < 1:
         raise ValueError(f"--topk must be >= 1, got {args.topk}")
@@ -520,6 +534,7 @@ def run(args: argparse.Namespace) -> int:
                 "full_res": views.full_res,
                 "dense_sample": views.dense_sample,
                 "twice_sample": views.twice_sample,
+                "clip_sampling": views.clip_sampling,
                 "segments": predictor.model.num_segments,
                 "input_size": predictor.model.input_size,
                 "scores": "mean over the views of each view's softmax",
@@ -560,6 +575,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     views.add_argument("--full_res", action="store_true", help="crop the scale size (256)")
     views.add_argument("--dense_sample", action="store_true", help="10 dense clips (I3D style)")
     views.add_argument("--twice_sample", action="store_true", help="2 clips per video")
+    views.add_argument(
+        "--clip_sampling",
+        default="tsm",
+        choices=CLIP_SAMPLING,
+        help="with 10 dense clips: where they start, as TSM (tsm) or mmaction2 (mmaction)",
+    )
     views.add_argument(
         "--segments",
         "--test_segments",

@@ -37,6 +37,7 @@ from ops.checkpoint import CheckpointError
 from ops.dataset_config import read_categories
 from ops.device_input import InputNorm, ToUint8Tensor
 from ops.model_loading import load_model
+from ops.models import is_i3d
 from ops.non_local import attention_modules
 from ops.output_paths import check_outputs, weights_inputs
 from ops.sampling import clip_frames
@@ -73,10 +74,16 @@ _COLOURS = (
 # the clip
 # ---------------------------------------------------------------------------------------------
 def load_clip(
-    video: str, num_segments: int, image_tmpl: str | None = None
+    video: str, num_segments: int, image_tmpl: str | None = None, consecutive: bool = False
 ) -> tuple[list[Image.Image], list[int]]:
-    """The ``num_segments`` frames of one validation clip (segment centres), and their 1-based
-    numbers, from a frame folder or a video file."""
+    """The ``num_segments`` frames of one validation clip (segment centres; with ``consecutive``,
+    for a 3-D network, the centre clip of frames ``64 // num_segments`` apart, as mmaction2
+    validates), and their 1-based numbers, from a frame folder or a video file."""
+    sampling = (
+        dict(mode="val", dense_sample=True, clip_sampling="mmaction")
+        if consecutive
+        else dict(mode="val")
+    )
     if os.path.isdir(video):
         tmpl = frame_template(video, image_tmpl)
         total, found = count_frames(video, tmpl)
@@ -84,7 +91,7 @@ def load_clip(
             logger.warning(
                 "%s: frames after %d are missing; using frames 1..%d", video, total + 1, total
             )
-        numbers = clip_frames(total, num_segments, mode="val")
+        numbers = clip_frames(total, num_segments, **sampling)
         frames = {
             k: Image.open(os.path.join(video, tmpl.format(k))).convert("RGB") for k in set(numbers)
         }
@@ -96,7 +103,7 @@ def load_clip(
     # the data layer's reader (ops.video): the same frame numbers as training and testing
     try:
         with VideoReader(video) as reader:
-            numbers = clip_frames(reader.num_frames, num_segments, mode="val")
+            numbers = clip_frames(reader.num_frames, num_segments, **sampling)
             frames = reader.read(numbers)
     except VideoError as exc:
         raise ValueError(str(exc)) from None
@@ -261,7 +268,8 @@ def visualize(
                 f"--query {t},{y},{xq} is outside the clip: t in 0..{t_frames - 1}, "
                 f"y and x in 0..{crop - 1} (pixels of the {crop}x{crop} crop)"
             )
-    frames, numbers = load_clip(video, model.num_segments, image_tmpl)
+    consecutive = is_i3d(meta["model_config"]["base_model"])
+    frames, numbers = load_clip(video, model.num_segments, image_tmpl, consecutive)
     x, cropped = preprocess(frames, model)
     logits, attention, grid, src = run_with_attention(model, blocks[block_name], x)
 

@@ -114,9 +114,10 @@ class CompiledWithFallback(nn.Module):
             if signature not in self._seen:
                 saved = {k: b.detach().clone() for k, b in self.module.named_buffers()}
             try:
-                out = self._compiled(*args, **kwargs)
-                if saved is not None:
-                    self._compile_backward(out)
+                with _keep_buffers_for_the_probe() if saved is not None else _nothing():
+                    out = self._compiled(*args, **kwargs)
+                    if saved is not None:
+                        self._compile_backward(out)
             except Exception as exc:
                 if saved is not None:
                     with torch.no_grad():
@@ -127,6 +128,20 @@ class CompiledWithFallback(nn.Module):
                 self._seen.add(signature)
                 return out
         return self.module(*args, **kwargs)
+
+
+def _keep_buffers_for_the_probe() -> contextlib.AbstractContextManager:
+    """Compile without AOTAutograd's donated buffers: a backward compiled with them frees the
+    saved tensors it reuses, so it refuses `retain_graph=True`, which `_compile_backward` needs to
+    keep the graph for the real backward (the error showed when an earlier compile in the same
+    process had made the backward donate). Costs only the memory of the reuse."""
+    config = getattr(getattr(torch, "_functorch", None), "config", None)
+    if config is None or not hasattr(config, "donated_buffer"):
+        return contextlib.nullcontext()
+    return config.patch(donated_buffer=False)
+
+
+_nothing = contextlib.nullcontext
 
 
 def maybe_compile(module: nn.Module, enabled: bool, **compile_kwargs) -> nn.Module:

@@ -68,8 +68,10 @@ class DataConfig:
     image_tmpl: str
     videos: bool  # video files (--videos / --video_root), else frame folders
     dense_sample: bool
+    clip_sampling: str = "tsm"  # with dense sampling: where clips start (tsm or mmaction)
     flip: bool  # horizontal flip in training (off for left/right datasets)
     device_aug: bool
+    train_pixels: str = execution("fast")  # training pixels: fast (torch resize) or pil
     train_list: str = execution()
     val_list: str = execution()
     root_path: str = execution()  # frame folders, or the video folders (os.pathsep-joined)
@@ -263,7 +265,9 @@ def resolve_data(
     overrides: dict,
     *,
     dense_sample: bool,
+    clip_sampling: str = "tsm",
     device_aug: bool,
+    train_pixels: str = "fast",
     skip_bad_lines: bool,
     strict_data: bool,
     dry_run: bool,
@@ -294,8 +298,10 @@ def resolve_data(
         image_tmpl=tmpl,
         videos=bool(overrides.get("videos") or overrides.get("video_root")),
         dense_sample=dense_sample,
+        clip_sampling=clip_sampling,
         flip=dataset not in NO_FLIP_DATASETS,
         device_aug=device_aug,
+        train_pixels=train_pixels,
         class_names=tuple(names) if names else None,
         train_list=train_list,
         val_list=val_list,
@@ -392,6 +398,7 @@ def run_name(
     pretrain: str,
     lr_type: str,
     dense_sample: bool,
+    clip_sampling: str = "tsm",
     non_local: bool,
     nl_type: str,
     lr: float,
@@ -414,7 +421,7 @@ def run_name(
     if lr_type != "step":
         name += f"_{lr_type}"
     if dense_sample:
-        name += "_dense"
+        name += "_dense" + ("_mmaction" if clip_sampling == "mmaction" else "")
     if non_local:
         name += "_nl" if nl_type == "rnl" else f"_nl_{nl_type}"
     name += f"_lr{lr}_wd{weight_decay:.1e}_do{dropout}"
@@ -428,7 +435,7 @@ def run_name(
 NAME_FLAGS = (
     "dataset", "modality", "arch", "shift", "shift_div", "shift_place", "temporal_pool",
     "consensus_type", "num_segments", "epochs", "pretrain", "lr_type", "dense_sample",
-    "non_local", "nl_type", "lr", "weight_decay", "dropout", "suffix",
+    "clip_sampling", "non_local", "nl_type", "lr", "weight_decay", "dropout", "suffix",
 )  # fmt: skip
 
 
@@ -446,11 +453,17 @@ SAME_NAME = (
 
 def tsn_kwargs(cfg: RunConfig, pretrain: str | None = None) -> dict:
     """The TSN constructor keywords of the run (`pretrain`: instead of the run's)."""
-    m = cfg.model
+    pretrain = cfg.model.pretrain if pretrain is None else pretrain
+    return model_kwargs(cfg.model, cfg.data.num_class, cfg.data.modality, pretrain, cfg.optim.fc_lr5)
+
+
+def model_kwargs(
+    m: ModelConfig, num_class: int, modality: str, pretrain: str, fc_lr5: bool
+) -> dict:
+    """The TSN constructor keywords of model settings `m` (TSM's main.py mapping)."""
     kwargs = {key: getattr(m, key) for key in SAME_NAME}
-    kwargs.update(num_class=cfg.data.num_class, modality=cfg.data.modality)
-    kwargs.update(pretrain=m.pretrain if pretrain is None else pretrain, base_model=m.arch)
-    kwargs.update(is_shift=m.shift, partial_bn=not m.no_partialbn, fc_lr5=cfg.optim.fc_lr5)
+    kwargs.update(num_class=num_class, modality=modality, pretrain=pretrain, base_model=m.arch)
+    kwargs.update(is_shift=m.shift, partial_bn=not m.no_partialbn, fc_lr5=fc_lr5)
     return kwargs
 
 
@@ -505,7 +518,8 @@ def describe(cfg: RunConfig) -> list[str]:
         f"  train list: {d.train_list}",
         f"  val list: {d.val_list}",
         f"  frames: {d.root_path} / {d.image_tmpl}",
-        f"  sampling: {'dense' if d.dense_sample else 'TSN segments'}, "
+        f"  sampling: {'dense' if d.dense_sample else 'TSN segments'}"
+        f"{' (clip starts as mmaction2)' if d.clip_sampling == 'mmaction' else ''}, "
         f"{m.num_segments} segments, flip {'on' if d.flip else 'off'}",
         f"model: {m.arch}, input {m.input_size}, dropout {m.dropout}, "
         f"partial BN {'off' if m.no_partialbn else 'on'}, pretrain {m.pretrain}",
