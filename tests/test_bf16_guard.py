@@ -152,11 +152,14 @@ def test_routed_layer_trains_with_the_fast_paths_and_matches_an_unfaulted_model(
     assert _rel(wrong, dict(expected.named_parameters())[PENTA + ".weight"].grad) > 1
 
 
-@pytest.mark.parametrize("cheaper", ["contiguous", "fp32"])
-def test_a_fault_in_one_memory_format_takes_the_cheaper_right_route(monkeypatch, cheaper):
-    timings = {"contiguous": 1.0, "fp32": 2.0}
-    if cheaper == "fp32":
-        timings = {"contiguous": 2.0, "fp32": 1.0}
+@pytest.mark.parametrize(
+    "contiguous_s, cheaper",
+    [(1.0, "contiguous"), (3.0, "fp32"), (1.8, "fp32")],  # fp32 takes 2 s; 1.8 s: within noise
+)
+def test_a_fault_in_one_memory_format_takes_the_cheaper_right_route(
+    monkeypatch, contiguous_s, cheaper
+):
+    timings = {"contiguous": contiguous_s, "fp32": 2.0}
     chosen: list = []
 
     def seconds(self, repeats=3):
