@@ -25,7 +25,9 @@ reduced sizes, with the same head dims):
   whose bf16 kernel is wrong on this CPU (torch 2.14.1 with AVX-512 BF16 / AMX: the region
   convs at T = 2; docs/bf16_cpu.md). The figures say which route was taken and the error of
   PyTorch's own bf16 kernel (called directly) at that shape; a route that this kernel's error
-  does not explain (the kernel is right, so the module's own bf16 path is wrong) fails.
+  does not explain (the kernel is right, so the module's own bf16 path is wrong) fails. The
+  region convs are also checked at 4 frames, where the kernels are right, so that the fault at
+  2 frames cannot hide a wrong bf16 path of the module.
 - ``dataparallel autocast``: the dtype each DataParallel replica computes in under ``--amp
   bf16`` / ``fp16`` over 1..n GPUs, through ``ops.evaluation.inference_model`` as
   ``test_models.py`` builds it (and, for comparison, without the wrapper).
@@ -431,8 +433,8 @@ def _guard(module: nn.Module, x: torch.Tensor, raw: Callable[[], float], row: di
     row["route"] = next(iter(routed.values()), None)
     if row["route"] is None:
         return ""
-    row["err_raw_kernel"] = _sig(raw())
-    if row["err_raw_kernel"] <= TOLERANCE["bf16"]:
+    row["raw_kernel_error"] = _sig(raw())
+    if row["raw_kernel_error"] <= TOLERANCE["bf16"]:
         return f"routed to {row['route']} though the bf16 kernel is right"
     return ""
 
@@ -442,39 +444,54 @@ def check_region_conv(ctx: Context, device: str, layer: str) -> dict:
     cuda = device == "cuda"
     frames, channels, side = (8, channels, side) if cuda else (2, channels // 4, side // 3)
     dev = torch.device(device)
-    repeats = 5 if cuda else 1
     torch.manual_seed(0)
     source = RegionConv3d(channels, kernel)
     x = torch.randn(2, channels, frames, side, side)
-    grad = torch.randn_like(x)
-    ref = _region_reference(source, x, grad)
     figures: dict = {"channels": channels, "kernel": list(kernel), "input": list(x.shape)}
-    problems = []
-    for impl in IMPLS:
-        module = RegionConv3d(channels, kernel, impl=impl).to(dev)
-        module.load_state_dict(source.state_dict())
-        for dtype_name in ("fp32", "bf16", "fp16") if cuda else ("fp32", "bf16"):
-            routing = {}
-            if not cuda and dtype_name == "bf16":
-                routing = {"route": None}
-                problem = _guard(module, x, partial(_raw_region_error, module, x, grad), routing)
-                if problem:
-                    problems.append(f"{impl} bf16: {problem}")
-            with _exact_fp32():
-                work = partial(_region_step, module, x.to(dev), grad.to(dev), dtype_name)
-                out, cost = _measure(work, dev, repeats)
-            errs = [_rel_err(a, b) for a, b in zip(out, ref)]
-            row = {**cost, "err_y": _sig(errs[0]), "err_grad_x": _sig(errs[1])}
-            row["err_grad_w"] = _sig(errs[2])
-            figures[f"{impl} {dtype_name}"] = {**row, **routing}
-            if not max(errs) <= TOLERANCE[dtype_name]:
-                problems.append(f"{impl} {dtype_name}: error {max(errs):.3g}")
+    problems: list[str] = []
+    _region_rows(source, x, dev, "", figures, problems)
+    if not cuda:
+        # Also at 4 frames, where the CPUs' bf16 kernels were measured right: a layer routed
+        # there has a wrong bf16 path of its own, which the kernel fault at 2 frames could hide.
+        x4 = torch.randn(2, channels, 4, side, side)
+        figures["input 4 frames"] = list(x4.shape)
+        _region_rows(source, x4, dev, " 4 frames", figures, problems)
     for dtype_name in ("fp32", "bf16"):
         masked, dw = figures[f"masked {dtype_name}"], figures[f"depthwise {dtype_name}"]
         figures[f"depthwise speed-up {dtype_name}"] = _sig(masked["ms"] / max(dw["ms"], 1e-9))
     if problems:
         raise CheckFailed("; ".join(problems), figures)
     return figures
+
+
+def _region_rows(
+    source: RegionConv3d, x: torch.Tensor, dev: torch.device, suffix: str, figures, problems
+) -> None:
+    """The rows ``'<impl> <dtype><suffix>'`` of ``check_region_conv`` for input ``x``."""
+    cuda = dev.type == "cuda"
+    repeats = 5 if cuda else 1
+    grad = torch.randn_like(x)
+    ref = _region_reference(source, x, grad)
+    for impl in IMPLS:
+        module = RegionConv3d(source.channels, source.kernel_size, impl=impl).to(dev)
+        module.load_state_dict(source.state_dict())
+        for dtype_name in ("fp32", "bf16", "fp16") if cuda else ("fp32", "bf16"):
+            key = f"{impl} {dtype_name}{suffix}"
+            routing = {}
+            if not cuda and dtype_name == "bf16":
+                routing = {"route": None}
+                problem = _guard(module, x, partial(_raw_region_error, module, x, grad), routing)
+                if problem:
+                    problems.append(f"{key}: {problem}")
+            with _exact_fp32():
+                work = partial(_region_step, module, x.to(dev), grad.to(dev), dtype_name)
+                out, cost = _measure(work, dev, repeats)
+            errs = [_rel_err(a, b) for a, b in zip(out, ref)]
+            row = {**cost, "err_y": _sig(errs[0]), "err_grad_x": _sig(errs[1])}
+            row["err_grad_w"] = _sig(errs[2])
+            figures[key] = {**row, **routing}
+            if not max(errs) <= TOLERANCE[dtype_name]:
+                problems.append(f"{key}: error {max(errs):.3g}")
 
 
 def _raw_region_error(module: RegionConv3d, x: torch.Tensor, grad: torch.Tensor) -> float:

@@ -175,31 +175,34 @@ def trace_calls(
     """The probed layer calls of ``model`` on an input of ``input_shape`` (channels-last with
     ``channels_last``), recorded by running it on the CPU in eval mode without gradients.
 
-    Up to 3 clips the model runs at ``input_shape``; beyond, at 2 and 3 clips, and the calls'
-    shapes and strides at ``input_shape[0]`` clips follow linearly (each is a product that holds
-    the clip count at most once): 5 clips of forward instead of a whole batch (a module whose
-    input's dim 0 is not a clip count, which fails or differs at 2 and 3, runs at
-    ``input_shape``). The meta device
-    would cost nothing but does not give the CPU's memory formats (a channels-last conv's output
-    is contiguous there)."""
+    Beyond 2 clips the model runs on 2 clips, and each call is scaled to ``input_shape[0]``
+    clips: its dim 0 is a multiple of the clip count (clips, or clips x frames) and, when it is
+    the outermost dimension of the layout, no other stride depends on it. A call for which that
+    does not hold (or a module whose input's dim 0 is not a clip count) is traced at
+    ``input_shape``. (Not 1 clip: a dimension of size 1 may have any stride. Not the meta
+    device, which costs nothing but does not give the CPU's memory formats.)"""
     clips = int(input_shape[0])
-    if clips <= 3:
-        return _trace(model, input_shape, channels_last)
-    try:
-        two = _trace(model, (2, *input_shape[1:]), channels_last)
-        three = _trace(model, (3, *input_shape[1:]), channels_last)
-    except RuntimeError:  # dim 0 is not a clip count (a bare layer of N*T frames)
-        two = three = []
-    if not two or [c.name for c in two] != [c.name for c in three]:
-        return _trace(model, input_shape, channels_last)
+    if clips > 2:
+        try:
+            two = _trace(model, (2, *input_shape[1:]), channels_last)
+        except RuntimeError:  # dim 0 is not a clip count (a bare layer of N*T frames)
+            two = []
+        if two and all(_outermost_first(c) for c in two):
+            return [_scaled(c, clips / 2) for c in two]
+    return _trace(model, input_shape, channels_last)
 
-    def at(a: tuple, b: tuple) -> tuple:
-        return tuple(u + (v - u) * (clips - 2) for u, v in zip(a, b))
 
-    return [
-        ConvCall(a.name, at(a.shape, b.shape), at(a.stride, b.stride), at(a.out_shape, b.out_shape))
-        for a, b in zip(two, three)
-    ]
+def _outermost_first(call: ConvCall) -> bool:
+    """Whether dim 0 of the call's input and output is even and outermost in a dense layout."""
+    span = max(st * (sz - 1) for st, sz in zip(call.stride[1:], call.shape[1:])) + 1
+    return call.shape[0] % 2 == 0 and call.out_shape[0] == call.shape[0] and call.stride[0] >= span
+
+
+def _scaled(call: ConvCall, factor: float) -> ConvCall:
+    def first(shape: tuple) -> tuple:
+        return (int(shape[0] * factor), *shape[1:])
+
+    return ConvCall(call.name, first(call.shape), call.stride, first(call.out_shape))
 
 
 def _trace(model: nn.Module, input_shape: Sequence[int], channels_last: bool) -> list[ConvCall]:
