@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -329,3 +331,82 @@ def test_the_real_kernel_fault_is_routed_where_this_cpu_has_it():
     want = _layer_grads(conv, x.float(), amp=False)
     for a, b in zip(got, want):
         assert _rel(a, b) < 5e-2
+
+
+# ---------------------------------------------------------------------------------------------
+# The hooks: main.py (training shapes) and test_models.py (forward only)
+
+
+class WrongOutput(TorchDispatchMode):
+    """A bf16 convolution whose output is 5 times too large, for the weights of one shape (a
+    forward fault, the only kind a forward-only probe can find; not a sign flip, which the
+    region features' affinity r.r would not show)."""
+
+    def __init__(self, weight_shape: tuple) -> None:
+        super().__init__()
+        self.weight_shape = tuple(weight_shape)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is torch.ops.aten.convolution.default:
+            weight = args[1]
+            if weight.dtype == torch.bfloat16 and tuple(weight.shape) == self.weight_shape:
+                out = 5 * out
+        return out
+
+
+def test_main_py_probes_its_training_shapes_and_routes(data_root, tmp_path, capsys, monkeypatch):
+    import main as train_main
+    from tests.test_main import tiny_args
+
+    calls = []
+    guard = bf16_guard.guard_bf16
+
+    def spy(model, shape, device, amp, *args, **kwargs):
+        calls.append((tuple(shape), str(device), amp, args, kwargs))
+        return guard(model, shape, device, amp, *args, **kwargs)
+
+    monkeypatch.setattr(bf16_guard, "guard_bf16", spy)
+    argv = tiny_args(data_root, str(tmp_path), "--epochs", "1", "--amp", "bf16")
+    with WrongWeightGradient((64, 1, 3, 7, 7)):  # layer2.0's region conv: C' = 64, 3x7x7
+        train_main.main(argv)
+    # batch 2 of 4 frames at 32 px, channels-first, warned by rank 0
+    assert calls == [((2, 12, 32, 32), "cpu", "bf16", (False, True), {})]
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "bf16 on this CPU" in line]
+    assert len(lines) == 1 and f"{PENTA} [2] -> fp32" in lines[0], err[-2000:]
+    assert "layer3.0.nl.penta" not in lines[0]
+
+
+def test_test_models_py_probes_the_forward_and_routes(tmp_path, caplog, monkeypatch):
+    import test_models
+    from tests import _eval_helpers as H
+
+    monkeypatch.setattr(test_models, "setup_logging", lambda rank=0: None)
+    data_root = str(tmp_path / "data")
+    H.write_synthetic_dataset(data_root)
+    weights = str(
+        tmp_path / "TSM_synthetic_RGB_resnet18_shift8_blockres_avg_segment4_e50_cos_nl.pth.tar"
+    )
+    H.save_published(weights, H.make_model(0, **H.small_model_config(num_segments=4)))
+
+    def scores(name: str, *extra: str):
+        out = str(tmp_path / f"{name}.npz")
+        argv = ["synthetic", f"--weights={weights}", "--test_segments=4", "-j", "0"]
+        argv += ["--batch_size=2", "--data_root", data_root, "--save_scores", out]
+        argv += ["--device", "cpu", *extra]
+        assert test_models.cli(argv) == 0
+        return np.load(out)["scores"]
+
+    fp32 = scores("fp32")
+    fault = WrongOutput((128, 64, 3, 3))  # layer2.0's shifted strided conv1
+    with fault, caplog.at_level(logging.WARNING, logger="ops.bf16_guard"):
+        guarded = scores("guarded", "--amp", "bf16")
+    assert _rel(torch.from_numpy(guarded), torch.from_numpy(fp32)) < 5e-2
+    warnings = [r.getMessage() for r in caplog.records if r.name == "ops.bf16_guard"]
+    shifted = "base_model.layer2.0.block.conv1"
+    assert len(warnings) == 1 and re.search(rf"{shifted} \[4(\.0\d*)?\] -> fp32", warnings[0])
+    monkeypatch.setattr(bf16_guard, "guard_bf16", lambda *a, **k: {})
+    with fault:
+        unguarded = scores("unguarded", "--amp", "bf16")
+    assert _rel(torch.from_numpy(unguarded), torch.from_numpy(fp32)) > 0.2  # the fault matters
