@@ -434,7 +434,7 @@ def _guard(module: nn.Module, x: torch.Tensor, raw: Callable[[], float], row: di
     if row["route"] is None:
         return ""
     row["raw_kernel_error"] = _sig(raw())
-    if row["raw_kernel_error"] <= TOLERANCE["bf16"]:
+    if row["raw_kernel_error"] <= bf16_guard.TOLERANCE:
         return f"routed to {row['route']} though the bf16 kernel is right"
     return ""
 

@@ -1,11 +1,12 @@
 """bf16 autocast on the CPU, checked before it is used: probe the model's convolutions, route
 around a faulty kernel.
 
-torch 2.14.1's oneDNN bf16 convolutions compute wrong *weight gradients* for some shapes on CPUs
-with native bf16 arithmetic (AVX-512 BF16, AMX): a 3-D convolution with a temporal kernel of 3
-over 2 frames (every RNL region conv at T = 2), a 7x7 conv2d over a 1x1 or 2x2 map, ... The
-output and the input gradient stay right, so training runs, with weights that do not learn
-(docs/bf16_cpu.md has the measurements and a standalone reproduction). Which shapes are hit is a
+torch 2.14.1's oneDNN bf16 convolutions compute wrong *weight gradients* for some shapes on
+AVX-512 CPUs (measured on an AMD Zen 4 with AVX-512 BF16; AMX not measured; right where bf16 is
+emulated on AVX2): a 3-D convolution with a temporal kernel of 3 over 2 frames (every RNL region
+conv at T = 2), a 7x7 conv2d over a 1x1 or 2x2 map, ... The output and the input gradient stay
+right, so training runs, with weights that do not learn (docs/bf16_cpu.md has the measurements
+and a standalone reproduction). Which shapes are hit is a
 property of the library build and of the CPU, not of this code, so it is measured, not listed:
 
 1. **Trace.** The model runs without gradients on a few clips of the run's input size (see
@@ -15,7 +16,7 @@ property of the library build and of the CPU, not of this code, so it is measure
    and in float32, on the same bf16-representable input, weights and output gradient (drawn
    from a private generator): output, input gradient and every weight gradient (forward only for
    testing) are compared as ``max |bf16 - fp32| / max |fp32|``. A right bf16 kernel is within
-   about 1e-2 (rounding of the output); the faults are errors of 1, inf or NaN.
+   4e-2 (rounding); the faults are errors of 0.87 and more, inf or NaN (``TOLERANCE``: 0.2).
 3. **Route.** A layer whose bf16 call is wrong runs another way, the cheapest of the candidates
    that the same probe finds right: its other memory format (contiguous <-> channels-last; not
    offered for the shift+conv) or float32 (autocast off inside the layer, input cast up, output
@@ -62,10 +63,11 @@ from ops.temporal_shift import TemporalShift
 logger = logging.getLogger(__name__)
 
 # Largest accepted max |bf16 - fp32| / max |fp32| of one probed tensor. The inputs, weights and
-# output gradient are bf16 numbers, so a right kernel differs from fp32 only by its output's
-# rounding (2^-9 relative) and accumulation order: measured 2e-3 to 5e-3 here. The faults are
-# errors of 0.9 and more.
-TOLERANCE = 5e-2
+# output gradient are bf16 numbers, so a right kernel differs from fp32 only by rounding: 2e-3 to
+# 5e-3 with native bf16 (AVX-512 BF16), up to 4e-2 where bf16 is emulated (AVX2: the depthwise
+# 3x7x7 input gradient at RNL-R50's layer2 shape). The faults measured are errors of 0.87 and
+# more, inf or NaN (docs/bf16_cpu.md).
+TOLERANCE = 0.2
 FP32 = "fp32"  # the route that runs a layer in float32 (autocast off inside the layer)
 MARGIN = 1.25  # another route is taken over fp32 only when it is measured this much faster
 MEMORY_FORMATS = {
