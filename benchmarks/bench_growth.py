@@ -72,18 +72,14 @@ def main(argv: list[str] | None = None) -> dict:
         )  # fmt: skip
         positions = frames * (size // 8) ** 2
         for config in CONFIGS:
-            r = dict(
-                step["rows"][f"train: {config}"], frames=frames, size=size, positions=positions
-            )
+            r = dict(step["rows"][f"train: {config}"], frames=frames, size=size, positions=positions)
             rows[f"{frames} frames x {size} px: {config}"] = r
 
     print(
         f"\nTraining step growth, RNL-TSM-ResNet50, {args.batch} clips, {args.device}"
         + (f", at most {args.mem_limit_gib:g} GiB per run" if args.mem_limit_gib else "")
     )
-    print(
-        f"{'cell':34s} {'layer2 P':>8s} {'peak MiB':>9s} {'s/step':>8s} {'mem ratio':>9s} {'speed-up':>8s}"
-    )
+    print(f"{'cell':34s} {'layer2 P':>8s} {'peak MiB':>9s} {'s/step':>8s} {'mem ratio':>9s} {'speed-up':>8s}")
     for name, r in rows.items():
         if r.get("fits", True) is False:
             print(f"{name:34s} {r['positions']:8d}  does not fit in {r['mem_limit_gib']:g} GiB")
