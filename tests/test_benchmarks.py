@@ -55,9 +55,7 @@ def test_quick_suite_writes_every_row_with_its_ratio(tmp_path):
         assert rows[f"growth {f} frames x {s} px: plain"]["positions"] == f * (s // 8) ** 2
         fast = rows[f"growth {f} frames x {s} px: fast fp32"]
         plain = rows[f"growth {f} frames x {s} px: plain"]
-        assert fast["speedup"] == pytest.approx(
-            fast["clips_per_s"] / plain["clips_per_s"], rel=0.02
-        )
+        assert fast["speedup"] == pytest.approx(fast["clips_per_s"] / plain["clips_per_s"], rel=0.02)
     loader = {p: rows[f"data loader: {p}"] for p in LOADER_PATHS}
     plain = loader[LOADER_PATHS[0]]
     for r in loader.values():  # ratios against the plain loader, recomputed
