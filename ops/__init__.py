@@ -32,5 +32,6 @@ Checkpoints, evaluation, shared helpers:
     distributed.py     launch plans and process groups (torchrun, SLURM, spawn)
     utils.py           logging, autocast, moving a batch to the device, top-k, progress bars,
                        output files (checked writable first, written atomically)
+    bf16_guard.py      CPU --amp bf16: probe the model's convolutions, route faulty kernels
 engine/                the training engine, used only by main.py (see engine/__init__.py)
 """
