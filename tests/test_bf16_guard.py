@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -364,14 +367,18 @@ def test_main_py_probes_its_training_shapes_and_routes(data_root, tmp_path, caps
 
     def spy(model, shape, device, amp, *args, **kwargs):
         calls.append((tuple(shape), str(device), amp, args, kwargs))
-        return guard(model, shape, device, amp, *args, **kwargs)
+        # the kernel of layer2.0's region conv (C' = 64, 3x7x7) is wrong while it is probed
+        with WrongWeightGradient((64, 1, 3, 7, 7)):
+            routed = guard(model, shape, device, amp, *args, **kwargs)
+        calls.append(dict(model.named_modules())[PENTA].forward)
+        return routed
 
     monkeypatch.setattr(bf16_guard, "guard_bf16", spy)
-    argv = tiny_args(data_root, str(tmp_path), "--epochs", "1", "--amp", "bf16")
-    with WrongWeightGradient((64, 1, 3, 7, 7)):  # layer2.0's region conv: C' = 64, 3x7x7
-        train_main.main(argv)
-    # batch 2 of 4 frames at 32 px, channels-first, warned by rank 0
-    assert calls == [((2, 12, 32, 32), "cpu", "bf16", (False, True), {})]
+    train_main.main(tiny_args(data_root, str(tmp_path), "--epochs", "1", "--amp", "bf16"))
+    # batch 2 of 4 frames at 32 px, channels-first, warned by rank 0; the model trained is the
+    # routed one
+    assert calls[0] == ((2, 12, 32, 32), "cpu", "bf16", (False, True), {})
+    assert isinstance(calls[1], bf16_guard.Fp32Island)
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "bf16 on this CPU" in line]
     assert len(lines) == 1 and f"{PENTA} [2] -> fp32" in lines[0], err[-2000:]
@@ -410,3 +417,43 @@ def test_test_models_py_probes_the_forward_and_routes(tmp_path, caplog, monkeypa
     with fault:
         unguarded = scores("unguarded", "--amp", "bf16")
     assert _rel(torch.from_numpy(unguarded), torch.from_numpy(fp32)) > 0.2  # the fault matters
+
+
+def _raw_region_fault(channels: int, kernel: tuple, shape: tuple) -> bool:
+    """Whether PyTorch's bf16 depthwise conv3d backward (channels-last, as RegionConv3d runs it
+    on the CPU) gives a wrong weight gradient at ``shape``: measured here, without the guard."""
+    torch.manual_seed(0)
+    x = torch.randn(shape).bfloat16().contiguous(memory_format=torch.channels_last_3d)
+    g = torch.randn(shape).bfloat16().contiguous(memory_format=torch.channels_last_3d)
+    w = torch.randn(channels, 1, *kernel).bfloat16()
+    pad = [(k - 1) // 2 for k in kernel]
+    args = ([1, 1, 1], pad, [1, 1, 1], False, [0, 0, 0], channels, [False, True, False])
+    raw = torch.ops.aten.convolution_backward(g, x, w, None, *args)[1].float()
+    ref = torch.ops.aten.convolution_backward(g.float(), x.float(), w.float(), None, *args)[1]
+    return not _rel(raw, ref) <= bf16_guard.TOLERANCE
+
+
+def test_main_py_at_two_frames_routes_the_region_convs_where_the_cpu_is_wrong(data_root, tmp_path):
+    # As users run it: a subprocess, real kernels. With --temporal_pool the RNL blocks see 2 of
+    # the 4 frames, the shape class that torch 2.14.1 gets wrong on AVX-512 CPUs; on a CPU
+    # without the fault (AVX2) nothing may be routed.
+    from tests.test_main import REPO, tiny_args
+
+    expected = {
+        name
+        for name, channels, kernel, side in (
+            ("base_model.layer2.net.0.nl.penta", 64, (3, 7, 7), 4),
+            ("base_model.layer3.0.nl.penta", 128, (3, 3, 3), 2),
+        )
+        if _raw_region_fault(channels, kernel, (2, channels, 2, side, side))
+    }
+    argv = tiny_args(data_root, str(tmp_path), "--epochs", "1", "--amp", "bf16")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "main.py"), *argv, "--temporal_pool"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if "bf16 on this CPU" in line]
+    named = {n for n in re.findall(r"(base_model\.\S+\.penta) \[", "".join(lines))}
+    assert named == expected, proc.stderr[-3000:]
+    assert len(lines) == (1 if expected else 0)
