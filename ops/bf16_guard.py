@@ -51,7 +51,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -83,39 +83,47 @@ DOC = "docs/bf16_cpu.md"
 # --------------------------------------------------------------------------------------------
 
 
-class Fp32Island:
-    """A layer's ``forward`` run in float32 under CPU autocast: autocast off inside, the input
-    cast to float32, the output cast back to the autocast dtype (what the layer returned
-    before). Elsewhere (no autocast, another device) the layer runs as it did."""
+class Bf16Routed:
+    """Mixin of a routed layer: its class becomes a subclass of its own class with this mixin
+    first (as ops/recompute.py does for residual blocks), so that copies, replicas and pickles
+    keep the route. Under CPU autocast, ``forward`` runs by ``bf16_route``:
 
-    def __init__(self, forward: Callable) -> None:
-        self.forward = forward
+    * ``'fp32'``: autocast off inside the layer, the input cast to float32, the output cast back
+      to the autocast dtype (what the layer returned before);
+    * a memory format name (``Conv2d``/``Conv3d`` only): input and weight in that layout, from
+      which oneDNN picks its kernel.
 
-    def __call__(self, x: torch.Tensor, *args, **kwargs):
+    Elsewhere (no autocast, another device) the layer runs as before."""
+
+    bf16_route: str = "fp32"
+
+    def forward(self, x: torch.Tensor, *args, **kwargs):
         if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
-            return self.forward(x, *args, **kwargs)
-        dtype = torch.get_autocast_dtype("cpu")
-        with torch.autocast("cpu", enabled=False):
-            y = self.forward(x.float(), *args, **kwargs)
-        return y.to(dtype)
+            return super().forward(x, *args, **kwargs)
+        if self.bf16_route == FP32:
+            dtype = torch.get_autocast_dtype("cpu")
+            with torch.autocast("cpu", enabled=False):
+                y = super().forward(x.float(), *args, **kwargs)
+            return y.to(dtype)
+        fmt = MEMORY_FORMATS[self.bf16_route]
+        weight = self.weight.contiguous(memory_format=fmt)
+        return self._conv_forward(x.contiguous(memory_format=fmt), weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, bf16_route={self.bf16_route!r}"
 
 
-class InMemoryFormat:
-    """A ``Conv2d``/``Conv3d``'s forward with its input and weight in ``memory_format`` (oneDNN
-    picks the kernel from their layouts) under CPU autocast; elsewhere as before."""
+_ROUTED_CLASSES: dict[type, type] = {}
 
-    def __init__(self, conv: nn.Module, memory_format: str) -> None:
-        self.conv = conv
-        self.memory_format = memory_format
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        conv = self.conv
-        if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
-            return conv._conv_forward(x, conv.weight, conv.bias)
-        fmt = MEMORY_FORMATS[self.memory_format]
-        return conv._conv_forward(
-            x.contiguous(memory_format=fmt), conv.weight.contiguous(memory_format=fmt), conv.bias
-        )
+def _routed_class(cls: type) -> type:
+    """``Bf16Routed<cls>``, made once per class and named in this module (picklable)."""
+    if cls not in _ROUTED_CLASSES:
+        name = f"Bf16Routed{cls.__name__}"
+        routed = type(name, (Bf16Routed, cls), {"__module__": __name__, "__qualname__": name})
+        globals()[name] = routed
+        _ROUTED_CLASSES[cls] = routed
+    return _ROUTED_CLASSES[cls]
 
 
 def _other_format(module: nn.Module, x_stride: tuple, shape: tuple) -> str | None:
@@ -126,20 +134,23 @@ def _other_format(module: nn.Module, x_stride: tuple, shape: tuple) -> str | Non
         return None
     if isinstance(module, (nn.Conv2d, nn.Conv3d)):
         last = "channels_last" if len(shape) == 4 else "channels_last_3d"
-        probe = torch.empty_strided(shape, x_stride, device="meta")
-        return "contiguous" if probe.is_contiguous(memory_format=MEMORY_FORMATS[last]) else last
+        fmt = MEMORY_FORMATS[last]
+        x = torch.empty_strided(shape, x_stride, device="meta")
+        # oneDNN runs channels-last when the input or the weight is (PyTorch's CPU rule)
+        kernel_last = x.is_contiguous(memory_format=fmt) or module.weight.is_contiguous(
+            memory_format=fmt
+        )
+        return "contiguous" if kernel_last else last
     return None  # the shift+conv: float32 only
 
 
 def apply_route(module: nn.Module, route: str) -> None:
     """Make ``module`` run by ``route``: ``'fp32'`` or a memory format name (see
     ``_other_format``). Its parameters, buffers and state_dict are unchanged."""
-    if route == FP32:
-        module.forward = Fp32Island(module.forward)
-    elif isinstance(module, RegionConv3d):
-        module.cpu_channels_last = route == "channels_last_3d"
-    else:
-        module.forward = InMemoryFormat(module, route)
+    if isinstance(module, RegionConv3d) and route != FP32:
+        module.cpu_channels_last = route == "channels_last_3d"  # its own CPU layout switch
+    elif not isinstance(module, Bf16Routed):
+        module.__class__ = _routed_class(type(module))
     module.bf16_route = route
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -106,7 +107,7 @@ def _step(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
 
 
 def _not_routed(module: torch.nn.Module) -> bool:
-    return "forward" not in vars(module) and not hasattr(module, "bf16_route")
+    return not isinstance(module, bf16_guard.Bf16Routed) and not hasattr(module, "bf16_route")
 
 
 def test_a_wrong_bf16_weight_gradient_is_routed_and_named(caplog):
@@ -131,6 +132,12 @@ def test_a_wrong_bf16_weight_gradient_is_routed_and_named(caplog):
     assert "docs/bf16_cpu.md" in warnings[0].getMessage()
     others = [m for n, m in model.named_modules() if n != PENTA]
     assert all(_not_routed(m) for m in others)  # every other layer runs as before
+    # the route is the layer's class (a subclass of its own): copies and pickles keep it, the
+    # state_dict keeps its keys
+    assert isinstance(penta, (bf16_guard.Bf16Routed, RegionConv3d)) and "bf16_route" in repr(penta)
+    assert isinstance(copy.deepcopy(penta), bf16_guard.Bf16Routed)
+    assert isinstance(pickle.loads(pickle.dumps(penta)), bf16_guard.Bf16Routed)
+    assert list(model.state_dict()) == list(_model().state_dict())
     assert penta.cpu_channels_last  # the fp32 route keeps the layout
 
 
@@ -214,9 +221,7 @@ def test_a_repeated_probe_computes_nothing(monkeypatch):
         monkeypatch.setattr(bf16_guard._Probe, "__init__", no_probe)
         second = _model()  # another model of the same shapes: the verdicts are reused
         assert bf16_guard.guard_bf16(second, CLIP, "cpu", "bf16") == {PENTA: "fp32"}
-        assert isinstance(
-            vars(dict(second.named_modules())[PENTA])["forward"], bf16_guard.Fp32Island
-        )
+        assert dict(second.named_modules())[PENTA].bf16_route == "fp32"
         # guarding a routed model again leaves its routes as they are
         assert bf16_guard.guard_bf16(second, CLIP, "cpu", "bf16") == {}
         with pytest.raises(AssertionError, match="probed again"):  # another batch: new shapes
@@ -370,7 +375,7 @@ def test_main_py_probes_its_training_shapes_and_routes(data_root, tmp_path, caps
         # the kernel of layer2.0's region conv (C' = 64, 3x7x7) is wrong while it is probed
         with WrongWeightGradient((64, 1, 3, 7, 7)):
             routed = guard(model, shape, device, amp, *args, **kwargs)
-        calls.append(dict(model.named_modules())[PENTA].forward)
+        calls.append(dict(model.named_modules())[PENTA].bf16_route)
         return routed
 
     monkeypatch.setattr(bf16_guard, "guard_bf16", spy)
@@ -378,7 +383,7 @@ def test_main_py_probes_its_training_shapes_and_routes(data_root, tmp_path, caps
     # batch 2 of 4 frames at 32 px, channels-first, warned by rank 0; the model trained is the
     # routed one
     assert calls[0] == ((2, 12, 32, 32), "cpu", "bf16", (False, True), {})
-    assert isinstance(calls[1], bf16_guard.Fp32Island)
+    assert calls[1] == "fp32"
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "bf16 on this CPU" in line]
     assert len(lines) == 1 and f"{PENTA} [2] -> fp32" in lines[0], err[-2000:]
