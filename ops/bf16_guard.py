@@ -9,9 +9,9 @@ right, so training runs, with weights that do not learn (docs/bf16_cpu.md has th
 and a standalone reproduction). Which shapes are hit is a
 property of the library build and of the CPU, not of this code, so it is measured, not listed:
 
-1. **Trace.** The model runs without gradients on a few clips of the run's input size (see
-   ``trace_calls``); every probed layer (below) records the shape and strides of its input at
-   the run's batch.
+1. **Trace.** The model runs under bf16 autocast, in eval mode, on 2 clips of the run's input
+   size (see ``trace_calls``); every probed layer (below) records the shape and strides of its
+   input, scaled to the run's batch.
 2. **Probe.** Each distinct call is run on a copy of the layer on the CPU, under bf16 autocast
    and in float32, on the same bf16-representable input, weights and output gradient (drawn
    from a private generator): output, input gradient and every weight gradient (forward only for
@@ -183,10 +183,16 @@ def _suspect(module: nn.Module, shape: tuple) -> bool:
 
 
 def trace_calls(
-    model: nn.Module, input_shape: Sequence[int], channels_last: bool = False
+    model: nn.Module,
+    input_shape: Sequence[int],
+    channels_last: bool = False,
+    backward: bool = True,
 ) -> list[ConvCall]:
     """The probed layer calls of ``model`` on an input of ``input_shape`` (channels-last with
-    ``channels_last``), recorded by running it on the CPU in eval mode without gradients.
+    ``channels_last``), recorded by running it on the CPU as the run will: under bf16 autocast,
+    with gradients when the run has a backward (``backward``), but in eval mode (no running
+    statistics change). Layouts depend on the dtype: where bf16 is emulated (AVX2) a bf16
+    conv3d's output is contiguous where the float32 one's is channels-last.
 
     Beyond 2 clips the model runs on 2 clips, and each call is scaled to ``input_shape[0]``
     clips: its dim 0 is a multiple of the clip count (clips, or clips x frames) and, when it is
@@ -197,12 +203,12 @@ def trace_calls(
     clips = int(input_shape[0])
     if clips > 2:
         try:
-            two = _trace(model, (2, *input_shape[1:]), channels_last)
+            two = _trace(model, (2, *input_shape[1:]), channels_last, backward)
         except RuntimeError:  # dim 0 is not a clip count (a bare layer of N*T frames)
             two = []
         if two and all(_outermost_first(c) for c in two):
             return [_scaled(c, clips / 2) for c in two]
-    return _trace(model, input_shape, channels_last)
+    return _trace(model, input_shape, channels_last, backward)
 
 
 def _outermost_first(call: ConvCall) -> bool:
@@ -218,9 +224,12 @@ def _scaled(call: ConvCall, factor: float) -> ConvCall:
     return ConvCall(call.name, first(call.shape), call.stride, first(call.out_shape))
 
 
-def _trace(model: nn.Module, input_shape: Sequence[int], channels_last: bool) -> list[ConvCall]:
-    # A copy that shares the parameters and buffers (nothing is copied; eval mode without
-    # gradients writes none of them), so that the model's own train/eval flags stay as they are.
+def _trace(
+    model: nn.Module, input_shape: Sequence[int], channels_last: bool, backward: bool
+) -> list[ConvCall]:
+    # A copy that shares the parameters and buffers (nothing is copied; an eval-mode forward
+    # writes none of them, and no backward runs), so that the model's own train/eval flags stay
+    # as they are.
     shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
     shadow = copy.deepcopy(model, shared).eval()
     names = {m: n for n, m in shadow.named_modules()}
@@ -244,7 +253,7 @@ def _trace(model: nn.Module, input_shape: Sequence[int], channels_last: bool) ->
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     try:
-        with torch.no_grad():
+        with torch.set_grad_enabled(backward), torch.autocast("cpu", torch.bfloat16):
             shadow(x)
     finally:
         for h in handles:
@@ -454,7 +463,7 @@ def guard_bf16(
     modules = dict(model.named_modules())
     verdicts = {}
     with _kept_rng():
-        calls = trace_calls(model, input_shape, channels_last)
+        calls = trace_calls(model, input_shape, channels_last, backward)
         for call in calls:
             verdicts[call] = probe(modules[call.name], call, backward)
     faulty: dict[str, list[Verdict]] = {}
