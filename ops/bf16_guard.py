@@ -280,12 +280,14 @@ def _cpu_flags() -> tuple[str, ...]:
 
 
 def _environment() -> tuple:
-    """What else selects the kernels: torch version, CPU, oneDNN ISA limit, threads."""
+    """What else selects the kernels: torch version, CPU, the ISA limits of oneDNN and ATen
+    (``ONEDNN_MAX_CPU_ISA``, ``ATEN_CPU_CAPABILITY``), threads."""
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
     return (
         torch.__version__,
         _cpu_flags(),
         isa,
+        torch.backends.cpu.get_cpu_capability(),
         torch.get_num_threads(),
         torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled,
     )
@@ -294,7 +296,7 @@ def _environment() -> tuple:
 def _layer_key(module: nn.Module) -> tuple:
     """What about a layer selects its kernels: its class, settings and parameter layouts."""
     params = tuple(
-        (n, tuple(p.shape), tuple(p.stride()), p.requires_grad)
+        (n, tuple(p.shape), tuple(p.stride()), p.dtype, p.requires_grad)
         for n, p in module.named_parameters()
     )
     if isinstance(module, TemporalShift):
@@ -304,7 +306,8 @@ def _layer_key(module: nn.Module) -> tuple:
         settings = (module.impl, module.kernel_size, module.groups, module.cpu_channels_last)
     else:
         settings = _conv_settings(module)
-    return (type(module).__name__, settings, params)
+    cls = type(module)
+    return (f"{cls.__module__}.{cls.__qualname__}", settings, params)
 
 
 def _conv_settings(conv: nn.Module) -> tuple:
