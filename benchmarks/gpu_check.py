@@ -22,7 +22,7 @@ reduced sizes, with the same head dims):
   memory-saving (``recompute``), fp32 and autocast, contiguous and channels-last, output and
   gradients against a float64 CPU reference written here (shift by concatenation).
 - Both CPU checks run bf16 as training does: through ``ops/bf16_guard.py``, which routes a layer
-  whose bf16 kernel is wrong on this CPU (torch 2.14.1 with AVX-512 BF16 / AMX: the region
+  whose bf16 kernel is wrong on this CPU (torch 2.14.1 on AVX-512 CPUs: the region
   convs at T = 2; docs/bf16_cpu.md). The figures say which route was taken and the error of
   PyTorch's own bf16 kernel (called directly) at that shape; a route that this kernel's error
   does not explain (the kernel is right, so the module's own bf16 path is wrong) fails. The
