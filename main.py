@@ -55,11 +55,13 @@ from ops.dataset import TSNDataSet, collate
 from ops.dataset_config import NO_FLIP_DATASETS, dataset_class_names, default_data_root
 from ops.device_augment import DeviceTrainAugment, collate_encoded, use_device_decoding
 from ops.device_input import InputNorm, ToUint8Tensor
+from ops.engine import run_lock
 from ops.engine.compile import maybe_compile
 from ops.engine.ema import WeightEMA, resume_ema, save_ema_checkpoint
 from ops.engine.lr_scheduler import WarmupSchedule
 from ops.engine.mixing import ClipMix
 from ops.engine.precise_bn import precise_bn
+from ops.engine.preflight import check_data_before_training
 from ops.engine.recipe import mixing_on, training_criterion
 from ops.engine.repeated_aug import RepeatedAugSampler
 from ops.engine.run_config import (
@@ -72,7 +74,13 @@ from ops.engine.run_config import (
     resolved_config,
     run_name,
 )
-from ops.engine.run_folder import RunFolderError, claim_run_folder, output_error_message
+from ops.engine.run_folder import (
+    RunFolderError,
+    check_run_paths,
+    check_training_state,
+    claim_run_folder,
+    output_error_message,
+)
 from ops.engine.run_logger import RunLogError, RunLogger
 from ops.engine.runtime_report import compile_status, runtime_report
 from ops.engine.seeding import EpochSampler, SeededDataset, derive_seed, seed_all, start_epoch
@@ -320,6 +328,8 @@ def train(
     if found:
         optim = None if args.evaluate else optimizer
         path, ckpt = found
+        if not args.evaluate:  # an export, a published or an EMA file: weights only
+            check_training_state(path, ckpt)
         state = resume(path, model=model, optimizer=optim, scaler=scaler, ctx=ctx, ckpt=ckpt)
     run_log.keep_epochs(state.epoch)  # the rows of epochs this run trains (again) are rewritten
     if found and not args.evaluate and state.epoch >= args.epochs and not state.validation_pending:
@@ -331,6 +341,7 @@ def train(
             args.epochs,
         )
     train_set, val_set = build_datasets(args, model, data)
+    check_data_before_training(None if args.evaluate else train_set, val_set, ctx.is_main)
     train_loader, val_loader, iters_per_epoch = build_loaders(args, train_set, val_set, batch, ctx)
     settings = LoopSettings.from_args(
         args, min_batch=min_batch(model, batch), input_norm=InputNorm.of(model)
@@ -502,6 +513,9 @@ def start_run(
     error, action = None, ""
     if ctx.is_main and not args.evaluate:
         try:
+            check_run_paths(model_dir, log_dir, args, data)  # no output is an input
+            run_lock.hold(model_dir)  # one live run per folder, until this process ends
+            run_lock.hold(log_dir, "--root_log")
             action = claim_run_folder(model_dir, log_dir, args)
         except RunFolderError as exc:
             error = str(exc)
@@ -598,6 +612,7 @@ def worker(local_rank: int, plan: du.LaunchPlan, args: argparse.Namespace, name:
             sys.stderr.flush()
             os._exit(1)
     finally:
+        run_lock.release_all()
         stop.uninstall()
     du.cleanup(ctx)
     return summary
@@ -642,6 +657,8 @@ def _run(args: argparse.Namespace) -> dict:
     if plan.mode == "spawn":
         if plan.nodes == 1:  # the published localhost port may be another run's: find a free one
             plan.dist_url = du.local_rendezvous(plan.dist_url)
+        if plan.node_rank == 0 and not args.evaluate:  # refused before spawning (rank 0 locks)
+            run_lock.check_free(os.path.join(args.root_model, name))
         du.spawn(_spawn_entry, plan.nprocs, (plan, args, name))
         summary = {"run_name": name, "model_dir": os.path.join(args.root_model, name)}
     else:

@@ -19,6 +19,7 @@ import math
 
 from ops.dataset_config import add_data_args
 from ops.engine.recipe import add_recipe_args, check_recipe_args
+from ops.non_local import check_block_options
 
 # Settings of the embedded demo (`python main.py` without --dataset): a TSM+RNL ResNet-18 on the
 # synthetic moving-object videos, trained from scratch on CPU in a few minutes. From scratch, the
@@ -193,8 +194,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--wd", "--weight-decay", type=float, default=5e-4, dest="weight_decay")
     g.add_argument(
+        "--gd",  # first: the name one-line errors use (the published commands write --gd)
         "--clip-gradient",
-        "--gd",
         type=float,
         default=None,
         dest="clip_gradient",
@@ -363,6 +364,76 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+# The interval of every numeric flag's values, checked by one rule at parse time (`check_ranges`):
+# '[' / ']' include the bound, '(' / ')' exclude it. Float flags must also be finite, whether
+# listed here or not: NaN passes no comparison (`--gd nan` used to train to a NaN loss,
+# `--lr_steps nan` never decayed the LR), inf none of the useful ones. The recipe flags' own
+# ranges are in ops/engine/recipe.py; relations between flags are checked below.
+RANGES = {
+    "num_segments": "[1, inf)",
+    "epochs": "[1, inf)",
+    "batch_size": "[1, inf)",
+    "batch_multiplier": "[1, inf)",
+    "eval_freq": "[1, inf)",
+    "print_freq": "[1, inf)",
+    "stop_after_epochs": "[1, inf)",
+    "cpu_procs": "[1, inf)",
+    "num_class": "[1, inf)",
+    "input_size": "[1, inf)",
+    "warmup_epochs": "[0, inf)",
+    "workers": "[0, inf)",
+    "gpu": "[0, inf)",
+    "seed": "[0, 4294967296)",  # numpy's seed range
+    "world_size": "[-1, inf)",  # -1: not given
+    "rank": "[-1, inf)",
+    "lr": "[0, 1e30)",  # larger values overflow float32 steps
+    "weight_decay": "[0, 1e30)",
+    "momentum": "[0, 1)",
+    "dropout": "[0, 1)",
+    "clip_gradient": "(0, 1e30)",  # omit --gd to disable clipping
+    "lr_steps": "[0, inf)",
+    "dist_timeout": "(0, 1e9)",  # minutes; datetime.timedelta overflows beyond ~1.4e12
+}
+
+
+def _in_interval(value: float, interval: str) -> bool:
+    low, high = (float(x) for x in interval[1:-1].split(","))
+    above = value >= low if interval[0] == "[" else value > low
+    below = value <= high if interval[-1] == "]" else value < high
+    return above and below
+
+
+def _interval_text(interval: str, is_float: bool) -> str:
+    low, high = (x.strip() for x in interval[1:-1].split(","))
+    if high == "inf":
+        bound = f"{'>=' if interval[0] == '[' else '>'} {low}"
+        return f"a finite number {bound}" if is_float else bound
+    return f"a number in {interval}" if is_float else f"in {interval}"
+
+
+def check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """One rule for every numeric flag: a float value must be finite, and every value of a flag
+    in `RANGES` must lie in its interval; else argparse's one-line error naming the flag."""
+    for action in parser._actions:
+        if action.type not in (int, float) or not action.option_strings:
+            continue
+        value = getattr(args, action.dest, None)
+        values = value if isinstance(value, list) else [value]
+        interval = RANGES.get(action.dest)
+        for v in values:
+            if v is None:
+                continue
+            finite = math.isfinite(v)
+            if finite and (interval is None or _in_interval(v, interval)):
+                continue
+            flag = action.option_strings[0]
+            if interval is None:
+                parser.error(f"{flag} must be a finite number, got {v}")
+            parser.error(
+                f"{flag} must be {_interval_text(interval, action.type is float)}, got {v}"
+            )
+
+
 # Flags that only mean something with another one: written without it they are refused.
 NEEDS = {
     "shift": ("shift_div", "shift_place"),
@@ -374,34 +445,12 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, given:
     """Reject inconsistent values with argparse's one-line error (exit code 2). `given`: the
     destinations of the flags written on the command line (a flag that only means something
     with another one is refused without it, rather than ignored)."""
-    counts = {"--batch_size": args.batch_size, "--batch_multiplier": args.batch_multiplier}
-    counts.update({"--epochs": args.epochs, "--num_segments": args.num_segments})
-    counts.update({"--eval-freq": args.eval_freq, "--print-freq": args.print_freq})
-    for flag, value in counts.items():
-        if value < 1:
-            parser.error(f"{flag} must be >= 1, got {value}")
-    if args.use_warmup and not 0 <= args.warmup_epochs < args.epochs:
+    check_ranges(parser, args)
+    if args.use_warmup and not args.warmup_epochs < args.epochs:
         parser.error(
             f"--warmup_epochs {args.warmup_epochs} must be in [0, --epochs {args.epochs}): "
             "lower it or raise --epochs"
         )
-    if args.workers < 0:
-        parser.error(f"--workers must be >= 0, got {args.workers}")
-    if args.dist_timeout <= 0:
-        parser.error(f"--dist_timeout must be > 0 minutes, got {args.dist_timeout}")
-    if args.clip_gradient is not None and args.clip_gradient <= 0:
-        parser.error(f"--gd must be > 0 (omit it to disable clipping), got {args.clip_gradient}")
-    if args.stop_after_epochs is not None and args.stop_after_epochs < 1:
-        parser.error(f"--stop_after_epochs must be >= 1, got {args.stop_after_epochs}")
-    if args.cpu_procs is not None and args.cpu_procs < 1:
-        parser.error(f"--cpu_procs must be >= 1, got {args.cpu_procs}")
-    for flag, value in (("--lr", args.lr), ("--wd", args.weight_decay)):
-        if not 0 <= value < 1e30:  # also refuses nan; larger values overflow float32 steps
-            parser.error(f"{flag} must be a number in [0, 1e30), got {value}")
-    if not (math.isfinite(args.momentum) and 0 <= args.momentum < 1):
-        parser.error(f"--momentum must be in [0, 1), got {args.momentum}")
-    if not (math.isfinite(args.dropout) and 0 <= args.dropout < 1):
-        parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
     if args.shift and args.shift_div < 3:
         parser.error(
             f"--shift_div {args.shift_div} must be >= 3: 1/shift_div of the channels shift each "
@@ -415,6 +464,14 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, given:
         flag = "--resume" if args.resume else "--evaluate"
         parser.error(f"--overwrite starts a run afresh, {flag} uses its checkpoint: give one")
     check_recipe_args(parser, args)
+    if args.non_local:
+        try:
+            check_block_options(args.nl_type, args.nl_options)
+        except ValueError as exc:
+            where = (
+                f"--nl_options {json.dumps(args.nl_options)}" if args.nl_options else "--nl_type"
+            )
+            parser.error(f"{where}: {exc}")
     if args.available_gpus is not None:
         ids = [s.strip() for s in args.available_gpus.split(",") if s.strip()]
         if not ids or not all(s.isdigit() for s in ids):

@@ -9,9 +9,11 @@ The published commands run as written, e.g.
 Checkpoints are published ones (settings parsed from the file name, SPEC.md section 6) or our
 own (settings stored inside as `model_config`; any file name), both loaded with
 `weights_only=True` by `ops.checkpoint.load_model`, or `.safetensors` files with their JSON
-sidecar (tools/export.py --format safetensors). Several comma-separated `--weights` (with as many
-`--test_segments`) form an ensemble whose video scores are averaged, e.g. the paper's
-"(8+16) x 2 clips". The semantics of crops, clips and scores are documented in ops/evaluation.py.
+sidecar (tools/export.py --format safetensors). Every model setting not given on the command line
+(frames per clip, input size, modality, shift, attached blocks, backbone) is the checkpoint's.
+Several comma-separated `--weights` (with as many `--test_segments`, or none) form an ensemble
+whose video scores are averaged, e.g. the paper's "(8+16) x 2 clips". The semantics of crops,
+clips and scores are documented in ops/evaluation.py.
 
 CUDA is used when present (the `--gpus` given, else all visible GPUs, through DataParallel, the
 first one holding the model; or one GPU per process under torchrun), else the CPU. `--amp` enters
@@ -46,7 +48,8 @@ from ops.dataset_config import (
 )
 from ops.device_augment import use_device_decoding
 from ops.metrics import summarize
-from ops.reports import save_scores, write_prediction_csv, write_report
+from ops.output_paths import check_outputs, weights_inputs
+from ops.reports import REPORT_FILES, save_scores, write_prediction_csv, write_report
 from ops.utils import (
     AMP_CHOICES,
     ensure_writable_dir,
@@ -73,8 +76,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--test_segments",
         type=str,
-        default="8",
-        help="frames per clip, one per weight (comma-separated), e.g. 8,16",
+        default=None,
+        help="frames per clip, one per weight (comma-separated), e.g. 8,16 (default: each "
+        "checkpoint's own)",
     )
     parser.add_argument(
         "--coeff",
@@ -190,15 +194,19 @@ def _per_weight(text: str, flag: str, kind: type, num_weights: int) -> list:
 
 
 def split_list_args(args: argparse.Namespace) -> tuple[list, list, list, list]:
-    """Weights, segments, coefficients and test lists, one per ensemble member.
+    """Weights, segments, coefficients and test lists, one per ensemble member. A segment count
+    is None where ``--test_segments`` is not given: the checkpoint's own is used.
 
     Raises ValueError with a one-line message when the lists do not line up.
     """
     weights = [w for w in args.weights.split(",") if w]
     if not weights:
         raise ValueError("--weights is empty: give one checkpoint file or a comma-separated list")
-    segments = _per_weight(args.test_segments, "--test_segments", int, len(weights))
-    if any(s <= 0 for s in segments):
+    if args.test_segments is None:  # each checkpoint's own (load_model reads it)
+        segments: list = [None] * len(weights)
+    else:
+        segments = _per_weight(args.test_segments, "--test_segments", int, len(weights))
+    if any(s is not None and s <= 0 for s in segments):
         raise ValueError(f"--test_segments must be positive, got {args.test_segments!r}")
     coeffs = [1.0] * len(weights)
     if args.coeff is not None:
@@ -282,10 +290,11 @@ def init_process(
 
 
 def build_model(
-    weights: str, num_segments: int, args: argparse.Namespace
+    weights: str, num_segments: int | None, args: argparse.Namespace
 ) -> tuple[torch.nn.Module, tuple]:
-    """The network of checkpoint ``weights`` tested on ``num_segments`` frames, with its weights,
-    and the dataset entry for its modality (``resolve_dataset``); ValueError when its classes do
+    """The network of checkpoint ``weights`` tested on ``num_segments`` frames (None: the
+    checkpoint's own, as every other model setting not given: input size, modality, shift,
+    attached blocks, backbone), with its weights, and the dataset entry for its modality (``resolve_dataset``); ValueError when its classes do
     not match the dataset's."""
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"checkpoint {weights} not found: check the --weights path")
@@ -329,13 +338,27 @@ def check_outputs_writable(args: argparse.Namespace) -> None:
         ensure_writable_dir(args.report_dir, "--report_dir")
 
 
-def class_names(args: argparse.Namespace, modality: str, num_class: int) -> list[str]:
-    """Category names (the category file given or registered), else the class indices."""
-    path = args.category_file or (
+def output_files(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """The files this evaluation writes (--save_scores, --csv_file, --report_dir's)."""
+    outputs = [("--save_scores", args.save_scores), ("--csv_file", args.csv_file)]
+    if args.report_dir:
+        names = REPORT_FILES.values()
+        outputs += [(f"--report_dir ({n})", os.path.join(args.report_dir, n)) for n in names]
+    return outputs
+
+
+def category_path(args: argparse.Namespace, modality: str) -> str | None:
+    """The category file the class names are read from: the one given, else the registered."""
+    return args.category_file or (
         category_file(args.dataset, modality, args.data_root or default_data_root())
         if args.dataset in REGISTRY
         else None
     )
+
+
+def class_names(args: argparse.Namespace, modality: str, num_class: int) -> list[str]:
+    """Category names (the category file given or registered), else the class indices."""
+    path = category_path(args, modality)
     if path and os.path.isfile(path):
         names = read_categories(path)
         if len(names) == num_class:
@@ -356,6 +379,7 @@ def main(args: argparse.Namespace) -> dict | None:
     names: list[str] = []
     for w, seg, test_list in zip(weights, segments, test_lists):
         model, (num_class, _, val_list, root_path, image_tmpl) = build_model(w, seg, args)
+        seg = model.num_segments  # the checkpoint's when --test_segments is not given
         modality = model.modality
         crop_size = model.scale_size if args.full_res else model.input_size
         dataset = TSNDataSet(
@@ -418,6 +442,12 @@ def main(args: argparse.Namespace) -> dict | None:
             len(dataset),
         )
 
+    check_outputs(  # before the evaluation: no output is an input (ops/output_paths.py)
+        [i for w in weights for i in weights_inputs("--weights", w)]
+        + [("--test_list", d.list_file) for d in datasets]
+        + [("--category_file", category_path(args, modality))],
+        output_files(args),
+    )
     result = evaluation.evaluate_ensemble(
         models,
         loaders,

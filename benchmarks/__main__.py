@@ -31,6 +31,10 @@ import subprocess
 import sys
 import tempfile
 
+import torch
+
+from ops.atomic import write_atomically
+
 PARTS = ("step", "rnl", "data", "test", "growth", "saved")
 
 
@@ -89,6 +93,9 @@ def _fmt(r: dict) -> str:
         ("cpu_s_per_clip", "{:.4f} CPU s/clip"),
         ("cpu_ratio", "CPU x{}"),
         ("bytes_per_clip", "{} bytes/clip"),
+        ("bytes_per_video", "{} bytes/video"),
+        ("bytes_ratio", "bytes x{}"),
+        ("files_per_video", "{:g} files/video"),
     ]
     return ", ".join(fmt.format(r[k]) for k, fmt in keys if r.get(k) is not None)
 
@@ -110,8 +117,6 @@ def main(argv: list[str] | None = None) -> dict:
     for part in parts:
         print(f"== {part}", flush=True)
         rows.update(run_part(part, args.quick))
-    import torch
-
     suite = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.processor() or platform.platform()}",
@@ -122,9 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     path = args.json or os.path.join(
         "bench_out", "suite-quick.json" if args.quick else "suite.json"
     )
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(suite, f, indent=2)
+    write_atomically(path, json.dumps(suite, indent=2))
     print(f"\n== summary ({suite['date']}, {suite['machine']}, torch {suite['torch']})")
     width = max(len(k) for k in rows) if rows else 10
     for key, r in rows.items():

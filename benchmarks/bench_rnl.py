@@ -19,6 +19,7 @@ import sys
 import torch
 
 from benchmarks.measure import measure, run_child, save_result
+from ops.rnl import RNLBlock
 
 CONFIGS = {
     # name: (fused attention, region conv impl, channels_last_3d input)
@@ -30,8 +31,6 @@ CONFIGS = {
 
 
 def _child(args: argparse.Namespace) -> None:
-    from ops.rnl import RNLBlock
-
     torch.manual_seed(0)
     torch.set_num_threads(args.threads) if args.threads else None
     fused, impl, _ = CONFIGS[args.config]

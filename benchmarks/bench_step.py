@@ -24,6 +24,9 @@ import sys
 import torch
 
 from benchmarks.measure import limit_address_space, measure, run_child, save_result
+from benchmarks.published_memory import keep_like_published
+from ops.engine.compile import CompiledWithFallback
+from ops.models import TSN
 
 PLAIN = dict(rnl_fused=False, region_impl="masked", shift_recompute=False, recompute=False)
 FAST = dict(rnl_fused=True, region_impl="depthwise", shift_recompute=True)  # + recompute: defaults
@@ -47,9 +50,6 @@ QUICK_CONFIGS = ("plain", "fast fp32", "fast bf16")
 
 
 def build(config: str, frames: int, device: str):
-    from benchmarks.published_memory import keep_like_published
-    from ops.models import TSN
-
     fast, amp, channels_last = CONFIGS[config]
     model = TSN(
         400,
@@ -111,8 +111,6 @@ def _measure_child(args: argparse.Namespace) -> None:
 
     work = train_step if args.mode == "train" else infer
     if args.config.endswith("compiled"):
-        from ops.engine.compile import CompiledWithFallback
-
         model = CompiledWithFallback(model)
         work()  # compiles, for these shapes and this mode
         if not model.compiled:

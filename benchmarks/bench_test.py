@@ -14,18 +14,15 @@ on purpose: it measures the network, not the JPEG decoder.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
 import torch
 from torch.utils.data import Dataset
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks.measure import save_result  # noqa: E402
-from ops import evaluation  # noqa: E402
-from ops.models import TSN  # noqa: E402
+from benchmarks.measure import save_result
+from ops import evaluation
+from ops.models import TSN
 
 
 class RandomVideos(Dataset):

@@ -19,6 +19,10 @@ import time
 from collections.abc import Callable
 
 import torch
+from torch._C._profiler import _EventType
+from torch.profiler import ProfilerActivity, profile
+
+from ops.atomic import write_atomically
 
 
 def current_rss_mib() -> float:
@@ -99,8 +103,7 @@ def measure(work: Callable[[], None], repeats: int = 3, device: str = "cpu") -> 
 def save_result(result: dict, path: str | None) -> dict:
     """Write a benchmark's result dict as JSON to ``path`` (if given) and return it."""
     if path:
-        with open(path, "w") as f:
-            json.dump(result, f, indent=2)
+        write_atomically(path, json.dumps(result, indent=2))
     return result
 
 
@@ -162,9 +165,6 @@ def allocated_peak_mib(work: Callable[[], None]) -> float:
     profiler's allocation events (each carries the allocator's running total). Unlike resident
     memory it does not depend on how the C library reuses freed memory or on other processes;
     memory allocated outside PyTorch's allocator (oneDNN caches, the C library) is not in it."""
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         work()
     totals = []

@@ -32,6 +32,8 @@ but they stay alive after their block's backward (``retained_bytes``).
 
 from __future__ import annotations
 
+from ops.rnl import RNLBlock
+
 FLOAT, INDEX = 4, 8  # bytes: fp32 activations, int64 max-pool indices
 
 WIDTHS = (64, 128, 256, 512)  # bottleneck width per stage; the output is 4x
@@ -135,7 +137,6 @@ def keep_like_published(model) -> None:
     for visualisation): the benchmarks' plain configuration then holds what the published code
     holds, also after each block's backward. The affinity is the tensor the softmax keeps anyway
     (``store_attention`` keeps it without a copy)."""
-    from ops.rnl import RNLBlock  # noqa: PLC0415
 
     def keep_input(block, args) -> None:
         block.feature_maps = args[0]

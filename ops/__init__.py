@@ -1,10 +1,12 @@
 """What lives where in ops/ (one idea per file).
 
 The model, the files a researcher opens to try a new module:
-    models.py          TSN: the 2-D backbone, temporal shift, attached blocks, head, partial BN
+    models.py          TSN: the 2-D backbone, temporal shift, attached blocks, head, partial BN;
+                       the recompute walker (make_recompute), --pretrain files
     temporal_shift.py  the temporal shift (TSM) and temporal pooling
-    non_local.py       attaching blocks after residual blocks; the block registry BLOCKS
-    rnl.py             the region-based non-local block (+ its registry builder and defaults)
+    non_local.py       attaching blocks after residual blocks (placement, NonLocalWrapper)
+    blocks.py          the block registry: @register_block("name") in the block's own file
+    rnl.py             the region-based non-local block (+ its builder "rnl" and defaults)
     region_conv.py     RNL's depthwise region convolution in the published weight layout
     attention.py       the (fused) attention core of the non-local blocks
     channel_gate.py    the global-context channel gate before the first RNL block
@@ -13,7 +15,8 @@ The model, the files a researcher opens to try a new module:
 The data:
     dataset.py         TSNDataSet: list -> sampled frames -> transforms -> clip tensor
     lists.py           list files (records, malformed lines)
-    frames.py          frame folders: names, decoding, the frame-folder source
+    frames.py          frame folders: names, decoding, the frame-folder source (and packed files)
+    packed_frames.py   packed frames: a video's frame files in one stored zip (index, reads)
     video_files.py     video files as a source (decoded with video.py's reader)
     video.py           the PyAV video reader
     data_problems.py   bad data: counted, logged once per video, reported
@@ -31,7 +34,12 @@ Checkpoints, evaluation, shared helpers:
     reports.py         score files, prediction CSV, confusion-matrix report
     distributed.py     launch plans and process groups (torchrun, SLURM, spawn)
     utils.py           logging, autocast, moving a batch to the device, top-k, progress bars,
-                       output files (checked writable first, written atomically)
+                       output paths checked writable before the work
+    atomic.py          the one atomic file write (temporary file, fsync, rename) every writer uses
+    output_paths.py    no command writes over one of its inputs (the one rule every tool applies)
     bf16_guard.py      CPU --amp bf16: probe the model's convolutions, route faulty kernels
 engine/                the training engine, used only by main.py (see engine/__init__.py)
+
+Imports run one way: main.py, test_models.py, tools/, benchmarks/ -> engine/ -> ops -> archs/
+(tests/test_import_graph.py checks it, and that no import inside a function hides a cycle).
 """

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ops.blocks import register_block
+
 
 class ChannelGate(nn.Module):
     """Args: channels ``C``; reduction ``r`` of the bottleneck (2 in the published model).
@@ -60,6 +62,7 @@ class ChannelGate(nn.Module):
         return {"gate": x.numel()}
 
 
+@register_block("gc")
 def attach(channels: int, stage: int, first: bool, **_) -> dict[str, nn.Module]:
-    """Registry builder (``ops/non_local.py``, ``gc``): the channel gate alone, as ``.cg``."""
+    """Block type ``gc`` (``ops/blocks.py``): the channel gate alone, as ``.cg``."""
     return {"cg": ChannelGate(channels, reduction=2)}

@@ -47,7 +47,6 @@ import torch
 from torch import nn
 
 from ops import distributed as du
-from ops.models import TSN
 from ops.non_local import block_settings
 
 logger = logging.getLogger(__name__)
@@ -462,6 +461,29 @@ def same_dataset(path: str | os.PathLike, dataset: str, ckpt: dict | None = None
 # ---------------------------------------------------------------------------------------------
 # models
 # ---------------------------------------------------------------------------------------------
+def non_float_weights(own: dict, state_dict: dict) -> str | None:
+    """Why ``state_dict`` cannot load into a model whose state is ``own``, when tensors whose
+    model counterpart is floating point are not (BatchNorm's ``num_batches_tracked`` is int64 in
+    both); None when every one is. Copied into float weights they would load without a word and
+    score chance (a file converted to integers)."""
+    bad = [
+        f"{k} {str(v.dtype).removeprefix('torch.')}"
+        for k, v in state_dict.items()
+        if isinstance(v, torch.Tensor)
+        and isinstance(own.get(k), torch.Tensor)
+        and own[k].is_floating_point()
+        and not v.is_floating_point()
+    ]
+    if not bad:
+        return None
+    more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+    return (
+        f"{len(bad)} weight tensor(s) are not floating point where the model's are "
+        f"({', '.join(bad[:3])}{more}): a weights file must hold floating-point tensors; save or "
+        "export the weights again"
+    )
+
+
 def load_weights(model: nn.Module, state_dict: dict) -> None:
     """Load a (published or own) state_dict into ``model``, strictly.
 
@@ -478,6 +500,9 @@ def load_weights(model: nn.Module, state_dict: dict) -> None:
                 and f"base_model.classifier.{suffix}" not in own
             ):
                 sd[f"new_fc.{suffix}"] = sd.pop(f"base_model.classifier.{suffix}")
+    wrong_type = non_float_weights(own, sd)
+    if wrong_type:
+        raise CheckpointError(wrong_type)
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     mismatched = [
@@ -510,6 +535,10 @@ def load_model(path: str | os.PathLike, **overrides) -> tuple[nn.Module, dict]:
     backbone is built from scratch: every weight comes from the checkpoint, nothing is
     downloaded. ``meta['model_config']`` is the rebuilt model's, overrides included.
     """
+    # Inside the function until load_model moves next to the model (issue 24): ops.models reads
+    # --pretrain files with read_torch_file from this module.
+    from ops.models import TSN
+
     ckpt = load_checkpoint(path)
     meta = checkpoint_info(ckpt, path)
     kwargs = dict(meta["model_config"])
@@ -523,6 +552,9 @@ def load_model(path: str | os.PathLike, **overrides) -> tuple[nn.Module, dict]:
             f"the model settings of {where} do not build a model ({exc}): "
             "export or save the checkpoint again"
         ) from None
+    wrong_type = non_float_weights(model.state_dict(), strip_module_prefix(ckpt["state_dict"]))
+    if wrong_type:  # the weights' fault, not the sidecar's
+        raise CheckpointError(f"{path}: {wrong_type}")
     try:
         load_weights(model, ckpt["state_dict"])
     except CheckpointError as exc:
@@ -820,7 +852,10 @@ def resume(
                 f"{path} was trained with other model settings ({pairs}): pass the same flags "
                 "to resume"
             )
-    load_weights(model, ckpt["state_dict"])
+    try:
+        load_weights(model, ckpt["state_dict"])
+    except CheckpointError as exc:
+        raise CheckpointError(f"--resume {path}: {exc}") from None
     if optimizer is not None and "optimizer" in ckpt:
         try:
             optimizer.load_state_dict(ckpt["optimizer"])

@@ -10,7 +10,9 @@ the totals (`totals`, `report`) whatever the workers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import torch
 import torch.utils.data
@@ -66,6 +68,7 @@ class DataProblems:
         self._counts = torch.zeros(max_workers + 1, len(COUNTERS), dtype=torch.int64)
         self._counts.share_memory_()
         self._logged_videos: set[str] = set()
+        self._probe: list[str] | None = None  # inside `probing`: the problems seen, not logged
 
     def _row(self) -> int:
         info = torch.utils.data.get_worker_info()
@@ -89,10 +92,24 @@ class DataProblems:
                 f"{where}: {what}; fix the data (tools/check_data.py lists every problem) "
                 "or run without --strict_data"
             )
+        if self._probe is not None:
+            self._probe.append(f"{where}: {what}")
+            return
         self.count(kind)
         if record.path not in self._logged_videos:
             self._logged_videos.add(record.path)
             logger.warning("%s: %s (further problems of this video are only counted)", where, what)
+
+    @contextlib.contextmanager
+    def probing(self) -> Iterator[list[str]]:
+        """Loads inside neither count nor log their problems (a check before training reads a
+        few videos, which training reads again); yields the list the problems are put in.
+        `--strict_data` still raises at the first one."""
+        self._probe = []
+        try:
+            yield self._probe
+        finally:
+            self._probe = None
 
     def totals(self) -> dict[str, int]:
         """Every counter summed over the main process and all DataLoader workers, and

@@ -29,6 +29,7 @@ from ops.dataset_config import VIDEO_TMPL
 from ops.frames import FrameFolders, frames_on_disk
 from ops.lists import VideoRecord
 from ops.sampling import clip_frames
+from ops.transforms import FrameTooSmall
 from ops.video_files import VideoFiles
 
 logger = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ class TSNDataSet(torch.utils.data.Dataset):
         ]
         if not records:
             raise DataError(f"list file {list_file} has no usable video; check its content")
+        _warn_duplicates(list_file, records)
         self.video_list = records
         logger.info("%s: %d videos, %s", list_file, len(records), self.source.describe())
 
@@ -163,7 +165,11 @@ class TSNDataSet(torch.utils.data.Dataset):
         images = self.load(record)
         if images is None:
             return None
-        data = self.transform(images) if self.transform is not None else images
+        try:
+            data = self.transform(images) if self.transform is not None else images
+        except FrameTooSmall as exc:  # counted and logged once, like an unreadable video
+            self.problems.problem(record, "videos_unreadable", str(exc))
+            return None
         if self.return_index:
             return data, record.label, index
         return data, record.label
@@ -191,6 +197,28 @@ class TSNDataSet(torch.utils.data.Dataset):
         return data_problems.report(
             self.list_file, len(self), self.bad_data_counts(), MIN_TRAIN_FRAMES
         )
+
+
+def _warn_duplicates(list_file: str, records: list[VideoRecord]) -> None:
+    """One warning when a list names a video more than once: every entry is used (trained on as
+    often, scored as often), which is rarely meant."""
+    lines: dict[str, list[int]] = {}
+    for r in records:
+        lines.setdefault(r.path, []).append(r.line)
+    repeated = {path: at for path, at in lines.items() if len(at) > 1}
+    if not repeated:
+        return
+    extra = sum(len(at) - 1 for at in repeated.values())
+    path, at = next(iter(repeated.items()))
+    logger.warning(
+        "%s: %d duplicate entries (%d videos listed more than once, e.g. %r at lines %s): each "
+        "entry is trained on / scored as often as it is listed; tools/check_data.py lists them",
+        list_file,
+        extra,
+        len(repeated),
+        path,
+        ", ".join(map(str, at)),
+    )
 
 
 def collate(batch: list):

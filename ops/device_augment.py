@@ -37,7 +37,7 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from ops.device_input import InputNorm
-from ops.frames import FrameFolders, decode_image
+from ops.frames import FrameFolders, decode_bytes
 from ops.transforms import (
     GroupFullResSample,
     GroupMultiScaleCrop,
@@ -75,14 +75,18 @@ class EncodedFrame:
         """The frame file's bytes if it is a baseline RGB / greyscale JPEG, else its pixels.
         Raises like `ops.frames.decode_image` for a file PIL cannot identify."""
         with open(path, "rb") as f:
-            raw = f.read()
+            return cls.from_bytes(f.read())
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> EncodedFrame:
+        """``from_file`` of a frame file's bytes (a packed video's member)."""
         try:
             im = Image.open(io.BytesIO(raw))  # reads the header only
         except Exception as e:  # noqa: BLE001 - same handling as a PIL decode error
             raise OSError(f"not an image file PIL can read ({len(raw)} bytes): {e}") from None
         if im.format == "JPEG" and im.mode in ("RGB", "L"):
             return cls(torch.frombuffer(bytearray(raw), dtype=torch.uint8), im.size)
-        return cls.from_image(decode_image(path, "RGB"))
+        return cls.from_image(decode_bytes(raw, "RGB"))
 
     @classmethod
     def from_image(cls, im: Image.Image) -> EncodedFrame:
@@ -100,6 +104,12 @@ class EncodedFrameFolders(FrameFolders):
         if modality != "RGB":
             raise ValueError("--device_aug supports RGB only")
         return [EncodedFrame.from_file(paths[0])]
+
+    @staticmethod
+    def read_frame_bytes(datas: list[bytes], modality: str) -> list[EncodedFrame]:
+        if modality != "RGB":
+            raise ValueError("--device_aug supports RGB only")
+        return [EncodedFrame.from_bytes(datas[0])]
 
 
 def use_device_decoding(dataset) -> None:

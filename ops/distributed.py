@@ -5,14 +5,17 @@ Three ways to launch, found without editing code (torchvision's `init_distribute
   GPU in `--available_gpus` (or `--cpu_procs` workers on a machine without GPUs) with
   torch.multiprocessing; `--world-size` counts nodes and `--rank` is this node's rank.
 - `torchrun`: RANK / WORLD_SIZE / LOCAL_RANK / LOCAL_WORLD_SIZE in the environment, `env://`.
-- SLURM (`srun`): SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID / SLURM_NODEID (+ MASTER_ADDR /
-  MASTER_PORT or a reachable `--dist-url`); with `--multiprocessing-distributed` and one SLURM task
-  per node, each task spawns its node's workers.
+- SLURM (`srun`): SLURM_PROCID / SLURM_STEP_NUM_TASKS / SLURM_LOCALID / SLURM_NODEID (+ MASTER_ADDR
+  / MASTER_PORT or a reachable `--dist-url`); with `--multiprocessing-distributed` and one SLURM task
+  per node, each task spawns its node's workers. Only the tasks of an srun job step are ranks
+  (`slurm_step_tasks`): a batch or salloc shell also has SLURM_PROCID=0 and the allocation's
+  SLURM_NTASKS, and is one process whose flags decide the launch (with a warning).
 The environment wins: under torchrun, or SLURM with more than one task, the published spawn
 flags (`--multiprocessing-distributed`, `--world-size`, `--rank`, a localhost `--dist-url`) are
 overridden with one warning (rank 0's) that names them, so `torchrun ... main.py <published
 flags>` and `srun python main.py <published flags>` run as the launcher says. Settings that cannot
-work (a localhost rendezvous across nodes, more processes on a node than GPUs, more
+work (a localhost rendezvous across nodes or between hand-ranked processes, which are one per
+node, or a localhost MASTER_ADDR across nodes; more processes on a node than GPUs, more
 `--available_gpus` than the scheduler made visible) stop at once with `DistributedSetupError`, one
 line that says what to change.
 
@@ -174,15 +177,39 @@ def _env_int(env: dict[str, str], key: str) -> int | None:
         ) from None
 
 
+# Job step ids that are not srun's (slurm.h): the batch script's (0xfffffffb since Slurm 20.11,
+# 0xfffffffe before), the extern step's (0xfffffffc), the pending step's (0xfffffffd) and salloc's
+# interactive step's (0xfffffffa); srun numbers its steps from 0 up to SLURM_MAX_NORMAL_STEP_ID.
+SLURM_MAX_NORMAL_STEP_ID = 0xFFFFFFF0
+
+
+def slurm_step_tasks(env: MutableMapping[str, str]) -> int | None:
+    """The number of tasks of the srun job step this process is one task of; None when it is
+    not a task of one (no SLURM, or a batch / salloc shell).
+
+    The rule: srun gives the tasks of a step SLURM_STEP_ID (a normal step number) and
+    SLURM_STEP_NUM_TASKS (slurm's env_array_for_step). A batch script's shell (and salloc's)
+    also has SLURM_PROCID=0 and the allocation's SLURM_NTASKS, but no step task count, and the
+    batch step's slurmstepd sets no SLURM_STEP_ID or a special id; so SLURM_PROCID and
+    SLURM_NTASKS alone never make a process a rank."""
+    step = env.get("SLURM_STEP_ID", env.get("SLURM_STEPID"))
+    if step is None or "SLURM_STEP_NUM_TASKS" not in env or "SLURM_PROCID" not in env:
+        return None
+    if not step.isdigit() or int(step) >= SLURM_MAX_NORMAL_STEP_ID:
+        return None
+    return _env_int(env, "SLURM_STEP_NUM_TASKS")
+
+
 def _slurm_tasks_per_node(env: dict[str, str]) -> int | None:
-    # SLURM_NTASKS_PER_NODE is set only with --ntasks-per-node; SLURM_(STEP_)TASKS_PER_NODE is
-    # like "4(x2)" (the first node's count is this layout's).
-    for key in ("SLURM_NTASKS_PER_NODE", "SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE"):
+    # SLURM_STEP_TASKS_PER_NODE is the step's layout, SLURM_NTASKS_PER_NODE is set only with
+    # --ntasks-per-node; they and SLURM_TASKS_PER_NODE are like "4(x2)" (the first node's count
+    # is this layout's).
+    for key in ("SLURM_STEP_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE", "SLURM_TASKS_PER_NODE"):
         if key in env:
             head = env[key].split(",")[0].split("(")[0]
             if head.isdigit():
                 return int(head)
-    ntasks = _env_int(env, "SLURM_NTASKS")
+    ntasks = slurm_step_tasks(env)
     nnodes = _env_int(env, "SLURM_STEP_NUM_NODES") or _env_int(env, "SLURM_NNODES")
     if ntasks and nnodes:
         return -(-ntasks // nnodes)
@@ -190,11 +217,12 @@ def _slurm_tasks_per_node(env: dict[str, str]) -> int | None:
 
 
 def env_rank(env: dict[str, str] | None = None) -> int | None:
-    """This process's global rank as torchrun or SLURM set it (None: neither did)."""
+    """This process's global rank as torchrun or an srun step set it (None: neither did)."""
     env = os.environ if env is None else env
-    for key in ("RANK", "SLURM_PROCID"):
-        if key in env and env[key].isdigit():
-            return int(env[key])
+    if "RANK" in env and env["RANK"].isdigit():
+        return int(env["RANK"])
+    if slurm_step_tasks(env) is not None and env["SLURM_PROCID"].isdigit():
+        return int(env["SLURM_PROCID"])
     return None
 
 
@@ -209,12 +237,23 @@ def _check_gpus_per_node(local_ws: int, visible: int, bound_by_scheduler: bool) 
     )
 
 
-def _rendezvous_from_env(dist_url: str | None, env: dict[str, str], what: str) -> str:
+def _is_local_host(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _rendezvous_from_env(dist_url: str | None, env: dict[str, str], what: str, nodes: int) -> str:
     """The URL of a multi-process launch whose ranks come from the environment: a reachable
-    --dist-url as given, else env:// with MASTER_ADDR / MASTER_PORT."""
+    --dist-url as given, else env:// with MASTER_ADDR / MASTER_PORT (not on this host only when
+    the ranks span several nodes)."""
     if dist_url is not None and not is_local_url(dist_url):
         return dist_url
     if "MASTER_ADDR" in env and "MASTER_PORT" in env:
+        if nodes > 1 and _is_local_host(env["MASTER_ADDR"]):
+            raise DistributedSetupError(
+                f"MASTER_ADDR={env['MASTER_ADDR']} cannot join ranks on {nodes} nodes (each node "
+                "would wait for itself): set MASTER_ADDR to the first host of "
+                "$SLURM_JOB_NODELIST, as README's sbatch example does"
+            )
         return "env://"
     raise DistributedSetupError(
         f"{what} needs a rendezvous address every rank can reach: set MASTER_ADDR (the first "
@@ -288,8 +327,18 @@ def plan_launch(
         return warning
 
     torchrun = all(k in env for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-    slurm_tasks = None if torchrun else _env_int(env, "SLURM_NTASKS")
-    slurm = slurm_tasks is not None and slurm_tasks > 1 and "SLURM_PROCID" in env
+    slurm_tasks = None if torchrun else slurm_step_tasks(env)
+    slurm = slurm_tasks is not None and slurm_tasks > 1
+    allocated = _env_int(env, "SLURM_NTASKS") if "SLURM_NTASKS" in env else None
+    if not torchrun and slurm_tasks is None and allocated and allocated > 1:
+        logger.warning(
+            "SLURM_NTASKS=%d, but this process is not a task of an srun job step "
+            "(SLURM_STEP_ID=%s: a batch or salloc shell), so it is no rank of %d: the flags "
+            "decide the launch; start the command with srun to run one rank per SLURM task",
+            allocated,
+            env.get("SLURM_STEP_ID", "unset"),
+            allocated,
+        )
 
     if torchrun:
         ws, grank = _env_int(env, "WORLD_SIZE"), _env_int(env, "RANK")
@@ -325,7 +374,8 @@ def plan_launch(
             warning = overridden(
                 names, "SLURM", f"its {nodes} tasks are the nodes, each spawning its workers"
             )
-            url = _rendezvous_from_env(dist_url, env, f"spawning on {nodes} SLURM nodes")
+            what = f"spawning on {nodes} SLURM nodes"
+            url = _rendezvous_from_env(dist_url, env, what, nodes)
             plan = _spawn_plan(nodes, node_rank, url, backend, gpu_ids, cpu_procs, num_visible_gpus)
             plan.warning, plan.launcher = warning, "slurm"
             return plan
@@ -334,7 +384,8 @@ def plan_launch(
         node_rank = procid // local_ws if nodeid is None else nodeid
         names = [k for k, on in given.items() if on]
         warning = overridden(names, "SLURM", f"its {ws} tasks are the ranks")
-        url = _rendezvous_from_env(dist_url, env, f"{ws} SLURM tasks")
+        nodes = max(ws // max(local_ws, 1), 1)
+        url = _rendezvous_from_env(dist_url, env, f"{ws} SLURM tasks", nodes)
         if use_cuda:
             bound = "CUDA_VISIBLE_DEVICES" in env
             _check_gpus_per_node(local_ws, num_visible_gpus, bound_by_scheduler=bound)
@@ -364,6 +415,13 @@ def plan_launch(
             raise DistributedSetupError(
                 f"--world-size {world_size} without --multiprocessing-distributed needs --rank "
                 "and --dist-url for this process (or launch with torchrun)"
+            )
+        if is_local_url(dist_url):
+            raise DistributedSetupError(
+                f"--dist-url {dist_url} cannot join --world-size {world_size} (without "
+                "--multiprocessing-distributed each rank is a node, and each would wait for "
+                "itself): pass --dist-url tcp://<host of rank 0>:<port>, the same on every node "
+                "(on one machine: --multiprocessing-distributed, or torchrun --standalone)"
             )
         return LaunchPlan(
             mode="env",

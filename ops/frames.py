@@ -19,6 +19,15 @@ not a regular file (a FIFO, a device) is unreadable without being opened, and a 
 (a hung network filesystem) gives up after ``read_timeout()`` seconds (``RNL_READ_TIMEOUT``,
 default 60; the read runs in a helper thread, one hand-off per frame), counted as
 ``frames_timed_out``; the loader goes on, so a stop request is honoured.
+
+Packed frames (``ops/packed_frames.py``): a video may also be one file, ``<folder>.zip``, holding
+the folder's frame files unchanged. The rule (``video_location``), for the folder ``<root>/<name>``
+a list entry names: that folder if it is a directory; else ``<root>/<name>`` itself if it is a
+``.zip`` file (a list may name packed files); else ``<root>/<name>.zip`` if it is a file; else the
+video is missing. A packed video is read as its folder would be (same frame names, same bytes, so
+the same pixels), its sampled members in one timed read per clip; a member that is missing is a
+missing frame, one that is damaged (CRC, header) an undecodable frame, counted and replaced
+alike; a packed file whose index cannot be read is an unreadable video.
 """
 
 from __future__ import annotations
@@ -37,8 +46,10 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ops import packed_frames
 from ops.data_problems import DataError, DataProblems
 from ops.lists import VideoRecord, parse_list_file
+from ops.packed_frames import EXT as PACKED_EXT
 
 # How a source asks the dataset which frames to read: frames in the video -> 1-based frame numbers.
 Sample = Callable[[int], list[int]]
@@ -107,6 +118,19 @@ def frame_files(root_path: str, video: str, image_tmpl: str, modality: str, idx:
     return [os.path.join(folder, image_tmpl.format(idx))]
 
 
+def video_location(folder: str) -> tuple[str, str] | None:
+    """Where the frames of the video whose folder is ``folder`` (``video_dir``) are:
+    ``("folder", folder)`` if it is a directory, else ``("packed", folder)`` if it is a ``.zip``
+    file, else ``("packed", folder + ".zip")`` if that is a file, else None."""
+    if os.path.isdir(folder):
+        return "folder", folder
+    if folder.endswith(PACKED_EXT) and os.path.isfile(folder):
+        return "packed", folder
+    if os.path.isfile(folder + PACKED_EXT):
+        return "packed", folder + PACKED_EXT
+    return None
+
+
 class FrameReadTimeout(OSError):
     """A frame file whose read did not finish within ``read_timeout()`` seconds."""
 
@@ -136,26 +160,34 @@ class _TimedReader:
     @staticmethod
     def _serve(jobs: queue.SimpleQueue) -> None:
         while True:
-            path, box, done = jobs.get()
+            fn, box, done = jobs.get()
             try:
-                with open(path, "rb") as f:
-                    box["data"] = f.read()
+                box["data"] = fn()
             except BaseException as e:  # handed to the caller
                 box["error"] = e
             done.set()
 
-    def read(self, path: str, timeout: float) -> bytes:
+    def call(self, fn: Callable, timeout: float, what: str):
+        """``fn()`` in the reader thread; FrameReadTimeout (naming ``what``) after ``timeout``."""
         if self._pid != os.getpid() or self._jobs is None:
             self._start()
         box: dict = {}
         done = threading.Event()
-        self._jobs.put((path, box, done))
+        self._jobs.put((fn, box, done))
         if not done.wait(timeout):
             self._jobs = None  # the thread is stuck in the read: the next read starts another
-            raise FrameReadTimeout(f"reading {path} took more than {timeout:g} s")
+            raise FrameReadTimeout(f"reading {what} took more than {timeout:g} s")
         if "error" in box:
             raise box["error"]
         return box["data"]
+
+    def read(self, path: str, timeout: float) -> bytes:
+        return self.call(functools.partial(_read_file, path), timeout, path)
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 _reader = _TimedReader()
@@ -169,9 +201,21 @@ def read_bytes(path: str) -> bytes:
         raise OSError(f"{path} is not a regular file")
     timeout = read_timeout()
     if timeout == 0:
-        with open(path, "rb") as f:
-            return f.read()
+        return _read_file(path)
     return _reader.read(path, timeout)
+
+
+def timed(fn: Callable, what: str):
+    """``fn()`` (a read) within ``read_timeout()`` seconds, else FrameReadTimeout naming
+    ``what``; open packed files are forgotten then (the stuck thread may still hold one)."""
+    timeout = read_timeout()
+    if timeout == 0:
+        return fn()
+    try:
+        return _reader.call(fn, timeout, what)
+    except FrameReadTimeout:
+        packed_frames.forget_handles()
+        raise
 
 
 def decode_image(path: str, mode: str = "RGB") -> Image.Image:
@@ -181,7 +225,11 @@ def decode_image(path: str, mode: str = "RGB") -> Image.Image:
     the file is closed before decoding; the pixels are those of `Image.open(path).convert(mode)`,
     as in the published loader (16-bit data scaled to 8 bits, see the module docstring).
     """
-    data = read_bytes(path)
+    return decode_bytes(read_bytes(path), mode)
+
+
+def decode_bytes(data: bytes, mode: str = "RGB") -> Image.Image:
+    """Fully decode one image file's bytes into `mode`, as ``decode_image`` does the file."""
     try:
         im = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
@@ -204,11 +252,20 @@ def _to_8bit(im: Image.Image) -> Image.Image:
 
 def read_frame(paths: list[str], modality: str) -> list[Image.Image]:
     """Decode the file(s) of one frame into the images the transforms expect: [RGB] or [x, y]."""
+    return _frame_images(paths, modality, decode_image)
+
+
+def read_frame_bytes(datas: list[bytes], modality: str) -> list[Image.Image]:
+    """``read_frame`` of the frame's file bytes (a packed video's members)."""
+    return _frame_images(datas, modality, decode_bytes)
+
+
+def _frame_images(files: list, modality: str, decode: Callable) -> list[Image.Image]:
     if modality != "Flow":
-        return [decode_image(paths[0], "RGB")]
-    if len(paths) == 2:
-        return [decode_image(paths[0], "L"), decode_image(paths[1], "L")]
-    r, g, _ = decode_image(paths[0], "RGB").split()  # packed flow: x in R, y in G
+        return [decode(files[0], "RGB")]
+    if len(files) == 2:
+        return [decode(files[0], "L"), decode(files[1], "L")]
+    r, g, _ = decode(files[0], "RGB").split()  # packed flow: x in R, y in G
     return [r, g]
 
 
@@ -219,12 +276,15 @@ def read_frame_list(list_file: str, num_class: int | None, image_tmpl: str, moda
 
 
 class FrameFolders:
-    """Videos stored as one folder of frame images each (TSM's layout).
+    """Videos stored as one folder of frame images each (TSM's layout), or as one packed file of
+    those images each (``ops/packed_frames.py``; the rule is ``video_location``'s).
 
-    `read_frame` turns a frame's file(s) into what the transforms get; the device data path
-    (`ops.device_augment.EncodedFrameFolders`) replaces it to hand over the JPEG bytes instead."""
+    `read_frame` turns a frame's file(s) into what the transforms get, `read_frame_bytes` a
+    packed frame's member(s); the device data path (`ops.device_augment.EncodedFrameFolders`)
+    replaces both to hand over the JPEG bytes instead."""
 
     read_frame = staticmethod(read_frame)
+    read_frame_bytes = staticmethod(read_frame_bytes)
 
     def __init__(self, root_path: str, image_tmpl: str, modality: str, problems: DataProblems):
         check_template(image_tmpl, modality)
@@ -237,30 +297,48 @@ class FrameFolders:
     def read_list(self, list_file: str, num_class: int | None):
         return read_frame_list(list_file, num_class, self.image_tmpl, self.modality)
 
+    def open_video(self, record: VideoRecord) -> _FolderVideo | _PackedVideo | None:
+        """The frames of ``record`` on disk (a folder or a packed file), or None (counted)."""
+        folder = video_dir(self.root_path, record.path, self.image_tmpl, self.modality)
+        where = video_location(folder)
+        if where is None:
+            self.problems.problem(
+                record,
+                "videos_missing_dir",
+                f"frame folder {folder} does not exist (nor a packed {folder}{PACKED_EXT})",
+            )
+            return None
+        if where[0] == "folder":
+            return _FolderVideo(self, record, folder)
+        return _PackedVideo(self, record, where[1])
+
     def load(self, record: VideoRecord, sample: Sample) -> list[Image.Image] | None:
         """Decode the frames ``sample(record.num_frames)`` of ``record`` (each distinct frame once),
         replacing unreadable frames by the nearest readable one; None when the video has to be
         skipped."""
         problems = self.problems
         frames = sample(record.num_frames)
-        folder = video_dir(self.root_path, record.path, self.image_tmpl, self.modality)
-        if not os.path.isdir(folder):
-            problems.problem(record, "videos_missing_dir", f"frame folder {folder} does not exist")
+        video = self.open_video(record)
+        if video is None:
+            return None
+        try:
+            video.fetch(list(dict.fromkeys(frames)))
+        except OSError as e:  # a packed file whose index does not read (or that timed out)
+            problems.problem(record, "videos_unreadable", _one_line(e))
             return None
         cache: dict[int, list[Image.Image] | tuple[str, str]] = {}
 
         def read(k: int):
             if k not in cache:
-                paths = frame_files(self.root_path, record.path, self.image_tmpl, self.modality, k)
                 try:
-                    cache[k] = self.read_frame(paths, self.modality)
+                    cache[k] = video.read(k)
                 except FileNotFoundError as e:
                     cache[k] = ("frames_missing", f"frame {k} is missing: {e.filename}")
                 except FrameReadTimeout as e:
                     cache[k] = ("frames_timed_out", f"frame {k}: {e}")
                 except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
-                    where = " / ".join(paths)
-                    cache[k] = ("frames_unreadable", f"frame {k} does not decode: {where} ({e})")
+                    what = f"frame {k} does not decode: {video.where(k)} ({e})"
+                    cache[k] = ("frames_unreadable", what)
             return cache[k]
 
         resolved: dict[int, list[Image.Image]] = {}
@@ -273,9 +351,7 @@ class FrameFolders:
                 continue
             kind, what = got
             if on_disk is None:
-                on_disk = frames_present(
-                    folder, record, self.root_path, self.image_tmpl, self.modality
-                )
+                on_disk = video.present()
             replacement = _nearest_readable(k, on_disk, read)
             if replacement is None:
                 problems.problem(
@@ -306,6 +382,80 @@ class FrameFolders:
                 resolved[k] = [
                     im if im.size == size else im.resize(size, Image.BILINEAR) for im in images
                 ]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class _FolderVideo:
+    """A video's frame folder: each frame read from its own file(s) when it is decoded."""
+
+    def __init__(self, source: FrameFolders, record: VideoRecord, folder: str) -> None:
+        self.source, self.record, self.folder = source, record, folder
+
+    def _paths(self, k: int) -> list[str]:
+        s = self.source
+        return frame_files(s.root_path, self.record.path, s.image_tmpl, s.modality, k)
+
+    def fetch(self, frames: list[int]) -> None:
+        """Nothing to do ahead: each frame file is read when it is decoded."""
+
+    def read(self, k: int) -> list:
+        return self.source.read_frame(self._paths(k), self.source.modality)
+
+    def where(self, k: int) -> str:
+        return " / ".join(self._paths(k))
+
+    def present(self) -> list[int]:
+        s = self.source
+        return frames_present(self.folder, self.record, s.root_path, s.image_tmpl, s.modality)
+
+
+class _PackedVideo:
+    """A video's packed file: the members of the sampled frames are read together (one timed
+    read), those of replacement frames when they are needed."""
+
+    def __init__(self, source: FrameFolders, record: VideoRecord, path: str) -> None:
+        self.source, self.record, self.path = source, record, path
+        self._got: dict[str, bytes | OSError] = {}
+
+    def _names(self, k: int) -> list[str]:
+        s = self.source
+        paths = frame_files(s.root_path, self.record.path, s.image_tmpl, s.modality, k)
+        return [os.path.basename(p) for p in paths]
+
+    def fetch(self, frames: list[int]) -> None:
+        """Read the members of ``frames`` (errors of single members are kept for ``read``);
+        raises OSError (PackedError, FrameReadTimeout) when the file cannot be read at all."""
+        names = [n for k in frames for n in self._names(k) if n not in self._got]
+        if names:
+            path = self.path
+            self._got.update(timed(lambda: packed_frames.read_members(path, names), path))
+
+    def read(self, k: int) -> list:
+        names = self._names(k)
+        self.fetch([k])
+        datas = []
+        for name in names:
+            got = self._got[name]
+            if isinstance(got, BaseException):
+                raise got
+            datas.append(got)
+        return self.source.read_frame_bytes(datas, self.source.modality)
+
+    def where(self, k: int) -> str:
+        return " / ".join(f"{self.path}:{n}" for n in self._names(k))
+
+    def present(self) -> list[int]:
+        s = self.source
+        try:
+            path = self.path
+            names = set(timed(lambda: packed_frames.member_names(path), path))
+        except OSError:
+            return []
+        return frames_in_names(names, self.record, s.root_path, s.image_tmpl, s.modality)
 
 
 def _nearest_readable(k: int, on_disk: list[int], read) -> int | None:
@@ -351,6 +501,14 @@ def frames_present(
             names = {e.name for e in entries}
     except OSError:
         return []
+    return frames_in_names(names, record, root_path, image_tmpl, modality)
+
+
+def frames_in_names(
+    names: set[str], record: VideoRecord, root_path: str, image_tmpl: str, modality: str
+) -> list[int]:
+    """Sorted frame numbers in ``1..record.num_frames`` whose file(s) are all among ``names`` (a
+    folder's files, a packed file's members)."""
     pattern = _name_pattern(image_tmpl)
     numbers = set()
     for name in names:

@@ -17,13 +17,16 @@ import torch
 import torchvision
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torchvision.models.resnet import ResNet
 
 from archs import ARCHS, RESNETS, build_backbone
 from archs.mobilenet_v2 import InvertedResidual
-from ops.non_local import attached_parts, block_settings, make_non_local
+from ops.checkpoint import read_torch_file
+from ops.non_local import NonLocalWrapper, attached_parts, block_settings, make_non_local
 from ops.param_groups import check_param_groups, param_groups
-from ops.recompute import make_recompute
-from ops.temporal_shift import TemporalShift, make_temporal_shift
+from ops.recompute import RECOMPUTED, RecomputedResNet, keep_attention, keep_block_outputs
+from ops.temporal_shift import TemporalPool, TemporalShift, make_temporal_shift
+from ops.transforms import GroupMultiScaleCrop, GroupRandomHorizontalFlip
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +164,10 @@ class TSN(nn.Module):
 
     # ---- construction -------------------------------------------------------------------
     def _prepare_base_model(self) -> None:
-        self.base_model = build_backbone(self.base_model_name, self.pretrain)
+        pretrain = self.pretrain
+        if pretrain not in ("imagenet", "scratch", ""):  # a file
+            pretrain = read_backbone_weights(self.pretrain)
+        self.base_model = build_backbone(self.base_model_name, pretrain, source=self.pretrain)
         if self.base_model_name in RESNETS:
             self.base_model.last_layer_name = "fc"
             if self.is_shift:
@@ -259,8 +265,6 @@ class TSN(nn.Module):
 
     def get_augmentation(self, flip: bool = True) -> torchvision.transforms.Compose:
         """Training augmentation: multi-scale crop (+ horizontal flip unless ``flip=False``)."""
-        from ops.transforms import GroupMultiScaleCrop, GroupRandomHorizontalFlip
-
         crop = GroupMultiScaleCrop(self.input_size, [1, 0.875, 0.75, 0.66])
         if not flip:
             return torchvision.transforms.Compose([crop])
@@ -320,3 +324,53 @@ class TSN(nn.Module):
         if self.consensus_type == "identity":
             return base_out
         return base_out.mean(dim=1)  # (N, K)
+
+
+# ---------------------------------------------------------------------------------------------
+# the backbone's weights from a file (--pretrain PATH)
+# ---------------------------------------------------------------------------------------------
+def read_backbone_weights(path: str) -> dict[str, torch.Tensor]:
+    """The backbone state_dict in the file ``path``: a state_dict, or a checkpoint holding one
+    under ``state_dict`` / ``model``, without ``module.`` prefixes. Read with ``weights_only=True``
+    (``read_torch_file``): a one-line ``CheckpointError`` naming ``--pretrain file`` for a folder,
+    a missing, damaged or foreign file, or a pickle that would run code; ValueError for a file
+    that holds no dict."""
+    sd = read_torch_file(path, what="--pretrain file")
+    for key in ("state_dict", "model"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    if not isinstance(sd, dict):
+        raise ValueError(
+            f"--pretrain {path} does not hold a state_dict: expected a dict of tensors"
+        )
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# recompute: the walker that turns the model's residual blocks into recomputing ones
+# ---------------------------------------------------------------------------------------------
+def make_recompute(net: nn.Module, checkpoint_blocks: bool = False) -> None:
+    """Recompute cheap activations in the stem and every residual block of the torchvision ResNet
+    ``net`` (layer1..4) and in the modules attached after them (``NonLocalWrapper.recompute``);
+    ``checkpoint_blocks`` recomputes the residual blocks entirely (see ``ops/recompute.py`` for
+    the policies). Call after the temporal shift and the non-local blocks are in. Each block
+    becomes the ``Recomputed`` subclass of its class (same parameters and buffers, so the
+    state_dict is unchanged)."""
+    if type(net) is ResNet:
+        net.__class__ = RecomputedResNet
+    for stage in range(1, 5):
+        layer = getattr(net, f"layer{stage}")
+        for unit in layer.net if isinstance(layer, TemporalPool) else layer:
+            if isinstance(unit, NonLocalWrapper):
+                unit.recompute = True
+                unit = unit.block
+            block = unit.net if isinstance(unit, TemporalShift) else unit  # place='block'
+            if type(block) not in RECOMPUTED:
+                raise ValueError(f"recompute: unexpected residual block {type(block).__name__}")
+            block.__class__ = RECOMPUTED[type(block)]
+            block.recompute_policy = keep_attention if checkpoint_blocks else keep_block_outputs
+            for shift in block.modules():
+                # the block's replay re-shifts already; the shift+conv that re-shifts in its own
+                # backward would shift a third time
+                if isinstance(shift, TemporalShift):
+                    shift.recompute = False

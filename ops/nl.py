@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ops.attention import OutputProjection, attention_macs, nonlocal_attention
+from ops.blocks import register_block
 
 
 class NonLocalBlock(nn.Module):
@@ -53,9 +54,10 @@ class NonLocalBlock(nn.Module):
         return f"{self.in_channels} -> {self.inter_channels}, sub_sample={self.sub_sample}, fused={self.fused}"
 
 
+@register_block("nl")
 def attach(
     channels: int, stage: int, first: bool, *, sub_sample: bool = True, fused: bool = True, **_
 ) -> dict[str, nn.Module]:
-    """Registry builder (``ops/non_local.py``, ``nl``): one classic non-local block as ``.nl``
+    """Block type ``nl`` (``ops/blocks.py``): one classic non-local block as ``.nl``
     after every chosen residual block (the same at every stage)."""
     return {"nl": NonLocalBlock(channels, reduction=2, sub_sample=sub_sample, fused=fused)}

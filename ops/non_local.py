@@ -6,15 +6,16 @@ block moves under ``.block`` and the attached modules keep their published names
 channel gate, ``.nl`` for the non-local operation), so ``layer2.0.block.conv1.net.weight`` and
 ``layer2.0.nl.theta.weight`` are exactly the published checkpoint keys.
 
-``BLOCKS`` is the registry of what can be attached: a name mapped to a builder
-``builder(channels, stage, first, **options) -> {attribute name: module}``, where ``stage`` is the
-ResNet stage (1..4) of the residual block and ``first`` tells whether it is the first placement.
-Builders live in their block's file. Every builder receives the same options: the block settings
-of the run (``--nl_options``) and the fast-path switches (``FAST_PATHS``); it takes what it uses
-as keyword-only arguments (their defaults are the block's defaults) and ignores the rest
-(``**_``). ``block_settings`` resolves a run's settings against those defaults; ``TSN`` records
-the result in its model settings, so a checkpoint rebuilds the block it was trained with. To add
-a block, write its class and builder in a file of its own in ``ops/`` and add one line here.
+``BLOCKS`` (``ops/blocks.py``) is the registry of what can be attached: a block type mapped to
+a builder ``builder(channels, stage, first, **options) -> {attribute name: module}``, registered
+in the block's own file with ``ops.blocks.register_block``. Every builder receives the same
+options: the block settings of the run (``--nl_options``) and the fast-path switches
+(``FAST_PATHS``); it takes what it uses as keyword-only arguments (their defaults are the block's
+defaults) and ignores the rest (``**_``). ``block_settings`` resolves a run's settings against
+those defaults; ``TSN`` records the result in its model settings, so a checkpoint rebuilds the
+block it was trained with. The published blocks are imported here; a new block file in ``ops/``
+is found by the registry the first time its name is asked for, so adding a block edits no other
+file.
 
 Placement (``where``): residual block names such as ``layer2.0``. The published placement for
 ResNet-50 is ``DEFAULT_WHERE`` (every other block of res3 and res4, five in all) with the channel
@@ -28,12 +29,14 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from ops import channel_gate, nl, rnl
+from ops import channel_gate, nl, rnl  # noqa: F401 (the published blocks register on import)
+from ops.blocks import BLOCKS  # noqa: F401 (the registry, re-exported for its callers)
+from ops.blocks import builder as _builder
 from ops.recompute import checkpointed, keep_attention
 from ops.temporal_shift import TemporalPool, TemporalShift
 
@@ -43,13 +46,6 @@ DEFAULT_WHERE = ("layer2.0", "layer2.2", "layer3.0", "layer3.2", "layer3.4")
 # Options that change speed or memory but never the result: every builder receives them, and
 # they are not part of a block's recorded settings.
 FAST_PATHS = ("fused", "region_impl")
-
-BuilderFn = Callable[..., dict]
-BLOCKS: dict[str, BuilderFn] = {
-    "rnl": rnl.attach,  # what --non_local means: the published RNL model (channel gate + RNL)
-    "nl": nl.attach,  # classic embedded-Gaussian non-local block (Wang et al. 2018), the baseline
-    "gc": channel_gate.attach,  # the global-context channel gate alone (ablation)
-}
 
 
 def block_settings(nl_type: str, options: dict | None = None) -> dict:
@@ -75,18 +71,28 @@ def block_settings(nl_type: str, options: dict | None = None) -> dict:
     return json.loads(json.dumps({**defaults, **(options or {})}))
 
 
-def _builder(nl_type: str) -> BuilderFn:
-    if nl_type not in BLOCKS:
-        raise ValueError(
-            f"unknown non-local block type {nl_type!r}: choose one of {sorted(BLOCKS)}"
-        )
-    return BLOCKS[nl_type]
+def check_block_options(nl_type: str, options: dict | None = None) -> dict:
+    """``block_settings``, then the block built once for each ResNet stage at a small width, so
+    that settings its builder cannot use (a kernel list of the wrong length or shape, even region
+    kernels) are a one-line ``ValueError`` when the command line is read, not an error in the
+    middle of the first training step. Returns the settings."""
+    settings = block_settings(nl_type, options)
+    builder = _builder(nl_type)
+    for stage in range(1, 5):
+        try:
+            builder(16, stage, stage == 1, **settings)
+        except (TypeError, ValueError, IndexError, KeyError) as exc:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(
+                f"block type {nl_type!r} does not build with these settings: {text}"
+            ) from None
+    return settings
 
 
 class NonLocalWrapper(nn.Module):
     """Residual block followed by spatio-temporal modules applied on ``[N, C, T, H, W]``.
 
-    With ``recompute`` (set by ``ops.recompute.make_recompute``) the attached modules keep only
+    With ``recompute`` (set by ``ops.models.make_recompute``) the attached modules keep only
     their attention outputs for the backward and recompute the rest there.
     """
 
@@ -175,7 +181,7 @@ def make_non_local(
     temporal_pool: bool = False,
     **options,
 ) -> None:
-    """Attach ``BLOCKS[nl_type]`` after the residual blocks named in ``where`` of ResNet ``net``.
+    """Attach block type ``nl_type`` (``BLOCKS``) after the residual blocks named in ``where`` of ResNet ``net``.
 
     ``where=None`` is the published placement (``DEFAULT_WHERE``, restricted to the blocks the
     network has). ``temporal_pool`` must match the one given to ``make_temporal_shift``: stages

@@ -26,6 +26,9 @@ recomputation. The state_dict and module names are unchanged (a block becomes an
 subclass of its own class whose forward checkpoints the original one; the attached modules are
 checkpointed by their ``NonLocalWrapper``). Under ``torch.compile`` the plain forward is traced
 (inductor chooses what to recompute itself).
+
+This module holds the mechanism (policies, ``checkpointed``, the recomputing block classes) and
+imports no model code; ``ops.models.make_recompute`` walks a model and switches its blocks over.
 """
 
 from __future__ import annotations
@@ -170,32 +173,3 @@ class RecomputedResNet(ResNet):
         x = checkpointed(self._stem, [self.bn1], keep_attention, self.conv1(x))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
-def make_recompute(net: nn.Module, checkpoint_blocks: bool = False) -> None:
-    """Recompute cheap activations in the stem and every residual block of the torchvision ResNet
-    ``net`` (layer1..4) and in the modules attached after them (``NonLocalWrapper.recompute``);
-    ``checkpoint_blocks`` recomputes the residual blocks entirely. Call after the temporal shift
-    and the non-local blocks are in. Each block becomes the ``Recomputed`` subclass of its class
-    (same parameters and buffers, so the state_dict is unchanged)."""
-    from ops.non_local import NonLocalWrapper  # noqa: PLC0415 (non_local imports this module)
-    from ops.temporal_shift import TemporalPool, TemporalShift  # noqa: PLC0415
-
-    if type(net) is ResNet:
-        net.__class__ = RecomputedResNet
-    for stage in range(1, 5):
-        layer = getattr(net, f"layer{stage}")
-        for unit in layer.net if isinstance(layer, TemporalPool) else layer:
-            if isinstance(unit, NonLocalWrapper):
-                unit.recompute = True
-                unit = unit.block
-            block = unit.net if isinstance(unit, TemporalShift) else unit  # place='block'
-            if type(block) not in RECOMPUTED:
-                raise ValueError(f"recompute: unexpected residual block {type(block).__name__}")
-            block.__class__ = RECOMPUTED[type(block)]
-            block.recompute_policy = keep_attention if checkpoint_blocks else keep_block_outputs
-            for shift in block.modules():
-                # the block's replay re-shifts already; the shift+conv that re-shifts in its own
-                # backward would shift a third time
-                if isinstance(shift, TemporalShift):
-                    shift.recompute = False

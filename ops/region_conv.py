@@ -77,6 +77,11 @@ class RegionConv3d(nn.Module):
             raise ValueError(f"unknown region conv impl {impl!r}: choose one of {IMPLS}")
         self.channels = channels
         self.kernel_size = tuple(int(k) for k in kernel_size)
+        if len(self.kernel_size) != 3 or any(k < 1 or k % 2 == 0 for k in self.kernel_size):
+            raise ValueError(
+                f"region conv kernel sizes must be three odd sizes >= 1 (kt, kh, kw), got "
+                f"{self.kernel_size}: padding (k - 1) / 2 keeps the shape only for odd sizes"
+            )
         self.padding = tuple((k - 1) // 2 for k in self.kernel_size)
         self.groups = max(channels // 32, 1)
         if channels % self.groups:

@@ -4,6 +4,7 @@ report folder with the confusion matrix (PNG and .npy) and per-class accuracies 
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from collections.abc import Sequence
@@ -12,8 +13,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from ops.atomic import write_atomically
 from ops.metrics import confusion_matrix, per_class_accuracy
-from ops.utils import write_atomically
+
+# The files of a report folder (write_report), by kind.
+REPORT_FILES = {
+    "png": "confusion_matrix.png",
+    "npy": "confusion_matrix.npy",
+    "csv": "per_class_accuracy.csv",
+}
 
 
 def save_scores(
@@ -37,11 +45,8 @@ def save_scores(
     if videos is not None:
         arrays["videos"] = np.asarray(list(videos), dtype=np.str_)
 
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
-            np.savez(f, **arrays)
-
-    write_atomically(path, write)  # a full disk leaves no partial .npz behind
+    # a file object (np.savez would append .npz to a name); a full disk leaves no partial .npz
+    write_atomically(path, lambda f: np.savez(f, **arrays))
 
 
 def write_prediction_csv(
@@ -62,12 +67,10 @@ def write_prediction_csv(
     k = min(5, scores.size(1)) if top5 else 1
     best = scores.topk(k, dim=1).indices.tolist()  # [N, k]
 
-    def write(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            for name, row in zip(video_names, best):
-                f.write(";".join([name] + [class_names[c] for c in row]) + "\n")
-
-    write_atomically(path, write)
+    lines = [
+        ";".join([name] + [class_names[c] for c in row]) for name, row in zip(video_names, best)
+    ]
+    write_atomically(path, "".join(line + "\n" for line in lines))
 
 
 def confusion_matrix_image(cm: np.ndarray, max_side: int = 1024) -> Image.Image:
@@ -113,17 +116,15 @@ def write_report(
     os.makedirs(report_dir, exist_ok=True)
     cm = confusion_matrix(labels_np, scores.argmax(dim=1).numpy(), num_classes=k)
     acc = per_class_accuracy(cm)
-    paths = {
-        "png": os.path.join(report_dir, "confusion_matrix.png"),
-        "npy": os.path.join(report_dir, "confusion_matrix.npy"),
-        "csv": os.path.join(report_dir, "per_class_accuracy.csv"),
-    }
-    confusion_matrix_image(cm).save(paths["png"])
-    np.save(paths["npy"], cm)
-    with open(paths["csv"], "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["class_index", "class_name", "videos", "correct", "accuracy"])
-        for i in range(k):
-            a = "" if math.isnan(acc[i]) else f"{acc[i]:.4f}"
-            writer.writerow([i, class_names[i], int(cm[i].sum()), int(cm[i, i]), a])
+    paths = {kind: os.path.join(report_dir, name) for kind, name in REPORT_FILES.items()}
+    image = confusion_matrix_image(cm)
+    write_atomically(paths["png"], lambda f: image.save(f, format="PNG"))
+    write_atomically(paths["npy"], lambda f: np.save(f, cm))
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["class_index", "class_name", "videos", "correct", "accuracy"])
+    for i in range(k):
+        a = "" if math.isnan(acc[i]) else f"{acc[i]:.4f}"
+        writer.writerow([i, class_names[i], int(cm[i].sum()), int(cm[i, i]), a])
+    write_atomically(paths["csv"], text.getvalue())
     return paths

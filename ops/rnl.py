@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ops.attention import ACTIVATIONS, OutputProjection, attention_macs, nonlocal_attention
+from ops.blocks import register_block
 from ops.channel_gate import ChannelGate
 from ops.region_conv import RegionConv3d
 
@@ -124,6 +125,32 @@ class RNLBlock(nn.Module):
         )
 
 
+def check_kernels(kernels) -> tuple[tuple[int, int, int], ...]:
+    """The region kernels of ``--nl_options``: 4 ``(kt, kh, kw)``, one per ResNet stage, of odd
+    sizes >= 1 (the region conv pads ``(k - 1) / 2`` on each side, which keeps the shape only for
+    odd sizes); a one-line ``ValueError`` otherwise."""
+    if not isinstance(kernels, (list, tuple)) or len(kernels) != 4:
+        raise ValueError(
+            f"'kernels' must be 4 kernels (kt, kh, kw), one per ResNet stage layer1..layer4, "
+            f"got {kernels!r}"
+        )
+    for k in kernels:
+        ints = isinstance(k, (list, tuple)) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in k
+        )
+        if not ints or len(k) != 3:
+            raise ValueError(
+                f"each of the 4 'kernels' must be (kt, kh, kw), three integers, got {k!r}"
+            )
+        if any(v < 1 or v % 2 == 0 for v in k):
+            raise ValueError(
+                f"region kernel sizes must be odd and >= 1 (padding (k - 1) / 2 keeps the "
+                f"shape only then), got {list(k)}"
+            )
+    return tuple(tuple(k) for k in kernels)
+
+
+@register_block("rnl")
 def attach(
     channels: int,
     stage: int,
@@ -137,11 +164,12 @@ def attach(
     region_impl: str = "depthwise",
     **_,
 ) -> dict[str, nn.Module]:
-    """Registry builder (``ops/non_local.py``, ``rnl``): the published RNL parts after the residual
+    """Block type ``rnl`` (``ops/blocks.py``): the published RNL parts after the residual
     block of ResNet ``stage`` with ``channels`` outputs: the channel gate before the first RNL
     block (``first``), then the RNL operation with that stage's region kernel. Keyword-only
     arguments are the block's settings (``--nl_options``) and fast-path switches; options meant
     for other block types are ignored."""
+    kernels = check_kernels(kernels)
     parts: dict[str, nn.Module] = {}
     if first:
         parts["cg"] = ChannelGate(channels, reduction=2)

@@ -86,6 +86,11 @@ def _flip_group(images: Sequence[Image.Image], invert_x_flow: bool) -> list[Imag
     )
 
 
+
+class FrameTooSmall(ValueError):
+    """Frames whose multi-scale crop would be 0 pixels wide; the data layer skips (and counts)
+    the video, as it does an unreadable one."""
+
 class GroupRandomCrop:
     """Crop all images at one random position to `size` (int, or (h, w))."""
 
@@ -283,6 +288,11 @@ class GroupMultiScaleCrop:
         image_w, image_h = im_size
         base = min(image_w, image_h)
         sizes = [int(base * s) for s in self.scales]
+        if min(sizes) < 1:  # a 0-pixel box: black crops (PIL), a reshape error (--device_aug)
+            raise FrameTooSmall(
+                f"frames of {image_w}x{image_h} px are too small for the training crop (scale "
+                f"{min(self.scales)} of their {base} px shorter side is 0 px): skipped"
+            )
         heights = [self.input_size[1] if abs(s - self.input_size[1]) < 3 else s for s in sizes]
         widths = [self.input_size[0] if abs(s - self.input_size[0]) < 3 else s for s in sizes]
         pairs = [

@@ -1,7 +1,7 @@
 """Small helpers shared by training (main.py), evaluation (test_models.py) and the tools: logging
 set-up, the AMP choices and their autocast, moving a batch of clips to the device, top-k counts,
-progress bars, and output files (checked writable before the work, written atomically). Each exists
-once, here."""
+progress bars, and output paths checked writable before the work (``ops.atomic`` writes the
+files). Each exists once, here."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from tqdm import tqdm
@@ -174,26 +174,3 @@ def ensure_writable_file(path: str, flag: str) -> None:
     if os.path.isdir(path):
         raise OutputPathError(f"{flag} {path} is a folder: give a file name")
     ensure_writable_dir(os.path.dirname(os.path.abspath(path)), flag)
-
-
-def write_atomically(path: str, write: Callable[[str], None]) -> None:
-    """``write(temporary path)`` next to ``path``, flushed to disk, then renamed to ``path``: an
-    interrupted or failed write (a full disk) never leaves a partial file under the final name."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # as open() would create it, not mkstemp's 0600
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        if isinstance(exc, OSError) and exc.errno is not None:  # name the file asked for
-            raise OSError(exc.errno, exc.strerror or str(exc), path) from exc
-        raise

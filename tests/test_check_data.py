@@ -1,5 +1,6 @@
 """tools/check_data.py finds every planted problem of the bad dataset, and nothing else."""
 
+import os
 import re
 from collections import Counter
 
@@ -62,6 +63,23 @@ def test_cli_report_file_and_exit_codes(tmp_path, capsys):
     assert main(["nosuchdataset"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_report_never_writes_over_the_list_it_checks(tmp_path, capsys, split):
+    # Issue 25: `check_data.py --report` given the list it checks overwrote the list. Also
+    # through a symlink to it, and for the list of the other split named.
+    frames, lst = build_bad_dataset(tmp_path)
+    os.symlink(lst, tmp_path / "alias.txt")
+    before = lst.read_bytes()
+    common = ["--root_path", str(frames), "--image_tmpl", "img_{:05d}.jpg", "--num_class", "3"]
+    for report in (lst, tmp_path / "alias.txt"):
+        code = main(["mydata", "--train_list", str(lst), "--val_list", str(lst), "--split", split,
+                     "--report", str(report)] + common)  # fmt: skip
+        out, err = capsys.readouterr()
+        assert code == 2 and out == "" and err.count("\n") == 1, err
+        assert f"error: --report {report} is the input --{split}_list {lst}" in err
+    assert lst.read_bytes() == before
 
 
 def test_quick_mode_and_missing_list(tmp_path):

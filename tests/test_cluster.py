@@ -227,6 +227,10 @@ def slurm_env(rank: int, port: int, bin_dir: str, log: str) -> dict:
         SLURM_PROCID=str(rank),
         SLURM_LOCALID=str(rank),
         SLURM_NODEID="0",
+        SLURM_STEP_ID="0",  # srun's: the tasks of a job step
+        SLURM_STEP_NUM_TASKS="2",
+        SLURM_STEP_NUM_NODES="1",
+        SLURM_STEP_TASKS_PER_NODE="2",
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
         PATH=bin_dir + os.pathsep + env.get("PATH", ""),
@@ -449,3 +453,55 @@ def test_resume_auto_is_rank_0s_choice_and_its_file_reaches_ranks_without_it(tmp
     assert [(g["epoch"], g["w"]) for g in got] == [(3, [1.0, 2.0])] * 2
     # the rank's view of its disk is untouched: it only read rank 0's bytes
     assert torch.load(nodes[1] / "ckpt" / "run" / "ckpt.pth.tar")["epoch"] == 1
+
+
+# ---- loader workers ignore stop signals whatever the start method --------------------------------
+
+_WORKER_START = """
+import json, os, signal, sys, threading, time
+from torch.utils.data import DataLoader, Dataset
+from ops.engine.stop import StopRequest, loader_worker_init, stop_signals_blocked
+
+class Slow(Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        time.sleep(0.05)
+        return i
+
+if __name__ == "__main__":
+    method, delay = sys.argv[1], float(sys.argv[2])
+    stop = StopRequest().install()
+    loader = DataLoader(Slow(), batch_size=2, num_workers=2, multiprocessing_context=method,
+                        worker_init_fn=loader_worker_init())
+    if delay > 0:  # while the workers still start (spawn / forkserver workers import torch)
+        threading.Timer(delay, os.killpg, (0, signal.SIGTERM)).start()
+    with stop_signals_blocked(loader):  # as the training loop starts its workers
+        batches = iter(loader)
+        if delay == 0:
+            os.killpg(0, signal.SIGTERM)  # a scheduler's SIGTERM to the whole process group
+    got = [b.tolist() for b in batches]
+    print(json.dumps(dict(got=got, requested=stop.requested, by=stop.signal_name)))
+"""
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.3])
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_a_sigterm_while_loader_workers_start_reaches_only_the_training_process(
+    tmp_path, method, delay
+):
+    # Workers ignored the stop signals only because fork copies the blocked signal mask: with
+    # forkserver (Python 3.14's default) or spawn, a SIGTERM to the group during their start-up
+    # killed them ("DataLoader worker exited unexpectedly").
+    script = tmp_path / "workers.py"
+    script.write_text(_WORKER_START)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run(
+        [sys.executable, str(script), method, str(delay)], env=env,
+        capture_output=True, text=True, timeout=300, start_new_session=True,  # its own group
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["got"] == [[0, 1], [2, 3], [4, 5], [6, 7]]  # every batch, from live workers
+    assert result["requested"] and result["by"] == "SIGTERM"  # the training process saw it

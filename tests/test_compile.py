@@ -4,6 +4,7 @@ compilation falls back to eager mode with one warning and without side effects."
 import logging
 import shutil
 
+import pytest
 import torch
 from torch import nn
 
@@ -118,3 +119,59 @@ def test_failure_after_a_graph_break_does_not_update_statistics_twice():
     for name, buf in eager.state_dict().items():
         assert torch.equal(wrapped.module.state_dict()[name], buf), name
     assert torch.equal(out, expected)
+
+
+# ---- issue 25: the fallback covers the backward's compilation too ---------------------------
+
+
+def _backward_fails_to_compile():
+    """An AOTAutograd backend whose forward compiles and whose backward compiler raises, as
+    inductor's does where its backward kernels cannot be built. AOTAutograd compiles the
+    backward lazily, at the first backward call: after the forward has run."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    def forward_compiler(gm, example_inputs):
+        return make_boxed_func(gm.forward)
+
+    def backward_compiler(gm, example_inputs):
+        raise RuntimeError("no backward kernel here\nsecond line")
+
+    return aot_autograd(fw_compiler=forward_compiler, bw_compiler=backward_compiler)
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_a_backward_that_fails_to_compile_falls_back_before_the_loss_backward(caplog, recompute):
+    # Before: the failure escaped from loss.backward() in the training loop while the wrapper's
+    # `compiled` still read True.
+    clip = _clip()
+    eager_model = _model(**FAST, recompute=recompute)
+    eager = _run(eager_model, clip)
+    torch._dynamo.reset()
+    model = _model(**FAST, recompute=recompute)
+    wrapped = CompiledWithFallback(model, backend=_backward_fails_to_compile())
+    with caplog.at_level(logging.WARNING, logger="ops.engine.compile"):
+        first = _run(wrapped, clip)  # forward and loss.backward(), as the training loop does
+        second = _run(wrapped, clip)
+    assert not wrapped.compiled
+    messages = _warnings(caplog)
+    assert len(messages) == 1 and "no backward kernel here" in messages[0]
+    assert "\n" not in messages[0]
+    for a, b, c in zip(first, second, eager):
+        assert torch.equal(a, c) and torch.equal(b, c)  # the eager module, bit for bit
+    _run(eager_model, clip)  # the eager model's second call: its statistics after two calls
+    eager_buffers = dict(eager_model.named_buffers())
+    for name, buf in model.named_buffers():  # BN statistics updated once per call, as eager
+        assert torch.equal(buf, eager_buffers[name]), name
+
+
+def test_a_backward_that_compiles_keeps_the_compiled_path_and_its_gradients(caplog):
+    clip = _clip()
+    eager = _run(_model(**FAST, recompute=True), clip)
+    torch._dynamo.reset()
+    wrapped = CompiledWithFallback(_model(**FAST, recompute=True), backend="aot_eager")
+    with caplog.at_level(logging.WARNING, logger="ops.engine.compile"):
+        got = _run(wrapped, clip)
+    assert wrapped.compiled and not _warnings(caplog)
+    for a, b in zip(got, eager):
+        assert _close(a, b, 5e-4)  # output and every gradient, accumulated once

@@ -366,3 +366,22 @@ def test_bad_list_table_is_consistent():
     # the planted problems cover every list-level kind the loader knows
     kinds = {k for _, ks in BAD_LIST for k in ks}
     assert {"wrong_fields", "bad_frame_count", "bad_label", "label_range"} <= kinds
+
+
+def test_duplicate_entries_are_counted_and_warned(tmp_path, caplog):
+    # They were trained on / scored as often as listed without a word (test_models.py scored
+    # a video listed twice twice).
+    write_grey_video(tmp_path / "frames" / "a", 9)
+    write_grey_video(tmp_path / "frames" / "b", 9)
+    lst = make_list(tmp_path / "l.txt", ["a 9 1", "b 9 0", "a 9 1", "a 9 1", "b 9 0", "c 9 2"])
+    with caplog.at_level(logging.WARNING, logger="ops.dataset"):
+        ds = TSNDataSet(str(tmp_path / "frames"), lst, num_segments=3, random_shift=False)
+    assert len(ds) == 6  # kept as listed
+    warned = [r.getMessage() for r in caplog.records if "duplicate" in r.getMessage()]
+    assert len(warned) == 1 and "\n" not in warned[0]
+    assert "3 duplicate entries" in warned[0] and "2 videos" in warned[0]
+    assert "'a'" in warned[0] and "lines 1, 3, 4" in warned[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ops.dataset"):
+        TSNDataSet(str(tmp_path / "frames"), make_list(tmp_path / "m.txt", ["a 9 1", "b 9 0"]))
+    assert not [r for r in caplog.records if "duplicate" in r.getMessage()]

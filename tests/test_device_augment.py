@@ -256,3 +256,38 @@ def test_video_files_are_decoded_in_the_worker_and_augmented_on_the_device(tmp_p
         got = EncodedBatch([clip]).augment("cpu")[0]
         assert (got.int() - expected.int()).abs().max() <= 1
     assert flips == {True, False}
+
+
+def _one_pixel_frames(folder) -> None:
+    for jpg in sorted(folder.iterdir()):
+        buf = io.BytesIO()
+        Image.fromarray(np.full((1, 1, 3), 120, np.uint8)).save(buf, format="JPEG")
+        jpg.write_bytes(buf.getvalue())
+
+
+@pytest.mark.parametrize("device_aug", [True, False])
+def test_frames_too_small_to_crop_are_one_line_per_video(tmp_path, device_aug):
+    # 1x1 frames: the multi-scale crop's scales give 0-pixel boxes. With --device_aug that was
+    # a raw reshape traceback; the PIL path trained on black crops without a word.
+    import main as train_main
+    from ops.synthetic import make_tiny
+    from tests.test_main import tiny_args
+    from tests.test_run_safety import one_line_exit, run_dir
+
+    root = tmp_path / "data"
+    make_tiny(root)
+    frames = root / "synthetic" / "frames"
+    lines = (root / "synthetic" / "train_videofolder.txt").read_text().splitlines()
+    _one_pixel_frames(frames / lines[0].split()[0])  # one training video of 1x1 frames
+    extra = ["--epochs", "1", "--workers", "0", *(["--device_aug"] if device_aug else [])]
+    argv = tiny_args(str(root), str(tmp_path / "out"), *extra)
+    train_main.main(argv)  # trains, skipping (and counting) that video
+    log = os.path.join(
+        tmp_path, "out", "log", os.path.basename(run_dir(str(tmp_path / "out"), argv))
+    )
+    with open(os.path.join(log, "log.csv")) as f:
+        assert [row["skipped_videos"] for row in csv.DictReader(f)] == ["1"]
+    for line in lines[1:]:  # every training video: the epoch has no clip
+        _one_pixel_frames(frames / line.split()[0])
+    message = one_line_exit(tiny_args(str(root), str(tmp_path / "out2"), *extra))
+    assert "training epoch 1 saw 0 clips" in message

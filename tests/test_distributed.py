@@ -77,6 +77,8 @@ def test_slurm_environment():
         "SLURM_LOCALID": "3",
         "SLURM_TASKS_PER_NODE": "4(x2)",
         "SLURM_NODEID": "0",
+        "SLURM_STEP_ID": "0",  # srun's: a real job step
+        "SLURM_STEP_NUM_TASKS": "8",
         "MASTER_ADDR": "node0",
         "MASTER_PORT": "29500",
     }
@@ -86,8 +88,10 @@ def test_slurm_environment():
     with pytest.raises(du.DistributedSetupError, match="MASTER_ADDR"):
         plan(env=no_master, num_visible_gpus=4)
     # One SLURM task per node spawning its GPUs: SLURM gives the node count and node rank.
+    step = {"SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "2"}
     spawn = plan(
-        env={"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "MASTER_ADDR": "n0", "MASTER_PORT": "1"},
+        env={"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "MASTER_ADDR": "n0", "MASTER_PORT": "1"}
+        | step,
         multiprocessing_distributed=True,
         num_visible_gpus=4,
     )
@@ -96,7 +100,8 @@ def test_slurm_environment():
 
 def test_single_process_and_single_task_slurm():
     assert plan().mode == "single"
-    p = plan(env={"SLURM_PROCID": "0", "SLURM_NTASKS": "1"})
+    p = plan(env={"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_STEP_ID": "0",
+                  "SLURM_STEP_NUM_TASKS": "1"})  # fmt: skip
     assert p.mode == "single" and p.world_size == 1
 
 
@@ -217,6 +222,11 @@ def _slurm_env(procid, ntasks=2, per_node=2, nodes=1, **extra):
         "SLURM_NODEID": str(procid // per_node),
         "SLURM_NNODES": str(nodes),
         "SLURM_TASKS_PER_NODE": f"{per_node}(x{nodes})" if nodes > 1 else str(per_node),
+        # what srun adds for the tasks of a job step (a batch or salloc shell has none of it)
+        "SLURM_STEP_ID": "0",
+        "SLURM_STEP_NUM_TASKS": str(ntasks),
+        "SLURM_STEP_NUM_NODES": str(nodes),
+        "SLURM_STEP_TASKS_PER_NODE": f"{per_node}(x{nodes})" if nodes > 1 else str(per_node),
     }
     env.update(extra)
     return env
@@ -337,3 +347,96 @@ def test_a_busy_published_port_is_replaced_on_a_single_node():
     free = du.free_port()
     assert du.local_rendezvous(f"tcp://localhost:{free}") == f"tcp://localhost:{free}"
     assert du.local_rendezvous("tcp://node0:6666") == "tcp://node0:6666"  # not ours to change
+
+
+# ---- issue 25: a batch or salloc shell is not a SLURM job step; localhost needs one node ----
+
+
+def _batch_shell_env(**extra) -> dict:
+    """`sbatch --nodes 2 --ntasks-per-node 4` (or salloc): the shell that runs the script has
+    the allocation's task count and SLURM_PROCID=0, but it is no task of an srun step."""
+    env = {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_NTASKS": "8",
+        "SLURM_NPROCS": "8",
+        "SLURM_NNODES": "2",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_TASKS_PER_NODE": "4(x2)",
+        "SLURM_NTASKS_PER_NODE": "4",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "MASTER_ADDR": "node0",
+        "MASTER_PORT": "29500",
+    }
+    env.update(extra)
+    return env
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        {},  # the batch step: slurmstepd sets no SLURM_STEP_ID for it
+        {"SLURM_STEP_ID": "4294967291"},  # the batch script's id (Slurm >= 20.11)
+        {"SLURM_STEP_ID": "4294967294"},  # ... and before 20.11
+        {"SLURM_STEP_ID": "4294967290", "SLURM_STEP_NUM_TASKS": "1"},  # salloc's interactive step
+    ],
+)
+def test_a_batch_or_salloc_shell_is_not_taken_for_rank_0_of_the_allocation(step, caplog):
+    # The published command typed in the batch script (no srun) was planned as rank 0 of 8 and
+    # waited --dist_timeout minutes for 7 ranks nobody starts.
+    with caplog.at_level(logging.WARNING, logger="ops.distributed"):
+        p = plan(env=_batch_shell_env(**step), num_visible_gpus=4, **PUBLISHED)
+    assert (p.mode, p.world_size, p.nprocs, p.launcher) == ("spawn", 4, 4, "flags")
+    warned = [r.getMessage() for r in caplog.records if "SLURM_NTASKS=8" in r.getMessage()]
+    assert len(warned) == 1 and "srun" in warned[0] and "\n" not in warned[0]
+    # without the spawn flags: one process, not rank 0 of 8
+    assert plan(env=_batch_shell_env(**step), num_visible_gpus=4).mode == "single"
+
+
+def test_the_ranks_are_the_steps_tasks_not_the_allocations():
+    # sbatch --ntasks 8, then `srun --ntasks 4 --preserve-env ...`: SLURM_NTASKS keeps the
+    # allocation's 8, the step has 4 tasks.
+    env = _slurm_env(1, 4, 4, 1, MASTER_ADDR="n0", MASTER_PORT="1", SLURM_NTASKS="8")
+    p = plan(env=env, num_visible_gpus=4)
+    assert (p.mode, p.world_size, p.local_world_size, p.nodes) == ("env", 4, 4, 1)
+
+
+@pytest.mark.parametrize("url", ["tcp://localhost:6666", "tcp://127.0.0.1:6666"])
+def test_a_localhost_url_is_refused_for_hand_ranked_processes(url):
+    # --world-size 2 --rank r without --multiprocessing-distributed: one process per node, as
+    # published; localhost would make each node wait for itself.
+    with pytest.raises(du.DistributedSetupError) as exc:
+        plan(world_size=2, rank=1, dist_url=url)
+    message = str(exc.value)
+    assert "\n" not in message and url in message and "--dist-url tcp://<host" in message
+    p = plan(world_size=2, rank=1, dist_url="tcp://node0:6666")  # a reachable host is fine
+    assert (p.mode, p.world_size, p.node_rank) == ("env", 2, 1)
+
+
+def test_a_localhost_master_addr_is_refused_across_nodes():
+    env = _slurm_env(5, 8, 4, 2, MASTER_ADDR="localhost", MASTER_PORT="29500")
+    with pytest.raises(du.DistributedSetupError, match="MASTER_ADDR=localhost"):
+        plan(env=env, num_visible_gpus=4)
+    one_node = _slurm_env(1, 4, 4, 1, MASTER_ADDR="127.0.0.1", MASTER_PORT="29500")
+    assert plan(env=one_node, num_visible_gpus=4).world_size == 4  # one node: fine
+
+
+def test_the_published_command_in_a_batch_shell_as_users_run_it(tmp_path):
+    # `sbatch` script without srun: main.py's own process, the batch step's environment.
+    import shlex
+    import subprocess
+    import sys
+
+    from tests.test_opts import SOMETHING
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD"))}
+    env.update(_batch_shell_env(SLURM_STEP_ID="4294967291"))
+    proc = subprocess.run(
+        [sys.executable, os.path.join(repo, "main.py"), *shlex.split(SOMETHING), "--dry_run"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "SLURM_NTASKS=8, but this process is not a task of an srun job step" in proc.stderr
+    assert "world size 4" in proc.stdout, proc.stdout  # this node's 4 GPUs, not 8 ranks

@@ -7,13 +7,18 @@ the plain runtime APIs and compared with the eager model on a new clip.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 from torch import nn
 
-from ops.checkpoint import save_checkpoint
+from ops.checkpoint import load_model, save_checkpoint
 from ops.models import TSN
 from tools import export
 
@@ -129,3 +134,54 @@ def test_missing_checkpoint_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert len(err) == 1 and err[0].startswith("error: ") and "does not exist" in err[0]
+
+
+def sha(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_export_never_writes_over_its_weights(trained, tmp_path, capsys):
+    # Issue 25: `export.py --weights R/ckpt.pth.tar --out R/ckpt --format pth` replaced the
+    # training checkpoint with a slim one (no optimizer, epoch 0).
+    model, path = trained
+    run = tmp_path / "R"
+    run.mkdir()
+    ckpt = run / "ckpt.pth.tar"
+    shutil.copy(path, ckpt)
+    os.symlink(ckpt, run / "alias.pth.tar")
+    before = sha(ckpt)
+    for out in (run / "ckpt", run / "alias"):  # the file, then a symlink to it
+        rc = export.main(["--weights", str(ckpt), "--out", str(out), "--format", "pth"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1, err
+        assert f"--out (pth) {out}.pth.tar is the input --weights {ckpt}" in err[0]
+    assert sha(ckpt) == before
+    assert sorted(os.listdir(run)) == ["alias.pth.tar", "ckpt.pth.tar"]
+
+
+def test_safetensors_round_trip_to_the_same_name_keeps_the_sidecar_valid(trained, tmp_path):
+    # --weights x.safetensors --out x --format pth rewrites x.json as the description of the
+    # same export (the docstring's conversion back): allowed, and x.safetensors still loads.
+    model, path = trained
+    out = str(tmp_path / "x")
+    assert export.main(["--weights", path, "--out", out, "--format", "safetensors"]) == 0
+    assert export.main(["--weights", out + ".safetensors", "--out", out, "--format", "pth"]) == 0
+    again, _ = load_model(out + ".safetensors")
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(again.state_dict()[name], tensor), name
+    # ... but not to --format safetensors: that would be the weights themselves
+    rc = export.main(["--weights", out + ".safetensors", "--out", out, "--format", "safetensors"])
+    assert rc == 2
+
+
+def test_export_cli_refuses_its_weights_as_out_as_users_run_it(trained, tmp_path):
+    # the command of issue 25, in a subprocess: one line, exit 2, the checkpoint untouched
+    _, path = trained
+    ckpt = tmp_path / "ckpt.pth.tar"
+    shutil.copy(path, ckpt)
+    tool = os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools", "export.py")
+    argv = [sys.executable, tool, "--weights", str(ckpt), "--out", str(tmp_path / "ckpt")]
+    proc = subprocess.run([*argv, "--format", "pth"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines()[-1].startswith(f"error: --out (pth) {ckpt} is the input ")
+    assert "Traceback" not in proc.stderr and sha(ckpt) == sha(path)

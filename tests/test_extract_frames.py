@@ -6,6 +6,7 @@ crash test kills a real extraction process and runs it again.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -20,8 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ops.video import sample_videos_dir
 from tools import extract_frames
-from tools._common import sample_videos_dir
 
 REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "extract_frames.py"
@@ -109,7 +110,8 @@ def test_corrupted_videos_are_reported_not_fatal(videos, tmp_path, capsys):
     )
 
     assert rc == 1  # some video failed
-    assert sorted(p.name for p in out.iterdir()) == ["good"]  # nothing left for the bad ones
+    outputs = sorted(p.name for p in out.iterdir() if p.name != extract_frames.RECORD)
+    assert outputs == ["good"]  # nothing left for the bad ones
     assert jpg_count(out / "good") == len(decode_plain(videos / "carphone_distorted.mp4"))
     assert partial_dirs(out) == []
     report = capsys.readouterr().out
@@ -221,3 +223,276 @@ def test_missing_source_is_a_one_line_error(tmp_path, capsys):
     rc = extract_frames.main([str(tmp_path / "nope"), str(tmp_path / "o")])
     assert rc == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- issue 25: outputs
+def unwritable_dir(tmp_path: Path) -> Path | None:
+    """A folder this process cannot create files in (root ignores permissions: sysfs refuses)."""
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        return locked / "out"
+    return Path("/sys/kernel/rnl_extract_test") if os.path.isdir("/sys/kernel") else None
+
+
+def test_an_output_that_is_a_file_or_unwritable_is_a_one_line_error(videos, tmp_path, capsys):
+    src = videos / "carphone_distorted.mp4"
+    (tmp_path / "file").write_text("not a folder")
+    outs = [tmp_path / "file", tmp_path / "file" / "sub"]
+    locked = unwritable_dir(tmp_path)
+    outs += [locked] if locked is not None else []
+    for out in outs:
+        rc = extract_frames.main([str(src), str(out)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and err[0].startswith("error: "), err
+        assert str(out) in err[0] or str(out.parent) in err[0]
+    assert (tmp_path / "file").read_text() == "not a folder"
+
+
+def frames_of(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_rerun_with_other_settings_is_refused_naming_them(videos, tmp_path, capsys):
+    src = tmp_path / "videos"
+    src.mkdir()
+    shutil.copy(videos / "carphone_distorted.mp4", src / "a.mp4")
+    out = tmp_path / "frames"
+    assert extract_frames.main([str(src), str(out), "--short_side", "64"]) == 0
+    record = json.loads((out / extract_frames.RECORD).read_text())
+    assert record["settings"] == {
+        "output": "folders", "image_tmpl": "img_{:05d}.jpg", "short_side": 64, "fps": None,
+        "quality": 90,
+    }  # fmt: skip
+    before = frames_of(out / "a")
+    capsys.readouterr()
+    shutil.copy(videos / "carphone_pristine.mp4", src / "b.mp4")  # a video added since
+    for flags, was, now in (
+        (["--short_side", "96"], "--short_side 64", "--short_side 96"),
+        (["--short_side", "64", "--fps", "10"], "--fps none", "--fps 10.0"),
+        (["--short_side", "64", "--pack"], "frame folders", "--pack"),
+        (["--short_side", "64", "--quality", "80"], "--quality 90", "--quality 80"),
+    ):
+        rc = extract_frames.main([str(src), str(out), *flags])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1, err
+        assert f"was extracted with {was}, not {now}" in err[0]
+        assert "--overwrite" in err[0] and "recorded settings" in err[0]
+    assert sorted(p.name for p in out.iterdir()) == ["a", extract_frames.RECORD]  # untouched
+    assert frames_of(out / "a") == before
+    # The recorded settings resume (the old video is already done, the new one is extracted).
+    assert extract_frames.main([str(src), str(out), "--short_side", "64"]) == 0
+    assert "2 videos: 1 extracted (120 frames), 1 already done" in capsys.readouterr().out
+    # --overwrite with other settings redoes every video and records them.
+    assert extract_frames.main([str(src), str(out), "--short_side", "96", "--overwrite"]) == 0
+    assert Image.open(out / "a" / "img_00001.jpg").size == (117, 96)  # 176x144 -> 117x96
+    record = json.loads((out / extract_frames.RECORD).read_text())
+    assert record["settings"]["short_side"] == 96 and "replacing" not in record
+    assert extract_frames.main([str(src), str(out), "--short_side", "96"]) == 0
+    assert "2 already done" in capsys.readouterr().out
+
+
+def test_an_unfinished_overwrite_is_not_resumed_into_a_mixed_dataset(videos, tmp_path, capsys):
+    src = tmp_path / "videos"
+    src.mkdir()
+    for name in ("a", "b"):
+        shutil.copy(videos / "carphone_distorted.mp4", src / f"{name}.mp4")
+    out = tmp_path / "frames"
+    assert extract_frames.main([str(src), str(out), "--short_side", "64"]) == 0
+    # What a killed `--short_side 96 --overwrite` run leaves: its record, written before any video.
+    found = extract_frames.find_videos(str(src))
+    settings = extract_frames.Settings(out_dir=str(out), short_side=96, overwrite=True)
+    assert extract_frames.claim_output(settings, found).replacing
+    capsys.readouterr()
+    rc = extract_frames.main([str(src), str(out), "--short_side", "96"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "did not finish" in err and "--overwrite" in err
+    # Finishing it: b no longer decodes, so its old (64 px) frames go rather than stay mixed in.
+    (src / "b.mp4").write_bytes(b"not a video any more")
+    assert extract_frames.main([str(src), str(out), "--short_side", "96", "--overwrite"]) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["a", extract_frames.RECORD]
+    assert Image.open(out / "a" / "img_00001.jpg").size == (117, 96)
+    assert "replacing" not in json.loads((out / extract_frames.RECORD).read_text())
+
+
+def test_outputs_without_a_record_are_refused(videos, tmp_path, capsys):
+    src = videos / "carphone_distorted.mp4"
+    out = tmp_path / "frames"
+    assert extract_frames.main([str(src), str(out), "--short_side", "64"]) == 0
+    (out / extract_frames.RECORD).unlink()  # as an older version of the tool left them
+    capsys.readouterr()
+    assert extract_frames.main([str(src), str(out), "--short_side", "64"]) == 2
+    assert "no record of the settings" in capsys.readouterr().err
+    assert extract_frames.main([str(src), str(out), "--short_side", "64", "--overwrite"]) == 0
+    assert (out / extract_frames.RECORD).is_file()
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--pack", "--reencode", "8"], "--pack and --reencode cannot be combined"),
+        (["--reencode", "8", "--quality", "80"], "--quality and --reencode cannot be combined"),
+        (["--reencode", "8", "--dataset", "jester"], "--dataset and --reencode"),
+        (["--crf", "20"], "--crf needs --reencode"),
+        (["--reencode", "0"], "--reencode GOP must be >= 1"),
+        (["--reencode", "8", "--x264_preset", "fastest"], "--x264_preset must be one of"),
+    ],
+)
+def test_flags_that_cannot_work_together_are_refused(videos, tmp_path, capsys, flags, needle):
+    rc = extract_frames.main([str(videos / "carphone_distorted.mp4"), str(tmp_path / "o"), *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and needle in err[0], err
+    assert not (tmp_path / "o").exists()  # refused before anything is written
+
+
+# --------------------------------------------------------------------------- --pack
+def test_pack_writes_the_frame_files_byte_for_byte(videos, tmp_path):
+    from ops.packed_frames import PackedFile
+
+    src = tmp_path / "videos" / "class"
+    src.mkdir(parents=True)
+    shutil.copy(videos / "carphone_pristine.mp4", src / "v.mp4")
+    folders, packed = tmp_path / "folders", tmp_path / "packed"
+    assert extract_frames.main([str(tmp_path / "videos"), str(folders), "--short_side", "96"]) == 0
+    assert extract_frames.main([str(tmp_path / "videos"), str(packed), "--short_side", "96", "--pack"]) == 0  # fmt: skip
+    assert sorted(p.name for p in packed.iterdir()) == ["class", extract_frames.RECORD]
+    with PackedFile(str(packed / "class" / "v.zip")) as pf:
+        assert {n: pf.read(n) for n in pf.names} == frames_of(folders / "class" / "v")
+        assert pf.names == sorted(pf.names) and len(pf.names) == 120
+
+
+def test_a_killed_pack_run_leaves_no_file_that_looks_finished(videos, tmp_path):
+    from ops.packed_frames import PackedFile
+
+    src = tmp_path / "videos"
+    src.mkdir()
+    for i in range(2):
+        shutil.copy(videos / "bigbuckbunny.mp4", src / f"clip{i}.mp4")
+    out = tmp_path / "packed"
+    cmd = [sys.executable, str(TOOL), str(src), str(out), "--short_side", "64", "--pack"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out.exists() and list(out.glob("clip*.zip")) and list(out.glob(".clip*.partial-*")):
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "the extraction ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    expected = len(decode_plain(videos / "bigbuckbunny.mp4"))
+    (done,) = list(out.glob("clip*.zip"))
+    assert list(out.glob(".clip*.partial-*"))  # the half-written one, under a temporary name
+    with PackedFile(str(done)) as pf:
+        assert len(pf.names) == expected and pf.check() == []
+    assert extract_frames.main([str(src), str(out), "--short_side", "64", "--pack"]) == 0
+    assert not list(out.glob(".clip*"))
+    for i in range(2):
+        with PackedFile(str(out / f"clip{i}.zip")) as pf:
+            assert len(pf.names) == expected and pf.check() == []
+
+
+# --------------------------------------------------------------------------- --reencode
+def key_frames(path: Path) -> list[int]:
+    with av.open(str(path)) as container:
+        return [i for i, f in enumerate(container.decode(video=0)) if f.key_frame]
+
+
+def test_reencode_writes_a_key_frame_every_gop_frames_read_exactly_by_seeking(videos, tmp_path):
+    from ops.sampling import clip_frames
+    from ops.video import VideoReader
+
+    src = videos / "bikes.mp4"  # 250 frames, 640x272
+    n = len(decode_plain(src))
+    decoded: dict[str, int] = {}
+    per_clip = {}
+    real_decode = VideoReader._decode
+
+    def counting(self, packets):
+        for frame in real_decode(self, packets):
+            decoded[self.path] = decoded.get(self.path, 0) + 1
+            yield frame
+
+    for gop in (250, 8, 1):
+        out = tmp_path / f"gop{gop}"
+        rc = extract_frames.main([str(src), str(out), "--short_side", "96", "--reencode", str(gop),
+                                  "--x264_preset", "veryfast"])  # fmt: skip
+        assert rc == 0
+        path = out / "bikes.mp4"
+        assert key_frames(path) == list(range(0, n, gop))  # exactly every GOP frames
+        plain = decode_plain(path)
+        assert len(plain) == n and plain[0].shape[:2] == (96, 224)  # 225.9 -> 225 -> even 224
+        # The reader's frames are the plain decode's, bit for bit, wherever it seeks.
+        rng = np.random.RandomState(gop)
+        wanted = sorted(set(rng.randint(1, n + 1, size=12).tolist()) | {1, n})
+        with mock_patch(VideoReader, "_decode", counting), VideoReader(str(path)) as reader:
+            got = reader.read(wanted)
+            assert reader.model == "grid"
+        assert all(np.array_equal(np.asarray(got[k]), plain[k - 1]) for k in wanted)
+        # A training clip decodes about GOP/2 frames per sampled frame, not the whole video.
+        decoded.clear()
+        with mock_patch(VideoReader, "_decode", counting), VideoReader(str(path)) as reader:
+            reader.read(clip_frames(n, 8, mode="train", rng=np.random.RandomState(0)))
+        per_clip[gop] = decoded[str(path)]
+    assert per_clip[1] == 8
+    assert per_clip[8] <= 8 * 8 + 4  # at most a GOP per sampled frame (B-frame reordering: a few)
+    assert per_clip[250] > 150  # one GOP: decoding runs from the start to the last sampled frame
+
+
+def mock_patch(obj, name, value):
+    from unittest import mock
+
+    return mock.patch.object(obj, name, value)
+
+
+def test_reencode_never_writes_over_its_input(videos, tmp_path, capsys):
+    src = tmp_path / "v"
+    src.mkdir()
+    shutil.copy(videos / "carphone_distorted.mp4", src / "a.mp4")
+    data = (src / "a.mp4").read_bytes()
+    assert extract_frames.main([str(src), str(src), "--reencode", "8"]) == 2
+    err = capsys.readouterr().err
+    assert f"--reencode would write {src / 'a.mp4'} over itself" in err
+    assert (src / "a.mp4").read_bytes() == data
+
+
+def test_changing_the_output_kind_removes_old_outputs_but_never_an_input(videos, tmp_path):
+    folder = tmp_path / "v"  # videos and their outputs in one folder
+    folder.mkdir()
+    shutil.copy(videos / "carphone_distorted.mp4", folder / "a.mp4")
+    data = (folder / "a.mp4").read_bytes()
+    assert extract_frames.main([str(folder), str(folder), "--short_side", "64"]) == 0
+    assert (folder / "a").is_dir()
+    assert extract_frames.main([str(folder), str(folder), "--short_side", "64", "--pack", "--overwrite"]) == 0  # fmt: skip
+    assert not (folder / "a").exists() and (folder / "a.zip").is_file()  # the folder was stale
+    assert (folder / "a.mp4").read_bytes() == data  # the input is untouched
+def test_a_frame_folder_is_never_a_video_nor_holds_one(videos, tmp_path, capsys):
+    # Frames written beside the videos (OUT = VIDEOS_DIR), where a video cls.mp4 sits beside the
+    # class folder cls/: cls.mp4's frame folder would be cls/, which holds cls/a.mp4, and
+    # --overwrite swaps that folder out and deletes it (without it, cls.mp4 is "already done").
+    sample = min(videos.glob("*.mp4"), key=lambda p: p.stat().st_size)
+    src = tmp_path / "v"
+    (src / "cls").mkdir(parents=True)
+    shutil.copy(sample, src / "cls.mp4")
+    shutil.copy(sample, src / "cls" / "a.mp4")
+    for extra in ([], ["--overwrite"]):
+        rc = extract_frames.main([str(src), str(src), *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and err[-1].startswith("error: "), err
+        assert f"OUT (cls's frames) {src / 'cls'} holds the input the video " in err[-1]
+    assert sorted(str(p.relative_to(src)) for p in src.rglob("*")) == [
+        "cls",
+        "cls.mp4",
+        "cls/a.mp4",
+    ]
+    # --failed_list naming a video, and OUT naming the video itself, are refused too
+    for argv in ([str(src / "cls.mp4"), str(src / "cls.mp4")],
+                 [str(src), str(tmp_path / "o"), "--failed_list", str(src / "cls" / "a.mp4")]):  # fmt: skip
+        assert extract_frames.main(argv) == 2
+        assert "is the input the video" in capsys.readouterr().err
+    assert (src / "cls" / "a.mp4").read_bytes() == sample.read_bytes()
+    assert not (tmp_path / "o").exists()

@@ -335,3 +335,71 @@ def test_missing_annotations_and_frames_are_one_line_errors(tmp_path, capsys):
         == 2
     )
     assert "extract the frames first" in capsys.readouterr().err
+
+
+def test_packed_frames_are_listed_like_their_folders(tmp_path, capsys):
+    from ops.packed_frames import write_packed
+
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    header = "label,youtube_id,time_start,time_end,split\n"
+    (ann / "kinetics_train.csv").write_text(
+        header + "abseiling,aaaaaaaaaaa,14,24,train\nair drumming,ccccccccccc,0,10,train\n"
+    )
+    (ann / "kinetics_val.csv").write_text(header + "abseiling,ddddddddddd,1,11,val\n")
+    images = tmp_path / "data" / "kinetics" / "images"
+    # as extract_frames.py --pack writes them: <class>/<clip>.zip, no frame folders
+    for rel, n, skip in (
+        ("abseiling/aaaaaaaaaaa_000014_000024", 7, ()),
+        ("air_drumming/ccccccccccc_000000_000010", 6, (4,)),
+        ("abseiling/ddddddddddd_000001_000011", 2, ()),
+    ):
+        (images / rel).parent.mkdir(parents=True, exist_ok=True)
+        frames = [(f"img_{k:05d}.jpg", b"jpeg") for k in range(1, n + 1) if k not in skip]
+        write_packed(str(images / f"{rel}.zip"), frames)
+    (images / "abseiling" / "broken.zip").write_bytes(b"not a zip")  # skipped, not fatal
+    make_frames(images / "abseiling" / "ddddddddddd_000001_000011", 2)  # packed beside its folder
+
+    rc = gen_lists.main(["kinetics", "--annotations", str(ann), "--data_root", str(tmp_path / "data")])  # fmt: skip
+
+    assert rc == 0
+    labels = tmp_path / "data" / "kinetics" / "labels"
+    assert read(labels / "train_videofolder.txt") == [
+        "abseiling/aaaaaaaaaaa_000014_000024 7 0",
+        "air_drumming/ccccccccccc_000000_000010 3 1",  # frames 1-3, then the gap
+    ]
+    assert read(labels / "val_videofolder.txt") == ["abseiling/ddddddddddd_000001_000011 2 0"]
+    assert "several folders" not in capsys.readouterr().out  # a folder and its .zip: one video
+@pytest.mark.parametrize(
+    "outs, needle",
+    [
+        (
+            ("ann/train.csv", "val.txt", "classes.txt"),
+            "is the input the train annotations (--train) ",
+        ),
+        (("alias/validate.csv", "val.txt", "c.txt"), "is the input the val annotations (--val) "),
+        (("lists.txt", "lists.txt", "classes.txt"), "and the train list (--train_out) "),
+        (("train.txt", "val.txt", "train.txt"), "and the train list (--train_out) "),
+    ],
+)
+def test_outputs_are_never_an_input_nor_each_other(tmp_path, capsys, outs, needle):
+    # One rule (ops/output_paths.py): an annotation file is never overwritten (also through a
+    # symlinked folder), and two outputs that are one file are refused before anything is written.
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    (tmp_path / "alias").symlink_to(ann)
+    header = "label,youtube_id,time_start,time_end,split\n"
+    (ann / "train.csv").write_text(header + "air drumming,xxxxxxxxxxx,3,13,train\n")
+    (ann / "validate.csv").write_text(header + "abseiling,yyyyyyyyyyy,0,10,val\n")
+    before = {p.name: p.read_bytes() for p in ann.iterdir()}
+    make_frames(tmp_path / "frames" / "yyyyyyyyyyy", 5)
+    flags = ("--train_out", "--val_out", "--category_out")
+    argv = ["kinetics", "--annotations", str(ann), "--frames", str(tmp_path / "frames")]
+    for flag, out in zip(flags, outs):
+        argv += [flag, str(tmp_path / out)]
+    assert gen_lists.main(argv) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and needle in errors[0] and "Traceback" not in err, err
+    assert {p.name: p.read_bytes() for p in ann.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alias", "ann", "frames"]

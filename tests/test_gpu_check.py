@@ -7,9 +7,11 @@ import itertools
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -32,7 +34,12 @@ CUDA_CHECKS = (
        "dataparallel autocast dtype", "main.py cuda --amp bf16 --channels_last",
        "main.py cuda --amp fp16", "main.py cuda --compile",
        "main.py spawn nccl world size 1, then --resume auto",
-       "torchrun SIGTERM mid-epoch, then --resume auto", "test_models.py cuda 3 crops --amp bf16"]
+       "torchrun SIGTERM mid-epoch, then --resume auto", "test_models.py cuda 3 crops --amp bf16",
+       "--device_aug nvjpeg decode and main.py cuda --device_aug",
+       "main.py cuda --ema --precise_bn, then --resume auto",
+       "ddp nccl 2 GPUs: gradient averaging, SyncBN with recompute",
+       "main.py spawn nccl 2 GPUs, a skipped micro-step, then --resume auto",
+       "main.py spawn nccl 2 GPUs --compile", "test_models.py --gpus 0 1 DataParallel fp32"]
 )  # fmt: skip
 
 
@@ -61,7 +68,7 @@ def test_quick_run_passes_the_cpu_checks_and_skips_every_cuda_check(tmp_path):
     report = json.loads(out.read_text())
     checks = {c["name"]: c for c in report["checks"]}
     assert list(checks) == CPU_KERNEL_CHECKS + CPU_RUNS + CUDA_CHECKS
-    assert report["summary"] == {"pass": 11, "fail": 0, "skipped": 16}
+    assert report["summary"] == {"pass": 11, "fail": 0, "skipped": 22}
     assert report["quick"] is True and "workdir" not in report  # cleaned up after a success
     for name in CPU_KERNEL_CHECKS + CPU_RUNS:
         c = checks[name]
@@ -115,7 +122,7 @@ def test_a_failing_check_is_reported_and_the_exit_status_is_one(tmp_path, monkey
     # No tolerance at all: the fp32 fused kernels' rounding (about 1e-6) is then a failure.
     monkeypatch.setitem(gpu_check.TOLERANCE, "fp32", 0.0)
     out = tmp_path / "report.json"
-    code = gpu_check.main(["--only", "layer3 fp32", "--out", str(out)])
+    code = gpu_check.main(["--cpu-only", "--only", "layer3 fp32", "--out", str(out)])
     assert code == 1
     report = json.loads(out.read_text())
     cpu, cuda = report["checks"]
@@ -124,8 +131,7 @@ def test_a_failing_check_is_reported_and_the_exit_status_is_one(tmp_path, monkey
     assert cpu["figures"]["math"]["runs"] is True  # the figures come with the failure
     assert os.path.isdir(report["workdir"])  # kept for a look at what failed
     shutil.rmtree(report["workdir"])
-    if not torch.cuda.is_available():
-        assert cuda["status"] == "skipped" and "no CUDA device" in cuda["error"]
+    assert cuda["status"] == "skipped" and "--cpu-only" in cuda["error"]
 
 
 def test_a_wrong_depthwise_kernel_fails_the_region_conv_check(tmp_path, monkeypatch):
@@ -221,3 +227,131 @@ def test_error_line_prefers_the_ranks_own_error_over_torchruns_account():
     )
     assert gpu_check._error_line(log).startswith("RuntimeError: DataLoader worker (pid 12)")
     assert gpu_check._error_line(log + "\nmain.py: error: bad flag") == "main.py: error: bad flag"
+
+
+# ---- issue 25: no silent pass without CUDA, process groups, the multi-GPU checks' judges ----
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_asked_for_the_gpu_checks_without_cuda_it_refuses_with_one_line(tmp_path, capsys):
+    # It exited 0 with "0 passed, 13 skipped", read as a GPU check that passed.
+    out = tmp_path / "report.json"
+    assert gpu_check.main(["--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gpu_check.py: error: ") and "--cpu-only" in err[0]
+    assert not out.exists()  # refused before any work
+    # the same for the command line as CI and users type it
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--only", "main.py cuda", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_a_timed_out_run_is_killed_with_its_whole_process_group(tmp_path):
+    # The check killed its direct child only: spawned or torchrun workers kept the GPU.
+    pid_file = tmp_path / "grandchild.pid"
+    script = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+        "time.sleep(120)\n"
+    )
+    ctx = gpu_check.Context(cuda=False, workdir=tmp_path)
+    with pytest.raises(gpu_check.CheckFailed, match="timed out after 5 s"):
+        gpu_check._run(ctx, "hang", [sys.executable, "-c", script], timeout=5)
+    pid = int(pid_file.read_text())
+
+    def alive(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split(")")[-1].split()[0] != "Z"  # a zombie is dead
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(pid)
+
+
+def test_a_check_that_needs_two_gpus_is_skipped_on_one(tmp_path):
+    def must_not_run(ctx):
+        raise AssertionError("ran on one GPU")
+
+    checks = [gpu_check.Check("two", True, must_not_run, gpus=2)]
+    ctx = gpu_check.Context(cuda=True, workdir=tmp_path, gpus=1)
+    (result,) = gpu_check.run_checks(checks, ctx, "unused")
+    assert result["status"] == "skipped" and result["error"] == "needs 2 GPUs; 1 visible"
+
+
+def _ddp_results(world: int = 2):
+    torch.manual_seed(0)
+    reference = {
+        "out": torch.randn(4, 3),
+        "grads": {"a": torch.randn(6), "b.bias": torch.zeros(2)},  # b.bias: zero in exact math
+        "buffers": {"bn.running_mean": torch.randn(3), "bn.running_var": torch.rand(3) + 0.5,
+                    "bn.num_batches_tracked": torch.tensor(1)},  # fmt: skip
+    }
+    ranks = []
+    for r in range(world):
+        ranks.append({
+            "out": reference["out"][2 * r : 2 * r + 2].clone(),
+            "grads": {"a": reference["grads"]["a"] + 1e-7, "b.bias": torch.full((2,), 1e-9)},
+            "buffers": {k: v.clone() for k, v in reference["buffers"].items()},
+            "averaged": torch.full((5,), (world + 1) / 2),
+        })  # fmt: skip
+    return ranks, reference
+
+
+def test_the_ddp_judge_passes_equal_results_and_names_each_fault():
+    ranks, reference = _ddp_results()
+    figures = gpu_check.compare_ddp(ranks, reference)
+    assert figures["grads_equal_on_ranks"] and figures["err_out"] < 1e-6
+    # SyncBN statistics updated twice (a recompute replaying the forward)
+    for r in ranks:
+        r["buffers"]["bn.num_batches_tracked"] = torch.tensor(2)
+    with pytest.raises(gpu_check.CheckFailed, match="counts"):
+        gpu_check.compare_ddp(ranks, reference)
+    ranks, reference = _ddp_results()
+    ranks[1]["grads"]["a"] = ranks[1]["grads"]["a"] * 2  # a rank not averaged
+    with pytest.raises(gpu_check.CheckFailed, match="the ranks' averaged gradients differ"):
+        gpu_check.compare_ddp(ranks, reference)
+    ranks, reference = _ddp_results()
+    for r in ranks:
+        r["grads"]["a"] = r["grads"]["a"] * 2  # summed instead of averaged over 2 ranks
+    with pytest.raises(gpu_check.CheckFailed, match="gradients differ by"):
+        gpu_check.compare_ddp(ranks, reference)
+    ranks, reference = _ddp_results()
+    ranks[0]["averaged"] = torch.full((5,), 3.0)
+    with pytest.raises(gpu_check.CheckFailed, match="average_gradients"):
+        gpu_check.compare_ddp(ranks, reference)
+
+
+def _runtime(**change) -> dict:
+    runtime = {
+        "world_size": 2,
+        "cudnn_benchmark": True,
+        "ranks": [{"rank": r, "device": f"cuda:{r}", "cudnn_benchmark": True} for r in (0, 1)],
+        "attention": [{"positions": 64, "head_dim": 64, "dtype": "bfloat16", "kernel": "flash"}],
+    }
+    runtime.update(change)
+    return {"runtime": runtime}
+
+
+def test_the_runtime_record_judge():
+    assert gpu_check.expect_runtime(_runtime(), 2, "bf16")["attention"] == ["flash"]
+    math = [{"positions": 64, "head_dim": 64, "dtype": "bfloat16", "kernel": "math"}]
+    off = [{"rank": 0, "device": "cuda:0", "cudnn_benchmark": True},
+           {"rank": 1, "device": "cuda:1", "cudnn_benchmark": False}]  # fmt: skip
+    shared = [{"rank": r, "device": "cuda:0", "cudnn_benchmark": True} for r in (0, 1)]
+    for change, needle in (
+        ({"attention": math}, "attention P=64 C'=64: math"),
+        ({"ranks": off, "cudnn_benchmark": False}, "cudnn.benchmark off in rank 1"),
+        ({"ranks": shared}, "rank devices"),
+        ({"attention": []}, "no attention kernel"),
+    ):
+        with pytest.raises(gpu_check.CheckFailed, match=re.escape(needle)):
+            gpu_check.expect_runtime(_runtime(**change), 2, "bf16")
+    with pytest.raises(gpu_check.CheckFailed, match="in bfloat16"):
+        gpu_check.expect_runtime(_runtime(), 2, "off")  # the dtype must be the run's

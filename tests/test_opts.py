@@ -182,12 +182,86 @@ def test_nl_options_reach_the_model_and_bad_ones_are_one_line_errors(tmp_path, m
         "non_local: True (rnl at the published places, options {'kernels'"
         in capsys.readouterr().out
     )
-    with pytest.raises(SystemExit) as exc:
+    with pytest.raises(SystemExit) as exc:  # refused when the command line is read
         train_main.main(
             shlex.split(KINETICS) + ["--nl_options", '{"kernel": [3,3,3]}', "--dry_run"]
         )
-    message = str(exc.value.code)
-    assert "unknown option(s) kernel for block type 'rnl'" in message and "\n" not in message
+    assert exc.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "unknown option(s) kernel for block type 'rnl'" in message
     with pytest.raises(SystemExit):
         parse_args(["--nl_options", "kernels=3"])  # not JSON: argparse's one-line error
     assert "--nl_options: not JSON" in capsys.readouterr().err
+
+
+# ---- issue 25: every numeric flag finite and in range, block options checked at parse time ----
+
+
+def _float_flags() -> list[str]:
+    """Every float flag of main.py, read from the parser itself (a new float flag is covered
+    without editing this test)."""
+    from opts import get_args_parser
+
+    return [a.option_strings[0] for a in get_args_parser()._actions if a.type is float]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("flag", _float_flags())
+def test_every_float_flag_refuses_non_finite_values(flag, value, capsys):
+    # --gd nan trained until the loss was NaN; --lr_steps nan never decayed the learning rate.
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--dataset", "kinetics", f"{flag}={value}"])  # '=': -inf is not an option
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "error: " in err[-1] and flag in err[-1] and value in err[-1], err[-1]
+
+
+def test_gd_and_lr_steps_of_the_issue(capsys):
+    for argv, needle in (
+        (["--gd", "nan"], "--gd must be a number in (0, 1e30), got nan"),
+        (["--lr_steps", "20", "nan"], "--lr_steps must be a finite number >= 0, got nan"),
+        (["--lr_steps", "-5"], "--lr_steps must be a finite number >= 0, got -5.0"),
+        (["--gd", "0"], "--gd must be a number in (0, 1e30), got 0.0"),
+        (["--dist_timeout", "1e300"], "--dist_timeout must be a number in (0, 1e9)"),
+        (["--seed", "-1"], "--seed must be in [0, 4294967296), got -1"),
+        (["--num_class", "0"], "--num_class must be >= 1, got 0"),
+        (["--warmup_epochs", "-1"], "--warmup_epochs must be >= 0, got -1"),
+    ):
+        with pytest.raises(SystemExit):
+            parse_args(["--dataset", "kinetics", *argv])
+        assert needle in capsys.readouterr().err, argv
+    # in-range values still parse (and the published --gd 20)
+    args = parse_args(["--dataset", "kinetics", "--gd", "20", "--lr_steps", "0", "35.5"])
+    assert args.clip_gradient == 20.0 and args.lr_steps == [0.0, 35.5]
+
+
+@pytest.mark.parametrize(
+    "options, needle",
+    [
+        ('{"kernels": 5}', "4 kernels"),
+        ('{"kernels": [[3,3,3]]}', "4 kernels"),
+        ('{"kernels": [[3,3],[3,3],[3,3],[3,3]]}', "(kt, kh, kw)"),
+        ('{"kernels": [[3,4,4],[3,7,7],[3,3,3],[3,3,3]]}', "odd"),
+        ('{"kernels": [[3,7,7],[3,7,7],[0,3,3],[3,3,3]]}', "odd"),
+        ('{"kernels": [[3,7,7],[3,7,7],[3,"a",3],[3,3,3]]}', "(kt, kh, kw)"),
+        ('{"activation": "tanh"}', "activation"),
+    ],
+)
+def test_bad_block_options_are_one_line_at_parse_time(options, needle, capsys):
+    # {"kernels":5} was a TypeError, [[3,3,3]] an IndexError, even sizes a reshape error in the
+    # middle of the first training step.
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--dataset", "kinetics", "--non_local", "--nl_options", options])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--nl_options" in err and needle in err and "Traceback" not in err, err
+
+
+def test_even_region_kernels_are_refused_when_a_model_is_built():
+    # The same rule where settings come from a checkpoint, not the command line.
+    from ops.models import TSN
+
+    with pytest.raises(ValueError, match="odd"):
+        TSN(4, 4, "RGB", base_model="resnet18", pretrain="scratch", non_local=True,
+            nl_options={"kernels": [[3, 4, 4], [3, 7, 7], [3, 3, 3], [3, 3, 3]]},
+            print_spec=False)  # fmt: skip

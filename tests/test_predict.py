@@ -10,9 +10,11 @@ independent re-implementation of the test pipeline in tests/_eval_helpers.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import shutil
 
 import av
 import numpy as np
@@ -275,6 +277,60 @@ def test_out_with_several_inputs_needs_a_name_field(ws, tmp_path, capsys):
     ]
     with Image.open(results[1]["out"]) as gif:
         assert gif.n_frames == H.VIDEOS[1][1]
+
+
+def sha(path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def test_out_never_writes_over_the_source_videos(ws, tmp_path, capsys):
+    # Issue 25: `predict.py v/a.mp4 v/b.mp4 --out 'v/{name}.mp4'` replaced both source videos
+    # with labelled re-encodes and exited 0.
+    v = tmp_path / "v"
+    v.mkdir()
+    sources = []
+    for name, src in (("a", ws["videos"][0]), ("b", ws["videos"][1])):
+        (v / f"{name}.mp4").write_bytes(open(src, "rb").read())
+        sources.append(str(v / f"{name}.mp4"))
+    before = {p: sha(p) for p in sources}
+    code, out, err = run_predict(
+        ["--weights", ws["own"], *sources, "--out", str(v / "{name}.mp4")], capsys
+    )
+    assert code == 2 and out == "" and len(error_lines(err)) == 1, err
+    line = error_lines(err)[0]
+    assert f"--out (for {sources[0]}) {sources[0]} is the input {sources[0]}" in line
+    assert {p: sha(p) for p in sources} == before
+    assert sorted(os.listdir(v)) == ["a.mp4", "b.mp4"]  # no temporary file either
+
+
+def test_out_through_a_link_to_the_source_is_refused(ws, tmp_path, capsys):
+    # a hard link and a symlinked folder name the source under another path
+    src = tmp_path / "clip.mp4"
+    src.write_bytes(open(ws["videos"][0], "rb").read())
+    os.link(src, tmp_path / "hard.mp4")
+    os.symlink(tmp_path, tmp_path / "alias")
+    for out in (tmp_path / "hard.mp4", tmp_path / "alias" / "clip.mp4"):
+        code, _, err = run_predict(["--weights", ws["own"], str(src), "--out", str(out)], capsys)
+        assert code == 2 and "(the same file under another name)" in err, err
+    assert sha(src) == sha(ws["videos"][0])
+
+
+def test_two_inputs_of_the_same_name_never_share_an_output(ws, tmp_path, capsys):
+    # Issue 25: `predict.py x/clip y/clip --out 'o/{name}.gif'` wrote both results to o/clip.gif
+    # (the first was lost), although the docstring said {name} prevents that.
+    x, y = tmp_path / "x" / "clip", tmp_path / "y" / "clip"
+    shutil.copytree(ws["frames"][0], x)
+    shutil.copytree(ws["frames"][1], y)
+    template = str(tmp_path / "o" / "{name}.gif")
+    code, out, err = run_predict(
+        ["--weights", ws["own"], str(x), str(y), "--out", template], capsys
+    )
+    assert code == 2 and out == "", err
+    gif = tmp_path / "o" / "clip.gif"
+    line = error_lines(err)[0]
+    assert f"--out (for {y}) {gif} and --out (for {x}) {gif} are the same file" in line
+    assert not (tmp_path / "o").exists()  # refused before any work
 
 
 # --------------------------------------------------------------------------- bad inputs

@@ -194,6 +194,18 @@ def broken(ws, tmp_path):
         if kind == "not json":
             (tmp_path / "w.json").write_text("{ model_config: ")
             return str(path)
+        if kind == "integer weights":  # weights cast to integers, with a sidecar that matches
+            from safetensors.torch import save_file
+
+            from ops.checkpoint import file_sha256
+
+            sd = load_checkpoint(ws["converted"])["state_dict"]
+            ints = {
+                k: (v.round().to(torch.int32) if v.is_floating_point() else v)
+                for k, v in sd.items()
+            }
+            save_file({k: v.contiguous() for k, v in ints.items()}, path)
+            sidecar["safetensors"]["sha256"] = file_sha256(path)
         (tmp_path / "w.json").write_text(json.dumps(sidecar))
         return str(path)
 
@@ -208,6 +220,8 @@ def broken(ws, tmp_path):
         ("other weights", "was written for other weights"),
         ("other settings", "does not match the weights"),
         ("not json", "is not readable JSON"),
+        # loaded into float weights, they scored 50% without a word
+        ("integer weights", "are not floating point"),
     ],
 )
 def test_bad_safetensors_are_one_line_errors(ws, broken, capsys, kind, needle):

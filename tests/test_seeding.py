@@ -195,3 +195,24 @@ def test_cuda_rng_state_is_the_ranks_own_and_restores_with_fewer_gpus(monkeypatc
     # Checkpoints written before held one state per visible GPU: the current device's is used.
     set_rng_state(dict(saved, cuda=[torch.full((16,), d, dtype=torch.uint8) for d in range(4)]))
     assert torch.equal(gens[0].state, torch.zeros(16, dtype=torch.uint8))
+
+
+def test_per_sample_seeding_leaves_the_cuda_generators_alone(monkeypatch):
+    # With -j 0 the items load in the training process: torch.manual_seed there re-seeded every
+    # CUDA generator per sample, so dropout's CUDA stream was not the one a checkpoint resumes.
+    seeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda s: seeded.append(("all", s)))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda s: seeded.append(("one", s)))
+    ds = SeededDataset(Draws(), seed=4)
+    ds.set_epoch(2)
+    items = [ds[i] for i in range(6)]
+    assert seeded == []
+    # each item's draws are those of the CPU generators seeded from (seed, epoch, index), written
+    # out independently of seed_all
+    from ops.engine.seeding import derive_seed
+
+    for i, item in enumerate(items):
+        s = derive_seed(4, 2, i, 2)
+        g = torch.Generator().manual_seed(s)
+        expected = (i, random.Random(s).random(), float(np.random.RandomState(s).rand()))
+        assert item[:3] == expected and item[3] == float(torch.rand((), generator=g))

@@ -7,8 +7,10 @@ The model is a small RNL TSM-ResNet18 at 32 px (frames scaled to 36 px), so each
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,6 +20,7 @@ import pytest
 import torch
 
 import test_models
+from ops.checkpoint import save_checkpoint
 from tests import _eval_helpers as H
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,6 +62,11 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
     code = test_models.cli(argv)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def sha(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 def scores_of(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -156,6 +164,59 @@ def test_ensemble_of_two_weights_with_coefficients(workspace, tmp_path, capsys):
     H.assert_close(scores_of(out)[0], (a + 0.5 * b) / 2)
 
 
+def _save_own(path: str, model) -> str:
+    """One of our checkpoints: the model settings inside, any file name."""
+    torch.save({"model_config": model.model_config(), "state_dict": model.state_dict()}, path)
+    return path
+
+
+def test_settings_not_given_are_the_checkpoints(workspace, tmp_path, capsys):
+    """Issue 24: without --test_segments and --input_size a 4-segment, 32 px checkpoint is tested
+    at 4 segments and 32 px (the --test_segments default used to test it at 8)."""
+    m4 = H.make_model(2, **H.small_model_config(num_segments=4, input_size=32))
+    weights = _save_own(str(tmp_path / "four_frames.weights"), m4)
+    out = str(tmp_path / "s.npz")
+    argv = ["synthetic", f"--weights={weights}", "-j", "0", "--data_root", workspace["data_root"]]
+    code, stdout, err = run_cli(argv + ["--save_scores", out, "--device", "cpu"], capsys)
+    assert code == 0, err
+    H.assert_close(scores_of(out)[0], H.reference_scores(m4, workspace["data_root"], 4, 1))
+    # the same weights at 8 segments give other scores, so the check above tells them apart
+    at8 = H.make_model(0, **H.small_model_config(num_segments=8, input_size=32))
+    at8.load_state_dict(m4.state_dict())
+    other = H.reference_scores(at8, workspace["data_root"], 8, 1)
+    assert np.abs(scores_of(out)[0] - other).max() > 0.1
+
+
+def test_ensemble_without_segments_tests_each_checkpoint_at_its_own(workspace, tmp_path, capsys):
+    m4 = H.make_model(3, **H.small_model_config(num_segments=4))
+    m8 = H.make_model(4, **H.small_model_config(num_segments=8))
+    a4, a8 = _save_own(str(tmp_path / "a.pth"), m4), _save_own(str(tmp_path / "b.pth"), m8)
+    out = str(tmp_path / "ens.npz")
+    argv = ["synthetic", f"--weights={a4},{a8}", "-j", "0", "--softmax", "--save_scores", out]
+    code, _, err = run_cli(
+        argv + ["--data_root", workspace["data_root"], "--device", "cpu"], capsys
+    )
+    assert code == 0, err
+    a = H.reference_scores(m4, workspace["data_root"], 4, 1, softmax=True)
+    b = H.reference_scores(m8, workspace["data_root"], 8, 1, softmax=True)
+    H.assert_close(scores_of(out)[0], (a + b) / 2)
+
+
+def test_segments_given_override_the_checkpoints(workspace, tmp_path, capsys):
+    """As the published commands do: --test_segments=8 tests a 4-segment checkpoint at 8."""
+    m4 = H.make_model(2, **H.small_model_config(num_segments=4, input_size=32))
+    weights = _save_own(str(tmp_path / "four_frames.weights"), m4)
+    out = str(tmp_path / "s.npz")
+    argv = ["synthetic", f"--weights={weights}", "--test_segments=8", "-j", "0", "--save_scores"]
+    code, _, err = run_cli(
+        argv + [out, "--data_root", workspace["data_root"], "--device", "cpu"], capsys
+    )
+    assert code == 0, err
+    at8 = H.make_model(0, **H.small_model_config(num_segments=8, input_size=32))
+    at8.load_state_dict(m4.state_dict())  # the same weights, shift and blocks over 8 frames
+    H.assert_close(scores_of(out)[0], H.reference_scores(at8, workspace["data_root"], 8, 1))
+
+
 def test_checkpoint_written_by_main_py_renamed(workspace, tmp_path, capsys, monkeypatch):
     """Train one tiny epoch with main.py, rename its best checkpoint, evaluate it."""
     import main
@@ -238,6 +299,42 @@ def bad_run(workspace, capsys, weights: str, segments: str = "4") -> tuple[int, 
     argv = ["synthetic", f"--weights={weights}", f"--test_segments={segments}", "-j", "0"]
     code, _, err = run_cli(argv + ["--data_root", workspace["data_root"]], capsys)
     return code, err
+
+
+@pytest.mark.parametrize("flag", ["--save_scores", "--csv_file", "--report_dir"])
+@pytest.mark.parametrize("victim", ["weights", "test_list", "category_file"])
+def test_no_output_is_written_over_an_input(workspace, tmp_path, capsys, flag, victim):
+    # Issue 25: --save_scores given the weights path turned an 89 MB checkpoint into a 1.4 KB
+    # npz; --csv_file given the test list overwrote the list. A copy of each input here, named
+    # as the output directly or (for --report_dir) through the folder it writes into.
+    path = workspace["models"][4][0]
+    data = os.path.join(workspace["data_root"], "synthetic")
+    sources = {
+        "weights": path,
+        "test_list": os.path.join(data, "val_videofolder.txt"),
+        "category_file": os.path.join(data, "category.txt"),
+    }
+    folder = tmp_path / "in"
+    folder.mkdir()
+    copies = {k: str(folder / os.path.basename(v)) for k, v in sources.items()}
+    if flag == "--report_dir":  # the report's per-class CSV is the input
+        copies[victim] = str(folder / "per_class_accuracy.csv")
+    for k, v in sources.items():
+        shutil.copy(v, copies[k])
+    model = workspace["models"][4][1]  # our own format: any file name works
+    own = {"state_dict": model.state_dict(), "model_config": model.model_config()}
+    save_checkpoint(dict(own, dataset="synthetic"), copies["weights"])
+    before = {k: sha(v) for k, v in copies.items()}
+    target = str(folder) if flag == "--report_dir" else copies[victim]
+    argv = ["synthetic", f"--weights={copies['weights']}", "--test_segments=4", "-j", "0"]
+    argv += ["--input_size=32", "--data_root", workspace["data_root"], "--device", "cpu"]
+    argv += [f"--test_list={copies['test_list']}", f"--category_file={copies['category_file']}"]
+    code, out, err = run_cli([*argv, flag, target], capsys)
+    shown = {"weights": "--weights", "test_list": "--test_list", "category_file": "--category_file"}
+    assert_one_line_error(code, err, f"is the input {shown[victim]} {copies[victim]}")
+    assert "it would be written over" in err and out == ""
+    assert {k: sha(v) for k, v in copies.items()} == before
+    assert sorted(os.listdir(folder)) == sorted(os.path.basename(v) for v in copies.values())
 
 
 def test_bad_input_weights_and_segments_differ(workspace, capsys):

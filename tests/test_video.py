@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 
 from ops import video
-from ops.video import VideoError, VideoReader
-from tools._common import sample_videos_dir
+from ops.video import VideoError, VideoReader, sample_videos_dir
 
 SAMPLES = sorted(f for f in os.listdir(sample_videos_dir()) if f.endswith(".mp4"))
 

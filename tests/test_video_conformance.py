@@ -457,19 +457,27 @@ def test_packets_that_claim_key_frames_they_are_not(videos, tmp_path):
     "file_name, problem",
     [
         ("mpeg4_bframes.avi", "the container declares 30 frames but holds"),  # idx1 at the end
-        ("h264_open_gop.mkv", None),  # no frame count in the header: nothing says frames miss
+        # Matroska's header keeps the duration (its cues at the end are lost): it said nothing
+        ("h264_open_gop.mkv", "truncated: its header says it lasts 1.20 s, its packets end at"),
+        ("vp9_altref.webm", "truncated: its header says it lasts 1.44 s, its packets end at"),
+        # MPEG-TS has no index at all; a cut inside a 188-byte packet shows (it said nothing)
+        ("h264_open_gop.ts", "truncated: the file ends inside a transport-stream packet"),
+        ("mpeg2_bframes.ts", "truncated: the file ends inside a transport-stream packet"),
     ],
 )
 def test_truncated_file_reads_what_is_there(tmp_path, file_name, problem):
-    """A file cut at 60% (its index at the end is lost): it opens, says so where the header
-    counts frames, and the frames that are there read exactly as the plain loop decodes the cut
-    file; `scan` lists them."""
+    """A file cut at 60% (its index at the end is lost): it opens, says it is cut short where the
+    container can tell, and the frames that are there read exactly as the plain loop decodes the
+    cut file; `scan` lists them."""
     case = next(c for c in CASES if c.file == file_name)
     full = str(tmp_path / ("full_" + file_name))
     encode(full, case)
     cut = str(tmp_path / file_name)
     data = open(full, "rb").read()
-    open(cut, "wb").write(data[: int(len(data) * 0.6)])
+    size = int(len(data) * 0.6)
+    if file_name.endswith(".ts") and size % 188 == 0:
+        size -= 100  # inside a packet (a cut between packets leaves no trace: docs/cluster_faults.md)
+    open(cut, "wb").write(data[:size])
     expected = plain_loop(cut)
     assert 5 < len(expected) < case.frames
     with VideoReader(cut) as reader:
@@ -478,11 +486,17 @@ def test_truncated_file_reads_what_is_there(tmp_path, file_name, problem):
         else:
             assert problem in reader.problem and "\n" not in reader.problem
         assert len(expected) <= reader.num_frames < case.frames
-        for k in range(len(expected), 0, -1):
+        # A cut inside a packet leaves the last frame's data incomplete: how the decoder
+        # conceals the rest depends on where decoding started and on its threads, so that frame
+        # is only required to be there.
+        damaged = 1 if file_name.endswith(".ts") else 0
+        assert len(expected) in reader.read([len(expected)])
+        for k in range(len(expected) - damaged, 0, -1):
             assert_frames(reader.read([k]), [k], expected, file_name)
-        images, decodable = reader.scan([1, len(expected)])
+        last = len(expected) - damaged
+        images, decodable = reader.scan([1, last])
         assert decodable[: len(expected)] == list(range(1, len(expected) + 1))
-        np.testing.assert_array_equal(np.asarray(images[len(expected)]), expected[-1])
+        np.testing.assert_array_equal(np.asarray(images[last]), expected[last - 1])
 
 
 @pytest.mark.parametrize("ext, codec", [("mp4", "libx264"), ("mkv", "libx264"), ("avi", "mpeg4")])

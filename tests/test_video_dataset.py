@@ -416,3 +416,35 @@ def test_main_trains_and_test_models_evaluates_from_a_video_list(
     assert test_models.cli(cli + flags + ["--strict_data"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cut_bikes.mp4" in err[0]
+
+
+def test_containers_cut_short_are_reported_and_counted(tmp_path, capsys):
+    # An MKV and an MPEG-TS cut in half read as shorter videos everywhere, and check_data said
+    # nothing. Files from PyAV's real encoders (the conformance suite's), cut as a copy would be.
+    from tests.test_video_conformance import CASES, encode
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("h264_open_gop.mkv", "h264_open_gop.ts"):
+        case = next(c for c in CASES if c.file == name)
+        encode(str(tmp_path / name), case)
+        data = (tmp_path / name).read_bytes()
+        shutil.copy(tmp_path / name, videos / f"full_{name}")
+        size = len(data) // 2
+        size -= 94 if name.endswith(".ts") and size % 188 == 0 else 0  # inside a packet
+        (videos / f"cut_{name}").write_bytes(data[:size])
+    lst = tmp_path / "l.txt"
+    names = ["full_h264_open_gop.mkv", "cut_h264_open_gop.mkv", "full_h264_open_gop.ts",
+             "cut_h264_open_gop.ts"]  # fmt: skip
+    lst.write_text("".join(f"{n} {i % 2}\n" for i, n in enumerate(names)))
+    argv = ["mine", "--video_root", str(videos), "--train_list", str(lst), "--val_list", str(lst)]
+    argv += ["--num_class", "2", "--split", "train"]
+    assert check_data.main(argv) == 1
+    out = [line for line in capsys.readouterr().out.splitlines() if "] " in line]
+    assert [(line.split(":")[1], line.split("[")[1].split("]")[0]) for line in out] == [
+        ("2", "fewer_frames"),
+        ("4", "fewer_frames"),
+    ]
+    ds = TSNDataSet(str(videos), str(lst), image_tmpl=VIDEO_TMPL, num_segments=2, test_mode=True)
+    assert all(ds[i] is not None for i in range(4))  # the frames that are there are used
+    assert ds.bad_data_counts()["videos_fewer_frames"] == 2

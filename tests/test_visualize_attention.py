@@ -16,8 +16,8 @@ from PIL import Image
 from ops.checkpoint import save_checkpoint
 from ops.models import TSN
 from ops.non_local import attention_modules
+from ops.video import sample_videos_dir
 from tools import visualize_attention as va
-from tools._common import sample_videos_dir
 
 T, SIZE = 4, 32
 

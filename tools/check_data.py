@@ -5,7 +5,10 @@
 For each list (train and val by default) it reports malformed lines (wrong field count,
 non-integer frame count or label, label outside [0, num_class)), and for each video: a missing
 frame folder, missing frames, frames that do not decode, and a frame count larger than the
-frames on disk. Video lists (`--videos` / `--video_root DIR`): a missing video file, a file that
+frames on disk. Packed frames (``<folder>.zip`` read where the folder is absent, the rule of
+``ops.frames.video_location``) are checked the same way, plus the archive itself: a packed file
+whose index does not read or whose structure is inconsistent (``damaged_packed``, naming the
+file), a member whose bytes fail their CRC (``corrupt_frames``, naming file and member). Video lists (`--videos` / `--video_root DIR`): a missing video file, a file that
 does not open as a video, one that holds fewer frames than its container declares, a list frame
 count that differs from the container's, and (unless --quick) frames that do not decode, found
 by decoding every file once. It also lists what training would silently fix or mangle: frame
@@ -28,33 +31,45 @@ import multiprocessing
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from PIL import Image, UnidentifiedImageError  # noqa: E402
+from PIL import Image, UnidentifiedImageError
 
-from ops.dataset_config import VIDEO_TMPL, add_data_args, resolve_dataset  # noqa: E402
-from ops.frames import (  # noqa: E402
+from ops.atomic import write_atomically
+from ops.dataset_config import (
+    REGISTRY,
+    VIDEO_TMPL,
+    add_data_args,
+    category_file,
+    default_data_root,
+    resolve_dataset,
+)
+from ops.frames import (
     check_template,
     frame_files,
+    frames_in_names,
     frames_on_disk,
     frames_present,
     read_bytes,
     read_frame_list,
     video_dir,
+    video_location,
 )
-from ops.lists import (  # noqa: E402
+from ops.lists import (
     VideoRecord,
     parse_video_list_file,
-    short,  # noqa: E402
+    short,
 )
-from ops.utils import ensure_writable_file, progress, write_atomically  # noqa: E402
-from ops.video import VideoError, VideoReader  # noqa: E402
-from ops.video_files import find_video_file, video_roots  # noqa: E402
+from ops.output_paths import check_outputs
+from ops.packed_frames import EXT as PACKED_EXT
+from ops.packed_frames import PackedFile
+from ops.utils import ensure_writable_file, progress
+from ops.video import VideoError, VideoReader
+from ops.video_files import find_video_file, video_roots
 
 VIDEO_PROBLEM_KINDS = (
     "missing_list",  # the list file does not exist
-    "missing_dir",  # the frame folder does not exist
+    "missing_dir",  # the frame folder does not exist (nor a packed file for it)
+    "damaged_packed",  # a packed file whose index does not read or is inconsistent
     "no_frames",  # the folder exists but holds none of the listed frames
     "frames_beyond_disk",  # the list's frame count is larger than the frames on disk
     "missing_frames",  # frames missing inside the listed range
@@ -115,7 +130,11 @@ LOSSY_MODES = {
 def image_info(path: str) -> tuple[str, tuple[int, int]]:
     """Mode and size of an image file, after decoding it fully (raises as the loader's
     ``decode_image`` would on a broken file)."""
-    data = read_bytes(path)
+    return bytes_info(read_bytes(path))
+
+
+def bytes_info(data: bytes) -> tuple[str, tuple[int, int]]:
+    """``image_info`` of an image file's bytes (a packed member)."""
     try:
         im = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
@@ -156,60 +175,115 @@ def _gaps(present: list[int], n: int) -> list[tuple[int, int]]:
     return spans
 
 
+class _Frames:
+    """The files of a video's frames: its folder, or its packed file (open)."""
+
+    def __init__(self, job: ScanJob, folder: str, packed: PackedFile | None) -> None:
+        self.job, self.folder, self.packed = job, folder, packed
+
+    def paths(self, k: int) -> list[str]:
+        job = self.job
+        return frame_files(job.root_path, job.record.path, job.image_tmpl, job.modality, k)
+
+    def shown(self, k: int) -> list[str]:
+        """The frame's files as a message names them (``file.zip:member`` when packed)."""
+        if self.packed is None:
+            return self.paths(k)
+        return [f"{self.packed.path}:{os.path.basename(p)}" for p in self.paths(k)]
+
+    def info(self, k: int) -> list[tuple[str, tuple[int, int]]]:
+        if self.packed is None:
+            return [image_info(p) for p in self.paths(k)]
+        return [bytes_info(self.packed.read(os.path.basename(p))) for p in self.paths(k)]
+
+    def present(self, record: VideoRecord) -> list[int]:
+        job = self.job
+        if self.packed is None:
+            return frames_present(self.folder, record, job.root_path, job.image_tmpl, job.modality)
+        names = set(self.packed.names)
+        return frames_in_names(names, record, job.root_path, job.image_tmpl, job.modality)
+
+
 def scan_video(job: ScanJob) -> list[str]:
     """Problem lines of one video (empty when it is clean).
 
-    The folder is listed once and only the frames on disk are decoded, so the work is bounded by
-    the files, not by the frame count the list claims."""
+    The folder is listed once (a packed file's index read once) and only the frames on disk are
+    decoded, so the work is bounded by the files, not by the frame count the list claims."""
     rec = job.record
     where = f"{job.list_file}:{rec.line}: "
     name = short(rec.path)
     folder = video_dir(job.root_path, rec.path, job.image_tmpl, job.modality)
-    if not os.path.isdir(folder):
-        return [f"{where}[missing_dir] video {name!r}: frame folder {short(folder)} does not exist"]
+    location = video_location(folder)
+    if location is None:
+        return [
+            f"{where}[missing_dir] video {name!r}: frame folder {short(folder)} does not exist "
+            f"(nor a packed {short(folder + PACKED_EXT)})"
+        ]
+    packed = None
+    if location[0] == "packed":
+        try:
+            packed = PackedFile(location[1])
+        except OSError as e:
+            return [f"{where}[damaged_packed] video {name!r}: {short(str(e))}"]
+    try:
+        return _scan_frames(job, _Frames(job, folder, packed), where, name)
+    finally:
+        if packed is not None:
+            packed.close()
+
+
+def _scan_frames(job: ScanJob, frames: _Frames, where: str, name: str) -> list[str]:
+    rec = job.record
     n = job.num_frames
     record = VideoRecord(rec.path, n, rec.label, rec.line)
-    present = frames_present(folder, record, job.root_path, job.image_tmpl, job.modality)
+    present = frames.present(record)
     lines = []
+    shown = short(frames.folder if frames.packed is None else frames.packed.path)
+    if frames.packed is not None and job.decode:
+        lines += [
+            f"{where}[damaged_packed] video {name!r}: {shown}: {problem}"
+            for problem in frames.packed.layout_problems()
+        ]
     if not present:
-        return [f"{where}[no_frames] video {name!r}: none of its {n} frames is in {short(folder)}"]
+        return lines + [f"{where}[no_frames] video {name!r}: none of its {n} frames is in {shown}"]
     gaps = _gaps(present, n)
     if gaps and gaps[-1][1] == n:
         tail_start = gaps.pop()[0]
         lines.append(
             f"{where}[frames_beyond_disk] video {name!r}: the list says {n} frames but "
             f"frames {_spans_text([(tail_start, n)])} are not on disk "
-            f"({tail_start - 1} found in {short(folder)})"
+            f"({tail_start - 1} found in {shown})"
         )
     if gaps:
-        first = frame_files(job.root_path, rec.path, job.image_tmpl, job.modality, gaps[0][0])
+        first = frames.shown(gaps[0][0])
         lines.append(
             f"{where}[missing_frames] video {name!r}: frames {_spans_text(gaps)} are missing "
             f"(first: {short(first[0])})"
         )
     if job.decode:
-        lines += _decode_problems(job, present, where, name)
+        lines += _decode_problems(job, frames, present, where, name)
     return lines
 
 
-def _decode_problems(job: ScanJob, present: list[int], where: str, name: str) -> list[str]:
+def _decode_problems(
+    job: ScanJob, frames: _Frames, present: list[int], where: str, name: str
+) -> list[str]:
     """Frames that do not decode, and what training would silently fix or mangle: sizes that
     differ from the video's first frame, and modes PIL converts with a loss."""
     lines, sizes, lossy = [], {}, {}
     for k in present:
-        paths = frame_files(job.root_path, job.record.path, job.image_tmpl, job.modality, k)
         try:  # each file read once: its header's mode and size, then the full decode
-            info = [image_info(p) for p in paths]
+            info = frames.info(k)
         except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
             lines.append(
                 f"{where}[corrupt_frames] video {name!r}: frame {k} does not decode: "
-                f"{short(paths[0])} ({short(str(e))})"
+                f"{short(frames.shown(k)[0])} ({short(str(e))})"
             )
             continue
         for mode, size in info:
             sizes.setdefault(size, []).append(k)
-            packed = job.modality == "Flow" and len(paths) == 1  # x, y in an RGB image
-            if mode not in KEPT_MODES["RGB" if packed else job.modality]:
+            xy_in_rgb = job.modality == "Flow" and len(info) == 1  # x, y in an RGB image
+            if mode not in KEPT_MODES["RGB" if xy_in_rgb else job.modality]:
                 lossy.setdefault(mode, []).append(k)
     if len(sizes) > 1:
         first = sizes[next(iter(sizes))]
@@ -338,6 +412,13 @@ def check(
     return problems, len(jobs)
 
 
+def registered_category_file(args: argparse.Namespace) -> str | None:
+    """The category file the registry gives the dataset (None for a class count or none)."""
+    if args.dataset not in REGISTRY or args.modality not in REGISTRY[args.dataset]:
+        return None
+    return category_file(args.dataset, args.modality, args.data_root or default_data_root())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Report every problem in a dataset's list files and frame folders.",
@@ -361,16 +442,20 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.test_list is not None:
+        named = {"--test_list": args.test_list}
+    else:
+        named = {f"--{s}_list": {"train": train_list, "val": val_list}[s] for s in args.split}
+    lists = list(named.values())
     if args.report is not None:
-        try:  # before the scan, which may take hours
+        try:  # before the scan, which may take hours; never over a file it reads
             ensure_writable_file(args.report, "--report")
+            classes = args.category_file or registered_category_file(args)
+            inputs = [*named.items(), ("--category_file", classes)]
+            check_outputs(inputs, [("--report", args.report)])
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-    if args.test_list is not None:
-        lists = [args.test_list]
-    else:
-        lists = [{"train": train_list, "val": val_list}[s] for s in args.split]
 
     try:
         problems, scanned = check(
@@ -390,14 +475,8 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     print(summary)
     if args.report is not None:
-
-        def write(tmp: str) -> None:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write("".join(line + "\n" for line in problems))
-                f.write(summary + "\n")
-
         try:
-            write_atomically(args.report, write)
+            write_atomically(args.report, "".join(line + "\n" for line in [*problems, summary]))
         except OSError as e:
             print(f"error: --report {args.report}: {e.strerror or e}", file=sys.stderr)
             return 2

@@ -30,7 +30,9 @@ parsed from its file name) becomes ``.safetensors`` + sidecar holding those pars
 the converted file needs no published name; ``--weights x.safetensors --format pth`` turns it
 back into a ``.pth.tar``. Class names: the checkpoint's, else ``--category_file``, else the
 category file of its dataset under ``--data_root`` (none for published Kinetics checkpoints
-unless given). All files are written to a temporary name and renamed when complete.
+unless given). All files are written to a temporary name and renamed when complete; none may be the
+``--weights`` file or the category file (``ops/output_paths.py``: refused before any work, also
+through a link).
 
 Every export is checked: the saved file is loaded back (safetensors and pth through
 ``ops.checkpoint.load_model``, as the tools load them) and run on a random clip, and its output
@@ -52,12 +54,11 @@ import math
 import os
 import sys
 import warnings
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import torch  # noqa: E402
+import torch
 
-from ops.checkpoint import (  # noqa: E402
+from ops.atomic import write_atomically
+from ops.checkpoint import (
     SIDECAR_KEYS,
     CheckpointError,
     file_sha256,
@@ -65,8 +66,9 @@ from ops.checkpoint import (  # noqa: E402
     save_checkpoint,
     sidecar_path,
 )
-from ops.utils import nonfinite_tensors, setup_logging  # noqa: E402
-from tools._common import TOOL_ERRORS, fail, model_class_names, write_atomically  # noqa: E402
+from ops.output_paths import check_outputs, weights_inputs
+from ops.utils import nonfinite_tensors, setup_logging
+from tools._common import TOOL_ERRORS, fail, model_class_names
 
 logger = logging.getLogger(__name__)
 
@@ -99,13 +101,13 @@ def export_torchscript(model, example: torch.Tensor, path: str):
         warnings.filterwarnings("ignore", category=FutureWarning)  # trace is deprecated, not gone
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         traced = torch.jit.trace(model, example, check_trace=False)
-        traced.save(path)
+        write_atomically(path, lambda f: torch.jit.save(traced, f))
         return torch.jit.load(path)
 
 
 def export_pt2(model, example: torch.Tensor, path: str):
     program = torch.export.export(model, (example,))
-    torch.export.save(program, path)
+    write_atomically(path, lambda f: torch.export.save(program, f))
     return torch.export.load(path).module()
 
 
@@ -148,21 +150,17 @@ def export_onnx(model, example: torch.Tensor, path: str, opset: int | None = Non
 
 
 def write_json(path: str, info: dict) -> None:
-    def dump(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(info, f, indent=1)
-
-    write_atomically(path, dump)
+    write_atomically(path, json.dumps(info, indent=1))
 
 
 def export_safetensors(model, settings: dict, info: dict, path: str):
     """Write the weights to ``path`` and the sidecar (``info`` with ``settings`` and the weights'
     SHA-256) next to it; returns the model loaded back from them as the tools load it."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     # Own copies: safetensors refuses tensors that share memory, and needs contiguous ones.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    write_atomically(path, save(tensors, metadata={"format": "pt"}))
     link = {"file": os.path.basename(path), "sha256": file_sha256(path)}
     write_json(sidecar_path(path), dict(info, **settings, safetensors=link))
     info["safetensors"] = link
@@ -222,6 +220,7 @@ def export(
     to ``<out>.json`` (with a ``checks`` entry per format; with safetensors also the sidecar)."""
     if batch < 1:
         raise ValueError(f"--batch must be >= 1, got {batch}")
+    check_outputs(export_inputs(weights, out, category_file), export_outputs(out, formats))
     overrides = {"rnl_fused": False} if explicit_attention else {}
     model, meta = load_model(weights, num_segments=segments, input_size=input_size, **overrides)
     bad = nonfinite_tensors(model.state_dict())
@@ -277,6 +276,23 @@ def export(
         checks[fmt] = {"file": path, "checked": True, **check(run, model, example, atol, rtol)}
     write_json(out + ".json", info)
     return info
+
+
+def export_outputs(out: str, formats: tuple[str, ...]) -> list:
+    """The files an export writes (``<out>.json`` last), for ``ops.output_paths``."""
+    return [(f"--out ({fmt})", out + SUFFIX[fmt]) for fmt in formats] + [
+        ("--out (description)", out + ".json")
+    ]
+
+
+def export_inputs(weights: str, out: str, category_file: str | None) -> list:
+    """The files an export reads. The sidecar of ``--weights x.safetensors`` is not one when
+    ``--out x`` (``--format pth``): ``x.json`` is then rewritten as the description of the same
+    export, keeping its link to ``x.safetensors`` (``keep_link``), and stays its sidecar."""
+    inputs = weights_inputs("--weights", weights)
+    if os.path.realpath(weights) == os.path.realpath(out + SUFFIX["safetensors"]):
+        inputs = inputs[:1]
+    return inputs + [("--category_file", category_file)]
 
 
 def keep_link(out: str, info: dict, exporting_safetensors: bool) -> None:

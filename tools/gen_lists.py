@@ -5,7 +5,9 @@
     python tools/gen_lists.py somethingv2 --annotations ~/sthv2/labels --videos ~/sthv2/videos
 
 Reads the annotation files in their official formats and the extracted frame folders
-(tools/extract_frames.py), and writes what the frame-folder dataset reads, at the registry's paths
+(tools/extract_frames.py), or packed frames (``<video>.zip``, tools/pack_frames.py or
+``extract_frames.py --pack``: listed under the folder name the loader looks them up by), and
+writes what the frame-folder dataset reads, at the registry's paths
 under ``--data_root`` (ops/dataset_config.py, SPEC.md section 8):
 
 - the category file, one class name per line, line i is label i (for kinetics and hmdb51, whose
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import os
@@ -52,16 +55,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ops.dataset_config import REGISTRY, VIDEO_REGISTRY  # noqa: E402
-from ops.utils import progress, setup_logging  # noqa: E402
-from tools._common import (  # noqa: E402
+from ops.atomic import write_atomically
+from ops.dataset_config import REGISTRY, VIDEO_REGISTRY, default_data_root
+from ops.output_paths import check_outputs
+from ops.packed_frames import EXT as PACKED_EXT
+from ops.packed_frames import PackedFile
+from ops.utils import progress, setup_logging
+from tools._common import (
     TOOL_ERRORS,
     VIDEO_EXTENSIONS,
     count_frame_names,
     fail,
     frame_pattern,
-    write_atomically,
 )
 
 logger = logging.getLogger(__name__)
@@ -380,9 +385,10 @@ def read_annotations(
 # what is on disk
 # ---------------------------------------------------------------------------------------------
 def index_frame_folders(root: str, image_tmpl: str) -> dict[str, list[tuple[str, int, int]]]:
-    """Every folder under ``root`` holding frames of ``image_tmpl``, by folder name:
-    ``name -> [(path relative to root, usable frames, frames found)]``. Frame folders are not
-    searched further."""
+    """Every folder under ``root`` holding frames of ``image_tmpl``, and every packed file
+    (``<folder>.zip``) holding them, by folder name: ``name -> [(path relative to root without
+    .zip, usable frames, frames found)]``. Frame folders are not searched further; a packed
+    file whose index does not read is skipped with a warning (tools/check_data.py names it)."""
     frame_pattern(image_tmpl)  # validate before walking a large tree
     index: dict[str, list[tuple[str, int, int]]] = {}
     walker = progress(os.walk(root), desc="scan frames", unit="dir", off_tty=True)
@@ -392,8 +398,21 @@ def index_frame_folders(root: str, image_tmpl: str) -> dict[str, list[tuple[str,
             rel = Path(os.path.relpath(folder, root)).as_posix()
             index.setdefault(os.path.basename(folder), []).append((rel, usable, found))
             dirs[:] = []
-        else:
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            continue
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(f for f in files if f.endswith(PACKED_EXT) and not f.startswith(".")):
+            if name[: -len(PACKED_EXT)] in dirs:
+                continue  # packed beside its folder: the loader reads the folder
+            try:
+                with PackedFile(os.path.join(folder, name)) as pf:
+                    usable, found = count_frame_names(pf.names, image_tmpl)
+            except OSError as exc:
+                logger.warning("skipped %s", str(exc).splitlines()[0])
+                continue
+            if found:
+                stem = name[: -len(PACKED_EXT)]
+                rel = Path(os.path.relpath(os.path.join(folder, stem), root)).as_posix()
+                index.setdefault(stem, []).append((rel, usable, found))
     walker.close()
     return index
 
@@ -434,14 +453,15 @@ def resolve(ann: Annotation, index: dict[str, list], path_of=lambda c: c) -> tup
 # writing
 # ---------------------------------------------------------------------------------------------
 def write_list(path: str, rows: list[tuple]) -> None:
-    """One row per line, space separated; comma separated (CSV) when a path contains a space."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        if any(re.search(r"\s", str(row[0])) for row in rows):
-            logger.info("%s: some paths contain spaces, writing comma-separated fields", path)
-            csv.writer(f, lineterminator="\n").writerows(rows)
-        else:
-            f.writelines(" ".join(str(x) for x in row) + "\n" for row in rows)
+    """One row per line, space separated; comma separated (CSV) when a path contains a space.
+    Written atomically (the folder created if needed)."""
+    text = io.StringIO()
+    if any(re.search(r"\s", str(row[0])) for row in rows):
+        logger.info("%s: some paths contain spaces, writing comma-separated fields", path)
+        csv.writer(text, lineterminator="\n").writerows(rows)
+    else:
+        text.writelines(" ".join(str(x) for x in row) + "\n" for row in rows)
+    write_atomically(path, text.getvalue())
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -449,11 +469,6 @@ def _same_file(a: str, b: str) -> bool:
         return os.path.samefile(a, b)
     except OSError:  # one of them does not exist
         return False
-
-
-def _write_lines(path: str, lines: list[str]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(line + "\n" for line in lines)
 
 
 def output_paths(
@@ -490,19 +505,21 @@ def generate(
     frames_root: str | None = None,
     video_roots: list[str] | None = None,
     image_tmpl: str = "img_{:05d}.jpg",
-    inputs: tuple[str, ...] = (),
+    inputs: dict[str, str] | None = None,
 ) -> dict[str, SplitReport]:
     """Match the annotations with the folders (or video files) on disk and write the files;
-    ``inputs`` (the annotation files read) are never overwritten."""
+    ``inputs`` (the annotation files read, by role: labels, train, val) are never overwritten
+    (``ops/output_paths.py``), and the outputs are distinct files."""
     if (frames_root is None) == (video_roots is None):
         raise ValueError("give exactly one of a frames root and video roots")
-    for split, path in list_files.items():
-        clash = next((f for f in inputs if _same_file(path, f)), None)
-        if clash:
-            raise ValueError(
-                f"the {split} list {path} is the annotation file {clash} it is made from: "
-                f"pass --{split}_out FILE"
-            )
+    inputs = inputs or {}
+    outputs = [(f"the {s} list (--{s}_out)", p) for s, p in list_files.items()]
+    # --annotations is the registry's label folder: the official class file is the category
+    # file (read_categories reads UCF101's numbered classInd.txt): kept, not written.
+    category_is_input = "labels" in inputs and _same_file(category_file, inputs["labels"])
+    if not category_is_input:
+        outputs.append(("the category file (--category_out)", category_file))
+    check_outputs([(f"the {r} annotations (--{r})", f) for r, f in inputs.items()], outputs)
     if frames_root is not None and not os.path.isdir(frames_root):
         raise FileNotFoundError(
             f"frames folder {frames_root} does not exist: extract the frames first "
@@ -529,12 +546,10 @@ def generate(
         index = index_frame_folders(frames_root, image_tmpl)
     else:
         index = index_video_files(video_roots)
-    if any(_same_file(category_file, f) for f in inputs):
-        # --annotations is the registry's label folder: the official class file is the category
-        # file (read_categories reads UCF101's numbered classInd.txt); never overwrite an input.
+    if category_is_input:
         logger.info("kept %s: it is the annotation file the classes were read from", category_file)
     else:
-        write_atomically(category_file, lambda tmp: _write_lines(tmp, classes))
+        write_atomically(category_file, "".join(c + "\n" for c in classes))
 
     reports = {}
     for split in SPLITS:
@@ -567,8 +582,7 @@ def generate(
             os.path.dirname(list_files[split]), "missing_" + os.path.basename(list_files[split])
         )
         if report.missing:
-            with open(missing_file, "w", encoding="utf-8") as f:
-                f.writelines(m + "\n" for m in report.missing)
+            write_atomically(missing_file, "".join(m + "\n" for m in report.missing))
         elif os.path.exists(missing_file):
             os.remove(missing_file)  # from an earlier run; nothing is missing now
         reports[split] = report
@@ -637,8 +651,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ops.dataset_config import default_data_root
-
     args = get_args_parser().parse_args(argv)
     setup_logging()
     try:
@@ -679,7 +691,7 @@ def main(argv: list[str] | None = None) -> int:
             frames_root=frames,
             video_roots=video_roots,
             image_tmpl=args.image_tmpl or entry["image_tmpl"],
-            inputs=tuple(f for f in files.values() if isinstance(f, str)),
+            inputs={r: f for r, f in files.items() if isinstance(f, str)},
         )
     except (*TOOL_ERRORS, OSError, json.JSONDecodeError, csv.Error) as exc:
         return fail(exc)

@@ -8,10 +8,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ops.synthetic import make_synthetic  # noqa: E402
+from ops.synthetic import make_synthetic
 
 
 def main(argv: list[str] | None = None) -> int:

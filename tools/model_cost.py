@@ -38,14 +38,16 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
-from ops.checkpoint import CheckpointError, checkpoint_info, load_checkpoint  # noqa: E402
-from ops.non_local import BLOCKS, attached_parts  # noqa: E402
-from ops.utils import setup_logging  # noqa: E402
-from tools._common import TOOL_ERRORS, fail  # noqa: E402
+from ops import blocks
+from ops.atomic import write_atomically
+from ops.checkpoint import CheckpointError, checkpoint_info, load_checkpoint
+from ops.models import TSN
+from ops.non_local import attached_parts
+from ops.utils import setup_logging
+from tools._common import TOOL_ERRORS, fail
 
 logger = logging.getLogger(__name__)
 
@@ -147,8 +149,6 @@ def count_params(model: nn.Module) -> tuple[int, int]:
 
 def model_cost(cfg: dict, size: int) -> Cost:
     """Cost of one clip of ``TSN(**cfg)`` at ``size x size``, computed on the meta device."""
-    from ops.models import TSN
-
     # partial_bn off: every parameter counts as learnable (partial BN freezes some for training)
     cfg = dict(cfg, pretrain="scratch", print_spec=False, input_size=size, partial_bn=False)
     with torch.device("meta"):
@@ -165,9 +165,12 @@ def model_cost(cfg: dict, size: int) -> Cost:
 # the table
 # ---------------------------------------------------------------------------------------------
 def variants(models: list[str] | None = None) -> dict[str, dict]:
-    """Name -> TSN keywords: TSN, TSM and TSM+<block> for every block in ops.non_local.BLOCKS."""
+    """Name -> TSN keywords: TSN, TSM and TSM+<block> for every registered block type
+    (ops/blocks.py): the published ones in the paper's order, then any other by name."""
     table = {"TSN": {"is_shift": False}, "TSM": {"is_shift": True}}
-    for nl_type in BLOCKS:
+    published = ["rnl", "nl", "gc"]
+    types = sorted(blocks.available())
+    for nl_type in [t for t in published if t in types] + [t for t in types if t not in published]:
         table[f"TSM+{nl_type.upper()}"] = {"is_shift": True, "non_local": True, "nl_type": nl_type}
     if models:
         unknown = [m for m in models if m not in table]
@@ -269,8 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     except (*TOOL_ERRORS, CheckpointError) as exc:
         return fail(exc)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(rows, f, indent=1)
+        write_atomically(args.json, json.dumps(rows, indent=1))
     print(format_table(rows))
     print(f"\nFLOPs = multiply-adds per clip (one view); published: {PUBLISHED}.")
     return 0

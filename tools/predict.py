@@ -4,9 +4,11 @@
     python tools/predict.py --weights TSM_kinetics_RGB_resnet50_..._dense_nl_....pth.tar \\
         --category_file kinetics_classes.txt --clips 10 --crops 3 --full_res clip.mp4 --out labelled.mp4
 
-Inputs are video files (anything PyAV's FFmpeg reads, frames numbered exactly as by ops/video.py)
-and frame folders. A frame folder's file names follow ``--image_tmpl``; without it the template
-is detected: the registry's RGB templates (``img_{:05d}.jpg`` as Kinetics / UCF101 / HMDB51 and
+Inputs are video files (anything PyAV's FFmpeg reads, frames numbered exactly as by ops/video.py),
+frame folders and packed frames (``clip.zip`` from tools/pack_frames.py; a folder path that does
+not exist is read from ``<path>.zip`` when that exists, as the dataset does). A frame folder's
+(or packed file's) frame names follow ``--image_tmpl``; without it the template is detected:
+the registry's RGB templates (``img_{:05d}.jpg`` as Kinetics / UCF101 / HMDB51 and
 tools/extract_frames.py write them, ``{:05d}.jpg`` as Something-Something v1 and Jester,
 ``{:06d}.jpg`` as Something-Something v2) are tried, and the one that numbers the longest run of
 frames 1, 2, ... n is used; frames after a gap are not read, as the dataset would not read them.
@@ -29,7 +31,11 @@ Output: per input, its top-5 (``--topk``) as ``probability  name`` lines on stdo
 ``--json`` one JSON document for all inputs. ``--out FILE.mp4|FILE.gif`` writes the input with its
 top-1 class and probability drawn in the top-left corner (mp4: H.264 by PyAV at the video's frame
 rate, ``--fps`` for frame folders; gif: PIL, which stores identical consecutive frames once with
-their durations added; written to a temporary file and renamed when complete); with several inputs ``--out`` must contain ``{name}``, replaced by each input's name.
+their durations added; written to a temporary file and renamed when complete); with several
+inputs ``--out`` must contain ``{name}``, replaced by each input's name. Before any work, ``--out``
+is refused (``ops/output_paths.py``) where it would write over an input (a video, the weights,
+the category file; also through a link) or where two inputs get the same file (``x/clip`` and
+``y/clip`` both give ``{name}`` = ``clip``).
 An input that cannot be read gets one line on stderr (``error: <input>: <why>``) and the others
 still run; the exit status is then 1 (2 for a bad checkpoint or bad flags).
 """
@@ -44,32 +50,36 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
-from pathlib import Path
+from typing import BinaryIO
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import av  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image, ImageDraw, ImageFont  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import av
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from tqdm import tqdm
 
-from ops import evaluation  # noqa: E402
-from ops.checkpoint import CheckpointError, load_model  # noqa: E402
-from ops.data_problems import DataProblems  # noqa: E402
-from ops.device_input import InputNorm  # noqa: E402
-from ops.frames import FrameFolders, decode_image  # noqa: E402
-from ops.lists import VideoRecord  # noqa: E402
-from ops.sampling import clip_frames  # noqa: E402
-from ops.utils import progress, setup_logging, to_device  # noqa: E402
-from ops.video import VideoError  # noqa: E402
-from ops.video_files import VideoFiles  # noqa: E402
-from tools._common import (  # noqa: E402
+from ops import evaluation
+from ops.atomic import write_atomically
+from ops.checkpoint import CheckpointError, load_model
+from ops.data_problems import DataProblems
+from ops.device_input import InputNorm
+from ops.frames import FrameFolders, decode_bytes, decode_image
+from ops.lists import VideoRecord
+from ops.output_paths import check_outputs, weights_inputs
+from ops.packed_frames import EXT as PACKED_EXT
+from ops.packed_frames import PackedFile
+from ops.sampling import clip_frames
+from ops.utils import progress, setup_logging, to_device
+from ops.video import VideoError
+from ops.video_files import VideoFiles
+from tools._common import (
     TOOL_ERRORS,
+    count_frame_names,
     count_frames,
     fail,
     frame_pattern,
     frame_template,
+    frame_template_of,
     model_class_names,
-    write_atomically,
 )
 
 logger = logging.getLogger("predict")
@@ -226,7 +236,7 @@ class _InputProblems(DataProblems):
 class Loaded:
     """The sampled frames of one input, how many frames it has, and what went wrong on the way."""
 
-    kind: str  # "video" or "frames"
+    kind: str  # "video", "frames" (a folder) or "packed" (packed frames)
     num_frames: int
     images: list[Image.Image]
     problems: list[str]
@@ -246,19 +256,30 @@ def load_input(path: str, predictor: Predictor) -> Loaded:
         return predictor.sample(num_frames)
 
     tmpl = None
-    if os.path.isdir(full):
+    packed = None  # the packed file, for packed frames
+    if full.endswith(PACKED_EXT) and os.path.isfile(full):
+        packed = full
+    elif not os.path.exists(full) and os.path.isfile(full + PACKED_EXT):
+        packed = full + PACKED_EXT
+    if os.path.isdir(full) or packed is not None:
         try:
-            tmpl = frame_template(full, predictor.image_tmpl)
-        except (FileNotFoundError, ValueError) as exc:
+            if packed is None:
+                tmpl = frame_template(full, predictor.image_tmpl)
+                usable, found = count_frames(full, tmpl)
+            else:
+                with PackedFile(packed) as pf:
+                    names = pf.names
+                tmpl = predictor.image_tmpl or frame_template_of(names, packed)
+                usable, found = count_frame_names(names, tmpl)
+        except (OSError, ValueError) as exc:
             raise InputError(str(exc)) from None
-        usable, found = count_frames(full, tmpl)
         if usable == 0:
             raise InputError(f"no frame {tmpl.format(1)} in the folder (template {tmpl!r})")
         if found > usable:
             problems.messages.append(
                 f"frame {usable + 1} is missing: only frames 1..{usable} are read"
             )
-        kind = "frames"
+        kind = "frames" if packed is None else "packed"
         source = FrameFolders(root, tmpl, "RGB", problems)
         record = VideoRecord(name, usable, 0)
     elif os.path.isfile(full):
@@ -316,6 +337,15 @@ def all_frames(path: str, loaded: Loaded, fps: float) -> tuple[Iterator[Image.Im
                 yield decode_image(file)
 
         return folder_frames(), fps
+    if loaded.kind == "packed":
+        packed = path if path.endswith(PACKED_EXT) and os.path.isfile(path) else path + PACKED_EXT
+
+        def packed_frames() -> Iterator[Image.Image]:
+            with PackedFile(packed) as pf:
+                for k in range(1, loaded.num_frames + 1):
+                    yield decode_bytes(pf.read(loaded.image_tmpl.format(k)))
+
+        return packed_frames(), fps
     container = av.open(path)
     stream = container.streams.video[0]
     rate = stream.average_rate or stream.guessed_rate or fps
@@ -350,9 +380,9 @@ def write_labelled(
     labelled = _labelled(frames, text, progress(total=total, desc="render", unit="frame"))
     written = []
     if os.path.splitext(out)[1].lower() == ".gif":
-        write_atomically(out, lambda tmp: written.append(_write_gif(labelled, tmp, fps)))
+        write_atomically(out, lambda f: written.append(_write_gif(labelled, f, fps)))
     else:
-        write_atomically(out, lambda tmp: written.append(_write_mp4(labelled, tmp, fps)))
+        write_atomically(out, lambda f: written.append(_write_mp4(labelled, f, fps)))
     return written[0]
 
 
@@ -365,20 +395,20 @@ def _labelled(frames: Iterator[Image.Image], text: str, bar) -> Iterator[Image.I
             bar.update(1)
 
 
-def _write_gif(frames: Iterator[Image.Image], path: str, fps: float) -> int:
+def _write_gif(frames: Iterator[Image.Image], f: BinaryIO, fps: float) -> int:
     drawn = list(frames)  # PIL writes an animation from a list of frames
     if not drawn:
         raise InputError("no frame decodes, nothing to write")
     duration = max(1, round(1000.0 / fps))  # ms per frame
     drawn[0].save(
-        path, format="GIF", save_all=True, append_images=drawn[1:], duration=duration, loop=0
+        f, format="GIF", save_all=True, append_images=drawn[1:], duration=duration, loop=0
     )
     return len(drawn)
 
 
-def _write_mp4(frames: Iterator[Image.Image], path: str, fps: float) -> int:
+def _write_mp4(frames: Iterator[Image.Image], f: BinaryIO, fps: float) -> int:
     written = 0
-    with av.open(path, mode="w", format="mp4") as container:
+    with av.open(f, mode="w", format="mp4") as container:
         stream = None
         for image in frames:
             image = _even(image)
@@ -445,7 +475,7 @@ def predict_one(path: str, predictor: Predictor, args: argparse.Namespace, sever
 
 
 def format_result(result: dict, views: Views) -> str:
-    what = "frame folder" if result["kind"] == "frames" else "video"
+    what = {"frames": "frame folder", "packed": "packed frames"}.get(result["kind"], "video")
     clips = f"{views.clips} clip{'s' if views.clips > 1 else ''}"
     crops = f"{views.crops} crop{'s' if views.crops > 1 else ''}"
     lines = [f"{result['input']} ({what}, {result['num_frames']} frames; {clips} x {crops})"]
@@ -460,8 +490,10 @@ def run(args: argparse.Namespace) -> int:
     if args.out and os.path.splitext(args.out)[1].lower() not in OUT_FORMATS:
         raise ValueError(f"--out must end in {' or '.join(OUT_FORMATS)}, got {args.out}")
     several = len(args.inputs) > 1
-    if args.out:
-        out_path(args.out, args.inputs[0], several)  # a bad --out fails before any work
+    if args.out:  # a bad --out fails before any work: a template without {name}, or a clash
+        outputs = [(f"--out (for {p})", out_path(args.out, p, several)) for p in args.inputs]
+        inputs = [("", p) for p in args.inputs] + weights_inputs("--weights", args.weights)
+        check_outputs(inputs + [("--category_file", args.category_file)], outputs)
     predictor = build_predictor(args)
     results, failed = [], 0
     bar = progress(args.inputs, desc="predict", unit="input", enabled=several)

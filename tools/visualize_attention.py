@@ -28,19 +28,21 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image, ImageDraw, ImageFont  # noqa: E402
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
 
-from ops.checkpoint import CheckpointError, load_model  # noqa: E402
-from ops.dataset_config import read_categories  # noqa: E402
-from ops.non_local import attention_modules  # noqa: E402
-from ops.sampling import clip_frames  # noqa: E402
-from ops.utils import setup_logging  # noqa: E402
-from tools._common import (  # noqa: E402
+from ops.checkpoint import CheckpointError, load_model
+from ops.dataset_config import read_categories
+from ops.device_input import InputNorm, ToUint8Tensor
+from ops.non_local import attention_modules
+from ops.output_paths import check_outputs, weights_inputs
+from ops.sampling import clip_frames
+from ops.transforms import GroupCenterCrop, GroupScale, Stack
+from ops.utils import setup_logging, to_device
+from ops.video import VideoError, VideoReader
+from tools._common import (
     TOOL_ERRORS,
     count_frames,
     fail,
@@ -90,8 +92,7 @@ def load_clip(
         raise FileNotFoundError(
             f"--video {video} does not exist: give a frame folder or a video file"
         )
-    from ops.video import VideoError, VideoReader  # the data layer's reader: same frame numbers
-
+    # the data layer's reader (ops.video): the same frame numbers as training and testing
     try:
         with VideoReader(video) as reader:
             numbers = clip_frames(reader.num_frames, num_segments, mode="val")
@@ -106,10 +107,6 @@ def load_clip(
 
 def preprocess(frames: list[Image.Image], model) -> tuple[torch.Tensor, list[Image.Image]]:
     """Validation transform: ``(input [1, T*3, H, W], the cropped frames for display)``."""
-    from ops.device_input import InputNorm, ToUint8Tensor
-    from ops.transforms import GroupCenterCrop, GroupScale, Stack
-    from ops.utils import to_device
-
     cropped = GroupCenterCrop(model.crop_size)(GroupScale(model.scale_size)(frames))
     x = ToUint8Tensor()(Stack()(cropped)).unsqueeze(0)  # uint8 (1, T*3, H, W)
     x = to_device(x, torch.device("cpu"), norm=InputNorm.of(model))  # as the loops normalise
@@ -345,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     setup_logging()
     try:
+        inputs = weights_inputs("--weights", args.weights) + [("--video", args.video)]
+        check_outputs(inputs + [("--category_file", args.category_file)], [("--out", args.out)])
         names = read_categories(args.category_file) if args.category_file else None
         # the flags of the same names as visualize()'s keywords
         same = ("query", "top", "image_tmpl", "segments", "cell", "data_root")

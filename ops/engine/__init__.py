@@ -8,9 +8,12 @@
                      loader workers ignore them; SLURM requeue
     lr_scheduler.py  the published per-iteration warmup + cosine / step schedule
     seeding.py       reproducible sample order and augmentation, epoch by epoch, resumable
+    preflight.py     the data checked before the first step: each list reads, train = val
     run_logger.py    tensorboardX scalars, log.csv and log.txt of a run
     run_folder.py    whose a run folder is: run_config.json, refusing another run's folder
-                     (unless --resume / --overwrite), output folders that cannot be written
+                     (unless --resume / --overwrite), output folders that cannot be written;
+                     what --resume may continue; no run output over a run input
+    run_lock.py      one live run per folder: rank 0's flock on run.lock, freed when it dies
     compile.py       --compile with a fall-back to eager mode
     runtime_report.py  what actually runs (devices, backend, attention kernels), logged and saved
     recipe.py        the optional recipe flags (all off by default), their run-name tokens

@@ -10,7 +10,10 @@ with fake tensors, so a failed compilation itself touches no weight; but where t
 graph break, a first part may already have run compiled (updating BatchNorm statistics) before a
 later part fails to compile. So before each call with input shapes or a train/eval mode not seen
 yet (the calls on which Dynamo compiles), the wrapper keeps a copy of the module's buffers, and
-puts it back if that call fails.
+puts it back if that call fails. The backward is compiled lazily too (AOTAutograd compiles it at
+the first backward call), so on such a call the wrapper also runs the new graph's backward once,
+into no `.grad` (`_compile_backward`): a backward that does not compile fails inside the wrapper,
+which falls back as for the forward, instead of in the training loop's `loss.backward()`.
 
 The wrapper holds the eager module as `module` (its only child), so its parameters are the
 model's own; main.py saves the unwrapped model, so checkpoints never carry the wrapper's prefix.
@@ -27,6 +30,7 @@ import logging
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +88,25 @@ class CompiledWithFallback(nn.Module):
         )
         return self.training, shapes
 
+    def _compile_backward(self, out) -> None:
+        """Run the backward of a new graph once, now: AOTAutograd compiles the backward lazily,
+        at its first call, so a backward that does not compile would otherwise fail later, in
+        the training loop's `loss.backward()`, past this wrapper (and with `compiled` still
+        True). The gradients go nowhere (`autograd.grad` accumulates no `.grad`, so no DDP
+        all-reduce either) and the graph is kept for the real backward; it costs one backward
+        per new input signature."""
+        outputs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.requires_grad]
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        if not outputs or not params or not torch.is_grad_enabled():
+            return
+        torch.autograd.grad(
+            outputs,
+            params,
+            grad_outputs=[torch.zeros_like(t) for t in outputs],
+            retain_graph=True,
+            allow_unused=True,
+        )
+
     def forward(self, *args, **kwargs):
         if self.failure is None:
             signature = self._signature(args, kwargs)
@@ -92,6 +115,8 @@ class CompiledWithFallback(nn.Module):
                 saved = {k: b.detach().clone() for k, b in self.module.named_buffers()}
             try:
                 out = self._compiled(*args, **kwargs)
+                if saved is not None:
+                    self._compile_backward(out)
             except Exception as exc:
                 if saved is not None:
                     with torch.no_grad():

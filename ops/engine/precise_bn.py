@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ops.distributed import DistContext, all_reduce_sum
+from ops.engine.stop import stop_signals_blocked
 from ops.utils import autocast, progress, to_device
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,8 @@ def precise_bn(
     model.train()
     bar = progress(total=num_batches, desc="precise BN", enabled=ctx.is_main)
     with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
+        with stop_signals_blocked(batches):  # loader workers start here (ops/engine/stop.py)
+            batches = iter(batches)
         for batch in batches:
             if used >= num_batches:
                 break

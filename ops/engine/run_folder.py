@@ -24,10 +24,14 @@ import json
 import logging
 import os
 
+from ops.atomic import temp_files, write_atomically
+from ops.output_paths import Named, PathClashError, check_outputs, weights_inputs
+
 logger = logging.getLogger(__name__)
 
 RUN_CONFIG = "run_config.json"
 CHECKPOINTS = ("ckpt.pth.tar", "ckpt.best.pth.tar")
+EMA_CHECKPOINT = "ckpt.ema.pth.tar"  # --ema's (ops/engine/ema.py)
 LOG_FILES = ("log.csv", "log.txt", "args.txt")
 # Flags that do not change what a run computes, only where or how it executes: a run resumed
 # with other values of these is the same run.
@@ -106,6 +110,7 @@ def check_run_folder(
             "give this run its own name with --suffix NAME, or pass --overwrite to replace it"
         )
     if resume:
+        check_resume_auto(model_dir, log_dir, resume)
         return "resume"
     what = ", ".join(checkpoints) if checkpoints else "its config and logs"
     raise RunFolderError(
@@ -116,7 +121,7 @@ def check_run_folder(
 
 def clear_run(model_dir: str, log_dir: str) -> None:
     """Remove a previous run's files from its folders (only the names this code writes)."""
-    names = [os.path.join(model_dir, n) for n in (*CHECKPOINTS, RUN_CONFIG)]
+    names = [os.path.join(model_dir, n) for n in (*CHECKPOINTS, EMA_CHECKPOINT, RUN_CONFIG)]
     names += [os.path.join(log_dir, n) for n in LOG_FILES]
     names += glob.glob(os.path.join(glob.escape(log_dir), "events.out.tfevents.*"))
     for path in names + stale_temp_files(model_dir):
@@ -126,20 +131,14 @@ def clear_run(model_dir: str, log_dir: str) -> None:
 
 def stale_temp_files(folder: str) -> list[str]:
     """Temporary files that ``ops.checkpoint.save_checkpoint`` leaves when killed mid-save
-    (``<checkpoint name>.<random>.tmp``)."""
-    found = []
-    for name in CHECKPOINTS:
-        found += glob.glob(os.path.join(glob.escape(folder), glob.escape(name) + ".*.tmp"))
-    return found
+    (``<checkpoint name>.<random>.tmp``, ``ops.atomic``'s)."""
+    return [tmp for name in CHECKPOINTS for tmp in temp_files(os.path.join(folder, name))]
 
 
 def write_run_config(model_dir: str, config: dict) -> None:
     """Store the run's defining flags as ``run_config.json`` (atomically)."""
     path = os.path.join(model_dir, RUN_CONFIG)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(config, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(config, indent=1, sort_keys=True))
 
 
 def claim_run_folder(model_dir: str, log_dir: str, args: argparse.Namespace) -> str:
@@ -181,3 +180,82 @@ def output_error_message(exc: OSError, flag: str = "", path: str | None = None) 
     why = exc.strerror or type(exc).__name__
     pointer = f" (from {flag})" if flag else ""
     return f"cannot write {where}{pointer}: {why}; choose a writable folder with free space"
+
+
+# ---------------------------------------------------------------------------------------------
+# what --resume may continue, and what a run may not write over
+# ---------------------------------------------------------------------------------------------
+def check_resume_auto(model_dir: str, log_dir: str, resume: str) -> None:
+    """``--resume auto`` continues from ``ckpt.pth.tar``, the run's training state. Where it is
+    missing (deleted to save space) but the folder holds what the run produced (logged epochs,
+    ``ckpt.best.pth.tar``, ``ckpt.ema.pth.tar``), a restart from scratch would replace those:
+    ``RunFolderError`` with the choices instead. A folder holding only ``run_config.json`` (a
+    run that ended before its first checkpoint) has nothing to lose and starts afresh."""
+    if resume != "auto" or os.path.isfile(os.path.join(model_dir, CHECKPOINTS[0])):
+        return
+    best = os.path.join(model_dir, CHECKPOINTS[1])
+    record = [
+        n for n in CHECKPOINTS[1:] + (EMA_CHECKPOINT,) if os.path.isfile(os.path.join(model_dir, n))
+    ]
+    record += ["epochs in log.csv"] if _logged_epochs(log_dir) else []
+    if not record:
+        return
+    choice = (
+        f"--resume {best} to continue from the best checkpoint"
+        if os.path.isfile(best)
+        else f"put its {CHECKPOINTS[0]} back"
+    )
+    raise RunFolderError(
+        f"--resume auto: {model_dir} holds a run ({', '.join(record)}) without its training "
+        f"state {CHECKPOINTS[0]} (deleted?), and starting it from scratch would replace them: "
+        f"pass --overwrite to train it afresh, or {choice}"
+    )
+
+
+def check_training_state(path: str, ckpt: dict) -> None:
+    """A checkpoint that ``--resume`` may continue holds the optimizer state of a run (every
+    training checkpoint does, ``ckpt.best.pth.tar`` too). An export, a published checkpoint, a
+    .safetensors file or ``ckpt.ema.pth.tar`` hold weights only: resuming one would restart the
+    schedule at its epoch with fresh momentum, so ``RunFolderError`` pointing to --tune_from."""
+    optimizer = ckpt.get("optimizer")
+    if "ema_of_weights" in ckpt:
+        why = "the weight average (--ema) of a run, without its optimizer state"
+    elif not (isinstance(optimizer, dict) and optimizer.get("param_groups")):
+        why = "weights without a run's optimizer state (an export, a published checkpoint?)"
+    else:
+        return
+    raise RunFolderError(
+        f"--resume {path} holds {why}, so it cannot continue a run: start a new run from its "
+        f"weights with --tune_from {path}, or resume the run's own ckpt.pth.tar"
+    )
+
+
+def run_outputs(model_dir: str, log_dir: str) -> list[Named]:
+    """The files a run writes, for ``ops.output_paths.check_outputs``."""
+    outputs = [
+        (f"--root_model ({n})", os.path.join(model_dir, n))
+        for n in (*CHECKPOINTS, EMA_CHECKPOINT, RUN_CONFIG)
+    ]
+    return outputs + [(f"--root_log ({n})", os.path.join(log_dir, n)) for n in LOG_FILES]
+
+
+def check_run_paths(model_dir: str, log_dir: str, args: argparse.Namespace, data: dict) -> None:
+    """No file the run writes is one it reads (``ops/output_paths.py``): --tune_from, a
+    --pretrain file, the lists and the category file. A --resume file may be one of the run's
+    own checkpoints (read whole before anything is written; continuing a run is exactly
+    that), but not another of its outputs."""
+    pretrain = args.pretrain if args.pretrain not in ("imagenet", "scratch") else None
+    inputs = [
+        *weights_inputs("--tune_from", args.tune_from),
+        *weights_inputs("--pretrain", pretrain),
+    ]
+    inputs += [("--train_list", data.get("train_list")), ("--val_list", data.get("val_list"))]
+    inputs += [("--category_file", args.category_file)]
+    outputs = run_outputs(model_dir, log_dir)
+    own = {os.path.join(model_dir, n) for n in (*CHECKPOINTS, EMA_CHECKPOINT)}
+    resumed = args.resume if args.resume != "auto" else None
+    try:
+        check_outputs(inputs, outputs)
+        check_outputs(weights_inputs("--resume", resumed), [o for o in outputs if o[1] not in own])
+    except PathClashError as exc:
+        raise RunFolderError(str(exc)) from None

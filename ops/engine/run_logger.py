@@ -12,17 +12,25 @@ records of a resumed run in the same files; `keep_epochs` first drops the rows o
 resumed run trains again, so `log.csv` has one row per epoch.
 
 A failed write (a full or read-only disk) raises `RunLogError`, one line naming the file. A
-progress line that cannot be written mid-epoch is not fatal at once: the error is kept and
-raised by the next `epoch()`, which main.py calls after the epoch's checkpoint is saved, so a
-full log disk never loses trained epochs.
+progress line or scalar that cannot be written mid-epoch is not fatal at once: the error is kept
+and raised by the next `epoch()`, which main.py calls after the epoch's checkpoint is saved, so a
+full log disk never loses trained epochs. The event file is written here, synchronously
+(tensorboardX's `EventsWriter`, not its `SummaryWriter`, whose background thread and atexit hook
+fail again on a full disk, each with a traceback, and whose flush in `close()` would hide the
+one-line error): once a write failed, the file is closed without retrying and `close()` never
+raises.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
+import time
+
+from ops.atomic import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -60,14 +68,14 @@ class RunLogger:
     def __init__(self, log_dir: str, enabled: bool = True) -> None:
         self.log_dir = log_dir
         self.enabled = enabled
-        self._writer = None
-        self._failed: RunLogError | None = None  # a progress line that could not be written
+        self._events = None  # the event file (tensorboardX EventsWriter) while it is writable
+        self._failed: RunLogError | None = None  # a write that failed, raised by epoch()
         if not enabled:
             return
         os.makedirs(log_dir, exist_ok=True)
-        from tensorboardX import SummaryWriter
+        from tensorboardX.event_file_writer import EventsWriter
 
-        self._writer = SummaryWriter(log_dir=log_dir)
+        self._events = EventsWriter(os.path.join(log_dir, "events"))
         self._csv_path = os.path.join(log_dir, "log.csv")
         self._txt_path = os.path.join(log_dir, "log.txt")
         if not os.path.exists(self._csv_path):
@@ -94,18 +102,36 @@ class RunLogger:
         kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= epochs]
         if len(kept) == len(rows):
             return
-        tmp = self._csv_path + ".tmp"
+        text = io.StringIO()
+        csv.writer(text).writerows(kept)
         try:
-            with open(tmp, "w", newline="") as f:
-                csv.writer(f).writerows(kept)
-            os.replace(tmp, self._csv_path)
+            write_atomically(self._csv_path, text.getvalue())
         except OSError as exc:
             raise _error(exc, self._csv_path) from None
         logger.info("log.csv: dropped %d row(s) after epoch %d", len(rows) - len(kept), epochs)
 
     def scalar(self, tag: str, value: float, step: int | float) -> None:
-        if self._writer is not None:
-            self._writer.add_scalar(tag, value, step)
+        if self._events is None:
+            return
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.summary import scalar
+
+        event = Event(wall_time=time.time(), step=int(step), summary=scalar(tag, value))
+        try:
+            self._events.write_event(event)
+        except OSError as exc:  # a buffer spilled onto a full disk: raised by epoch()
+            self._events_failed(exc)
+
+    def _events_failed(self, exc: OSError) -> None:
+        """Keep the first error and give the event file up: closed without a retry (its buffer
+        cannot be written), so nothing fails again later (no traceback at exit)."""
+        path = getattr(self._events, "_file_name", os.path.join(self.log_dir, "events.*"))
+        self._failed = self._failed or _error(exc, path)
+        events, self._events = self._events, None
+        try:
+            events.close()
+        except OSError:
+            pass  # the same full disk: already reported
 
     def scalars(self, values: dict[str, float], step: int | float) -> None:
         for tag, value in values.items():
@@ -132,8 +158,11 @@ class RunLogger:
                 csv.writer(f).writerow([_fmt(row.get(k)) for k in CSV_FIELDS])
         except OSError as exc:
             raise _error(exc, self._csv_path) from None
-        if self._writer is not None:
-            self._writer.flush()
+        if self._events is not None:
+            try:
+                self._events.flush()
+            except OSError as exc:
+                self._events_failed(exc)
 
     def epoch(self, epoch: int, *, train, val, best_top1: float, bad_data: dict) -> None:
         """Record a finished epoch (1-based): scalars, a CSV row and the validation line.
@@ -189,9 +218,18 @@ class RunLogger:
             raise self._failed
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        """Flush and close the event file. Never raises (main.py calls it in `finally`, where an
+        error would hide the one that ended the run): a failure not reported yet is logged."""
+        if self._events is None:
+            return
+        try:
+            self._events.close()
+            self._events = None
+        except OSError as exc:
+            reported = self._failed is not None
+            self._events_failed(exc)
+            if not reported:
+                logger.warning("%s", self._failed)
 
 
 def _fmt(value) -> str:

@@ -41,6 +41,14 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def seed_cpu(seed: int) -> None:
+    """Seed python's, numpy's and torch's CPU generators, leaving the CUDA ones alone (what a
+    data item draws from: augmentation runs on the CPU)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.default_generator.manual_seed(seed)
+
+
 def seed_epoch(seed: int, epoch: int, rank: int) -> None:
     """Re-seed the main process's generators at the start of an epoch (dropout, etc.)."""
     seed_all(derive_seed(seed, epoch, rank, 1))
@@ -49,9 +57,10 @@ def seed_epoch(seed: int, epoch: int, rank: int) -> None:
 class SeededDataset(Dataset):
     """Wraps a dataset so item `i` in epoch `e` always draws the same random numbers.
 
-    Before `dataset[i]` the global python / numpy / torch generators are seeded from
+    Before `dataset[i]` the global python / numpy / torch CPU generators are seeded from
     (seed, epoch, i), and afterwards restored, so that loading in the main process (workers=0)
-    does not disturb the training's own random stream. Call `set_epoch` before each epoch (before
+    does not disturb the training's own random stream; the CUDA generators (dropout on a GPU)
+    are never touched (`seed_cpu`), so a resumed run continues their stream. Call `set_epoch` before each epoch (before
     iterating the loader). The epoch lives in a one-element tensor in shared memory, so a loader's
     persistent worker processes, started in an earlier epoch, read the new value too. The wrapped
     dataset is ``dataset`` (e.g. for its bad-data counters).
@@ -75,7 +84,7 @@ class SeededDataset(Dataset):
     def __getitem__(self, index: int):
         saved_py, saved_np = random.getstate(), np.random.get_state()
         saved_torch = torch.get_rng_state()
-        seed_all(derive_seed(self.seed, self.epoch, index, 2))
+        seed_cpu(derive_seed(self.seed, self.epoch, index, 2))
         try:
             # An index >= len is copy `index // len` of item `index % len` (repeated
             # augmentation): the same video, other augmentation draws.

@@ -9,7 +9,8 @@ Who receives the signal depends on the launcher, and every case ends in the same
 - a terminal's Ctrl-C reaches every process of the foreground group, and in spawn mode the
   parent forwards it once more.
 DataLoader workers therefore ignore the stop signals (`loader_worker_init`; they are blocked while
-workers start, `stop_signals_blocked`, so none arrives before that), and the training process
+workers start, `stop_signals_blocked`, so none arrives before that, whether the workers are
+forked, spawned or started by a fork server: tests/test_cluster.py), and the training process
 alone decides to stop and save. A repeat of the same signal within `REPEAT_WINDOW_S` seconds is the
 same request (the terminal's Ctrl-C and the spawn parent's forwarded copy); a Ctrl-C pressed again
 later aborts at once (KeyboardInterrupt), without a checkpoint.
@@ -23,12 +24,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import multiprocessing
 import os
 import shutil
 import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from multiprocessing import forkserver, resource_tracker
 
 logger = logging.getLogger(__name__)
 
@@ -77,21 +80,46 @@ class StopRequest:
         )
 
 
+def _start_method(loader: object | None) -> str:
+    """The start method of `loader`'s worker processes (a DataLoader's multiprocessing_context,
+    else this process's default)."""
+    context = getattr(loader, "multiprocessing_context", None)
+    if isinstance(context, str):
+        return context
+    return (context or multiprocessing.get_context()).get_start_method()
+
+
 @contextlib.contextmanager
-def stop_signals_blocked() -> Iterator[None]:
-    """Hold back the stop signals in this thread while DataLoader workers start: a worker
-    inherits the blocked mask, so a signal sent to the whole group cannot kill it before
-    `loader_worker_init` has made it ignore them; here they are delivered on leaving."""
+def stop_signals_blocked(loader: object | None = None) -> Iterator[None]:
+    """Hold back the stop signals in this thread while `loader`'s DataLoader workers start, so
+    that a signal sent to the whole group cannot kill one before `loader_worker_init` has made
+    it ignore them; here they are delivered on leaving.
+
+    A worker starts with the mask of the process it comes from: fork copies this thread's,
+    spawn keeps it through exec. Two things of Python's multiprocessing are set up first, outside
+    and inside the block: the resource tracker (spawn and forkserver start it with the first
+    worker, and starting it unblocks SIGINT and SIGTERM in the calling thread, which would open
+    the block for the workers after it), and the fork server, which forks the workers and so
+    passes its own mask on (started here, it keeps the stop signals blocked for its life, and a
+    signal to the group leaves it alive too)."""
+    method = _start_method(loader)
+    if method != "fork":
+        resource_tracker.ensure_running()
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
+        if method == "forkserver":
+            forkserver.ensure_running()
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _worker_init(then: Callable[[int], None] | None, worker_id: int) -> None:
+    # First thing, whatever the start method: the worker's own handling of the stop signals
+    # (ignored; a worker forked or spawned inside `stop_signals_blocked` has them blocked until
+    # here, and one already pending is discarded).
     for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)  # also discards one already pending
+        signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     if then is not None:
         then(worker_id)

@@ -150,7 +150,7 @@ def train_one_epoch(
     parts.optimizer.zero_grad(set_to_none=True)
     timer = StepTimer()  # data wait vs compute, per step (ops/engine/data_wait.py)
     timer.start()
-    with stop_signals_blocked():  # loader workers start here (see ops/engine/stop.py)
+    with stop_signals_blocked(loader):  # loader workers start here (see ops/engine/stop.py)
         batches = iter(loader)
     for i, batch in enumerate(batches, start=start_iter):
         timer.got_batch()
@@ -338,7 +338,7 @@ def validate(
     polls = all_reduce_min(len(loader), ctx) if stop is not None else 0
     bar = progress(total=len(loader), desc=desc, enabled=ctx.is_main)
     start_time = time.perf_counter()
-    with stop_signals_blocked():  # loader workers start here (see ops/engine/stop.py)
+    with stop_signals_blocked(loader):  # loader workers start here (see ops/engine/stop.py)
         batches = iter(loader)
     for index, batch in enumerate(batches):
         if index < polls:

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from ops.models import TSN
 
 PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "optimizer_groups.json")
 
@@ -90,8 +89,6 @@ def describe_groups(model, groups: list[dict]) -> list[dict]:
 
 
 def build(config: dict):
-    from ops.models import TSN
-
     return TSN(**config, pretrain="scratch", print_spec=False)
 
 
