@@ -39,6 +39,7 @@ import torchvision
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ops import bf16_guard
 from ops import distributed as du
 from ops.checkpoint import (
     CheckpointError,
@@ -326,6 +327,8 @@ def train(
     batch = du.per_process_batch(args.batch_size, plan.local_world_size)
     model_dir, run_log = start_run(args, plan, data, name, ctx)
     model = build_model(args, data["num_class"], plan, ctx)
+    shape = bf16_guard.clip_shape(model, batch)  # --amp bf16 on a CPU: route faulty kernels
+    bf16_guard.guard_bf16(model, shape, ctx.device, args.amp, args.channels_last, ctx.is_main)
     optimizer, scaler = build_optimizer(model, args, ctx)
     state, found = RunState(), resume_checkpoint(args.resume, model_dir, ctx)
     if args.evaluate and not found and not args.tune_from:
