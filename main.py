@@ -46,6 +46,7 @@ import torchvision
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ops import bf16_guard
 from ops import distributed as du
 from ops.checkpoint import CheckpointError
 from ops.data_problems import DataError, data_error_message
@@ -348,6 +349,11 @@ def prepare_model(cfg: RunConfig, ctx: du.DistContext) -> tuple[TSN, LoopSetting
     model.to(ctx.device)
     if cfg.loop.channels_last:
         model.to_channels_last()  # 2-D conv weights only (the RNL parts are 5-D)
+    shape = bf16_guard.clip_shape(model, cfg.optim.batch_per_process)
+    # --amp bf16 on a CPU: layers whose bf16 kernel is wrong are routed (ops/bf16_guard.py)
+    bf16_guard.guard_bf16(
+        model, shape, ctx.device, cfg.loop.amp, cfg.loop.channels_last, ctx.is_main
+    )
     return model.train(), settings
 
 

@@ -33,8 +33,8 @@ import sys
 import torch
 import torch.distributed as dist
 
+from ops import bf16_guard, evaluation
 from ops import distributed as du
-from ops import evaluation
 from ops.checkpoint import CheckpointError
 from ops.data_problems import data_error_message
 from ops.dataset import TSNDataSet
@@ -431,6 +431,8 @@ def main(args: argparse.Namespace) -> dict | None:
                 "the ensemble's test lists hold different videos: give every weight the same "
                 "list (or lists of the same videos in the same order)"
             )
+        shape = bf16_guard.clip_shape(model, args.batch_size * num_views, crop_size)
+        bf16_guard.guard_bf16(model, shape, device, args.amp, warn=rank == 0, backward=False)
         # DataParallel (several GPUs) splits the videos x views batch; autocast runs inside it.
         models.append(evaluation.inference_model(model, device, args.amp, gpu_ids))
         datasets.append(dataset)

@@ -21,6 +21,13 @@ reduced sizes, with the same head dims):
 - ``shift+conv <device>``: ``TemporalShift`` around a 1x1 and a strided 3x3 conv, plain and
   memory-saving (``recompute``), fp32 and autocast, contiguous and channels-last, output and
   gradients against a float64 CPU reference written here (shift by concatenation).
+- Both CPU checks run bf16 as training does: through ``ops/bf16_guard.py``, which routes a layer
+  whose bf16 kernel is wrong on this CPU (torch 2.14.1 on AVX-512 CPUs: the region
+  convs at T = 2; docs/bf16_cpu.md). The figures say which route was taken and the error of
+  PyTorch's own bf16 kernel (called directly) at that shape; a route that this kernel's error
+  does not explain (the kernel is right, so the module's own bf16 path is wrong) fails. The
+  region convs are also checked at 4 frames, where the kernels are right, so that the fault at
+  2 frames cannot hide a wrong bf16 path of the module.
 - ``dataparallel autocast``: the dtype each DataParallel replica computes in under ``--amp
   bf16`` / ``fp16`` over 1..n GPUs, through ``ops.evaluation.inference_model`` as
   ``test_models.py`` builds it (and, for comparison, without the wrapper).
@@ -66,6 +73,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see main.py: spinning Ope
 
 import argparse
 import contextlib
+import copy
 import datetime
 import json
 import logging
@@ -93,8 +101,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ops import bf16_guard, evaluation
 from ops import distributed as du
-from ops import evaluation
 from ops.attention import _positions_last, nonlocal_attention
 from ops.checkpoint import load_checkpoint
 from ops.device_augment import EncodedBatch, EncodedClip, EncodedFrame
@@ -422,38 +430,99 @@ def _region_step(module: RegionConv3d, x, grad, dtype_name: str) -> tuple:
     return y.detach(), x.grad, module.weight.grad
 
 
+def _raw_kernel_error(conv: Callable, x: torch.Tensor, weight: torch.Tensor, grad) -> float:
+    """Largest error of PyTorch's own bf16 convolution ``conv(x, weight)`` (output, both
+    gradients) against float32 on the same bf16 numbers: whether a kernel is wrong at a shape,
+    found without the module that routed it."""
+    out = {}
+    for dtype in (torch.bfloat16, torch.float32):
+        xd = x.detach().to(dtype).requires_grad_(True)
+        wd = weight.detach().to(dtype).requires_grad_(True)
+        y = conv(xd, wd)
+        y.backward(grad.to(dtype))
+        out[dtype] = (y.detach(), xd.grad, wd.grad)
+    return max(_rel_err(a, b) for a, b in zip(out[torch.bfloat16], out[torch.float32]))
+
+
+def _guard(module: nn.Module, x: torch.Tensor, raw: Callable[[], float], row: dict) -> str:
+    """Route ``module`` as a CPU bf16 run does (``ops/bf16_guard.py``) for input ``x``; record
+    the route and the raw kernel's error in ``row``; a problem when the kernel is right but the
+    module was routed anyway (its own bf16 path is then the wrong one)."""
+    routed = bf16_guard.guard_bf16(module, tuple(x.shape), x.device, "bf16", warn=False)
+    row["route"] = next(iter(routed.values()), None)
+    if row["route"] is None:
+        return ""
+    row["raw_kernel_error"] = _sig(raw())
+    if row["raw_kernel_error"] <= bf16_guard.TOLERANCE:
+        return f"routed to {row['route']} though the bf16 kernel is right"
+    return ""
+
+
 def check_region_conv(ctx: Context, device: str, layer: str) -> dict:
     channels, kernel, side = REGION_LAYERS[layer]
     cuda = device == "cuda"
     frames, channels, side = (8, channels, side) if cuda else (2, channels // 4, side // 3)
     dev = torch.device(device)
-    repeats = 5 if cuda else 1
     torch.manual_seed(0)
     source = RegionConv3d(channels, kernel)
     x = torch.randn(2, channels, frames, side, side)
-    grad = torch.randn_like(x)
-    ref = _region_reference(source, x, grad)
     figures: dict = {"channels": channels, "kernel": list(kernel), "input": list(x.shape)}
-    problems = []
-    for impl in IMPLS:
-        module = RegionConv3d(channels, kernel, impl=impl).to(dev)
-        module.load_state_dict(source.state_dict())
-        for dtype_name in ("fp32", "bf16", "fp16") if cuda else ("fp32", "bf16"):
-            with _exact_fp32():
-                work = partial(_region_step, module, x.to(dev), grad.to(dev), dtype_name)
-                out, cost = _measure(work, dev, repeats)
-            errs = [_rel_err(a, b) for a, b in zip(out, ref)]
-            row = {**cost, "err_y": _sig(errs[0]), "err_grad_x": _sig(errs[1])}
-            row["err_grad_w"] = _sig(errs[2])
-            figures[f"{impl} {dtype_name}"] = row
-            if not max(errs) <= TOLERANCE[dtype_name]:
-                problems.append(f"{impl} {dtype_name}: error {max(errs):.3g}")
+    problems: list[str] = []
+    _region_rows(source, x, dev, "", figures, problems)
+    if not cuda:
+        # Also at 4 frames, where the CPUs' bf16 kernels were measured right: a layer routed
+        # there has a wrong bf16 path of its own, which the kernel fault at 2 frames could hide.
+        x4 = torch.randn(2, channels, 4, side, side)
+        figures["input 4 frames"] = list(x4.shape)
+        _region_rows(source, x4, dev, " 4 frames", figures, problems)
     for dtype_name in ("fp32", "bf16"):
         masked, dw = figures[f"masked {dtype_name}"], figures[f"depthwise {dtype_name}"]
         figures[f"depthwise speed-up {dtype_name}"] = _sig(masked["ms"] / max(dw["ms"], 1e-9))
     if problems:
         raise CheckFailed("; ".join(problems), figures)
     return figures
+
+
+def _region_rows(
+    source: RegionConv3d, x: torch.Tensor, dev: torch.device, suffix: str, figures, problems
+) -> None:
+    """The rows ``'<impl> <dtype><suffix>'`` of ``check_region_conv`` for input ``x``."""
+    cuda = dev.type == "cuda"
+    repeats = 5 if cuda else 1
+    grad = torch.randn_like(x)
+    ref = _region_reference(source, x, grad)
+    for impl in IMPLS:
+        module = RegionConv3d(source.channels, source.kernel_size, impl=impl).to(dev)
+        module.load_state_dict(source.state_dict())
+        for dtype_name in ("fp32", "bf16", "fp16") if cuda else ("fp32", "bf16"):
+            key = f"{impl} {dtype_name}{suffix}"
+            routing = {}
+            if not cuda and dtype_name == "bf16":
+                routing = {"route": None}
+                problem = _guard(module, x, partial(_raw_region_error, module, x, grad), routing)
+                if problem:
+                    problems.append(f"{key}: {problem}")
+            with _exact_fp32():
+                work = partial(_region_step, module, x.to(dev), grad.to(dev), dtype_name)
+                out, cost = _measure(work, dev, repeats)
+            errs = [_rel_err(a, b) for a, b in zip(out, ref)]
+            row = {**cost, "err_y": _sig(errs[0]), "err_grad_x": _sig(errs[1])}
+            row["err_grad_w"] = _sig(errs[2])
+            figures[key] = {**row, **routing}
+            if not max(errs) <= TOLERANCE[dtype_name]:
+                problems.append(f"{key}: error {max(errs):.3g}")
+
+
+def _raw_region_error(module: RegionConv3d, x: torch.Tensor, grad: torch.Tensor) -> float:
+    """The raw bf16 kernel's error for ``module``'s convolution as it computes it on the CPU
+    (depthwise: the gathered kernel on channels-last input; masked: the grouped convolution)."""
+    if module.impl == "depthwise":
+        weight, groups = module.depthwise_weight(), module.channels
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    else:
+        weight, groups = module.weight * module.mask, module.groups
+    conv = partial(F.conv3d, padding=module.padding, groups=groups)
+    return _raw_kernel_error(conv, x, weight, grad)
 
 
 def reference_shift(x: torch.Tensor, frames: int, fold_div: int = 8) -> torch.Tensor:
@@ -499,9 +568,26 @@ def check_shift_conv(ctx: Context, device: str) -> dict:
         y64.backward(grad.double())
         ref = (y64.detach(), x64.grad, w64.grad)
         for recompute in (False, True):
-            module = TemporalShift(conv, n_segment=frames, n_div=8, recompute=recompute).to(dev)
             for dtype_name in ("fp32", "bf16", "fp16") if cuda else ("fp32", "bf16"):
                 for channels_last in (False, True):
+                    module = TemporalShift(
+                        copy.deepcopy(conv), n_segment=frames, n_div=8, recompute=recompute
+                    ).to(dev)
+                    routing = {}
+                    if not cuda and dtype_name == "bf16":
+                        routing = {"route": None}
+                        fmt = torch.channels_last if channels_last else torch.contiguous_format
+                        xg = x.contiguous(memory_format=fmt)
+                        raw = partial(
+                            _raw_kernel_error,
+                            partial(F.conv2d, stride=stride, padding=pad),
+                            reference_shift(xg, frames).contiguous(memory_format=fmt),
+                            conv.weight,
+                            grad,
+                        )
+                        problem = _guard(module, xg, raw, routing)
+                        if problem:
+                            problems.append(f"{conv_name} bf16: {problem}")
                     with _exact_fp32():
                         out = _shift_step(
                             module, x.to(dev), grad.to(dev), dtype_name, channels_last
@@ -515,6 +601,7 @@ def check_shift_conv(ctx: Context, device: str) -> dict:
                         "err_y": _sig(errs[0]),
                         "err_grad_x": _sig(errs[1]),
                         "err_grad_w": _sig(errs[2]),
+                        **routing,
                     }
                     if not max(errs) <= TOLERANCE[dtype_name]:
                         problems.append(f"{key}: error {max(errs):.3g}")

@@ -41,6 +41,7 @@ Checkpoints, evaluation, shared helpers:
                        output paths checked writable before the work
     atomic.py          the one atomic file write (temporary file, fsync, rename) every writer uses
     output_paths.py    no command writes over one of its inputs (the one rule every tool applies)
+    bf16_guard.py      CPU --amp bf16: probe the model's convolutions, route faulty kernels
 engine/                the training engine, used only by main.py (see engine/__init__.py)
 
 Imports run one way: main.py, test_models.py, tools/, benchmarks/ -> engine/ -> ops -> archs/

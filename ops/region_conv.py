@@ -67,6 +67,10 @@ class RegionConv3d(nn.Module):
             masked grouped convolution).
     """
 
+    # The CPU depthwise path's layout (see forward); ops/bf16_guard.py turns it off for a layer
+    # whose bf16 kernel is wrong in channels-last.
+    cpu_channels_last = True
+
     def __init__(self, channels: int, kernel_size=(3, 7, 7), impl: str = "depthwise"):
         super().__init__()
         if impl not in IMPLS:
@@ -113,7 +117,11 @@ class RegionConv3d(nn.Module):
             # The CPU depthwise conv3d kernel is ~3x faster on channels-last input (PERF_NOTES);
             # the output stays channels-last, which also makes the attention's [N, P, C] view
             # of it contiguous for free.
-            x = x.contiguous(memory_format=torch.channels_last_3d)
+            x = x.contiguous(
+                memory_format=torch.channels_last_3d
+                if self.cpu_channels_last
+                else torch.contiguous_format
+            )
         # Under autocast a convolution runs in the autocast dtype, whatever x's dtype (as
         # F.conv3d would); the custom Function then runs with autocast off, in that dtype. The
         # meta device (the start-up shape probe) has no autocast.
