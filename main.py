@@ -98,6 +98,7 @@ from ops.engine.state import (
     tune_from,
 )
 from ops.engine.stop import StopRequest, requeue_slurm_job
+from ops.engine.timed_save import SaveClock
 from ops.engine.trainer import (
     EpochStats,
     LoopSettings,
@@ -469,7 +470,10 @@ class Run:
         paths = [os.path.join(self.cfg.paths.model_dir, CHECKPOINT)]
         paths += [os.path.join(self.cfg.paths.model_dir, BEST)] * best
         runtime = dict(self.runtime, compile=compile_status(self.parts.model, self.cfg.loop))
-        return self.saver.save(state, paths, runtime)
+        contents = self.saver.save(state, paths, runtime)
+        if self.parts.save_clock is not None:  # --save_every counts from the last save
+            self.parts.save_clock.reset()
+        return contents
 
 
 def make_run(
@@ -506,6 +510,7 @@ def make_run(
         run_log,
         mix,
         ema.update if ema is not None else None,
+        SaveClock(cfg.loop.save_every, ctx.is_main),
     )
     saver = Saver(cfg, model, built.optimizer, built.scaler, built.loaders.iters_per_epoch, ctx,
                   ema)  # fmt: skip
@@ -550,13 +555,17 @@ def train_epoch(run: Run, state: RunState) -> tuple[RunState, EpochStats, str]:
     batch = cfg.optim.batch_per_process
     sampler, dataset = loaders.train.sampler, loaders.train.dataset
     start_epoch(state, sampler, dataset, batch, loaders.iters_per_epoch, ctx.rank)
-    stats = train_one_epoch(run.parts, loaders.train, state, loaders.iters_per_epoch)
-    if stats.stopped_at is not None:  # preempted: save the exact position and leave
-        drawn = (stats.stopped_at - state.iteration) * batch
-        state = dataclasses.replace(
-            state, samples_done=sampler.position(drawn), iteration=stats.stopped_at,
+
+    def at(i: int) -> RunState:  # the exact position before iteration i of this epoch
+        return dataclasses.replace(
+            state, samples_done=sampler.position((i - state.iteration) * batch), iteration=i,
             epoch_samples=len(run.built.train_set), world_size=ctx.world_size, batch=batch,
         )  # fmt: skip
+
+    stats = train_one_epoch(run.parts, loaders.train, state, loaders.iters_per_epoch,
+                            save_at=lambda i: run.save(at(i)))  # --save_every  # fmt: skip
+    if stats.stopped_at is not None:  # preempted: save the exact position and leave
+        state = at(stats.stopped_at)
         run.save(state)
         return state, stats, f"at epoch {state.epoch + 1}, iteration {state.iteration}"
     checked(stats, f"training epoch {state.epoch + 1}", run.built.train_set)

@@ -45,6 +45,7 @@ from ops.dataset_config import (
     resolve_dataset,
 )
 from ops.engine.recipe import RecipeConfig, active_options, describe_recipe, run_name_part
+from ops.engine.timed_save import DEFAULT_MINUTES
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +154,7 @@ class LoopConfig:
     compile: bool = execution()
     compile_backend: str = execution()
     stop_after_epochs: int | None = execution()
+    save_every: float = execution(DEFAULT_MINUTES)  # minutes between mid-epoch checkpoints; 0: off
     evaluate: bool = execution()
     demo_eval: bool = execution()  # the demo's final evaluation (off with --no_demo_eval)
 

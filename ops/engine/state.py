@@ -8,7 +8,8 @@ the training state: the optimizer, `iteration` (inside the next epoch), the sche
 the run's `run_config` (ops/engine/config.py), the AMP scaler, every rank's RNG state and weight
 checksum, a mid-epoch position (`samples_done` with the `world_size` and `batch_per_process` that
 reached it), whether the last epoch's validation is pending, `runtime` (what actually ran,
-ops/engine/runtime_report.py) and `ema` (--ema's average). The EMA file (`ckpt.ema.pth.tar`) is
+ops/engine/runtime_report.py), `ema` (--ema's average) and `written_by` (the package and torch
+versions that wrote it: tests/data/checkpoints/ keeps one per version, read by every test run). The EMA file (`ckpt.ema.pth.tar`) is
 a model checkpoint of the average's weights. Files are written through ops/checkpoint.py
 (atomically, read back with `weights_only=True`). Checkpoints of older versions of this code
 (whose record of the run is a flat `args` dict) and published ones resume and fine-tune as before.
@@ -16,7 +17,9 @@ a model checkpoint of the average's weights. Files are written through ops/check
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.metadata
 import logging
 import os
 import random
@@ -235,8 +238,22 @@ def run_checkpoint(
         world_size=ctx.world_size,
         replica_checksums=checksums,
         runtime=runtime,
+        written_by=written_by(),
         **({"ema": ema_state(ema)} if ema is not None else {}),
     )
+
+
+@functools.cache
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("rnl-tsm")
+    except importlib.metadata.PackageNotFoundError:  # run from a clone that was not installed
+        return "unknown"
+
+
+def written_by() -> dict:
+    """The versions of the code that writes a checkpoint (its ``written_by`` key)."""
+    return {"package": "rnl-tsm", "version": _package_version(), "torch": str(torch.__version__)}
 
 
 def save_run(

@@ -9,8 +9,8 @@ the ranks by hand before the step, as DDP would have; a group whose iterations w
 makes no optimizer step at all (nor any GradScaler call: fp16's scaler has nothing to unscale).
 
 Every rank takes part in two tiny all-reduces per iteration, so all ranks always take the same
-decisions: before the forward, "has anyone been asked to stop (SIGTERM / Ctrl-C)?" and "is
-anyone's batch too small?" (`_agree`); after the backward, the summed loss / accuracy counts
+decisions: before the forward, "has anyone been asked to stop (SIGTERM / Ctrl-C)?", "is
+anyone's batch too small?" and "is a --save_every checkpoint due by rank 0's clock?" (`_agree`); after the backward, the summed loss / accuracy counts
 and "was any loss NaN or Inf?" (`EpochMeter.add`). A stop request ends the epoch at the next
 optimizer-step boundary (so a checkpoint written then is exactly resumable); a non-finite loss
 raises `NonFiniteLossError` before the optimizer step, so the weights are never updated with it.
@@ -45,6 +45,7 @@ from ops.engine.lr_scheduler import WarmupSchedule
 from ops.engine.run_logger import RunLogger
 from ops.engine.state import RunState
 from ops.engine.stop import StopRequest, stop_signals_blocked
+from ops.engine.timed_save import SaveClock
 from ops.utils import autocast, progress, to_device, topk_correct
 
 if TYPE_CHECKING:
@@ -101,6 +102,8 @@ class TrainParts:
     mix: Callable | None = None
     # --ema: called after each optimizer step (ops/engine/ema.py)
     after_step: Callable[[], None] | None = None
+    # --save_every: rank 0's clock (ops/engine/timed_save.py); None: no timed saves
+    save_clock: SaveClock | None = None
 
 
 @dataclass
@@ -155,12 +158,15 @@ def stop_agreed(stop: StopRequest | None, ctx: DistContext) -> bool:
     return bool(all_reduce_sum(asked, ctx)[0] > 0)
 
 
-def _agree(parts: TrainParts, batch: tuple | None) -> tuple[bool, bool]:
-    """(has any rank been asked to stop, is any rank's batch too small): one all-reduce."""
+def _agree(parts: TrainParts, batch: tuple | None) -> tuple[bool, bool, bool]:
+    """(has any rank been asked to stop, is any rank's batch too small, is a timed save due by
+    rank 0's clock): one all-reduce."""
     stop = parts.stop is not None and parts.stop.requested
     small = batch_size_of(batch) < parts.settings.min_batch
-    flags = all_reduce_sum(torch.tensor([float(stop), float(small)], dtype=torch.float64), parts.ctx)
-    return bool(flags[0] > 0), bool(flags[1] > 0)
+    due = parts.save_clock is not None and parts.save_clock.due()  # False on ranks other than 0
+    local = torch.tensor([float(stop), float(small), float(due)], dtype=torch.float64)
+    flags = all_reduce_sum(local, parts.ctx)
+    return bool(flags[0] > 0), bool(flags[1] > 0), bool(flags[2] > 0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,10 +194,18 @@ class Group:
 
 
 def train_one_epoch(
-    parts: TrainParts, loader: Iterable, state: RunState, iters_per_epoch: int
+    parts: TrainParts,
+    loader: Iterable,
+    state: RunState,
+    iters_per_epoch: int,
+    save_at: Callable[[int], object] | None = None,
 ) -> EpochStats:
     """Train epoch `state.epoch` (from 0) over `loader`, which yields its iterations
     `state.iteration .. iters_per_epoch - 1` (more than 0 after a mid-epoch resume).
+
+    `save_at(i)`: save the position before iteration `i` (every rank calls it at the same `i`),
+    called when `parts.save_clock` says a save is due (--save_every), at the next optimizer-step
+    boundary past the epoch's first iteration.
 
     Batches with fewer than `settings.min_batch` clips (after the data layer dropped unreadable
     videos) are skipped on all ranks. Returns the epoch's stats; `stopped_at` is set when a stop
@@ -209,10 +223,14 @@ def train_one_epoch(
     for i, batch in enumerate(batches, start=first):
         meter.timer.got_batch()
         group = Group.of(i, settings.batch_multiplier, n, first)
-        stop, too_small = _agree(parts, batch)
+        stop, too_small, save = _agree(parts, batch)
         if stop and i == group.start:  # only at a group boundary: exactly resumable
             meter.stopped_at = i
             break
+        if save and save_at is not None and i == group.start and i > first:
+            save_at(i)  # the stop's exact position, saved by the clock; training goes on
+            if parts.save_clock is not None:
+                parts.save_clock.reset()
         if too_small:  # some rank lost (nearly) all its clips: all skip it together, counted
             meter.skipped += 1
             if group.last(i):
