@@ -8,12 +8,28 @@ was skipped (too few readable clips) has its gradients, accumulated under `no_sy
 the ranks by hand before the step, as DDP would have; a group whose iterations were all skipped
 makes no optimizer step at all (nor any GradScaler call: fp16's scaler has nothing to unscale).
 
-Every rank takes part in two tiny all-reduces per iteration, so all ranks always take the same
+Every rank takes part in one tiny all-reduce per iteration, so all ranks always take the same
 decisions: before the forward, "has anyone been asked to stop (SIGTERM / Ctrl-C)?" and "is
-anyone's batch too small?" (`_agree`); after the backward, the summed loss / accuracy counts
-and "was any loss NaN or Inf?" (`EpochMeter.add`). A stop request ends the epoch at the next
-optimizer-step boundary (so a checkpoint written then is exactly resumable); a non-finite loss
-raises `NonFiniteLossError` before the optimizer step, so the weights are never updated with it.
+anyone's batch too small?" (`_agree`; in a single process these are host flags, nothing else).
+A stop request ends the epoch at the next optimizer-step boundary (so a checkpoint written then is
+exactly resumable).
+
+No host-device synchronisation per step: the loss and accuracy sums, and "was any loss NaN or
+Inf, first at which iteration?", are kept on the device (`EpochMeter.add`) and read with one copy,
+summed over the ranks, only at a *reading step*: every `print_freq` iterations and the last (a
+log line), every `FINITE_CHECK_EVERY` (20) iterations, and when the epoch ends (a stop included).
+The sums are float64 and add the same values in the same order as the host's Python floats did,
+so every printed and logged figure is as before (with several ranks the sums are added per rank
+first, then over the ranks: a difference in the last bits at most). A non-finite loss raises
+`NonFiniteLossError` at the next reading step, naming the epoch and the first bad iteration; the
+optimizer steps since the previous reading may have used it, but the error comes before
+`train_one_epoch` returns, so nothing is saved from those weights (a mid-epoch save must call
+`EpochMeter.read` first; state.py also refuses non-finite weights). Between reading steps the
+progress bar advances but keeps the last figures, and the timer's figures are host times
+(ops/engine/data_wait.py). What still reads per step: torch's GradScaler (`--amp fp16`) checks
+its inf flag at every optimizer step, and under NCCL `_agree`'s all-reduce goes through the
+device. tests/test_sync_free_loop.py counts the reads.
+
 Validation asks the same stop question before every batch (while every rank still has one), so
 a stop during validation is honoured within a batch (`stop_agreed`).
 
