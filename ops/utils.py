@@ -73,11 +73,19 @@ def topk_correct(
 ) -> list[int]:
     """For each k, how many rows of ``output`` ``[N, K]`` have their label ``target`` ``[N]``
     among the k highest scores (k larger than K counts as K, so top-5 of 3 classes is every row)."""
+    return [int(c) for c in topk_hits(output, target, ks).tolist()]
+
+
+def topk_hits(
+    output: torch.Tensor, target: torch.Tensor, ks: Sequence[int] = (1, 5)
+) -> torch.Tensor:
+    """`topk_correct` as an int64 tensor ``[len(ks)]`` on ``output``'s device, without reading it
+    (no host-device synchronisation: the training loop sums these on the device)."""
     if output.numel() == 0:
-        return [0 for _ in ks]
+        return torch.zeros(len(ks), dtype=torch.int64, device=output.device)
     maxk = min(max(ks), output.size(1))
     hit = output.topk(maxk, dim=1).indices.eq(target.view(-1, 1))  # [N, maxk]
-    return [int(hit[:, : min(k, maxk)].any(dim=1).sum()) for k in ks]
+    return torch.stack([hit[:, : min(k, maxk)].any(dim=1).sum() for k in ks])
 
 
 def progress(

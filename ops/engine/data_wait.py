@@ -1,10 +1,12 @@
 """How long the training loop waits for data, and how long it computes, step by step.
 
 `StepTimer` splits the wall time of an epoch into *data wait* (from the end of one step until the
-loader hands over the next batch) and *compute* (from then until the step's loss has reached the
-host: the loop reads `loss.item()` every step, which waits for the device, so the figure is the
-device's time, not the time to queue kernels). The first batch of an epoch also waits for the
-loader workers to start, so it is kept apart (`startup_s`) and left out of the share.
+loader hands over the next batch) and *compute* (from then until the loop has issued the step).
+Both are host times: the loop reads nothing from the device between its reading steps
+(ops/engine/trainer.py), so on a GPU the host may queue a step while the device still computes the
+last one, and the device sits idle at most for the data wait measured here (on the CPU the two are
+the same). The first batch of an epoch also waits for the loader workers to start, so it is kept
+apart (`startup_s`) and left out of the share.
 
 When more than `WAIT_WARNING_SHARE` (10 %) of an epoch's steps is spent waiting, `warning()`
 returns the one line main.py logs: the GPU (or CPU) sits idle while workers decode and augment;

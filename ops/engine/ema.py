@@ -4,8 +4,12 @@ After every optimizer step, every floating-point parameter and buffer (BatchNorm
 statistics included, as timm's ModelEmaV2 does) of the EMA copy becomes
 `ema = DECAY * ema + (1 - DECAY) * weights`; the first step copies the weights (the average
 starts at the weights after step 1). The averaging is torch's own
-`torch.optim.swa_utils.AveragedModel` with `get_ema_multi_avg_fn`, so nothing here re-implements
-it. Integer buffers (BatchNorm's `num_batches_tracked`) are copied from the weights.
+`torch.optim.swa_utils.AveragedModel` with `get_ema_multi_avg_fn`; `update` calls that function
+itself (bit for bit what `AveragedModel.update_parameters` computes) so that a step reads nothing
+from the device: torch's method asks its step counter `n_averaged` "is this the first update?"
+and copies it to the device every step, a host-device synchronisation per step on a GPU; here the
+count is also kept on the host. Integer buffers (BatchNorm's `num_batches_tracked`) are copied
+from the weights.
 
 Under DDP every rank holds identical weights after each step, so every rank's EMA is identical
 too and needs no communication; rank 0 saves it. The EMA is saved twice (ops/engine/state.py):
@@ -38,6 +42,7 @@ class WeightEMA:
             model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True
         )
         self.averaged.eval()
+        self._updates = 0  # n_averaged, on the host
 
     @property
     def module(self) -> nn.Module:
@@ -46,17 +51,27 @@ class WeightEMA:
 
     @property
     def updates(self) -> int:
-        return int(self.averaged.n_averaged)
+        return self._updates
 
     @torch.no_grad()
     def update(self) -> None:
-        """Fold the current weights in (after an optimizer step)."""
-        self.averaged.update_parameters(self.source)
-        # torch averages integer buffers too, rounding down (num_batches_tracked would stall):
-        # copy them instead.
-        for mine, theirs in zip(self.module.buffers(), self.source.buffers(), strict=True):
-            if not mine.is_floating_point():
-                mine.copy_(theirs)
+        """Fold the current weights in (after an optimizer step): the first update copies them;
+        later ones lerp the floating-point tensors with torch's EMA function and copy the integer
+        buffers (torch would average those too, rounding down: num_batches_tracked would stall)."""
+        mine = [*self.module.parameters(), *self.module.buffers()]
+        theirs = [*self.source.parameters(), *self.source.buffers()]
+        floats: dict[torch.dtype, tuple[list, list]] = {}
+        for a, b in zip(mine, theirs, strict=True):
+            if self._updates == 0 or not a.is_floating_point():
+                a.detach().copy_(b.detach())
+            else:
+                pair = floats.setdefault(a.dtype, ([], []))
+                pair[0].append(a.detach())
+                pair[1].append(b.detach().to(a.device))
+        for ema_list, model_list in floats.values():
+            self.averaged.multi_avg_fn(ema_list, model_list, None)
+        self.averaged.n_averaged += 1  # saved with the module; no read
+        self._updates += 1
 
     def state_dict(self) -> dict:
         """What the training checkpoint keeps (key ``ema``)."""
@@ -69,7 +84,8 @@ class WeightEMA:
     def load_state_dict(self, state: dict) -> None:
         """Continue the average stored by `state_dict` (a resumed run)."""
         self.module.load_state_dict(state["state_dict"])
-        self.averaged.n_averaged.fill_(int(state["updates"]))
+        self._updates = int(state["updates"])
+        self.averaged.n_averaged.fill_(self._updates)
         if float(state.get("decay", self.decay)) != self.decay:
             logger.warning(
                 "--ema %s: the checkpoint's average was kept with decay %s; continuing with %s",

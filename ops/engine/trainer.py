@@ -8,12 +8,29 @@ was skipped (too few readable clips) has its gradients, accumulated under `no_sy
 the ranks by hand before the step, as DDP would have; a group whose iterations were all skipped
 makes no optimizer step at all (nor any GradScaler call: fp16's scaler has nothing to unscale).
 
-Every rank takes part in two tiny all-reduces per iteration, so all ranks always take the same
+Every rank takes part in one tiny all-reduce per iteration, so all ranks always take the same
 decisions: before the forward, "has anyone been asked to stop (SIGTERM / Ctrl-C)?", "is
-anyone's batch too small?" and "is a --save_every checkpoint due by rank 0's clock?" (`_agree`); after the backward, the summed loss / accuracy counts
-and "was any loss NaN or Inf?" (`EpochMeter.add`). A stop request ends the epoch at the next
-optimizer-step boundary (so a checkpoint written then is exactly resumable); a non-finite loss
-raises `NonFiniteLossError` before the optimizer step, so the weights are never updated with it.
+anyone's batch too small?" and "is a --save_every checkpoint due by rank 0's clock?" (`_agree`;
+in a single process these are host flags, nothing else).
+A stop request ends the epoch at the next optimizer-step boundary (so a checkpoint written then is
+exactly resumable).
+
+No host-device synchronisation per step: the loss and accuracy sums, and "was any loss NaN or
+Inf, first at which iteration?", are kept on the device (`EpochMeter.add`) and read with one copy,
+summed over the ranks, only at a *reading step*: every `print_freq` iterations and the last (a
+log line), every `FINITE_CHECK_EVERY` (20) iterations, and when the epoch ends (a stop included).
+The sums are float64 and add the same values in the same order as the host's Python floats did,
+so every printed and logged figure is as before (with several ranks the sums are added per rank
+first, then over the ranks: a difference in the last bits at most). A non-finite loss raises
+`NonFiniteLossError` at the next reading step, naming the epoch and the first bad iteration; the
+optimizer steps since the previous reading may have used it, but the error comes before
+`train_one_epoch` returns, so nothing is saved from those weights (a mid-epoch save must call
+`EpochMeter.read` first; state.py also refuses non-finite weights). Between reading steps the
+progress bar advances but keeps the last figures, and the timer's figures are host times
+(ops/engine/data_wait.py). What still reads per step: torch's GradScaler (`--amp fp16`) checks
+its inf flag at every optimizer step, and under NCCL `_agree`'s all-reduce goes through the
+device. tests/test_sync_free_loop.py counts the reads.
+
 Validation asks the same stop question before every batch (while every rank still has one), so
 a stop during validation is honoured within a batch (`stop_agreed`).
 
@@ -29,7 +46,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -46,7 +62,7 @@ from ops.engine.run_logger import RunLogger
 from ops.engine.state import RunState
 from ops.engine.stop import StopRequest, stop_signals_blocked
 from ops.engine.timed_save import SaveClock
-from ops.utils import autocast, progress, to_device, topk_correct
+from ops.utils import autocast, progress, to_device, topk_hits
 
 if TYPE_CHECKING:
     from ops.engine.config import RunConfig
@@ -154,6 +170,8 @@ def batch_size_of(batch: tuple | None) -> int:
 
 def stop_agreed(stop: StopRequest | None, ctx: DistContext) -> bool:
     """Whether any rank has been asked to stop (every rank calls this: a collective)."""
+    if not ctx.distributed:  # a host flag: no tensor, nothing read
+        return stop is not None and stop.requested
     asked = torch.tensor([float(stop is not None and stop.requested)], dtype=torch.float64)
     return bool(all_reduce_sum(asked, ctx)[0] > 0)
 
@@ -164,6 +182,8 @@ def _agree(parts: TrainParts, batch: tuple | None) -> tuple[bool, bool, bool]:
     stop = parts.stop is not None and parts.stop.requested
     small = batch_size_of(batch) < parts.settings.min_batch
     due = parts.save_clock is not None and parts.save_clock.due()  # False on ranks other than 0
+    if not parts.ctx.distributed:  # host flags: no tensor, nothing read
+        return stop, small, due
     local = torch.tensor([float(stop), float(small), float(due)], dtype=torch.float64)
     flags = all_reduce_sum(local, parts.ctx)
     return bool(flags[0] > 0), bool(flags[1] > 0), bool(flags[2] > 0)
@@ -228,6 +248,8 @@ def train_one_epoch(
             meter.stopped_at = i
             break
         if save and save_at is not None and i == group.start and i > first:
+            if not meter.fresh:  # a NaN since the last reading raises here, before it is saved
+                meter.read()
             save_at(i)  # the stop's exact position, saved by the clock; training goes on
             if parts.save_clock is not None:
                 parts.save_clock.reset()
@@ -244,7 +266,7 @@ def train_one_epoch(
         if group.last(i):  # DDP has just all-reduced the whole group's gradients
             meter.stepped(finish_group(parts, state.epoch + i / n, ran, False))
             ran = 0
-        meter.timer.step_done()  # the loss has been read (.item()): the device's work is done
+        meter.timer.step_done()  # host time: the device may still be computing (nothing read)
         meter.show(i)
     return meter.finish(getattr(loader, "num_workers", 0))
 
@@ -305,15 +327,34 @@ def optimizer_step(parts: TrainParts, params: list[torch.Tensor], epoch_float: f
     return lr
 
 
+FINITE_CHECK_EVERY = 20  # iterations between the checks of the loss (and at print steps, the end)
+
+
 class EpochMeter:
     """One training epoch's running sums over all ranks, its progress bar, log lines and
-    scalars, and its data-wait timer (ops/engine/data_wait.py)."""
+    scalars, and its data-wait timer (ops/engine/data_wait.py).
+
+    The sums stay on the device (float64: the same additions, in the same order, as the host's
+    Python floats did) and are read, with one copy, only at a *reading step*: a print step
+    (every `print_freq` iterations and the last), every `FINITE_CHECK_EVERY` iterations, and when
+    the epoch ends (`finish`, a stop included). Reading also checks the loss: a NaN / Inf loss on
+    any rank since the last reading raises `NonFiniteLossError` naming the first such iteration."""
 
     def __init__(self, parts: TrainParts, epoch: int, first: int, n: int) -> None:
         self.parts, self.epoch, self.n = parts, epoch, n
+        device = parts.ctx.device
+        # on the device, this rank's: (loss x clips, top-1 hits, top-5 hits) summed over the
+        # epoch; the last step's loss x clips; (iteration, is NaN) of the first non-finite loss
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+        self.last_loss = torch.zeros(1, dtype=torch.float64, device=device)
+        self.first_bad = torch.full((2,), -1.0, dtype=torch.float64, device=device)
+        self.local_clips = self.last_clips = 0  # this rank's, known on the host
+        self.fresh = True  # nothing added since the last reading
+        self.i = first
+        # as of the last reading, summed over the ranks
         self.loss_sum = self.correct1 = self.correct5 = 0.0
         self.clips = self.skipped = 0
-        self.last = torch.zeros(5, dtype=torch.float64)  # the last step's summed values
+        self.last = (0.0, 0)  # the last step's (loss x clips, clips)
         self.lr: float = parts.schedule.lr_at(epoch + first / n)
         self.stopped_at: int | None = None
         self.timer = StepTimer()
@@ -326,26 +367,57 @@ class EpochMeter:
         """An optimizer step ran at base LR `lr` (None: the group made none)."""
         self.lr = self.lr if lr is None else lr
 
+    def reading_step(self, i: int) -> bool:
+        """Whether the sums are read after iteration `i` (a print or a check step)."""
+        done = i + 1
+        return (
+            done % self.parts.settings.print_freq == 0
+            or done == self.n
+            or (done % FINITE_CHECK_EVERY == 0)
+        )
+
     def add(self, i: int, loss: torch.Tensor, output: torch.Tensor, target: torch.Tensor) -> None:
-        """Count one iteration, summed over the ranks; a NaN / Inf loss on any rank raises
-        `NonFiniteLossError` (before the group's optimizer step)."""
+        """Count one iteration on the device (nothing is read), then, at a reading step, read
+        the sums (`read`: a NaN / Inf loss raises before the group's optimizer step)."""
         b = target.size(0)
-        c1, c5 = topk_correct(output.detach().float(), target)
-        value = loss.item()
-        finite = math.isfinite(value)
-        local = [value * b if finite else 0.0, c1, c5, b, float(not finite)]
-        self.last = all_reduce_sum(torch.tensor(local, dtype=torch.float64), self.parts.ctx)
-        if self.last[4] > 0:
+        value = loss.detach().to(torch.float64)
+        finite = torch.isfinite(value)
+        summed = torch.where(finite, value * b, 0.0).view(1)
+        hits = topk_hits(output.detach().float(), target).to(torch.float64)
+        self.sums += torch.cat([summed, hits])
+        self.last_loss = summed
+        newly_bad = (self.first_bad[0] < 0) & ~finite
+        seen = torch.stack([value.new_full((), float(i)), value.isnan().to(torch.float64)])
+        self.first_bad = torch.where(newly_bad, seen, self.first_bad)
+        self.local_clips += b
+        self.last_clips = b
+        self.i, self.fresh = i, False
+        if self.reading_step(i):
+            self.read()
+
+    def read(self) -> None:
+        """Bring the sums to the host (one copy; summed over the ranks: one all-reduce) and
+        check the loss: `NonFiniteLossError` when any rank saw a NaN / Inf since the epoch began
+        (every rank calls this at the same iterations: a collective)."""
+        loss_sum, c1, c5, last, bad_at, bad_nan = torch.cat(
+            [self.sums, self.last_loss, self.first_bad]
+        ).tolist()
+        totals = [loss_sum, c1, c5, self.local_clips, last, self.last_clips, float(bad_at >= 0)]
+        ctx = self.parts.ctx
+        if ctx.distributed:
+            totals = all_reduce_sum(torch.tensor(totals, dtype=torch.float64), ctx).tolist()
+        self.fresh = True
+        if totals[6] > 0:
+            first = all_reduce_min(int(bad_at) if bad_at >= 0 else self.n, ctx)
+            what = "NaN" if bad_nan > 0 and int(bad_at) == first else "non-finite"
             raise NonFiniteLossError(
-                f"loss became {'NaN' if math.isnan(value) else 'non-finite'} at epoch "
-                f"{self.epoch + 1}, iteration {i + 1}/{self.n} (on {int(self.last[4])} rank(s)); "
-                "no checkpoint was written over the last good one: lower --lr, set --gd, or "
-                "check the data"
+                f"loss became {what} at epoch {self.epoch + 1}, iteration {first + 1}/{self.n} "
+                f"(on {int(totals[6])} rank(s)); no checkpoint was written over the last good "
+                "one: lower --lr, set --gd, or check the data"
             )
-        self.loss_sum += float(self.last[0])
-        self.correct1 += float(self.last[1])
-        self.correct5 += float(self.last[2])
-        self.clips += int(self.last[3])
+        self.loss_sum, self.correct1, self.correct5 = totals[0], totals[1], totals[2]
+        self.clips = int(totals[3])
+        self.last = (totals[4], int(totals[5]))
 
     def averages(self) -> tuple[float, float, float]:
         """(loss, top-1, top-5) so far."""
@@ -353,11 +425,13 @@ class EpochMeter:
         return self.loss_sum / n, 100.0 * self.correct1 / n, 100.0 * self.correct5 / n
 
     def show(self, i: int) -> None:
-        """The bar after iteration `i`; every `print_freq` iterations a log line (without a bar)
-        and the step's scalars."""
+        """The bar after iteration `i`; at a reading step its figures, and every `print_freq`
+        iterations (and the last) a log line (without a bar) and the step's scalars."""
+        self.bar.update(1)
+        if not self.reading_step(i):  # the bar's figures wait for the next reading
+            return
         elapsed = time.perf_counter() - self.start
         loss, top1, top5 = self.averages()
-        self.bar.update(1)
         self.bar.set_postfix(
             loss=f"{loss:.4f}",
             top1=f"{top1:.1f}",
@@ -378,7 +452,7 @@ class EpochMeter:
         if log is not None:
             log.line(line)
             scalars = {
-                "loss/step": float(self.last[0]) / max(int(self.last[3]), 1),
+                "loss/step": self.last[0] / max(self.last[1], 1),
                 "lr/step": self.lr,
                 "time/data_wait_s": self.timer.last_wait_s,
                 "time/compute_s": self.timer.last_compute_s,
@@ -388,8 +462,11 @@ class EpochMeter:
 
     def finish(self, workers: int) -> EpochStats:
         """Close the bar, warn about a loader that could not keep up and about skipped
-        iterations, and return the epoch's stats."""
+        iterations, and return the epoch's stats (read and checked: a NaN / Inf loss since the
+        last reading raises `NonFiniteLossError` here, before anything can be saved)."""
         self.bar.close()
+        if not self.fresh:
+            self.read()
         warning = self.timer.warning(self.epoch + 1, workers)
         if warning is not None and self.parts.ctx.is_main:
             logger.warning(warning)
@@ -439,8 +516,9 @@ def validate(
     each batch's `(scores [B, K] float32, labels [B])` on the CPU (the demo's evaluation).
     """
     model.eval()
-    loss_sum = correct1 = correct5 = 0.0
+    sums = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # loss x clips, top-1, top-5
     clips = 0
+    kept = []  # (scores, labels) on the device, copied to the host at the end
     stopped_at = None
     polls = all_reduce_min(len(loader), ctx) if stop is not None else 0
     bar = progress(total=len(loader), desc=desc, enabled=ctx.is_main)
@@ -458,15 +536,16 @@ def validate(
         with autocast(ctx.device, settings.amp):
             output = model(data)  # [B, K]
             loss = criterion(output, target)
-        c1, c5 = topk_correct(output.float(), target)
-        loss_sum += loss.item() * target.size(0)
-        correct1 += c1
-        correct5 += c5
+        summed = (loss.to(torch.float64) * target.size(0)).view(1)
+        sums += torch.cat([summed, topk_hits(output.float(), target).to(torch.float64)])
         clips += target.size(0)
         if outputs is not None:
-            outputs.append((output.float().cpu(), target.cpu()))
+            kept.append((output.float(), target))
         bar.update(1)
     bar.close()
+    loss_sum, correct1, correct5 = sums.tolist()  # the pass's one read
+    if outputs is not None:
+        outputs.extend((scores.cpu(), labels.cpu()) for scores, labels in kept)
     totals = all_reduce_sum(
         torch.tensor([loss_sum, correct1, correct5, clips], dtype=torch.float64), ctx
     )
