@@ -19,6 +19,8 @@ iterations (the non-finite loss check). These tests prove it, and that nothing p
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -28,6 +30,7 @@ from ops.engine.ema import WeightEMA
 from ops.engine.lr_scheduler import WarmupSchedule
 from ops.engine.state import RunState
 from ops.engine.stop import StopRequest
+from ops.engine.timed_save import SaveClock
 from ops.engine.trainer import (
     FINITE_CHECK_EVERY,
     LoopSettings,
@@ -235,3 +238,20 @@ def test_cuda_sync_debug_mode_finds_no_synchronisation_between_reading_steps():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert stats.clips == 4 * (N - 1)
+
+
+def test_a_timed_save_after_a_nan_raises_before_the_weights_are_saved():
+    # --save_every saves the position before an iteration (main.py's run.save): a NaN at
+    # iteration 6, not yet read (the next reading step is later), must raise before that save.
+    saved: list[int] = []
+    clock = SaveClock(1e-9, is_main=True)  # due at every iteration
+    parts = dataclasses.replace(_parts("cpu", Recording(nan_at=5))[0], save_clock=clock)
+    with pytest.raises(NonFiniteLossError, match=r"iteration 6/12"):
+        train_one_epoch(parts, _batches(), RunState(), iters_per_epoch=N, save_at=saved.append)
+    assert saved == [2, 4]  # group starts before the NaN; the one at 6 raised instead
+    # without the NaN the same clock saves at every group start but the first
+    saved.clear()
+    clock = SaveClock(1e-9, is_main=True)
+    parts = dataclasses.replace(_parts("cpu", Recording())[0], save_clock=clock)
+    train_one_epoch(parts, _batches(), RunState(), iters_per_epoch=N, save_at=saved.append)
+    assert saved == list(range(2, N, 2))
