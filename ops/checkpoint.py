@@ -45,6 +45,7 @@ from torch import nn
 
 from ops import mmaction_compat
 from ops.atomic import write_atomically
+from ops.utils import key_mismatch
 
 logger = logging.getLogger(__name__)
 
@@ -527,17 +528,8 @@ def load_weights(model: nn.Module, state_dict: dict) -> None:
         if k in sd and hasattr(sd[k], "shape") and tuple(sd[k].shape) != tuple(own[k].shape)
     ]
     if missing or unexpected or mismatched:
-
-        def few(items: list) -> str:
-            return ", ".join(items[:6]) + (f" (+{len(items) - 6} more)" if len(items) > 6 else "")
-
-        parts = [
-            f"{len(missing)} missing: {few(missing)}" if missing else "",
-            f"{len(unexpected)} unexpected: {few(unexpected)}" if unexpected else "",
-            f"{len(mismatched)} with other shapes: {few(mismatched)}" if mismatched else "",
-        ]
         raise CheckpointError(
-            "checkpoint does not fit the model (" + "; ".join(p for p in parts if p) + "): "
+            f"checkpoint does not fit the model ({key_mismatch(missing, unexpected, mismatched)}): "
             "check the architecture settings (arch, shift, non-local, number of classes)"
         )
     model.load_state_dict(sd, strict=True)

@@ -48,6 +48,7 @@ from ops.transforms import (
     GroupRandomHorizontalFlip,
     scaled_size,
 )
+from ops.utils import distinct_items
 
 __all__ = [
     "DeviceTestViews",
@@ -90,6 +91,11 @@ class EncodedFrame:
         if im.format == "JPEG" and im.mode in ("RGB", "L"):
             return cls(torch.frombuffer(bytearray(raw), dtype=torch.uint8), im.size)
         return cls.from_image(decode_bytes(raw, "RGB"))
+
+    @classmethod
+    def of(cls, frame) -> EncodedFrame:
+        """``frame`` itself when it is one already, else ``from_image(frame)``."""
+        return frame if isinstance(frame, cls) else cls.from_image(frame)
 
     @classmethod
     def from_image(cls, im: Image.Image) -> EncodedFrame:
@@ -149,19 +155,6 @@ class EncodedClip:
         return self.views[0][1]
 
 
-def _distinct_frames(images: Sequence) -> tuple[list[EncodedFrame], list[int]]:
-    """Each distinct frame object once (as an `EncodedFrame`), and every position's frame."""
-    unique: dict[int, int] = {}
-    frames: list[EncodedFrame] = []
-    index = []
-    for im in images:
-        if id(im) not in unique:
-            unique[id(im)] = len(frames)
-            frames.append(im if isinstance(im, EncodedFrame) else EncodedFrame.from_image(im))
-        index.append(unique[id(im)])
-    return frames, index
-
-
 class DeviceTrainAugment:
     """The worker half of the device path: draws `GroupMultiScaleCrop`'s box (and the flip) with
     Python's `random`, exactly as the PIL transform `model.get_augmentation(flip)` would, and
@@ -190,7 +183,7 @@ class DeviceTrainAugment:
         return twin
 
     def __call__(self, images: Sequence) -> EncodedClip:
-        frames, index = _distinct_frames(images)
+        frames, index = distinct_items(images, EncodedFrame.of)
         crop_w, crop_h, off_w, off_h = self.crop._sample_crop_size(frames[0].size)
         flip = self.flip and random.random() < 0.5  # GroupRandomHorizontalFlip's draw
         box = (off_w, off_h, crop_w, crop_h)
@@ -224,7 +217,7 @@ class DeviceTestViews:
         return [((x, y, crop, crop), flip) for x, y in offsets for flip in flips]
 
     def __call__(self, images: Sequence) -> EncodedClip:
-        frames, index = _distinct_frames(images)
+        frames, index = distinct_items(images, EncodedFrame.of)
         scale = scaled_size(*frames[0].size, self.scale_size)
         views = self.views(*scale)
         return EncodedClip(frames, index, views, (self.crop_size, self.crop_size), scale)

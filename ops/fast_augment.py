@@ -48,6 +48,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from ops.frames import FrameFolders, _to_8bit, read_bytes, read_frame
 from ops.randaugment import clip_randaugment
 from ops.transforms import GroupMultiScaleCrop, GroupRandomHorizontalFlip
+from ops.utils import distinct_items
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,11 @@ class DecodedFrame:
     size: tuple[int, int]
     scale: int = 1
     mode = "RGB"
+
+    @classmethod
+    def of(cls, frame) -> DecodedFrame:
+        """``frame`` itself when it is one already, else ``from_image(frame)``."""
+        return frame if isinstance(frame, cls) else cls.from_image(frame)
 
     @classmethod
     def from_image(cls, im: Image.Image) -> DecodedFrame:
@@ -197,19 +203,6 @@ class FastFrameFolders(FrameFolders):
         return [decode_frame(datas[0], self.scale_for)]
 
 
-def _distinct(images: Sequence) -> tuple[list[DecodedFrame], list[int]]:
-    """Each distinct frame object once (as a `DecodedFrame`) and every position's frame."""
-    seen: dict[int, int] = {}
-    frames: list[DecodedFrame] = []
-    index = []
-    for im in images:
-        if id(im) not in seen:
-            seen[id(im)] = len(frames)
-            frames.append(im if isinstance(im, DecodedFrame) else DecodedFrame.from_image(im))
-        index.append(seen[id(im)])
-    return frames, index
-
-
 class FastTrainAugment:
     """The training transform of this path: `GroupMultiScaleCrop` (+ `GroupRandomHorizontalFlip`
     with `flip`) with the same draws, resized by torch, then `randaugment` (a
@@ -256,7 +249,7 @@ class FastTrainAugment:
         return 1
 
     def __call__(self, images: Sequence) -> torch.Tensor:
-        frames, index = _distinct(images)
+        frames, index = distinct_items(images, DecodedFrame.of)
         crop_w, crop_h, off_w, off_h = self.crop._sample_crop_size(frames[0].size)
         flip = self.flip and random.random() < 0.5  # GroupRandomHorizontalFlip's draw
         out_w, out_h = self.crop.input_size

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from archs.i3d import I3D_ARCHS, STAGE_BLOCKS
+from ops.utils import key_mismatch
 
 HEAD = "cls_head.fc_cls."
 # ops.models.build_model, registered by ops.models when it is imported: ops.checkpoint converts
@@ -208,18 +209,9 @@ def convert(ckpt: dict, path: str | os.PathLike) -> dict:
         if k in sd and (not isinstance(sd[k], torch.Tensor) or sd[k].shape != shape)
     ]
     if missing or unexpected or misshaped:
-
-        def few(items: list) -> str:
-            return ", ".join(items[:4]) + (f" (+{len(items) - 4} more)" if len(items) > 4 else "")
-
-        parts = [
-            f"{len(missing)} missing: {few(missing)}" if missing else "",
-            f"{len(unexpected)} unexpected: {few(unexpected)}" if unexpected else "",
-            f"{len(misshaped)} of other shapes: {few(misshaped)}" if misshaped else "",
-        ]
         raise ValueError(
             f"{path} is an mmaction2 checkpoint that does not fit the {cfg['base_model']} its "
-            f"tensors describe ({'; '.join(p for p in parts if p)})"
+            f"tensors describe ({key_mismatch(missing, unexpected, misshaped, shown=4)})"
         )
     return {
         "state_dict": {ours: sd[mm] for mm, (ours, _) in wanted.items()},

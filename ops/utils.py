@@ -116,6 +116,32 @@ def progress(
     )
 
 
+def distinct_items(items: Sequence, convert: Callable) -> tuple[list, list[int]]:
+    """Each distinct object of ``items`` once (by identity, as ``convert(item)``), and the
+    position of every item's object in that list: a clip that repeats a frame decodes it once."""
+    seen: dict[int, int] = {}
+    unique: list = []
+    index = []
+    for item in items:
+        if id(item) not in seen:
+            seen[id(item)] = len(unique)
+            unique.append(convert(item))
+        index.append(seen[id(item)])
+    return unique, index
+
+
+def key_mismatch(missing: list, unexpected: list, misshaped: list, shown: int = 6) -> str:
+    """``3 missing: a, b, c; 1 unexpected: d`` for a weights file that does not fit a model: the
+    first ``shown`` names of each kind, and how many more."""
+
+    def few(names: list) -> str:
+        more = f" (+{len(names) - shown} more)" if len(names) > shown else ""
+        return ", ".join(names[:shown]) + more
+
+    kinds = (("missing", missing), ("unexpected", unexpected), ("with other shapes", misshaped))
+    return "; ".join(f"{len(names)} {what}: {few(names)}" for what, names in kinds if names)
+
+
 def map_with_progress(
     fn: Callable, items: Sequence, workers: int = 1, *, desc: str, unit: str, chunksize: int = 1
 ) -> list:

@@ -157,7 +157,7 @@ def weights() -> dict:
             lambda sd: sd.__setitem__(
                 "backbone.layer1.0.conv1.conv.weight", torch.zeros(64, 64, 1, 1, 1)
             ),
-            "1 of other shapes: backbone.layer1.0.conv1.conv.weight (64, 64, 1, 1, 1) for "
+            "1 with other shapes: backbone.layer1.0.conv1.conv.weight (64, 64, 1, 1, 1) for "
             "(64, 64, 3, 1, 1)",
         ),
         (
