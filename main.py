@@ -79,6 +79,7 @@ from ops.engine.recipe import mixing_on, training_criterion
 from ops.engine.repeated_aug import RepeatedAugSampler
 from ops.engine.run_folder import (
     RunFolderError,
+    check_read_before_resolving,
     check_run_paths,
     check_training_state,
     claim_run_folder,
@@ -163,6 +164,9 @@ def resolve(args: argparse.Namespace) -> RunConfig:
     name = run_name(args)
     launch = dict({k: getattr(args, k) for k in config.LAUNCH_FLAGS}, available_gpus=gpus)
     plan = config.plan_launch(launch, gpu=args.gpu, dry_run=args.dry_run)
+    model_dir, log_dir = os.path.join(args.root_model, name), os.path.join(args.root_log, name)
+    if not args.dry_run and not args.evaluate:  # no output is an input, before it is read
+        check_read_before_resolving("--tune_from", args.tune_from, model_dir, log_dir)
     same = config.tune_same_dataset(args.tune_from, args.dataset)
     batch = du.per_process_batch(args.batch_size, plan.local_world_size)
     total = batch * plan.local_world_size * plan.nodes * args.batch_multiplier
@@ -179,10 +183,7 @@ def resolve(args: argparse.Namespace) -> RunConfig:
         loop=LoopConfig(**_pick(args, LoopConfig, demo_eval=args.demo and not args.no_demo_eval)),
         recipe=RecipeConfig(**_pick(args, RecipeConfig)),
         launch=LaunchConfig(plan=plan, available_gpus=gpus, dist_timeout=args.dist_timeout),
-        paths=PathsConfig(
-            **_pick(args, PathsConfig, model_dir=os.path.join(args.root_model, name),
-                    log_dir=os.path.join(args.root_log, name))  # fmt: skip
-        ),
+        paths=PathsConfig(**_pick(args, PathsConfig, model_dir=model_dir, log_dir=log_dir)),
         demo=args.demo,
     )
     config.check_combinations(cfg)
@@ -857,9 +858,11 @@ def _run(args: argparse.Namespace) -> dict:
     logger.info(config.check_pretrained(cfg.model.pretrain, cfg.model.arch, dry_run=False))
     start = time.perf_counter()
     plan = cfg.launch.plan
+    if plan.node_rank == 0 and not cfg.loop.evaluate:  # refused before anything is built or
+        check_run_paths(cfg)  # spawned: no output is an input, and no live run holds the folders
+        run_lock.check_free(cfg.paths.model_dir)  # (rank 0 takes the locks at the claim)
+        run_lock.check_free(cfg.paths.log_dir)
     if plan.mode == "spawn":
-        if plan.node_rank == 0 and not cfg.loop.evaluate:  # refused before spawning (rank 0 locks)
-            run_lock.check_free(cfg.paths.model_dir)
         du.spawn(_spawn_entry, plan.nprocs, (cfg,))
         summary = {"run_name": cfg.name, "model_dir": cfg.paths.model_dir}
     else:

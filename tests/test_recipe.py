@@ -325,13 +325,17 @@ def test_randaugment_draws_differ_between_clips_and_identical_frames_stay_identi
     assert len({o.numpy().tobytes() for o in outs}) > 4  # the ops are drawn per clip
 
 
-def test_randaugment_in_the_training_data_is_seeded_per_clip(data_root):
+@pytest.mark.parametrize("pixels", ["fast", "pil"])
+def test_randaugment_in_the_training_data_is_seeded_per_clip(data_root, pixels):
     # The training dataset as main.py builds it, wrapped as main.py wraps it: item i of epoch e
     # is the same every time, and another epoch draws another augmentation.
-    cfg = train_main.resolve(parse_args(tiny_args(data_root, "/unused", "--randaugment", "2,9")))
+    argv = tiny_args(data_root, "/unused", "--randaugment", "2,9", "--train_pixels", pixels)
+    cfg = train_main.resolve(parse_args(argv))
     model = train_main.TSN(**tsn_kwargs(cfg, "scratch"), print_spec=False)
     train, _ = train_main.build_datasets(cfg, model)
-    assert any(isinstance(t, ClipRandAugment) for t in train.transform.transforms)
+    tf = train.transform  # the PIL path's Compose, or the fast path's one transform
+    steps = tf.transforms if pixels == "pil" else [tf.randaugment]
+    assert any(isinstance(t, ClipRandAugment) for t in steps)
     seeded = SeededDataset(train, seed=0)
     a, b = seeded[3][0], seeded[3][0]
     assert torch.equal(a, b)

@@ -236,6 +236,15 @@ def run_outputs(model_dir: str, log_dir: str) -> list[Named]:
     return outputs + [(f"--root_log ({n})", os.path.join(log_dir, n)) for n in LOG_FILES]
 
 
+def check_read_before_resolving(flag: str, path: str | None, model_dir: str, log_dir: str) -> None:
+    """The part of ``check_run_paths`` for a file the launcher reads while it resolves the
+    command line (--tune_from, read once to decide fc lr x5): checked before that read."""
+    try:
+        check_outputs(weights_inputs(flag, path), run_outputs(model_dir, log_dir))
+    except PathClashError as exc:
+        raise RunFolderError(str(exc)) from None
+
+
 def check_run_paths(cfg: RunConfig) -> None:
     """No file the run writes is one it reads (``ops/output_paths.py``): --tune_from, a
     --pretrain file, the lists and the category file. A --resume file may be one of the run's
