@@ -48,6 +48,16 @@ def jpg_count(folder: Path) -> int:
     return len(list(folder.glob("*.jpg")))
 
 
+def kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
+    """SIGKILL `proc` as soon as `ready()` holds (polled every 10 ms); fails if it ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.01)
+    assert proc.poll() is None, "the extraction ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
 def test_frame_count_size_and_pixels_match_plain_decoding(videos, tmp_path, capsys):
     src = tmp_path / "videos" / "some_class"
     src.mkdir(parents=True)
@@ -138,16 +148,12 @@ def test_killed_run_is_finished_by_a_second_run(videos, tmp_path):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         # Kill it while the second video is half written.
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
+        def half_written() -> bool:
             finals = [p for p in out.glob("clip*") if p.is_dir()] if out.exists() else []
             partial = partial_dirs(out) if finals else []
-            if finals and partial and jpg_count(partial[0]) >= 5:
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, "the extraction ended before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+            return bool(finals and partial and jpg_count(partial[0]) >= 5)
+
+        kill_when(proc, half_written)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -373,14 +379,8 @@ def test_a_killed_pack_run_leaves_no_file_that_looks_finished(videos, tmp_path):
     cmd = [sys.executable, str(TOOL), str(src), str(out), "--short_side", "64", "--pack"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if out.exists() and list(out.glob("clip*.zip")) and list(out.glob(".clip*.partial-*")):
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, "the extraction ended before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        kill_when(proc, lambda: bool(out.exists() and list(out.glob("clip*.zip"))
+                                     and list(out.glob(".clip*.partial-*"))))  # fmt: skip
     finally:
         if proc.poll() is None:
             proc.kill()

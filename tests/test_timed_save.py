@@ -31,6 +31,7 @@ from ops.engine.timed_save import SaveClock
 from ops.engine.trainer import LoopSettings, TrainParts, train_one_epoch
 from ops.synthetic import make_synthetic
 from tests.test_main import assert_same_state, tiny_args
+from tests.test_trainer import _batch, _model  # the same tiny model and batches
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU = du.DistContext(False, 0, 1, 0, 1, torch.device("cpu"), None)
@@ -55,16 +56,6 @@ def test_the_clock_is_due_after_its_minutes_counted_from_the_last_reset_on_rank_
     assert clock.due()  # 30 s after it
     assert not SaveClock(0.5, is_main=False, now=FakeTime(0.0, 1e9)).due()  # rank 1, 2, ...
     assert not SaveClock(0.0, is_main=True, now=FakeTime(0.0, 1e9)).due()  # --save_every 0: off
-
-
-def _model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
-
-
-def _batch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(4, 3, 2, 2, generator=g), torch.randint(0, 3, (4,), generator=g)
 
 
 def test_a_due_save_lands_on_a_step_boundary_with_the_weights_of_the_steps_before_it():
