@@ -185,8 +185,35 @@ def owner_alive(partial_name: str, name: str, path: str | None = None) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    return _really_runs(pid, path)
+
+
+def _really_runs(pid: int, path: str | None) -> bool:
+    """Whether a pid that ``kill(pid, 0)`` finds is a running owner, not a zombie and not a later
+    process that reused the pid (Linux ``/proc``; elsewhere the pid is trusted). A killed
+    writer's worker stays a zombie where nothing reaps orphans (a container whose pid 1 is not
+    an init), and ``kill(pid, 0)`` succeeds on a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()  # after "pid (comm)"; comm may hold spaces
+    except OSError:
+        return True  # no /proc (macOS) or not readable: trust the pid
+    if fields[0] in ("Z", "X"):  # zombie or dead: exited, not yet reaped
+        return False
+    if path is None:
         return True
-    return True
+    try:
+        ticks = os.sysconf("SC_CLK_TCK")
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        started = boot + int(fields[19]) / ticks  # field 22 of stat: start time since boot
+        modified = os.lstat(path).st_mtime
+    except (OSError, ValueError, StopIteration, IndexError):
+        return True
+    # The owner started before it wrote its file; a process started after the file's last
+    # change (2 s for btime's whole seconds) has only reused the pid.
+    return started <= modified + 2.0
 
 
 def _remove_partial(path: str) -> bool:
