@@ -563,6 +563,6 @@ def make_recompute(net: nn.Module, checkpoint_blocks: bool = False) -> None:
             block.recompute_policy = keep_attention if checkpoint_blocks else keep_block_outputs
             for shift in block.modules():
                 # the block's replay re-shifts already; the shift+conv that re-shifts in its own
-                # backward would shift a third time
+                # backward would shift a third time (the shift's adjoint backward stays)
                 if isinstance(shift, TemporalShift):
-                    shift.recompute = False
+                    shift.fuse_conv = False

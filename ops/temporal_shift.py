@@ -45,6 +45,25 @@ def temporal_shift(x: torch.Tensor, n_segment: int, fold_div: int = 8) -> torch.
     return out.view(nt, c, h, w)
 
 
+class _Shift(torch.autograd.Function):
+    """``temporal_shift`` whose backward is the shift's adjoint: one gradient-sized tensor.
+
+    Autograd through the slice copies of ``temporal_shift`` builds, in the backward, a zero-filled
+    input-sized tensor per copy (five) and adds them up; on a CPU each is a fresh allocation the
+    kernel faults in page by page. The adjoint writes the same values once (each input element
+    receives the gradient of the one output it went to, or zero), so the gradients are the same.
+    """
+
+    @staticmethod
+    def forward(ctx, x, n_segment, fold_div):
+        ctx.conf = (n_segment, fold_div)
+        return temporal_shift(x, n_segment, fold_div)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return _shift_adjoint(grad_out, *ctx.conf), None, None
+
+
 class _ShiftConv2d(torch.autograd.Function):
     """``conv2d(temporal_shift(x))`` that keeps ``x`` for the backward instead of the shifted copy.
 
@@ -98,15 +117,17 @@ class _ShiftConv2d(torch.autograd.Function):
 
 
 def _shift_adjoint(g: torch.Tensor, n_segment: int, fold_div: int) -> torch.Tensor:
-    """Out-of-place adjoint (backward) of ``temporal_shift``."""
+    """Out-of-place adjoint (backward) of ``temporal_shift``: channels ``[0, fold)`` move one
+    step later in time, ``[fold, 2*fold)`` one step earlier, zeros where nothing came from."""
     nt, c, h, w = g.shape
     g5 = g.view(nt // n_segment, n_segment, c, h, w)
     fold = c // fold_div
-    out = g5.clone()
+    out = torch.empty_like(g5)
     out[:, 1:, :fold] = g5[:, :-1, :fold]
     out[:, 0, :fold] = 0
     out[:, :-1, fold : 2 * fold] = g5[:, 1:, fold : 2 * fold]
     out[:, -1, fold : 2 * fold] = 0
+    out[:, :, 2 * fold :] = g5[:, :, 2 * fold :]
     return out.view(nt, c, h, w)
 
 
@@ -134,7 +155,10 @@ class TemporalShift(nn.Module):
     state_dict matches the published ``conv1.net.weight`` layout).
 
     ``recompute=True`` (a fast path for training) fuses the shift into a wrapped ``Conv2d`` so the
-    shifted copy is not kept for the backward (see ``_ShiftConv2d``); results are identical.
+    shifted copy is not kept for the backward (see ``_ShiftConv2d``); results are identical. Where
+    the block around it recomputes the shift already (``ops/recompute.py``), ``fuse_conv`` is
+    switched off and the shift's backward is still its adjoint (``_Shift``), not autograd through
+    the slice copies.
     """
 
     def __init__(
@@ -150,15 +174,13 @@ class TemporalShift(nn.Module):
         self.n_segment = n_segment
         self.fold_div = n_div
         self.recompute = recompute
+        self.fuse_conv = recompute
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.net
-        if (
-            self.recompute
-            and torch.is_grad_enabled()
-            and isinstance(conv, nn.Conv2d)
-            and conv.padding_mode == "zeros"
-        ):
+        if not (self.recompute and torch.is_grad_enabled()):
+            return conv(temporal_shift(x, self.n_segment, self.fold_div))
+        if self.fuse_conv and isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros":
             return _ShiftConv2d.apply(
                 x,
                 conv.weight,
@@ -170,10 +192,13 @@ class TemporalShift(nn.Module):
                 conv.dilation,
                 conv.groups,
             )
-        return conv(temporal_shift(x, self.n_segment, self.fold_div))
+        return conv(_Shift.apply(x, self.n_segment, self.fold_div))
 
     def extra_repr(self) -> str:
-        return f"n_segment={self.n_segment}, fold_div={self.fold_div}, recompute={self.recompute}"
+        return (
+            f"n_segment={self.n_segment}, fold_div={self.fold_div}, recompute={self.recompute}"
+            + (", fuse_conv=False" if self.recompute and not self.fuse_conv else "")
+        )
 
 
 class TemporalPool(nn.Module):

@@ -51,6 +51,33 @@ def test_shift_gradient_is_adjoint():
     assert torch.equal(x.grad, exp.view_as(x.grad))
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_shift_with_adjoint_backward_gives_the_hand_built_adjoint(channels_last):
+    # The shift inside a recomputing block (fuse_conv off): its backward is the adjoint written
+    # once, not autograd through the slice copies; values equal the manual adjoint exactly, in
+    # the gradient's own layout.
+    torch.manual_seed(2)
+    ident = torch.nn.Identity()
+    shift = TemporalShift(torch.nn.Conv2d(8, 8, 1), n_segment=5, n_div=4, recompute=True)
+    shift.net, shift.fuse_conv = ident, False  # the shift alone
+    x = torch.randn(3 * 5, 8, 2, 3)
+    g = torch.randn(3 * 5, 8, 2, 3)
+    if channels_last:
+        x, g = (t.contiguous(memory_format=torch.channels_last) for t in (x, g))
+    x.requires_grad_()
+    y = shift(x)
+    assert y.grad_fn is not None and "SliceBackward" not in y.grad_fn.name()
+    assert torch.equal(y, temporal_shift(x.detach(), 5, 4))
+    y.backward(g)
+    g5 = g.view(3, 5, 8, 2, 3)
+    exp = torch.zeros_like(g5)
+    exp[:, 1:, :2] = g5[:, :-1, :2]
+    exp[:, :-1, 2:4] = g5[:, 1:, 2:4]
+    exp[:, :, 4:] = g5[:, :, 4:]
+    assert torch.equal(x.grad, exp.view_as(x.grad))
+    assert x.grad.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
 def test_blockres_placement_and_every_other_block_for_deep_resnets():
     r50 = torchvision.models.resnet50(weights=None)
     make_temporal_shift(r50, 8, n_div=8, place="blockres")
