@@ -14,14 +14,30 @@ the kernel's page faults on fresh mappings, measured in docs/loader_and_step.md.
 The setting is process-wide and inherited by forked DataLoader workers. A threshold the user
 chose through glibc's own environment variable (`MALLOC_MMAP_THRESHOLD_`) is left as it is; on a
 C library other than glibc this does nothing.
+
+That cost is high on a CPU training step: every activation and gradient is a fresh mapping, and
+the kernel faults it in page by page (2 clips x 8 x 224: about 2 million faults, a third of the
+step's time in the kernel). So a CPU training process does something else
+(``return_memory_at``): glibc keeps its defaults (freed memory is reused, no faults), and the
+heap's free pages are given back (``malloc_trim``) after each backbone stage's forward and after
+its backward, the points where the next stage needs tensors of another size and the heap would
+otherwise keep the last stage's blocks. The resident peak stays close to the live tensors (docs/
+performance.md) at a few calls per step. ``pin_mmap_threshold`` stays for the processes where
+activations do not live in host memory (a GPU's) and under ``torch.compile``.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 logger = logging.getLogger(__name__)
 
@@ -32,20 +48,73 @@ M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
 DEFAULT_THRESHOLD = 256 * 1024
 
 
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018 - glibc only (musl has no mallopt parameters)
+        libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
 def pin_mmap_threshold(threshold: int = DEFAULT_THRESHOLD) -> bool:
     """Make glibc give every request of at least `threshold` bytes its own mapping (returned to
     the system when freed), from now on, in this process and the processes it forks. Returns
     whether the setting was made (False: not glibc, or `MALLOC_MMAP_THRESHOLD_` is set)."""
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+    libc = _glibc()
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or libc is None:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-        libc.gnu_get_libc_version  # noqa: B018 - glibc only (musl has no mallopt parameters)
-    except (OSError, AttributeError):
-        return False
+    mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     done = mallopt(M_MMAP_THRESHOLD, int(threshold)) == 1
     if done:
         logger.debug("glibc mmap threshold pinned at %d bytes", threshold)
     return done
+
+
+def trim_heap() -> bool:
+    """Give the free pages of glibc's heaps back to the system (``malloc_trim(0)``: free chunks
+    anywhere in the heap, not only at its top). False where the C library is not glibc."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True
+
+
+def return_memory_at(modules: Iterable[nn.Module]) -> list[RemovableHandle]:
+    """While gradients are recorded, call ``trim_heap`` after each module's forward and after its
+    backward (when the gradient of its input is computed). Meant for the backbone's stages on a
+    CPU (``backbone_stages``); returns the hook handles (``.remove()`` undoes it). Does nothing
+    without glibc. Nothing computed changes: only where freed memory goes."""
+    if _glibc() is None:
+        return []
+
+    def after_backward(grad: torch.Tensor) -> None:
+        trim_heap()
+
+    def before(module: nn.Module, args: tuple) -> tuple | None:
+        x = args[0] if args else None
+        if torch.is_grad_enabled() and isinstance(x, torch.Tensor) and x.requires_grad:
+            x = x.view_as(x)  # a tensor of this step's graph: the hook goes with it (a leaf stays)
+            x.register_hook(after_backward)
+            return (x, *args[1:])
+        return None
+
+    def after(module: nn.Module, args: tuple, output) -> None:
+        if torch.is_grad_enabled():
+            trim_heap()
+
+    handles = []
+    for m in modules:
+        handles += [m.register_forward_pre_hook(before), m.register_forward_hook(after)]
+    return handles
+
+
+def backbone_stages(model: nn.Module) -> list[nn.Module]:
+    """The stages (``layer1`` .. ``layer4``) of a video model's ResNet backbone (TSN or I3D), in
+    order; empty for a backbone without them (MobileNetV2)."""
+    base = getattr(model, "base_model", model)
+    return [getattr(base, f"layer{i}") for i in range(1, 5) if hasattr(base, f"layer{i}")]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A step's pattern in miniature: one large tensor freed (glibc raises its threshold to its size),
@@ -51,3 +52,94 @@ def test_pinned_threshold_gives_freed_activations_back():
 
 def test_a_users_own_glibc_setting_is_left_alone():
     assert _child("pin", MALLOC_MMAP_THRESHOLD_="1048576")["pinned"] is False
+
+
+# The CPU training process's way (return_memory_at): glibc's defaults (freed blocks reused), and
+# the heap's free pages given back after each stage's forward and after its backward. Stage
+# "churn" frees 72 MiB of 4 MiB temporaries in its forward and again in its backward.
+CHURN = r"""
+import json, sys
+import torch
+from torch import nn
+from ops.memory import return_memory_at
+from benchmarks.measure import current_rss_mib
+
+KEPT = []  # every fourth block stays: the freed ones are holes, not the heap's top
+
+class Temporaries(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        acts = [torch.ones(2**20) for _ in range(24)]  # 24 x 4 MiB, touched
+        KEPT.extend(acts[3::4])  # 24 MiB kept, 72 MiB freed
+        return x * acts[-1][0]
+    @staticmethod
+    def backward(ctx, g):
+        acts = [torch.ones(2**20) for _ in range(24)]
+        KEPT.extend(acts[3::4])
+        return g * acts[-1][0]
+
+class Churn(nn.Module):
+    def forward(self, x):
+        return Temporaries.apply(x)
+
+stages = nn.Sequential(nn.Linear(8, 8), Churn())
+if sys.argv[1] == "trim":
+    return_memory_at([stages[1]])
+big = torch.ones(4 * 2**20)  # 16 MiB: glibc raises its threshold to this (at most 32 MiB)
+del big
+x = torch.ones(4, 8)
+base = current_rss_mib()
+y = stages(x)
+after_forward = current_rss_mib() - base
+y.sum().backward()
+after_backward = current_rss_mib() - base
+print(json.dumps({"forward": after_forward, "backward": after_backward}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc / Linux only")
+def test_stage_hooks_give_the_heaps_free_pages_back_after_forward_and_backward():
+    def run(mode: str) -> dict:
+        out = subprocess.run(
+            [sys.executable, "-c", CHURN, mode], cwd=REPO, capture_output=True, text=True,
+            timeout=300, env={k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"},
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    plain, trimmed = run("plain"), run("trim")
+    # kept: 24 MiB after the forward, 48 after the backward; freed: 72 MiB in each
+    assert plain["forward"] > 24 + 40 and plain["backward"] > 48 + 40, plain  # the heap keeps them
+    assert trimmed["forward"] < 24 + 16 and trimmed["backward"] < 48 + 16, trimmed
+
+
+def test_stage_hooks_trim_only_while_gradients_are_recorded(monkeypatch):
+    from torch import nn
+
+    import ops.memory as memory
+
+    calls: list[str] = []
+    monkeypatch.setattr(memory, "trim_heap", lambda: calls.append("trim") or True)
+    stages = [nn.Linear(4, 4), nn.Linear(4, 4)]
+    handles = memory.return_memory_at(stages)
+    x = torch.randn(2, 4, requires_grad=True)
+    y = stages[1](stages[0](x))
+    assert len(calls) == 2  # after each stage's forward
+    y.sum().backward()
+    assert len(calls) == 4  # and after each stage's backward
+    with torch.no_grad():
+        stages[1](stages[0](x))
+    assert len(calls) == 4  # evaluation: nothing
+    for h in handles:
+        h.remove()
+    stages[1](stages[0](x)).sum().backward()
+    assert len(calls) == 4
+
+
+def test_backbone_stages_of_the_video_models():
+    from ops.memory import backbone_stages
+    from ops.models import TSN
+
+    model = TSN(5, 2, "RGB", base_model="resnet18", pretrain="scratch", print_spec=False)
+    assert backbone_stages(model) == [model.base_model.layer1, model.base_model.layer2,
+                                      model.base_model.layer3, model.base_model.layer4]  # fmt: skip
