@@ -36,19 +36,23 @@ def test_shift_keeps_clips_separate():
     assert out[1, 1, 1].item() == 1.0
 
 
+def hand_adjoint(g5: torch.Tensor) -> torch.Tensor:
+    """The shift's adjoint for 8 channels, fold 2, written out: channels 0..1 (which came from
+    t+1) send their gradient to t+1, channels 2..3 to t-1, the rest stay."""
+    exp = torch.zeros_like(g5)
+    exp[:, 1:, :2] = g5[:, :-1, :2]
+    exp[:, :-1, 2:4] = g5[:, 1:, 2:4]
+    exp[:, :, 4:] = g5[:, :, 4:]
+    return exp
+
+
 def test_shift_gradient_is_adjoint():
     # <shift(x), g> == <x, shift^T(g)>: check against autograd of the out-of-place version.
     torch.manual_seed(1)
     x = torch.randn(3 * 5, 8, 2, 2, requires_grad=True)
     g = torch.randn(3 * 5, 8, 2, 2)
     (temporal_shift(x, 5, 4) * g).sum().backward()
-    # Manual adjoint: fold 0..1 (came from t+1) sends gradient to t+1; fold 2..3 to t-1.
-    g5 = g.view(3, 5, 8, 2, 2)
-    exp = torch.zeros_like(g5)
-    exp[:, 1:, :2] = g5[:, :-1, :2]
-    exp[:, :-1, 2:4] = g5[:, 1:, 2:4]
-    exp[:, :, 4:] = g5[:, :, 4:]
-    assert torch.equal(x.grad, exp.view_as(x.grad))
+    assert torch.equal(x.grad, hand_adjoint(g.view(3, 5, 8, 2, 2)).view_as(x.grad))
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -69,12 +73,7 @@ def test_shift_with_adjoint_backward_gives_the_hand_built_adjoint(channels_last)
     assert y.grad_fn is not None and "SliceBackward" not in y.grad_fn.name()
     assert torch.equal(y, temporal_shift(x.detach(), 5, 4))
     y.backward(g)
-    g5 = g.view(3, 5, 8, 2, 3)
-    exp = torch.zeros_like(g5)
-    exp[:, 1:, :2] = g5[:, :-1, :2]
-    exp[:, :-1, 2:4] = g5[:, 1:, 2:4]
-    exp[:, :, 4:] = g5[:, :, 4:]
-    assert torch.equal(x.grad, exp.view_as(x.grad))
+    assert torch.equal(x.grad, hand_adjoint(g.view(3, 5, 8, 2, 3)).view_as(x.grad))
     assert x.grad.is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
