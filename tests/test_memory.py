@@ -1,6 +1,7 @@
 """ops/memory.py: with glibc's mmap threshold pinned, freed activations leave the process's
 resident memory; with glibc's default (a threshold raised by every large free) they stay in a
-fragmented heap. Each case runs in a fresh process (the setting is process-wide)."""
+fragmented heap, unless the stage hooks (``return_memory_at``, what CPU training uses) give the
+heap's free pages back. Each case runs in a fresh process (the settings are process-wide)."""
 
 from __future__ import annotations
 
