@@ -111,7 +111,7 @@ from ops.engine.trainer import (
 )
 from ops.evaluation import build_test_transform
 from ops.fast_augment import fast_train_augment, use_fast_decoding
-from ops.memory import backbone_stages, pin_mmap_threshold, return_memory_at
+from ops.memory import give_memory_back
 from ops.metrics import summarize
 from ops.model_loading import load_model
 from ops.models import TSN
@@ -351,12 +351,7 @@ def prepare_model(cfg: RunConfig, ctx: du.DistContext) -> tuple[TSN, LoopSetting
     model.to(ctx.device)
     if cfg.loop.channels_last:
         model.to_channels_last()  # 2-D conv weights only (the RNL parts are 5-D)
-    # Freed activations leave resident memory (ops/memory.py): on a CPU the heap's free pages go
-    # back between the backbone's stages; elsewhere (and compiled) large blocks are mappings.
-    if ctx.device.type == "cpu" and not cfg.loop.compile and backbone_stages(model):
-        return_memory_at(backbone_stages(model))
-    else:
-        pin_mmap_threshold()
+    give_memory_back(model, ctx.device.type, cfg.loop.compile)  # freed activations (ops/memory.py)
     shape = bf16_guard.clip_shape(model, cfg.optim.batch_per_process)
     # --amp bf16 on a CPU: layers whose bf16 kernel is wrong are routed (ops/bf16_guard.py)
     bf16_guard.guard_bf16(

@@ -36,7 +36,7 @@ import torch
 from benchmarks.measure import limit_address_space, measure, run_child, save_result
 from benchmarks.published_memory import keep_like_published
 from ops.engine.compile import CompiledWithFallback
-from ops.memory import backbone_stages, pin_mmap_threshold, return_memory_at
+from ops.memory import give_memory_back, pin_mmap_threshold
 from ops.models import I3D, TSN
 
 PLAIN = dict(rnl_fused=False, region_impl="masked", shift_recompute=False, recompute=False)
@@ -119,18 +119,10 @@ def _child(args: argparse.Namespace) -> None:
 def _measure_child(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     model, dtype, channels_last = build(args.config, args.frames, args.device, args.model)
-    # freed memory, as main.py's training processes give it back (prepare_model)
-    if args.config in GLIBC_DEFAULTS:
-        pass
-    elif (
-        args.device == "cpu"
-        and args.config not in PINNED
-        and not args.config.endswith("compiled")
-        and backbone_stages(model)
-    ):
-        return_memory_at(backbone_stages(model))
-    else:
+    if args.config in PINNED:
         pin_mmap_threshold()
+    elif args.config not in GLIBC_DEFAULTS:  # as main.py's training processes do
+        give_memory_back(model, torch.device(args.device).type, args.config.endswith("compiled"))
     shape = (
         (args.batch * args.frames, 3) if args.model == "rnl_tsm" else (args.batch, args.frames * 3)
     )

@@ -118,3 +118,16 @@ def backbone_stages(model: nn.Module) -> list[nn.Module]:
     order; empty for a backbone without them (MobileNetV2)."""
     base = getattr(model, "base_model", model)
     return [getattr(base, f"layer{i}") for i in range(1, 5) if hasattr(base, f"layer{i}")]
+
+
+def give_memory_back(model: nn.Module, device_type: str, compiled: bool) -> str:
+    """Make this training process give freed activations back the way that suits it: on a CPU,
+    eager, with a ResNet backbone, ``return_memory_at`` its stages; otherwise (a GPU, where
+    activations are not in host memory, or ``torch.compile``, which plans its own buffers)
+    ``pin_mmap_threshold``. Returns which: 'stage trims' or 'mmap threshold'."""
+    stages = backbone_stages(model)
+    if device_type == "cpu" and not compiled and stages:
+        return_memory_at(stages)
+        return "stage trims"
+    pin_mmap_threshold()
+    return "mmap threshold"

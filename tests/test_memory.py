@@ -144,3 +144,20 @@ def test_backbone_stages_of_the_video_models():
     model = TSN(5, 2, "RGB", base_model="resnet18", pretrain="scratch", print_spec=False)
     assert backbone_stages(model) == [model.base_model.layer1, model.base_model.layer2,
                                       model.base_model.layer3, model.base_model.layer4]  # fmt: skip
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc / Linux only")
+def test_training_processes_choose_stage_trims_on_an_eager_cpu_and_the_threshold_elsewhere(
+    monkeypatch,
+):
+    import ops.memory as memory
+    from ops.models import TSN
+
+    pinned: list[bool] = []
+    monkeypatch.setattr(memory, "pin_mmap_threshold", lambda: pinned.append(True) or True)
+    model = TSN(5, 2, "RGB", base_model="resnet18", pretrain="scratch", print_spec=False)
+    assert memory.give_memory_back(model, "cpu", compiled=False) == "stage trims"
+    assert not pinned and model.base_model.layer1._forward_pre_hooks  # hooks on the stages
+    assert memory.give_memory_back(model, "cpu", compiled=True) == "mmap threshold"
+    assert memory.give_memory_back(model, "cuda", compiled=False) == "mmap threshold"
+    assert len(pinned) == 2
