@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterable
 
 from ops.dataset_config import REGISTRY, dataset_class_names, read_categories
+from ops.packed_frames import PARTIAL  # temporary outputs: ops.packed_frames.partial_name
 
 logger = logging.getLogger(__name__)
 
@@ -152,9 +153,6 @@ def model_class_names(
 # ---------------------------------------------------------------------------------------------
 # temporary outputs
 # ---------------------------------------------------------------------------------------------
-PARTIAL = ".partial-"
-
-
 def partial_prefix(name: str) -> str:
     """Prefix of the temporary outputs of the final output ``name``: ``.<name>.partial-``,
     followed by ``<host>-<pid>-<random>``."""

@@ -61,7 +61,6 @@ import logging
 import math
 import os
 import shutil
-import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -77,7 +76,7 @@ from ops.atomic import write_atomically
 from ops.dataset_config import DATASETS, REGISTRY
 from ops.output_paths import check_outputs
 from ops.packed_frames import EXT as PACKED_EXT
-from ops.packed_frames import write_packed
+from ops.packed_frames import partial_name, write_packed
 from ops.utils import (
     ensure_writable_dir,
     ensure_writable_file,
@@ -284,13 +283,8 @@ def frame_size(width: int, height: int, settings: Settings) -> tuple[int, int]:
     return w, h
 
 
-def _temp_name(final: str) -> str:
-    parent, name = os.path.split(final)
-    return os.path.join(parent, f"{partial_prefix(name)}{socket.gethostname()}-{os.getpid()}-")
-
-
 def _write_folder(video: str, final: str, settings: Settings) -> int:
-    prefix = _temp_name(final)
+    prefix = partial_name(final)
     tmp = tempfile.mkdtemp(prefix=os.path.basename(prefix), dir=os.path.dirname(final))
     try:
         count = 0
@@ -344,7 +338,7 @@ def video_rate(path: str, fps: float | None) -> Fraction:
 
 
 def _write_video(video: str, final: str, settings: Settings) -> int:
-    prefix = _temp_name(final)
+    prefix = partial_name(final)
     fd, tmp = tempfile.mkstemp(
         prefix=os.path.basename(prefix), suffix=".mp4", dir=os.path.dirname(final)
     )
