@@ -10,6 +10,9 @@ The model, the files a researcher opens to try a new module:
     rnl.py             the region-based non-local block (+ its builder "rnl" and defaults)
     region_conv.py     RNL's depthwise region convolution in the published weight layout
     attention.py       the (fused) attention core of the non-local blocks
+    self_attention.py  attention whose queries are its keys (RNL): a cheaper CPU backward
+    recompute.py       recomputing cheap activations in the backward (selective checkpointing)
+    memory.py          freed activations given back to the system during a CPU training step
     channel_gate.py    the global-context channel gate before the first RNL block
     nl.py              the classic non-local block (embedded Gaussian, dot product, Gaussian)
     mmaction_compat.py mmaction2's I3D checkpoints read as they are (key mapping, settings)

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ops import self_attention
+
 ACTIVATIONS = ("softmax", "relu", "linear")
 
 _recording: list | None = None  # shapes of the fused calls, inside record_attention_shapes()
@@ -93,10 +95,14 @@ def nonlocal_attention(
             f"unknown attention activation {activation!r}: choose one of {ACTIVATIONS}"
         )
     if fused and activation == "softmax" and not return_attention:
-        q4, k4, v4 = _positions_last(q), _positions_last(k), _positions_last(v)
+        q4, v4 = _positions_last(q), _positions_last(v)
+        k4 = q4 if k is q else _positions_last(k)
         if _recording is not None:
-            _recording.append((tuple(q4.shape), tuple(k4.shape), tuple(v4.shape)))
-        y = F.scaled_dot_product_attention(q4, k4, v4, scale=scale)
+            _recording.append((tuple(q4.shape), tuple(k4.shape), tuple(v4.shape), k4 is q4))
+        if scale == 1.0 and self_attention.usable(q4, k4, v4):
+            y = self_attention.attend(q4, v4)  # queries are keys: a cheaper backward
+        else:
+            y = F.scaled_dot_product_attention(q4, k4, v4, scale=scale)
         return y.squeeze(1).transpose(1, 2), None  # (N, Cv, P)
     if fused and activation == "linear" and not return_attention:
         vk = torch.bmm(v, k.transpose(1, 2))  # (N, Cv, Cq): no P x Ps matrix
@@ -111,8 +117,9 @@ def nonlocal_attention(
 
 @contextlib.contextmanager
 def record_attention_shapes() -> Iterator[list[tuple]]:
-    """Collect ``(q, k, v)`` shapes ``[N, 1, P, C]`` of every fused attention call made inside
-    (e.g. one forward pass of a model on the meta device, which computes nothing)."""
+    """Collect ``(q, k, v, queries_are_keys)`` of every fused softmax attention call made inside
+    (shapes ``[N, 1, P, C]``; e.g. one forward pass of a model on the meta device, which computes
+    nothing)."""
     global _recording
     previous, _recording = _recording, []
     try:

@@ -138,7 +138,9 @@ class NonLocalWrapper(nn.Module):
         nt, c, h, w = x.shape
         x = x.view(nt // self.n_segment, self.n_segment, c, h, w).transpose(1, 2)  # (N, C, T, H, W)
         x = self.run_attached(x)
-        return x.transpose(1, 2).contiguous().view(nt, c, h, w)
+        # a view when the block output was channels-last (N and T merge without a copy, and the
+        # next block gets channels-last input again); a copy into the contiguous layout otherwise
+        return x.transpose(1, 2).reshape(nt, c, h, w)
 
 
 def attached_parts(model: nn.Module) -> dict[str, nn.Module]:

@@ -103,9 +103,10 @@ class RNLBlock(nn.Module):
             else (r, theta)
         )
 
+        queries = r.flatten(2)
         y, self.attention = nonlocal_attention(
-            r.flatten(2),
-            r_src.flatten(2),
+            queries,
+            r_src.flatten(2) if self.sub_sample else queries,  # the same tensor: self-attention
             v.flatten(2),
             self.activation,
             self.fused,

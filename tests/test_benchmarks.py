@@ -72,7 +72,9 @@ def test_quick_suite_writes_every_row_with_its_ratio(tmp_path):
         assert rows[f"growth {f} frames x {s} px: plain"]["positions"] == f * (s // 8) ** 2
         fast = rows[f"growth {f} frames x {s} px: fast fp32"]
         plain = rows[f"growth {f} frames x {s} px: plain"]
-        assert fast["speedup"] == pytest.approx(fast["clips_per_s"] / plain["clips_per_s"], rel=0.02)
+        assert fast["speedup"] == pytest.approx(
+            fast["clips_per_s"] / plain["clips_per_s"], rel=0.02
+        )
     loader = {p: rows[f"data loader: {p}"] for p in LOADER_PATHS}
     plain = loader[LOADER_PATHS[0]]
     for r in loader.values():  # ratios against the plain loader, recomputed
@@ -128,3 +130,27 @@ def test_a_step_that_needs_more_than_the_memory_limit_is_reported_as_not_fitting
     row = json.loads(out.read_text())["rows"]["train: plain"]
     assert row == {"fits": False, "mem_limit_gib": 0.05}
     assert "does not fit in 0.05 GiB" in proc.stdout
+
+
+def test_rounds_keep_the_fastest_time_and_the_largest_memory():
+    from benchmarks.bench_step import best_round
+
+    rounds = [
+        {"peak_mib": 100.0, "seconds": 3.0, "clips_per_s": 2 / 3.0},
+        {"peak_mib": 120.0, "seconds": 2.0, "clips_per_s": 2 / 2.0},
+        {"peak_mib": 90.0, "seconds": 4.0, "clips_per_s": 2 / 4.0},
+    ]
+    row = best_round(rounds)
+    assert (row["seconds"], row["clips_per_s"], row["peak_mib"]) == (2.0, 1.0, 120.0)
+    assert [r["seconds"] for r in row["rounds"]] == [3.0, 2.0, 4.0]
+    assert best_round(rounds[:1]) == rounds[0]  # one round: the row as measured
+    too_big = {"fits": False, "mem_limit_gib": 1.0}
+    assert best_round([rounds[0], too_big]) == too_big  # a round that did not fit says so
+
+
+def test_rounds_must_be_positive(capsys):
+    from benchmarks.bench_step import main
+
+    with pytest.raises(SystemExit):
+        main(["--rounds", "0", "--configs", "plain"])
+    assert "--rounds must be at least 1" in capsys.readouterr().err

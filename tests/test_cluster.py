@@ -200,11 +200,16 @@ def test_checkpoints_say_what_ran(reference):
     assert all(r["cudnn_benchmark"] for r in runtime["ranks"])  # set in each spawned worker
     assert runtime["compile"] == "off" and runtime["amp"] == "off"
     # ResNet-18 RNL at 32 px, 4 frames: layer2 (128 channels, C' = 64) at 4 x 4 x 4 positions,
-    # layer3 (256, C' = 128) at 4 x 2 x 2; contiguous fp32 on CPU runs the CPU flash kernel.
+    # layer3 (256, C' = 128) at 4 x 2 x 2; contiguous fp32 on CPU runs the CPU flash kernel
+    # forward and, RNL's queries being its keys, ops/self_attention.py's backward.
     shapes = {
-        (a["positions"], a["head_dim"], a["dtype"], a["kernel"]) for a in runtime["attention"]
+        (a["positions"], a["head_dim"], a["dtype"], a["kernel"], a["backward"])
+        for a in runtime["attention"]
     }
-    assert shapes == {(64, 64, "float32", "flash"), (16, 128, "float32", "flash")}
+    assert shapes == {
+        (64, 64, "float32", "flash", "symmetric"),
+        (16, 128, "float32", "flash", "symmetric"),
+    }
 
 
 # ---- SLURM: every process of the job step is signalled ----------------------------------------

@@ -11,6 +11,7 @@ running statistics must be updated once) and in eval mode.
 import pytest
 import torch
 
+from ops import self_attention
 from ops.models import TSN
 from ops.rnl import RNLBlock
 
@@ -227,7 +228,9 @@ def test_channels_last_with_recompute_trains_like_plain(fast, clip):
         # train-mode BN) carry only float64 rounding noise (~1e-12 here)
         assert (a - b).norm().item() <= 1e-9 * b.norm().item() + 1e-10
     for (name, a), (_, b) in zip(lean.named_buffers(), plain.named_buffers()):
-        assert (a.double() - b.double()).abs().max().item() <= 1e-9 * (1 + b.abs().max().item()), name
+        assert (a.double() - b.double()).abs().max().item() <= 1e-9 * (1 + b.abs().max().item()), (
+            name
+        )
 
 
 def test_channels_last_replay_gives_the_kept_bits(clip):
@@ -238,5 +241,43 @@ def test_channels_last_replay_gives_the_kept_bits(clip):
     kept = _run(*_channels_last(_model("resnet50", **{**DEFAULTS, "recompute": False}), x))
     recomputed = _run(*_channels_last(_model("resnet50", **DEFAULTS), x))
     assert len(kept) == len(recomputed)
+    for a, b in zip(recomputed, kept):
+        assert torch.equal(a, b)
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """Tiles of 40 positions for the fp32 self-attention backward (ops/self_attention.py), so
+    that layer2's 256 positions (4 frames of 8 x 8) and layer3's 64 span several tiles, the last
+    one partial; counts the backward's calls."""
+    calls = []
+    real = self_attention.symmetric_backward
+    monkeypatch.setattr(self_attention, "TILE", 40)
+    monkeypatch.setattr(
+        self_attention, "symmetric_backward", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    return calls
+
+
+@pytest.mark.parametrize(
+    "fast", [dict(rnl_fused=True), DEFAULTS], ids=["fused-attention", "defaults"]
+)
+def test_self_attention_backward_is_as_accurate_as_plain(
+    fast, clip, reference64, plain32_error, small_tiles
+):
+    model = _model(**fast)
+    got = _run(model, clip)
+    assert len(small_tiles) == sum(isinstance(m, RNLBlock) for m in model.modules())
+    assert len(got) == len(reference64)
+    for a, b, plain in zip(got, reference64, plain32_error):
+        assert _err(a, b) <= 1.1 * plain + 5e-4
+
+
+def test_recompute_with_the_self_attention_backward_gives_the_kept_bits(clip, small_tiles):
+    # The replay takes the kept attention output (and its log-sum-exp) from the forward, so the
+    # recomputing step's fp32 gradients are the bits of the step that keeps everything.
+    kept = _run(_model(**{**DEFAULTS, "recompute": False}), clip)
+    recomputed = _run(_model(**DEFAULTS), clip)
+    assert small_tiles  # the symmetric backward ran
     for a, b in zip(recomputed, kept):
         assert torch.equal(a, b)

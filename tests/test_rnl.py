@@ -273,3 +273,20 @@ def test_classic_nl_fused_and_explicit_agree_forward_and_backward():
     g = torch.randn_like(x)
     for a, b in zip(_fwd_bwd(fused, x, g), _fwd_bwd(explicit, x, g)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-10)
+
+
+def test_wrapper_keeps_a_channels_last_block_output_channels_last():
+    # The RNL block runs on [N, C, T, H, W] views of the block output; a channels-last output
+    # goes back to [N*T, C, H, W] as a view (no copy into the contiguous layout), with the values
+    # of the contiguous computation.
+    from ops.non_local import NonLocalWrapper
+
+    torch.manual_seed(0)
+    block = RNLBlock(16, kernel_size=(3, 3, 3))
+    _perturb(block)
+    wrapper = NonLocalWrapper(torch.nn.Identity(), 4, {"nl": block}).eval()
+    x = torch.randn(8, 16, 5, 5)  # 2 clips x 4 frames
+    want = wrapper(x)
+    got = wrapper(x.contiguous(memory_format=torch.channels_last))
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -47,10 +47,14 @@ def _this_rank(ctx: du.DistContext) -> dict:
     }
 
 
-def attention_kernels(model: nn.Module, amp: str, device: torch.device) -> list[dict]:
+def attention_kernels(
+    model: nn.Module, amp: str, device: torch.device, compiled: bool = False
+) -> list[dict]:
     """For each distinct fused-attention shape of `model` on one training clip: positions P,
-    source positions, head dimension C', dtype, how many blocks have it, and the SDPA kernel
-    that runs it on `device` (empty for a model without fused attention)."""
+    source positions, head dimension C', dtype, how many blocks have it, the SDPA kernel that
+    runs it on `device` (empty for a model without fused attention), and its backward:
+    'symmetric' where the queries are the keys and ``ops/self_attention.py`` takes the backward
+    (CPU, float32, eager), else 'kernel' (the kernel's own)."""
     channels = (3 if model.modality == "RGB" else 2) * model.new_length
     size = model.input_size
     clip = torch.empty(1, model.num_segments * channels, size, size, device="meta")
@@ -59,8 +63,15 @@ def attention_kernels(model: nn.Module, amp: str, device: torch.device) -> list[
         shadow(clip)
     dtype = AMP_DTYPES[amp]
     found = []
-    for (q, k, v), count in Counter(shapes).items():
+    for (q, k, v, queries_are_keys), count in Counter(shapes).items():
         kernel = sdpa_kernel_used(q, k, v, dtype, device, training=True)
+        symmetric = (
+            queries_are_keys
+            and device.type == "cpu"
+            and dtype == torch.float32
+            and v[3] == q[3]
+            and not compiled
+        )
         found.append(
             {
                 "positions": q[2],
@@ -69,6 +80,7 @@ def attention_kernels(model: nn.Module, amp: str, device: torch.device) -> list[
                 "dtype": str(dtype).replace("torch.", ""),
                 "blocks": count,
                 "kernel": kernel,
+                "backward": "symmetric" if symmetric else "kernel",
             }
         )
     return found
@@ -112,7 +124,9 @@ def runtime_report(
     }
     if ctx.is_main:
         try:
-            report["attention"] = attention_kernels(model, loop.amp, ctx.device)
+            report["attention"] = attention_kernels(
+                model, loop.amp, ctx.device, report["compile"].startswith("on")
+            )
         except Exception as exc:  # a module without meta support: say so, train anyway
             report["attention_error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
         for line in report_lines(report):
@@ -150,6 +164,11 @@ def report_lines(report: dict) -> list[str]:
         lines.append(
             f"runtime: attention P={a['positions']} x {a['source_positions']}, C'={a['head_dim']}, "
             f"{a['dtype']} ({a['blocks']} block(s)): SDPA kernel {a['kernel']}"
+            + (
+                ", backward symmetric (queries are keys)"
+                if a.get("backward") == "symmetric"
+                else ""
+            )
         )
     if "attention_error" in report:
         lines.append(f"runtime: attention kernels not probed ({report['attention_error']})")
