@@ -23,9 +23,9 @@ PyTorch's fused CPU kernel (``_scaled_dot_product_flash_attention_for_cpu``, whi
 ``lse`` the backward uses); ``ops/recompute.py`` keeps its outputs for the backward as it does
 for any fused attention call.
 
-Used by ``ops/attention.py`` for softmax attention on CPU in float32 when the caller passes the
-same tensor as queries and keys; anything else (CUDA, bf16, ``torch.compile``) takes
-``F.scaled_dot_product_attention``. Results match it to float rounding (``tests/test_attention.py``
+Used by ``ops/attention.py`` for softmax attention on CPU in float32 (no autocast) when the caller
+passes the same tensor as queries and keys; anything else (CUDA, bf16, ``torch.compile``) takes
+``F.scaled_dot_product_attention``. Results match it to float rounding (``tests/test_self_attention.py``
 compares forward and gradients with the explicit computation).
 """
 
@@ -40,12 +40,15 @@ TILE = 784
 
 def usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether ``attend`` applies: queries are keys, values as wide as they are (the fused CPU
-    kernel's condition), CPU, float32, not under ``torch.compile``."""
+    kernel's condition), CPU, float32 and no autocast (under ``--amp bf16`` the fused call runs
+    in bf16; ``attend`` calls the kernel below autocast, so it would stay in fp32), not under
+    ``torch.compile``."""
     return (
         q is k
         and v.shape[-1] == q.shape[-1]
         and q.device.type == "cpu"
         and q.dtype == torch.float32
+        and not torch.is_autocast_enabled(q.device.type)
         and not torch.compiler.is_compiling()
     )
 

@@ -93,6 +93,17 @@ def test_used_only_where_it_applies():
     assert not self_attention.usable(r, r, v[..., :3])  # values of another width
     assert not self_attention.usable(r.double(), r.double(), v.double())
     assert not self_attention.usable(r.bfloat16(), r.bfloat16(), v.bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # fp32 inputs, but the attention runs in bf16
+        assert not self_attention.usable(r, r, v)
+
+
+def test_bf16_autocast_keeps_the_fused_attention_in_bf16(monkeypatch):
+    calls = []
+    monkeypatch.setattr(self_attention, "attend", lambda r, v: calls.append(1))
+    q = torch.randn(2, 8, 20)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, _ = attention.nonlocal_attention(q, q, torch.randn(2, 8, 20))
+    assert calls == [] and y.dtype == torch.bfloat16
 
 
 def test_nonlocal_attention_routes_self_attention_only(monkeypatch):
