@@ -41,10 +41,15 @@ TILE = 784
 def usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether ``attend`` applies: queries are keys, values as wide as they are (the fused CPU
     kernel's condition), CPU, float32 and no autocast (under ``--amp bf16`` the fused call runs
-    in bf16; ``attend`` calls the kernel below autocast, so it would stay in fp32), not under
-    ``torch.compile``."""
+    in bf16; ``attend`` calls the kernel below autocast, so it would stay in fp32), and only when
+    a backward will follow (gradients recorded, not while ``torch.jit.trace``, ``torch.compile``
+    or ``torch.export`` trace the model: they take ``F.scaled_dot_product_attention``, the same
+    kernel forward)."""
     return (
         q is k
+        and torch.is_grad_enabled()
+        and (q.requires_grad or v.requires_grad)
+        and not torch.jit.is_tracing()
         and v.shape[-1] == q.shape[-1]
         and q.device.type == "cpu"
         and q.dtype == torch.float32

@@ -86,9 +86,12 @@ def test_backward_never_materialises_the_positions_squared_matrix(monkeypatch):
 
 
 def test_used_only_where_it_applies():
-    r = torch.randn(1, 1, 10, 4)
-    v = torch.randn(1, 1, 10, 4)
+    r = torch.randn(1, 1, 10, 4, requires_grad=True)
+    v = torch.randn(1, 1, 10, 4, requires_grad=True)
     assert self_attention.usable(r, r, v)
+    with torch.no_grad():  # no backward to make cheaper: the fused call as it is
+        assert not self_attention.usable(r, r, v)
+    assert not self_attention.usable(r.detach(), r.detach(), v.detach())
     assert not self_attention.usable(r, r.clone(), v)  # queries that are not the keys
     assert not self_attention.usable(r, r, v[..., :3])  # values of another width
     assert not self_attention.usable(r.double(), r.double(), v.double())
@@ -106,11 +109,12 @@ def test_bf16_autocast_keeps_the_fused_attention_in_bf16(monkeypatch):
     assert calls == [] and y.dtype == torch.bfloat16
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated:FutureWarning")
 def test_nonlocal_attention_routes_self_attention_only(monkeypatch):
     calls = []
     real = self_attention.attend
     monkeypatch.setattr(self_attention, "attend", lambda r, v: calls.append(1) or real(r, v))
-    q = torch.randn(2, 4, 12)
+    q = torch.randn(2, 4, 12, requires_grad=True)
     v = torch.randn(2, 4, 12)
     y_self, _ = attention.nonlocal_attention(q, q, v)
     assert calls == [1]
@@ -119,3 +123,6 @@ def test_nonlocal_attention_routes_self_attention_only(monkeypatch):
     torch.testing.assert_close(y_self, y_other)
     attention.nonlocal_attention(q, q, v, scale=0.5)  # a scaled softmax takes the fused kernel
     assert calls == [1]
+    traced = torch.jit.trace(lambda a, b: attention.nonlocal_attention(a, a, b)[0], (q, v))
+    assert calls == [1]  # a traced model holds the fused call (tools/export.py)
+    torch.testing.assert_close(traced(q, v), y_self)
