@@ -2,7 +2,8 @@
 
 Frame numbers are 1-based and mean what they mean for the frame folders of
 tools/extract_frames.py: frame k is the k-th frame that a plain decode loop outputs
-(`for frame in container.decode(video=0)`), converted by `frame.to_image()`. The reader finds
+(`for frame in container.decode(video=0)`), converted by `frame.to_image()` (`frame_image`: on one
+scaler thread, the same pixels). The reader finds
 frame k without decoding from the start, and checks as it goes that it numbers frames as that
 loop does.
 
@@ -187,6 +188,25 @@ def _seek_ts(packet: av.Packet) -> int | None:
 
 
 # ------------------------------------------------------------------------------------- reader
+def frame_image(frame: av.VideoFrame) -> Image.Image:
+    """``frame.to_image()`` (the RGB conversion that defines a frame's pixels here) with FFmpeg's
+    scaler on one thread. Recent PyAV gives the scaler one slice thread per core by default, and
+    in a forked process (a DataLoader or tool worker, in a parent that runs PyTorch) freeing those
+    threads was seen to hang for good (the join in ``avpriv_slicethread_free`` never returns).
+    One thread converts the same pixels. PyAV releases before the ``threads`` argument have no
+    threaded scaler, and take the call without it."""
+    global _SCALER_THREADS
+    if _SCALER_THREADS:
+        try:
+            return frame.to_image(threads=1)
+        except TypeError:  # PyAV without the argument
+            _SCALER_THREADS = False
+    return frame.to_image()
+
+
+_SCALER_THREADS = True  # whether this PyAV takes to_image(threads=...)
+
+
 class VideoReader:
     """One open video file: `num_frames`, `read(frames)`, `scan(frames)`; use it as a context
     manager (or call `close`). `threads` is FFmpeg's decoding threads (1 in DataLoader workers).
@@ -478,7 +498,7 @@ class VideoReader:
         for n, frame in self._run(self._packets(), first=1, from_start=True):
             decodable.append(n)
             if n in wanted:
-                out[n] = frame.to_image()
+                out[n] = frame_image(frame)
         return out, decodable
 
     def _read_sequential(self, wanted: list[int], out: dict[int, Image.Image]) -> None:
@@ -487,7 +507,7 @@ class VideoReader:
         self._reopen()
         for n, frame in self._run(self._packets(), first=1, from_start=True):
             if n in wanted:
-                out[n] = frame.to_image()
+                out[n] = frame_image(frame)
             if n >= wanted[-1]:
                 break
 
@@ -503,7 +523,7 @@ class VideoReader:
             for n, frame in frames:
                 pos = n
                 if n in todo:
-                    out[n] = frame.to_image()
+                    out[n] = frame_image(frame)
                     todo.discard(n)
                 if n >= k:
                     break

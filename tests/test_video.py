@@ -221,3 +221,39 @@ def test_out_of_range_frames_are_absent_and_the_decoder_is_logged(tmp_path, capl
         reader = VideoReader(sample("carphone_distorted.mp4"))
     assert any("PyAV" in r.getMessage() for r in caplog.records)
     assert sorted(reader.read([0, 1, 120, 121])) == [1, 120]
+
+
+@pytest.mark.parametrize("codec", ["libx264", "libvpx-vp9"])
+def test_frame_image_converts_the_pixels_of_the_plain_conversion(tmp_path, codec):
+    # frame_image runs FFmpeg's scaler on one thread (its slice threads were seen to hang in
+    # forked workers); the RGB pixels are those of PyAV's own default conversion
+    path = make_video(str(tmp_path / f"v.{'webm' if codec == 'libvpx-vp9' else 'mp4'}"), 6, codec)
+    want = plain_frames(path)
+    with av.open(path) as container:
+        got = [np.asarray(video.frame_image(f)) for f in container.decode(video=0)]
+    assert len(got) == len(want) == 6
+    for a, b in zip(got, want):
+        assert np.array_equal(a, b)
+
+
+class _Frame:
+    """Stands in for a PyAV frame: records the keyword arguments of to_image."""
+
+    def __init__(self, takes_threads: bool) -> None:
+        self.takes_threads, self.calls = takes_threads, []
+
+    def to_image(self, **kwargs):
+        if kwargs and not self.takes_threads:
+            raise TypeError("to_image() got an unexpected keyword argument 'threads'")
+        self.calls.append(kwargs)
+        return "image"
+
+
+def test_frame_image_asks_for_one_scaler_thread_where_pyav_takes_it(monkeypatch):
+    monkeypatch.setattr(video, "_SCALER_THREADS", True)
+    frame = _Frame(takes_threads=True)
+    assert video.frame_image(frame) == "image" and frame.calls == [{"threads": 1}]
+    old = _Frame(takes_threads=False)  # a PyAV before the argument: no threaded scaler either
+    assert video.frame_image(old) == "image" and old.calls == [{}]
+    assert video.frame_image(_Frame(takes_threads=False)) == "image"  # asks once, then not again
+    assert video._SCALER_THREADS is False

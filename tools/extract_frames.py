@@ -83,7 +83,7 @@ from ops.utils import (
     map_with_progress,
     setup_logging,
 )
-from ops.video import VideoReader
+from ops.video import VideoReader, frame_image
 from tools._common import (
     TOOL_ERRORS,
     VIDEO_EXTENSIONS,
@@ -211,7 +211,7 @@ def iter_frames(path: str, fps: float | None = None) -> Iterator[Image.Image]:
                 if slot <= last_slot:
                     continue
                 last_slot = slot
-            yield frame.to_image()
+            yield frame_image(frame)
 
 
 def declared_frames(path: str) -> int:
@@ -711,9 +711,7 @@ def main(argv: list[str] | None = None) -> int:
         check_outputs(  # an output never is, nor holds, a video (ops/output_paths.py)
             [("the video", path) for path, _ in videos],
             [("OUT", args.out), ("--failed_list", args.failed_list)],
-            replaced=[
-                (f"OUT ({vid}'s frames)", output_path(settings, vid)) for _, vid in videos
-            ],
+            replaced=[(f"OUT ({vid}'s frames)", output_path(settings, vid)) for _, vid in videos],
         )
         check_output_dir(args.out)
         if args.failed_list is not None:

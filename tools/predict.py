@@ -70,7 +70,7 @@ from ops.packed_frames import EXT as PACKED_EXT
 from ops.packed_frames import PackedFile
 from ops.sampling import CLIP_SAMPLING, clip_frames
 from ops.utils import progress, setup_logging, to_device
-from ops.video import VideoError
+from ops.video import VideoError, frame_image
 from ops.video_files import VideoFiles
 from tools._common import (
     TOOL_ERRORS,
@@ -368,7 +368,7 @@ def all_frames(path: str, loaded: Loaded, fps: float) -> tuple[Iterator[Image.Im
     def video_frames() -> Iterator[Image.Image]:
         with container:
             for frame in container.decode(stream):  # the frames ops/video.py numbers
-                yield frame.to_image()
+                yield frame_image(frame)
 
     return video_frames(), float(rate)
 
