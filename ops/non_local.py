@@ -136,11 +136,16 @@ class NonLocalWrapper(nn.Module):
         if self.n_segment is None:
             return self.run_attached(x)
         nt, c, h, w = x.shape
+        # the next block gets the layout this block gave: channels-last stays channels-last (the
+        # result is then a view, N and T merging without a copy), anything else is contiguous
+        layout = (
+            torch.channels_last
+            if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            else torch.contiguous_format
+        )
         x = x.view(nt // self.n_segment, self.n_segment, c, h, w).transpose(1, 2)  # (N, C, T, H, W)
         x = self.run_attached(x)
-        # a view when the block output was channels-last (N and T merge without a copy, and the
-        # next block gets channels-last input again); a copy into the contiguous layout otherwise
-        return x.transpose(1, 2).reshape(nt, c, h, w)
+        return x.transpose(1, 2).reshape(nt, c, h, w).contiguous(memory_format=layout)
 
 
 def attached_parts(model: nn.Module) -> dict[str, nn.Module]:

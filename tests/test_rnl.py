@@ -290,3 +290,17 @@ def test_wrapper_keeps_a_channels_last_block_output_channels_last():
     got = wrapper(x.contiguous(memory_format=torch.channels_last))
     assert got.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_wrapper_keeps_a_contiguous_block_output_contiguous():
+    # The attached block's output (a conv3d result plus its input) may come out in another
+    # layout; the next residual block gets the contiguous layout it was given, as the published
+    # code does, so the backbone's convolutions run the same kernels with or without RNL.
+    from ops.non_local import NonLocalWrapper
+
+    torch.manual_seed(0)
+    block = RNLBlock(16, kernel_size=(3, 3, 3))
+    _perturb(block)
+    wrapper = NonLocalWrapper(torch.nn.Identity(), 4, {"nl": block}).eval()
+    got = wrapper(torch.randn(8, 16, 5, 5))
+    assert got.is_contiguous()
