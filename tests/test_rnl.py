@@ -275,16 +275,21 @@ def test_classic_nl_fused_and_explicit_agree_forward_and_backward():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-10)
 
 
-def test_wrapper_keeps_a_channels_last_block_output_channels_last():
-    # The RNL block runs on [N, C, T, H, W] views of the block output; a channels-last output
-    # goes back to [N*T, C, H, W] as a view (no copy into the contiguous layout), with the values
-    # of the contiguous computation.
+def _wrapped_rnl():
+    """A trained-looking RNL block attached after an identity block, for 4-frame clips."""
     from ops.non_local import NonLocalWrapper
 
     torch.manual_seed(0)
     block = RNLBlock(16, kernel_size=(3, 3, 3))
     _perturb(block)
-    wrapper = NonLocalWrapper(torch.nn.Identity(), 4, {"nl": block}).eval()
+    return NonLocalWrapper(torch.nn.Identity(), 4, {"nl": block}).eval()
+
+
+def test_wrapper_keeps_a_channels_last_block_output_channels_last():
+    # The RNL block runs on [N, C, T, H, W] views of the block output; a channels-last output
+    # goes back to [N*T, C, H, W] as a view (no copy into the contiguous layout), with the values
+    # of the contiguous computation.
+    wrapper = _wrapped_rnl()
     x = torch.randn(8, 16, 5, 5)  # 2 clips x 4 frames
     want = wrapper(x)
     got = wrapper(x.contiguous(memory_format=torch.channels_last))
@@ -296,11 +301,4 @@ def test_wrapper_keeps_a_contiguous_block_output_contiguous():
     # The attached block's output (a conv3d result plus its input) may come out in another
     # layout; the next residual block gets the contiguous layout it was given, as the published
     # code does, so the backbone's convolutions run the same kernels with or without RNL.
-    from ops.non_local import NonLocalWrapper
-
-    torch.manual_seed(0)
-    block = RNLBlock(16, kernel_size=(3, 3, 3))
-    _perturb(block)
-    wrapper = NonLocalWrapper(torch.nn.Identity(), 4, {"nl": block}).eval()
-    got = wrapper(torch.randn(8, 16, 5, 5))
-    assert got.is_contiguous()
+    assert _wrapped_rnl()(torch.randn(8, 16, 5, 5)).is_contiguous()
