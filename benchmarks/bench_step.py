@@ -254,12 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
             row = run_child("benchmarks.bench_step", child)
             measured.setdefault(f"{mode}: {name}", []).append(row)
             print(f"  measured {mode}: {name}: {row}", file=sys.stderr, flush=True)
-    rows = {
-        key: best_round(measured[f"{mode}: {name}"])
-        for mode in args.modes.split(",")
-        for name in configs
-        for key in (f"{mode}: {name}",)
-    }
+    rows = {key: best_round(results) for key, results in measured.items()}  # first round's order
     title = {"rnl_tsm": "RNL-TSM-ResNet50", "nl_i3d": "NL I3D-ResNet50"}[args.model]
     print(
         f"{title} {args.batch} clip(s) x {args.frames} frames x {args.size} px on {args.device}, "

@@ -38,6 +38,17 @@ import torch
 TILE = 784
 
 
+def applies_to(
+    queries_are_keys: bool, device_type: str, dtype: torch.dtype, q_width: int, v_width: int
+) -> bool:
+    """Whether an attention of this kind takes the symmetric backward in an eager training step:
+    queries are keys, values as wide as they are (the fused CPU kernel's condition), CPU,
+    float32. ``usable`` adds what only the call itself knows; the start-up report asks this."""
+    return (
+        queries_are_keys and v_width == q_width and device_type == "cpu" and dtype == torch.float32
+    )
+
+
 def usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether ``attend`` applies: queries are keys, values as wide as they are (the fused CPU
     kernel's condition), CPU, float32 and no autocast (under ``--amp bf16`` the fused call runs
@@ -46,13 +57,10 @@ def usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     or ``torch.export`` trace the model: they take ``F.scaled_dot_product_attention``, the same
     kernel forward)."""
     return (
-        q is k
+        applies_to(q is k, q.device.type, q.dtype, q.shape[-1], v.shape[-1])
         and torch.is_grad_enabled()
         and (q.requires_grad or v.requires_grad)
         and not torch.jit.is_tracing()
-        and v.shape[-1] == q.shape[-1]
-        and q.device.type == "cpu"
-        and q.dtype == torch.float32
         and not torch.is_autocast_enabled(q.device.type)
         and not torch.compiler.is_compiling()
     )

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ops import distributed as du
+from ops import self_attention
 from ops.attention import record_attention_shapes, sdpa_kernel_used
 
 if TYPE_CHECKING:
@@ -65,12 +66,8 @@ def attention_kernels(
     found = []
     for (q, k, v, queries_are_keys), count in Counter(shapes).items():
         kernel = sdpa_kernel_used(q, k, v, dtype, device, training=True)
-        symmetric = (
-            queries_are_keys
-            and device.type == "cpu"
-            and dtype == torch.float32
-            and v[3] == q[3]
-            and not compiled
+        symmetric = not compiled and self_attention.applies_to(
+            queries_are_keys, device.type, dtype, q[3], v[3]
         )
         found.append(
             {
