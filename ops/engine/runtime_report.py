@@ -83,13 +83,17 @@ def attention_kernels(
     return found
 
 
+def runs_compiled(train_model: nn.Module, loop: LoopConfig) -> bool:
+    """Whether the training step runs compiled: asked for and not fallen back to eager mode."""
+    return bool(loop.compile) and not getattr(train_model, "failure", None)
+
+
 def compile_status(train_model: nn.Module, loop: LoopConfig) -> str:
     """'off', 'on (<backend>)', or why it fell back to eager mode."""
     if not loop.compile:
         return "off"
-    failure = getattr(train_model, "failure", None)
-    if failure:
-        return f"fell back to eager mode ({failure})"
+    if not runs_compiled(train_model, loop):
+        return f"fell back to eager mode ({train_model.failure})"
     return f"on ({loop.compile_backend})"
 
 
@@ -122,7 +126,7 @@ def runtime_report(
     if ctx.is_main:
         try:
             report["attention"] = attention_kernels(
-                model, loop.amp, ctx.device, report["compile"].startswith("on")
+                model, loop.amp, ctx.device, runs_compiled(train_model, loop)
             )
         except Exception as exc:  # a module without meta support: say so, train anyway
             report["attention_error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
