@@ -35,6 +35,7 @@ import torch
 
 from benchmarks.measure import limit_address_space, measure, run_child, save_result
 from benchmarks.published_memory import keep_like_published
+from ops import lean_bottleneck
 from ops.engine.compile import CompiledWithFallback
 from ops.memory import give_memory_back, pin_mmap_threshold
 from ops.models import I3D, TSN
@@ -59,6 +60,10 @@ GLIBC_DEFAULTS = {"plain", "fast fp32 glibc default malloc"}
 # The previous way: every block of 256 KiB or more its own mapping (faulted in on every use).
 CONFIGS["fast fp32 channels_last pinned mmap threshold"] = CONFIGS["fast fp32 channels_last"]
 PINNED = {"fast fp32 channels_last pinned mmap threshold"}
+# The previous recompute of the bottlenecks: the selective checkpoint replays each block's forward
+# (ops/recompute.py) instead of its written-out backward (ops/lean_bottleneck.py).
+CONFIGS["fast fp32 channels_last checkpointed bottlenecks"] = CONFIGS["fast fp32 channels_last"]
+CHECKPOINTED_BOTTLENECKS = {"fast fp32 channels_last checkpointed bottlenecks"}
 # torch.compile (inductor) of a configuration above: its first step, which compiles (minutes on a
 # CPU), is a warm-up outside the measurement. Run on request: --configs "fast fp32 compiled".
 for _name in ("fast fp32", "fast bf16 channels_last"):
@@ -119,6 +124,7 @@ def _child(args: argparse.Namespace) -> None:
 def _measure_child(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     model, dtype, channels_last = build(args.config, args.frames, args.device, args.model)
+    lean_bottleneck.ENABLED = args.config not in CHECKPOINTED_BOTTLENECKS
     if args.config in PINNED:
         pin_mmap_threshold()
     elif args.config not in GLIBC_DEFAULTS:  # as main.py's training processes do

@@ -50,6 +50,7 @@ from torch.utils.checkpoint import (
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from archs.i3d import Bottleneck3d, ResNet3d
+from ops import lean_bottleneck
 
 aten = torch.ops.aten
 
@@ -90,6 +91,12 @@ def keep_block_outputs(ctx, op, *args, **kwargs) -> CheckpointPolicy:
     if op in CONV_OPS and _conv_macs_per_output(args) > CHEAP_CONV_MACS:
         return SAVE
     return RECOMPUTE
+
+
+def keeps_output(policy: Policy, conv: nn.Module) -> bool:
+    """Whether ``policy`` keeps the output of the convolution module ``conv`` (for blocks whose
+    backward is written out, ``ops/lean_bottleneck.py``)."""
+    return policy is keep_block_outputs and math.prod(conv.weight.shape[1:]) > CHEAP_CONV_MACS
 
 
 def keep_attention(ctx, op, *args, **kwargs) -> CheckpointPolicy:
@@ -154,7 +161,16 @@ class _Recomputed:
 
 
 class RecomputedBottleneck(_Recomputed, Bottleneck):
-    pass
+    """Takes ``ops/lean_bottleneck.py``'s written-out backward where it applies (the same
+    tensors kept, without the dispatch mode and the replay), the checkpoint otherwise."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layout = lean_bottleneck.parts(self) if lean_bottleneck.applies(self, x) else None
+        if layout is None:
+            return super().forward(x)
+        return lean_bottleneck.forward(
+            self, x, functools.partial(keeps_output, self.recompute_policy), layout
+        )
 
 
 class RecomputedBasicBlock(_Recomputed, BasicBlock):

@@ -131,6 +131,19 @@ def _shift_adjoint(g: torch.Tensor, n_segment: int, fold_div: int) -> torch.Tens
     return out.view(nt, c, h, w)
 
 
+def shift_adjoint_add_(acc: torch.Tensor, g: torch.Tensor, n_segment: int, fold_div: int) -> None:
+    """``acc += _shift_adjoint(g)`` in place, without building the adjoint (``acc``, ``g``
+    ``[N*T, C, H, W]``): a gradient that meets another one at the shift's input (the identity
+    path of a residual block) takes the shifted one without an input-sized temporary."""
+    nt, c, h, w = g.shape
+    a5 = acc.view(nt // n_segment, n_segment, c, h, w)
+    g5 = g.view(nt // n_segment, n_segment, c, h, w)
+    fold = c // fold_div
+    a5[:, 1:, :fold] += g5[:, :-1, :fold]
+    a5[:, :-1, fold : 2 * fold] += g5[:, 1:, fold : 2 * fold]
+    a5[:, :, 2 * fold :] += g5[:, :, 2 * fold :]
+
+
 def _input_channels(net: nn.Module) -> int | None:
     """Channels of the tensor ``net`` receives: those of its first convolution."""
     conv = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
