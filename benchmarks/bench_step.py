@@ -18,11 +18,14 @@ keeps for the backward exactly what the published code keeps (benchmarks/bench_s
 both). "fast fp32" is the defaults: fused attention, depthwise region conv, and the cheap
 activations (BatchNorm/ReLU outputs, the shift, theta and the region features) recomputed in the
 backward (ops/recompute.py); "checkpoint_blocks" recomputes whole residual blocks. Our
-configurations run as main.py's training processes do (ops/memory.py): on a CPU the heap's free
-pages are given back after each backbone stage's forward and backward; compiled, and on a GPU,
-glibc's mmap threshold is pinned. "plain" and "fast fp32 glibc default malloc" run with glibc's
-defaults, as the published code's process does; "fast fp32 channels_last pinned mmap threshold"
-is the previous way of giving memory back (every large block its own mapping).
+configurations run as main.py's training processes do (ops/memory.py): on a CPU the heap serves
+every block and its free pages are given back after each backbone stage's forward and backward;
+compiled, and on a GPU, glibc's mmap threshold is pinned. "plain" and "fast fp32 glibc default
+malloc" run with glibc's defaults, as the published code's process does; "fast fp32
+channels_last pinned mmap threshold" and "... stage trims only" are earlier ways of giving memory
+back (every large block its own mapping; the stage trims with glibc's own thresholds), and "...
+checkpointed bottlenecks" the earlier recompute of the residual blocks (the selective checkpoint
+instead of ops/lean_bottleneck.py).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from benchmarks.measure import limit_address_space, measure, run_child, save_res
 from benchmarks.published_memory import keep_like_published
 from ops import lean_bottleneck
 from ops.engine.compile import CompiledWithFallback
-from ops.memory import give_memory_back, pin_mmap_threshold
+from ops.memory import backbone_stages, give_memory_back, pin_mmap_threshold, return_memory_at
 from ops.models import I3D, TSN
 
 PLAIN = dict(rnl_fused=False, region_impl="masked", shift_recompute=False, recompute=False)
@@ -64,6 +67,9 @@ PINNED = {"fast fp32 channels_last pinned mmap threshold"}
 # (ops/recompute.py) instead of its written-out backward (ops/lean_bottleneck.py).
 CONFIGS["fast fp32 channels_last checkpointed bottlenecks"] = CONFIGS["fast fp32 channels_last"]
 CHECKPOINTED_BOTTLENECKS = {"fast fp32 channels_last checkpointed bottlenecks"}
+# The stage trims with glibc's thresholds as they are (before keep_blocks_in_heap, ops/memory.py).
+CONFIGS["fast fp32 channels_last stage trims only"] = CONFIGS["fast fp32 channels_last"]
+TRIMS_ONLY = {"fast fp32 channels_last stage trims only"}
 # torch.compile (inductor) of a configuration above: its first step, which compiles (minutes on a
 # CPU), is a warm-up outside the measurement. Run on request: --configs "fast fp32 compiled".
 for _name in ("fast fp32", "fast bf16 channels_last"):
@@ -127,6 +133,8 @@ def _measure_child(args: argparse.Namespace) -> None:
     lean_bottleneck.ENABLED = args.config not in CHECKPOINTED_BOTTLENECKS
     if args.config in PINNED:
         pin_mmap_threshold()
+    elif args.config in TRIMS_ONLY:
+        return_memory_at(backbone_stages(model))
     elif args.config not in GLIBC_DEFAULTS:  # as main.py's training processes do
         give_memory_back(model, torch.device(args.device).type, args.config.endswith("compiled"))
     shape = (

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 
@@ -154,10 +155,70 @@ def test_training_processes_choose_stage_trims_on_an_eager_cpu_and_the_threshold
     from ops.models import TSN
 
     pinned: list[bool] = []
+    heap: list[bool] = []
     monkeypatch.setattr(memory, "pin_mmap_threshold", lambda: pinned.append(True) or True)
+    monkeypatch.setattr(memory, "keep_blocks_in_heap", lambda: heap.append(True) or True)
     model = TSN(5, 2, "RGB", base_model="resnet18", pretrain="scratch", print_spec=False)
     assert memory.give_memory_back(model, "cpu", compiled=False) == "stage trims"
     assert not pinned and model.base_model.layer1._forward_pre_hooks  # hooks on the stages
+    assert heap == [True]  # and every block from the heap, given back by the trims only
     assert memory.give_memory_back(model, "cpu", compiled=True) == "mmap threshold"
     assert memory.give_memory_back(model, "cuda", compiled=False) == "mmap threshold"
-    assert len(pinned) == 2
+    assert len(pinned) == 2 and heap == [True]
+
+
+# keep_blocks_in_heap: a block above glibc's own largest threshold (32 MiB) freed, then another
+# large one (a little smaller: PyTorch's 64-byte aligned requests need a few bytes more than the
+# block they free); then the heap trimmed by hand.
+BIG = r"""
+import json, resource, sys
+import torch
+from ops.memory import keep_blocks_in_heap, trim_heap
+from benchmarks.measure import current_rss_mib
+
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+kept = keep_blocks_in_heap() if sys.argv[1] == "heap" else False
+a = torch.ones(12 * 2**20)  # 48 MiB, touched
+del a
+f0 = faults()
+b = torch.ones(10 * 2**20)  # 40 MiB, touched
+refaults = faults() - f0
+del b
+before = current_rss_mib()
+trim_heap()
+print(json.dumps({"kept": kept, "refaults": refaults, "trimmed_mib": before - current_rss_mib()}))
+"""
+
+
+def _big(mode: str, **env) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", BIG, mode], cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={k: v for k, v in os.environ.items()
+             if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"} | env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc / Linux only")
+def test_blocks_kept_in_the_heap_are_reused_without_faults_and_given_back_by_the_trim():
+    default, heap = _big("default"), _big("heap")
+    assert heap["kept"]
+    pages = 40 * 2**20 // resource.getpagesize()
+    # glibc's default: its own mapping each time, every page faulted in again, nothing left to trim
+    assert default["refaults"] > pages // 2, default
+    assert default["trimmed_mib"] < 8, default
+    # from the heap: the freed block's pages are used again; it stays resident until the trim
+    assert heap["refaults"] < pages // 20, heap
+    assert heap["trimmed_mib"] > 40, heap
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"MALLOC_TRIM_THRESHOLD_": "131072"}, {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"}],
+    ids=["malloc-variable", "tunables"],
+)
+def test_a_users_own_glibc_malloc_settings_keep_the_heap_as_it_is(env):
+    assert _big("heap", **env)["kept"] is False
