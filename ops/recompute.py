@@ -27,6 +27,10 @@ subclass of its own class whose forward checkpoints the original one; the attach
 checkpointed by their ``NonLocalWrapper``). Under ``torch.compile`` the plain forward is traced
 (inductor chooses what to recompute itself).
 
+On a CPU without autocast a torchvision ``Bottleneck`` in training mode does not replay its forward
+at all: ``ops/lean_bottleneck.py`` writes its backward out, keeping the same tensors (same bits,
+less time). The policies below still say which convolution outputs it keeps.
+
 This module holds the mechanism (policies, ``checkpointed``, the recomputing block classes) and
 imports no model code beyond the backbones' block classes (torchvision's, ``archs/i3d.py``);
 ``ops.models.make_recompute`` walks a model and switches its blocks over.
