@@ -33,11 +33,13 @@ print(json.dumps({"pinned": pinned, "kept_mib": current_rss_mib() - base}))
 """
 
 
-def _child(mode: str, **env) -> dict:
+def _run(code: str, mode: str, **env) -> dict:
+    """Run ``code`` with argument ``mode`` in a fresh Python (glibc's malloc settings of this
+    environment left out, ``env`` added); the JSON dict it prints last."""
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, mode],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-        env={k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"} | env,
+        [sys.executable, "-c", code, mode], cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={k: v for k, v in os.environ.items()
+             if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"} | env,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -45,7 +47,7 @@ def _child(mode: str, **env) -> dict:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc / Linux only")
 def test_pinned_threshold_gives_freed_activations_back():
-    default, pinned = _child("default"), _child("pin")
+    default, pinned = _run(CHILD, "default"), _run(CHILD, "pin")
     assert pinned["pinned"]
     # 4 MiB still live; the other 92 MiB freed: back to the system only with the pinned threshold
     assert pinned["kept_mib"] < 16, pinned
@@ -53,7 +55,7 @@ def test_pinned_threshold_gives_freed_activations_back():
 
 
 def test_a_users_own_glibc_setting_is_left_alone():
-    assert _child("pin", MALLOC_MMAP_THRESHOLD_="1048576")["pinned"] is False
+    assert _run(CHILD, "pin", MALLOC_MMAP_THRESHOLD_="1048576")["pinned"] is False
 
 
 # The CPU training process's way (return_memory_at): glibc's defaults (freed blocks reused), and
@@ -101,15 +103,7 @@ print(json.dumps({"forward": after_forward, "backward": after_backward}))
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc / Linux only")
 def test_stage_hooks_give_the_heaps_free_pages_back_after_forward_and_backward():
-    def run(mode: str) -> dict:
-        out = subprocess.run(
-            [sys.executable, "-c", CHURN, mode], cwd=REPO, capture_output=True, text=True,
-            timeout=300, env={k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"},
-        )  # fmt: skip
-        assert out.returncode == 0, out.stderr[-2000:]
-        return json.loads(out.stdout.strip().splitlines()[-1])
-
-    plain, trimmed = run("plain"), run("trim")
+    plain, trimmed = _run(CHURN, "plain"), _run(CHURN, "trim")
     # kept: 24 MiB after the forward, 48 after the backward; freed: 72 MiB in each
     assert plain["forward"] > 24 + 40 and plain["backward"] > 48 + 40, plain  # the heap keeps them
     assert trimmed["forward"] < 24 + 16 and trimmed["backward"] < 48 + 16, trimmed
@@ -192,19 +186,9 @@ print(json.dumps({"kept": kept, "refaults": refaults, "trimmed_mib": before - cu
 """
 
 
-def _big(mode: str, **env) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-c", BIG, mode], cwd=REPO, capture_output=True, text=True, timeout=300,
-        env={k: v for k, v in os.environ.items()
-             if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"} | env,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-2000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc / Linux only")
 def test_blocks_kept_in_the_heap_are_reused_without_faults_and_given_back_by_the_trim():
-    default, heap = _big("default"), _big("heap")
+    default, heap = _run(BIG, "default"), _run(BIG, "heap")
     assert heap["kept"]
     pages = 40 * 2**20 // resource.getpagesize()
     # glibc's default: its own mapping each time, every page faulted in again, nothing left to trim
@@ -221,4 +205,4 @@ def test_blocks_kept_in_the_heap_are_reused_without_faults_and_given_back_by_the
     ids=["malloc-variable", "tunables"],
 )
 def test_a_users_own_glibc_malloc_settings_keep_the_heap_as_it_is(env):
-    assert _big("heap", **env)["kept"] is False
+    assert _run(BIG, "heap", **env)["kept"] is False
