@@ -93,8 +93,8 @@ def parts(block: Bottleneck) -> tuple | None:
     return shift, convs, bns
 
 
-def applies(block: Bottleneck, x: torch.Tensor) -> bool:
-    """Whether this call of ``block`` can take ``forward`` (the layout test is ``parts``)."""
+def applies(x: torch.Tensor) -> bool:
+    """Whether a block's call on ``x`` can take ``forward`` (its layout's test is ``parts``)."""
     return (
         ENABLED
         and x.device.type == "cpu"

@@ -68,6 +68,7 @@ def _glibc() -> ctypes.CDLL | None:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.gnu_get_libc_version  # noqa: B018 - glibc only (musl has no mallopt parameters)
         libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+        libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     except (OSError, AttributeError):
         return None
     return libc
@@ -76,12 +77,11 @@ def _glibc() -> ctypes.CDLL | None:
 def pin_mmap_threshold(threshold: int = DEFAULT_THRESHOLD) -> bool:
     """Make glibc give every request of at least `threshold` bytes its own mapping (returned to
     the system when freed), from now on, in this process and the processes it forks. Returns
-    whether the setting was made (False: not glibc, or `MALLOC_MMAP_THRESHOLD_` is set)."""
+    whether the setting was made (False: not glibc, or the user set glibc's malloc variables)."""
     libc = _glibc()
     if libc is None or _users_own_setting():
         return False
     mallopt = libc.mallopt
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     done = mallopt(M_MMAP_THRESHOLD, int(threshold)) == 1
     if done:
         logger.debug("glibc mmap threshold pinned at %d bytes", threshold)
@@ -110,7 +110,6 @@ def keep_blocks_in_heap(limit: int = HEAP_LIMIT) -> bool:
     if libc is None or _users_own_setting():
         return False
     mallopt = libc.mallopt
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     mmap_set = any(
         mallopt(M_MMAP_THRESHOLD, value) == 1 for value in (limit, OLD_GLIBC_MAX_THRESHOLD)
     )

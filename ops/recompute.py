@@ -83,16 +83,17 @@ SAVE, RECOMPUTE = CheckpointPolicy.MUST_SAVE, CheckpointPolicy.PREFER_RECOMPUTE
 CHEAP_CONV_MACS = 128
 
 
-def _conv_macs_per_output(args) -> int:
-    weight = args[1]  # aten.convolution(input, weight, ...): [out, in / groups, *kernel]
-    return math.prod(weight.shape[1:])
+def _costly_conv(weight: torch.Tensor) -> bool:
+    """Whether a convolution with this ``[out, in / groups, *kernel]`` weight costs more than
+    ``CHEAP_CONV_MACS`` multiply-adds per output element (its output is kept, not recomputed)."""
+    return math.prod(weight.shape[1:]) > CHEAP_CONV_MACS
 
 
 def keep_block_outputs(ctx, op, *args, **kwargs) -> CheckpointPolicy:
     """Residual blocks: keep attention outputs and the outputs of costly convolutions."""
     if op in ATTENTION_OPS:
         return SAVE
-    if op in CONV_OPS and _conv_macs_per_output(args) > CHEAP_CONV_MACS:
+    if op in CONV_OPS and _costly_conv(args[1]):  # aten.convolution(input, weight, ...)
         return SAVE
     return RECOMPUTE
 
@@ -100,7 +101,7 @@ def keep_block_outputs(ctx, op, *args, **kwargs) -> CheckpointPolicy:
 def keeps_output(policy: Policy, conv: nn.Module) -> bool:
     """Whether ``policy`` keeps the output of the convolution module ``conv`` (for blocks whose
     backward is written out, ``ops/lean_bottleneck.py``)."""
-    return policy is keep_block_outputs and math.prod(conv.weight.shape[1:]) > CHEAP_CONV_MACS
+    return policy is keep_block_outputs and _costly_conv(conv.weight)
 
 
 def keep_attention(ctx, op, *args, **kwargs) -> CheckpointPolicy:
@@ -169,7 +170,7 @@ class RecomputedBottleneck(_Recomputed, Bottleneck):
     tensors kept, without the dispatch mode and the replay), the checkpoint otherwise."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        layout = lean_bottleneck.parts(self) if lean_bottleneck.applies(self, x) else None
+        layout = lean_bottleneck.parts(self) if lean_bottleneck.applies(x) else None
         if layout is None:
             return super().forward(x)
         return lean_bottleneck.forward(
